@@ -1,0 +1,73 @@
+"""Atomic file writes and content hashes.
+
+doit saves its dependency state only when a run ends (pydoit#463), so any target may be
+interrupted mid-write by a kill. Every target is therefore written to a temporary file in the
+same directory and renamed into place: a reader sees the old content or the new, never half.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename), creating parents."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def dump_json(data: Any) -> str:
+    """Serialize ``data`` the way cloops writes JSON targets: 2-space indent, UTF-8, final newline."""
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as pretty JSON to ``path`` atomically."""
+    atomic_write_text(path, dump_json(data))
+
+
+def canonical_json(data: Any) -> str:
+    """Return a stable JSON text for hashing: sorted keys, no whitespace."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Return the hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_json(data: Any) -> str:
+    """Return the hex SHA-256 of ``canonical_json(data)``."""
+    return sha256_bytes(canonical_json(data).encode("utf-8"))
+
+
+def sha256_file(path: str | os.PathLike) -> str | None:
+    """Return the hex SHA-256 of a file's bytes, or None if it does not exist."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,164 @@
+"""Requests, results and protocols shared by every backend.
+
+A backend turns one request into one result, converting its SDK's exceptions into
+:mod:`cloops.errors` at the boundary. Requests are plain frozen data: their ``cache_key()`` is
+the whole request (what a response cache is addressed by), minus what never reaches the
+service (``draft``, ``annotations`` for backends that do not use them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+REASONING_EFFORTS = ("none", "low", "medium", "high")  # gpt-5.1; source: OpenAI GPT-5.1 docs
+VERBOSITIES = ("low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token usage of one LLM call (OpenAI Responses API ``usage``)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "reasoning_tokens": self.reasoning_tokens}
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    """One LLM call.
+
+    Attributes:
+        system: the rendered system prompt (variables injected, knowledge appended).
+        user: the user message.
+        model: model id, e.g. ``"gpt-5.1"`` (config, never code).
+        reasoning: ``none|low|medium|high`` or None to leave the model default.
+        verbosity: ``low|medium|high`` or None.
+        schema: a strict JSON schema (root object, ``additionalProperties: false`` everywhere,
+            every property required) or None for plain text output.
+        schema_name: the schema's name as sent in ``text.format.name`` (``[a-zA-Z0-9_-]``).
+        timeout_s: per-request timeout in seconds.
+        draft: what the offline draft backend returns (built by the template from the story
+            input); never sent to a real service and not part of the cache key.
+    """
+
+    system: str
+    user: str
+    model: str
+    reasoning: str | None = None
+    verbosity: str | None = None
+    schema: dict | None = None
+    schema_name: str = "output"
+    timeout_s: float = 300.0
+    draft: Any = field(default=None, compare=False)
+
+    def cache_key(self) -> dict:
+        """Return everything that determines the response, as JSON-able data."""
+        return {"system": self.system, "user": self.user, "model": self.model,
+                "reasoning": self.reasoning, "verbosity": self.verbosity,
+                "schema": self.schema, "schema_name": self.schema_name}
+
+
+@dataclass(frozen=True)
+class LLMResult:
+    """The answer to an :class:`LLMRequest`.
+
+    Attributes:
+        text: the raw output text (JSON text when the request had a schema).
+        data: the parsed JSON when the request had a schema, else None.
+        usage: token counts.
+        model: the model that answered.
+        draft: True when made offline with no model call.
+    """
+
+    text: str
+    data: Any = None
+    usage: Usage = Usage()
+    model: str = ""
+    draft: bool = False
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image generation.
+
+    Attributes:
+        prompt: the full image prompt (visual description only).
+        model: model id, e.g. ``"bytedance/seedream-4"``.
+        params: the model's own input parameters besides the prompt (``size``,
+            ``aspect_ratio``, ...), sent as-is.
+        annotations: context for backends that lay out text themselves (the offline storyboard):
+            ``{"title": str, "narration": str, "panels": [{"moment": str, ...}], "label": str}``.
+            Only part of the cache key / dependency for backends with ``uses_annotations``.
+        timeout_s: how long to wait for the image, in seconds.
+    """
+
+    prompt: str
+    model: str
+    params: dict = field(default_factory=dict)
+    annotations: dict | None = field(default=None, compare=False)
+    timeout_s: float = 600.0
+
+    def cache_key(self, *, with_annotations: bool = False) -> dict:
+        key = {"prompt": self.prompt, "model": self.model, "params": self.params}
+        if with_annotations:
+            key["annotations"] = self.annotations
+        return key
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """A generated image, already converted to JPEG.
+
+    Attributes:
+        jpeg: JPEG bytes.
+        width_px / height_px: pixel size.
+        images_billed: how many images the service charged for (seedream-4 may return several).
+        draft: True when rendered offline.
+    """
+
+    jpeg: bytes
+    width_px: int
+    height_px: int
+    images_billed: int = 1
+    draft: bool = False
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    """Something that answers :class:`LLMRequest` s.
+
+    Attributes:
+        name: backend name as written in config (``"openai"``, ``"draft"``).
+        offline: True when it calls no paid service (its output is a draft).
+    """
+
+    name: str
+    offline: bool
+
+    def complete(self, request: LLMRequest) -> LLMResult:
+        """Return the model's answer. Raises :class:`cloops.errors.ServiceError`."""
+        ...
+
+
+@runtime_checkable
+class ImageBackend(Protocol):
+    """Something that turns an :class:`ImageRequest` into a JPEG.
+
+    Attributes:
+        name: backend name as written in config (``"replicate"``, ``"storyboard"``).
+        offline: True when it calls no paid service.
+        uses_annotations: True when the output depends on ``request.annotations``.
+    """
+
+    name: str
+    offline: bool
+    uses_annotations: bool
+
+    def generate_image(self, request: ImageRequest) -> ImageResult:
+        """Return the image. Raises :class:`cloops.errors.ServiceError`."""
+        ...
