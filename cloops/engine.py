@@ -1,0 +1,406 @@
+"""Turn templates' declared steps into doit tasks.
+
+Per story (``<template>/<id>``):
+
+- static steps (those that do not depend on the fan-out file) become tasks at load time:
+  ``narrative:<key>``, ``pages:<key>``;
+- a delayed task creator ``expand:<key>`` runs once the fan-out file (``pages.json``) is up to
+  date and creates the rest: ``prompt:<key>/<n>``, ``image:<key>/<n>``, ``story-data:<key>``...
+  (``doit list``/``info`` run it at load; it copes with a missing ``pages.json``);
+- ``build:<key>`` (and ``build:<id>``) groups them; ``pending`` groups the stories that are not
+  ``completed`` and is the default task.
+
+Each task's dependencies are exact: files through ``file_dep``; everything else (prompt texts,
+the config values the step uses, story fields, one page's entry, the backend and model) through
+one :class:`Inputs` uptodate object that stores the values and can say which of them changed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from doit import create_after
+
+from .errors import InputError
+from .fileio import canonical_json, sha256_json
+from .project import Project, StoryRef, load_project
+from .steps import (AssembleStep, BundleStep, EachInput, FileInput, ImageStep, ItemInput,
+                    LLMStep, PartInput, Step, StoryValue)
+from .template import Template
+
+INPUTS_KEY = "_cloops_inputs"
+
+
+class Inputs:
+    """doit ``uptodate`` checker over a dict of named input values.
+
+    The values (strings) are saved with the task's state when it succeeds; the task is stale
+    when any differs from the saved ones. ``changed`` then lists the names that differ
+    (``"config style.artStyle"``, ``"file system-prompts/step3-prompts.md"``) so the reporter
+    and ``doit info`` can say why.
+    """
+
+    def __init__(self, values: dict[str, str]):
+        self.values = values
+        self.changed: list[str] | None = None
+
+    def configure_task(self, task) -> None:
+        task.value_savers.append(lambda: {INPUTS_KEY: self.values})
+
+    def __call__(self, task, values) -> bool:
+        prev = values.get(INPUTS_KEY)
+        if prev is None:
+            self.changed = ["never built"]
+            return False
+        keys = sorted(set(prev) | set(self.values))
+        self.changed = [k for k in keys if prev.get(k) != self.values.get(k)]
+        return not self.changed
+
+    def __repr__(self) -> str:
+        if self.changed:
+            return "changed: " + ", ".join(self.changed)
+        return "cloops inputs (unchanged)"
+
+
+def _short(value: Any) -> str:
+    """A value as stored in task state: short scalars verbatim, anything else hashed."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = canonical_json(value)
+        if len(text) <= 80:
+            return text
+    return "sha256:" + sha256_json(value)[:16]
+
+
+def task_name(step: Step, story: StoryRef, n: int | None) -> str:
+    return f"{step.name}:{story.key}" + (f"/{n}" if n is not None else "")
+
+
+def expand(pattern: str, n: int | None) -> str:
+    return pattern.replace("{n}", str(n)) if n is not None else pattern
+
+
+class Fanout:
+    """The fan-out file's items for one story, read once (``None`` when it does not exist yet)."""
+
+    def __init__(self, tpl: Template, story_dir: Path):
+        self.items: list | None = None
+        self.data: Any = None
+        src = tpl.foreach_source
+        if not src:
+            return
+        path = story_dir / src
+        try:
+            self.data = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return
+        key = next(s.foreach.key for s in tpl.steps if s.foreach)
+        items = self.data.get(key) if isinstance(self.data, dict) else None
+        if isinstance(items, list):
+            self.items = items
+
+
+def step_values(proj: Project, tpl: Template, step: Step, story: StoryRef, item_input: dict,
+                n: int | None, fan: Fanout | None) -> dict[str, str]:
+    """Every non-file input of one task, by name, as short strings (see :class:`Inputs`)."""
+    values: dict[str, str] = {"step version": str(step.version)}
+    for rel in tpl.prompt_files(step):
+        values[f"file {rel}"] = tpl.digest(rel)
+    for path in tpl.config_paths(step):
+        values[f"config {path}"] = _short(tpl.config.get(path))
+    for name, inp in step.inputs.items():
+        if isinstance(inp, StoryValue):
+            v = item_input if inp.field is None else item_input.get(inp.field)
+            values[f"story {inp.field or 'input'}"] = _short(v)
+        elif isinstance(inp, ItemInput):
+            src = tpl.foreach_source
+            it = fan.items[n - 1] if fan and fan.items and n else None
+            values[f"{src} item {n}"] = _short(it)
+        elif isinstance(inp, PartInput):
+            data = fan.data if fan and inp.path == tpl.foreach_source else None
+            v = data.get(inp.key) if isinstance(data, dict) else None
+            values[f"{inp.path} {inp.key}"] = _short(v)
+    if step.service in ("llm", "image"):
+        resolved = proj.resolved(tpl.name, step.service)
+        values[f"{step.service} backend"] = resolved.spec.name
+        if isinstance(step, LLMStep):
+            for k, v in tpl.llm_settings(step).items():
+                values[f"llm {k}"] = _short(v)
+        elif isinstance(step, ImageStep):
+            values["generation.model"] = _short(tpl.config.engine.generation.model)
+            values["generation.params"] = _short(tpl.image_params(step))
+            if resolved.spec.offline and step.annotate is not None:
+                # offline storyboards draw the page's text: that is then a dependency too
+                values["annotations"] = _short(annotation_values(tpl, step, story, item_input,
+                                                                 n, fan))
+    return values
+
+
+def value_inputs(tpl: Template, step: Step, story_input: dict, n: int | None,
+                 fan: Fanout | None) -> dict[str, Any]:
+    """The step's value inputs (story fields, item, parts) — no files."""
+    out: dict[str, Any] = {}
+    for name, inp in step.inputs.items():
+        if isinstance(inp, StoryValue):
+            out[name] = story_input if inp.field is None else story_input.get(inp.field)
+        elif isinstance(inp, ItemInput):
+            out[name] = fan.items[n - 1] if fan and fan.items and n else None
+        elif isinstance(inp, PartInput):
+            data = fan.data if fan else None
+            out[name] = data.get(inp.key) if isinstance(data, dict) else None
+    return out
+
+
+def annotation_values(tpl: Template, step: ImageStep, story: StoryRef, story_input: dict,
+                      n: int | None, fan: Fanout | None) -> Any:
+    from .steps import StepContext
+    ctx = StepContext(template=tpl.name, story_id=story.id, story=story_input, config=tpl.config,
+                      n=n, count=len(fan.items) if fan and fan.items else None, story_dir=None)
+    return step.annotate(value_inputs(tpl, step, story_input, n, fan), ctx)
+
+
+def _producer_task(tpl: Template, story: StoryRef, path: str, n: int | None) -> str | None:
+    prod = tpl.producers.get(path)
+    if prod is None:
+        return None
+    return task_name(prod, story, n if prod.foreach else None)
+
+
+def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_input: dict,
+              n: int | None, count: int | None, fan: Fanout | None) -> dict:
+    """The doit task dict for one step of one story (``n``: foreach index)."""
+    sdir = proj.story_dir(tpl.name, story.id)
+    rel_root = sdir.relative_to(proj.root)
+    file_dep: list[str] = []
+    task_dep: list[str] = []
+    for inp in step.inputs.values():
+        if isinstance(inp, FileInput):
+            file_dep.append(str(rel_root / expand(inp.path, n)))
+        elif isinstance(inp, EachInput):
+            file_dep += [str(rel_root / expand(inp.pattern, i)) for i in range(1, (count or 0) + 1)]
+        elif isinstance(inp, (PartInput, ItemInput)):
+            src = inp.path if isinstance(inp, PartInput) else tpl.foreach_source
+            prod = _producer_task(tpl, story, src, None)
+            if prod and prod not in task_dep:
+                task_dep.append(prod)
+    if isinstance(step, BundleStep):
+        targets = []
+        for dest, src in step.files.items():
+            ns = range(1, (count or 0) + 1) if "{n}" in dest else [None]
+            for i in ns:
+                file_dep.append(str(rel_root / expand(src, i)))
+                targets.append(str(rel_root / step.target / expand(dest, i)))
+    else:
+        targets = [str(rel_root / expand(step.target, n))]
+    values = step_values(proj, tpl, step, story, story_input, n, fan)
+    label = f"{story.key}" + (f" #{n}" if n is not None else "")
+    return {
+        "basename": task_name(step, story, n),
+        "doc": f"{step.doc or step.name} ({label})",
+        "actions": [(run_task, [str(proj.root), tpl.name, story.id, step.name, n, count])],
+        "file_dep": file_dep,
+        "task_dep": task_dep,
+        "targets": targets,
+        "uptodate": [Inputs(values)],
+        "clean": True,
+        "verbosity": 1,
+    }
+
+
+def run_task(root: str, template: str, story_id: str, step_name: str, n: int | None,
+             count: int | None):
+    """doit action of every step task (module-level so process mode can pickle it)."""
+    from .execute import run_step
+    return run_step(Path(root), template, story_id, step_name, n, count)
+
+
+def static_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: dict) -> Iterator[dict]:
+    for step in tpl.steps:
+        if step.name not in tpl.dynamic_steps:
+            yield make_task(proj, tpl, step, story, story_input, None, None, None)
+
+
+def dynamic_tasks(proj: Project, tpl: Template, story: StoryRef,
+                  story_input: dict) -> Iterator[dict]:
+    """Tasks that need the fan-out file; none (but the group) when it does not exist yet."""
+    fan = Fanout(tpl, proj.story_dir(tpl.name, story.id))
+    names: list[str] = []
+    if fan.items is not None:
+        count = len(fan.items)
+        for step in tpl.steps:
+            if step.name not in tpl.dynamic_steps:
+                continue
+            ns = range(1, count + 1) if step.foreach else [None]
+            for n in ns:
+                t = make_task(proj, tpl, step, story, story_input, n, count, fan)
+                names.append(t["basename"])
+                yield t
+    yield {"basename": f"expand:{story.key}", "actions": None, "task_dep": names,
+           "doc": f"per-item tasks of {story.key}"}
+
+
+def _delayed_creator(proj: Project, tpl: Template, story: StoryRef, story_input: dict):
+    def creator():
+        yield from dynamic_tasks(proj, tpl, story, story_input)
+    creator.__doc__ = f"per-item tasks of {story.key}"
+    src = tpl.foreach_source
+    executed = _producer_task(tpl, story, src, None) if src else None
+    return create_after(executed=executed)(creator)
+
+
+def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
+    """Everything ``dodo.py`` exposes: ``DOIT_CONFIG`` and the task creators.
+
+    Raises:
+        InputError: invalid backlog/template/config (``dodo.py`` prints it and exits 2).
+    """
+    proj = load_project(root)
+    _CURRENT["project"] = proj
+    ns: dict[str, Any] = {}
+    stories: list[tuple[StoryRef, Any]] = []
+    for b in proj.backlogs:
+        for it in b.items:
+            stories.append((StoryRef(b.template, it.id, str(b.path)), it))
+
+    def task_steps():
+        """every static step task of every story"""
+        for ref, it in stories:
+            tpl = proj.template(ref.template)
+            yield from static_tasks(proj, tpl, ref, it.input)
+    ns["task_steps"] = task_steps
+
+    for ref, it in stories:
+        tpl = proj.template(ref.template)
+        if tpl.dynamic_steps:
+            ns[f"task_expand:{ref.key}"] = _delayed_creator(proj, tpl, ref, it.input)
+
+    def task_build():
+        """bring one story up to date whatever its status: doit build:<id>"""
+        by_id: dict[str, list[str]] = {}
+        for ref, it in stories:
+            tpl = proj.template(ref.template)
+            deps = [task_name(s, ref, None) for s in tpl.steps if s.name not in tpl.dynamic_steps]
+            if tpl.dynamic_steps:
+                deps.append(f"expand:{ref.key}")
+            yield {"name": ref.key, "actions": None, "task_dep": deps,
+                   "doc": f"{it.input.get('title', ref.id)} [{it.status}]"}
+            by_id.setdefault(ref.id, []).append(f"build:{ref.key}")
+        for sid, deps in by_id.items():
+            yield {"name": sid, "actions": None, "task_dep": deps,
+                   "doc": f"{sid} in every template that has it"}
+    ns["task_build"] = task_build
+
+    def task_pending():
+        """build every story that is not completed (the default task)"""
+        deps = [f"build:{ref.key}" for ref, it in stories if it.status != "completed"]
+        return {"actions": None, "task_dep": deps}
+    ns["task_pending"] = task_pending
+
+    from .reporter import CloopsReporter
+    ns["DOIT_CONFIG"] = {
+        "default_tasks": ["pending"],
+        "continue": True,
+        "reporter": CloopsReporter,
+        "dep_file": str(proj.root / "build" / ".cloops" / "doit-state.db"),
+        "backend": "sqlite3",
+        "verbosity": 1,
+    }
+    (proj.root / "build" / ".cloops").mkdir(parents=True, exist_ok=True)
+    return ns
+
+
+# ---------------------------------------------------------------- run header and summary
+
+_CURRENT: dict[str, Project] = {}
+
+
+def current_project() -> Project | None:
+    return _CURRENT.get("project")
+
+
+def header_lines() -> list[str]:
+    """The run header: which backend serves each service, loudly when offline."""
+    proj = current_project()
+    if proj is None:
+        return []
+    lines = []
+    for b in proj.backlogs:
+        pending = sum(1 for it in b.items if it.status != "completed")
+        parts = []
+        for service in ("llm", "image"):
+            r = proj.resolved(b.template, service)
+            style = "bold yellow" if r.spec.offline else "bold green"
+            parts.append(f"{service}: [{style}]{r.spec.name}[/{style}] ({r.reason})")
+        lines.append(f"[bold]{b.template}[/bold]: {pending} of {len(b.items)} stories not "
+                     f"completed · " + " · ".join(parts))
+        if any(proj.resolved(b.template, s).spec.offline for s in ("llm", "image")):
+            lines.append("  [yellow]OFFLINE backends in use: outputs are drafts and stories stay "
+                         "pending. Set OPENAI_API_KEY / REPLICATE_API_TOKEN (or .env) to build "
+                         "for real.[/yellow]")
+    return lines
+
+
+def summary_rows() -> list[tuple]:
+    """Per (service, backend) totals of this run's calls, from the ledger."""
+    proj = current_project()
+    if proj is None:
+        return []
+    from .services.hub import _HUBS
+    hub = _HUBS.get(str(proj.root))
+    if hub is None:
+        return []
+    calls = hub.ledger.calls()
+    agg: dict[tuple[str, str], list] = {}
+    for c in calls:
+        a = agg.setdefault((c["service"], c["backend"]), [0, 0, 0, 0, 0, 0.0])
+        if c["cache_hit"]:
+            a[1] += 1
+        else:
+            a[0] += 1
+        a[2] += c["input_tokens"] or 0
+        a[3] += c["output_tokens"] or 0
+        a[4] += c["images"] or 0
+        a[5] += c["cost_usd"] or 0.0
+    return [(svc, be, a[0], a[1], f"{a[2]:,}/{a[3]:,}", a[4], f"{a[5]:.4f}")
+            for (svc, be), a in sorted(agg.items())]
+
+
+def stale_completed_report() -> list[str]:
+    """Lines naming completed stories that a change made stale (they are not rebuilt by
+    a bare ``doit``; ``doit build:<id>`` rebuilds one)."""
+    proj = current_project()
+    if proj is None:
+        return []
+    from .status import stale_completed
+    stale = stale_completed(proj)
+    if not stale:
+        return []
+    lines = [f"[yellow]{len(stale)} completed stories are stale and were not rebuilt[/yellow] "
+             "(run `doit build:<id>` to rebuild one):"]
+    for key, reasons in stale[:20]:
+        lines.append(f"  {key}: {reasons}")
+    if len(stale) > 20:
+        lines.append(f"  … and {len(stale) - 20} more")
+    return lines
+
+
+def story_signature(proj: Project, tpl: Template, story: StoryRef,
+                    story_input: dict) -> dict[str, str]:
+    """Task name → digest of its input values, for every task of a story (now)."""
+    fan = Fanout(tpl, proj.story_dir(tpl.name, story.id))
+    count = len(fan.items) if fan.items is not None else None
+    sig: dict[str, str] = {}
+    for step in tpl.steps:
+        if step.name in tpl.dynamic_steps and fan.items is None:
+            continue
+        ns = range(1, (count or 0) + 1) if step.foreach else [None]
+        for n in ns:
+            vals = step_values(proj, tpl, step, story, story_input, n, fan)
+            sig[task_name(step, story, n)] = sha256_json(vals)[:16]
+    return sig
+
+
+def diff_signature(old: dict[str, str], new_values: dict[str, dict[str, str]]) -> list[str]:
+    """Names of tasks whose digests differ."""
+    return sorted(k for k in set(old) | set(new_values) if old.get(k) != new_values.get(k))

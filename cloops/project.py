@@ -1,0 +1,147 @@
+"""The project: its root folder, environment, backlogs and the templates they use.
+
+Loaded once per process (doit imports ``dodo.py`` once per run), cheaply: templates are loaded
+only when a backlog names them, SDKs only when a backend is constructed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from . import backlog as backlog_mod
+from .backlog import Backlog, Item
+from .errors import InputError
+from .services import registry
+from .template import Template, load_template
+
+BUILD_DIR = "build"
+STATE_DIR = "build/.cloops"
+
+
+def read_env(root: Path) -> dict[str, str]:
+    """The process environment over the project's ``.env`` (the environment wins).
+
+    ``.env`` is read with python-dotenv and never written anywhere by cloops.
+    """
+    env: dict[str, str] = {}
+    dotenv = root / ".env"
+    if dotenv.is_file():
+        from dotenv import dotenv_values
+        env.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    env.update(os.environ)
+    return env
+
+
+@dataclass(frozen=True)
+class StoryRef:
+    """One story of one template: what a task needs to find its inputs."""
+
+    template: str
+    id: str
+    backlog_path: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.template}/{self.id}"
+
+
+@dataclass
+class Project:
+    """A loaded project.
+
+    Attributes:
+        root: the folder holding ``dodo.py``, ``templates/``, ``backlogs/``, ``build/``.
+        env: environment plus ``.env``.
+        backlogs: every backlog, validated.
+    """
+
+    root: Path
+    env: Mapping[str, str]
+    backlogs: list[Backlog]
+    _templates: dict[str, Template] = field(default_factory=dict)
+    _resolved: dict[tuple[str, str], registry.Resolved] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def template(self, name: str) -> Template:
+        if name not in self._templates:
+            self._templates[name] = load_template(self.root, name)
+        return self._templates[name]
+
+    def story_dir(self, template: str, story_id: str) -> Path:
+        return self.root / BUILD_DIR / template / story_id
+
+    def item(self, template: str, story_id: str) -> Item:
+        for b in self.backlogs:
+            if b.template == template:
+                it = b.get(story_id)
+                if it is not None:
+                    return it
+        raise KeyError(f"{template}/{story_id}")
+
+    def backlog_for(self, template: str) -> Backlog:
+        for b in self.backlogs:
+            if b.template == template:
+                return b
+        raise KeyError(template)
+
+    def resolved(self, template: str, service: str) -> registry.Resolved:
+        """The backend chosen for ``service`` in ``template`` (env override, config, auto)."""
+        key = (template, service)
+        with self._lock:
+            if key not in self._resolved:
+                tpl = self.template(template)
+                section = {"llm": tpl.config.engine.llm,
+                           "image": tpl.config.engine.generation}.get(service)
+                requested = getattr(section, "backend", "auto") if section is not None else "auto"
+                override = self.env.get(f"CLOOPS_{service.upper()}_BACKEND")
+                if override:
+                    requested = override
+                self._resolved[key] = registry.resolve(
+                    service, requested, self.env, where=tpl.config.file)
+            return self._resolved[key]
+
+
+_PROJECTS: dict[str, Project] = {}
+_PLOCK = threading.Lock()
+
+
+def load_project(root: Path | str | None = None) -> Project:
+    """Load (once per process) the project at ``root`` (default: the current directory).
+
+    Raises:
+        InputError: a backlog is invalid, or two backlogs name the same template.
+    """
+    root = Path(root or os.getcwd()).resolve()
+    with _PLOCK:
+        if str(root) in _PROJECTS:
+            return _PROJECTS[str(root)]
+        backlogs = backlog_mod.discover(root)
+        seen: dict[str, Path] = {}
+        for b in backlogs:
+            if b.template in seen:
+                raise InputError(f"template {b.template!r} already has a backlog ({seen[b.template]}).",
+                                 file=str(b.path), field="templateId",
+                                 fix="keep one backlog per template.")
+            seen[b.template] = b.path
+        proj = Project(root=root, env=read_env(root), backlogs=backlogs)
+        for b in backlogs:
+            if not (root / "templates" / b.template / "config.json").is_file():
+                from .template import template_names
+                raise InputError(f"names unknown template {b.template!r}.", file=str(b.path),
+                                 field="templateId",
+                                 fix=f"use one of: {', '.join(template_names(root)) or 'none'}.")
+            proj.template(b.template)  # bad config / prompts fail here, before any task runs
+        _PROJECTS[str(root)] = proj
+        return proj
+
+
+def reset() -> None:
+    """Forget loaded projects and templates (for tests running several builds in one process)."""
+    from . import template as template_mod
+    with _PLOCK:
+        _PROJECTS.clear()
+    template_mod._CACHE.clear()

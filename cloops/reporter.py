@@ -1,0 +1,145 @@
+"""What a person sees during ``doit``: per story, what ran and why; a summary at the end.
+
+A doit reporter (``DOIT_CONFIG["reporter"]``). Every task that runs gets one line when it ends:
+its story, step, why it was stale and what it cost; hand edits kept in history and drafts left
+pending are said. The run ends with a table: stories built / failed / up to date, and calls per
+service (made, cache hits, tokens, images, cost).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+
+from rich.console import Console
+from rich.table import Table
+
+HIDDEN_PREFIXES = ("build:", "expand:", "pending")
+
+
+def _split(name: str) -> tuple[str, str]:
+    """``prompt:comic-books-standard/noah-s-ark/3`` → (``prompt 3``, ``comic-books-standard/noah-s-ark``)."""
+    step, _, rest = name.partition(":")
+    parts = rest.split("/")
+    if len(parts) >= 3:
+        return f"{step} {parts[2]}", "/".join(parts[:2])
+    return step, rest
+
+
+def stale_reason(task) -> str:
+    """Why doit decided to run ``task`` (from cloops' Inputs checker and doit's file checks)."""
+    from .engine import Inputs
+    reasons: list[str] = []
+    for utd, _args, _kw in getattr(task, "uptodate", []):
+        if isinstance(utd, Inputs) and utd.changed:
+            reasons += utd.changed
+    if not reasons:
+        missing = [t for t in task.targets if not os.path.exists(t)]
+        if missing:
+            reasons.append("missing " + ", ".join(os.path.basename(m) for m in missing[:3]))
+    if not reasons and getattr(task, "dep_changed", None):
+        reasons.append("changed " + ", ".join(sorted(os.path.relpath(d) if os.path.isabs(d) else
+                                                     d.split("/", 3)[-1] for d in task.dep_changed)[:3]))
+    return "; ".join(reasons[:4]) or "stale"
+
+
+class CloopsReporter:
+    """doit reporter printing with rich (plain text when not a terminal)."""
+
+    desc = "cloops: rich progress and an end-of-run summary"
+
+    def __init__(self, outstream, options):
+        self.options = options or {}
+        self.console = Console(file=sys.stdout, highlight=False,
+                               soft_wrap=True, force_terminal=None)
+        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.t0 = time.monotonic()
+        self.started: dict[str, float] = {}
+        self.reasons: dict[str, str] = {}
+        self.ran: list[str] = []
+        self.failed: dict[str, str] = {}
+        self.uptodate = 0
+        self.runtime_errors: list[str] = []
+
+    # doit reporter protocol ------------------------------------------------
+
+    def initialize(self, tasks, selected_tasks):
+        from .engine import header_lines
+        for line in header_lines():
+            self.console.print(line)
+
+    def get_status(self, task):
+        pass
+
+    def execute_task(self, task):
+        if task.actions and not task.name.startswith(HIDDEN_PREFIXES):
+            self.started[task.name] = time.monotonic()
+            self.reasons[task.name] = stale_reason(task)
+
+    def add_failure(self, task, fail):
+        if task.name.startswith(HIDDEN_PREFIXES):
+            return
+        msg = fail.get_msg().strip() if hasattr(fail, "get_msg") else str(fail)
+        self.failed[task.name] = msg
+        step, story = _split(task.name)
+        self.console.print(f"[red]✗ {story}  {step}[/red]  {msg.splitlines()[-1] if msg else ''}")
+
+    def add_success(self, task):
+        if not task.actions or task.name.startswith(HIDDEN_PREFIXES):
+            return
+        from .execute import NOTES
+        self.ran.append(task.name)
+        step, story = _split(task.name)
+        dt = time.monotonic() - self.started.get(task.name, time.monotonic())
+        self.console.print(f"[green]✓[/green] {story}  [bold]{step}[/bold]  "
+                           f"[dim]({self.reasons.get(task.name, 'stale')}; {dt:.1f}s)[/dim]")
+        for line in NOTES.pop(task.name, []):
+            self.console.print(f"    [yellow]![/yellow] {line}")
+
+    def skip_uptodate(self, task):
+        if task.actions:
+            self.uptodate += 1
+
+    def skip_ignore(self, task):
+        pass
+
+    def cleanup_error(self, exception):
+        self.err.print(f"[red]cleanup error:[/red] {exception.get_msg()}")
+
+    def runtime_error(self, msg):
+        self.runtime_errors.append(msg)
+        self.err.print(f"[red]ERROR:[/red] {msg}")
+
+    def teardown_task(self, task):
+        pass
+
+    def complete_run(self):
+        from .engine import summary_rows
+        stories = {(_split(n)[1]) for n in self.ran}
+        failed_stories = sorted({_split(n)[1] for n in self.failed})
+        self.console.print()
+        if not self.ran and not self.failed:
+            self.console.print(f"[bold]Nothing to do:[/bold] {self.uptodate} targets up to date; "
+                               "no service was called.")
+        else:
+            self.console.print(
+                f"[bold]{len(self.ran)} tasks ran[/bold] for {len(stories)} stories; "
+                f"{self.uptodate} targets up to date; "
+                f"{len(failed_stories)} stories failed ({time.monotonic() - self.t0:.1f}s).")
+        rows = summary_rows()
+        if rows:
+            table = Table(title="Calls this run", title_justify="left")
+            for col in ("service", "backend", "calls", "cache hits", "tokens in/out",
+                        "images", "cost USD"):
+                table.add_column(col, justify="right" if col not in ("service", "backend") else "left")
+            for r in rows:
+                table.add_row(*[str(x) for x in r])
+            self.console.print(table)
+        for name in failed_stories:
+            msgs = [m for t, m in self.failed.items() if _split(t)[1] == name]
+            self.err.print(f"[red]FAILED[/red] {name}: {msgs[0].splitlines()[-1] if msgs else ''}")
+        from .engine import stale_completed_report
+        for line in stale_completed_report():
+            self.console.print(line)

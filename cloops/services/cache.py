@@ -1,0 +1,83 @@
+"""The response cache: every paid call's result, addressed by the whole request.
+
+The key is the SHA-256 of the canonical JSON of ``{service, backend, request}`` where
+``request`` is the request's ``cache_key()`` — model, every parameter, the rendered prompts and
+schema. A hit restores the output with no call. Entries are written atomically as soon as a
+call returns, so a killed run re-pays nothing, and reverting an edit to a state built before
+costs nothing.
+
+Layout: ``<dir>/<key[:2]>/<key>.json`` (LLM results) and ``<key>.jpg`` + ``<key>.json``
+(images, the JSON holding size and billing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..fileio import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
+from .base import ImageResult, LLMResult, Usage
+
+
+def cache_key(service: str, backend: str, request_key: dict) -> str:
+    """The cache address of a request (hex SHA-256)."""
+    payload = {"service": service, "backend": backend, "request": request_key}
+    return sha256_bytes(canonical_json(payload).encode("utf-8"))
+
+
+class ResponseCache:
+    """A folder of cached responses. ``enabled=False`` makes every lookup miss (writes still
+    happen, so a deliberate re-roll replaces what a later revert would restore)."""
+
+    def __init__(self, directory: Path, *, enabled: bool = True):
+        self.dir = Path(directory)
+        self.enabled = enabled
+
+    def _path(self, key: str, suffix: str) -> Path:
+        return self.dir / key[:2] / f"{key}{suffix}"
+
+    def get_llm(self, key: str) -> LLMResult | None:
+        if not self.enabled:
+            return None
+        try:
+            raw = json.loads(self._path(key, ".json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return LLMResult(text=raw["text"], data=raw.get("data"), usage=Usage(**raw["usage"]),
+                         model=raw.get("model", ""))
+
+    def put_llm(self, key: str, result: LLMResult) -> None:
+        atomic_write_text(self._path(key, ".json"), canonical_json(
+            {"text": result.text, "data": result.data, "usage": result.usage.as_dict(),
+             "model": result.model}))
+
+    def get_image(self, key: str) -> ImageResult | None:
+        if not self.enabled:
+            return None
+        try:
+            meta = json.loads(self._path(key, ".json").read_text(encoding="utf-8"))
+            jpeg = self._path(key, ".jpg").read_bytes()
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return ImageResult(jpeg=jpeg, width_px=meta["width_px"], height_px=meta["height_px"],
+                           images_billed=meta.get("images_billed", 1))
+
+    def put_image(self, key: str, result: ImageResult) -> None:
+        # image bytes first: a meta file always has its image
+        atomic_write_bytes(self._path(key, ".jpg"), result.jpeg)
+        atomic_write_text(self._path(key, ".json"), canonical_json(
+            {"width_px": result.width_px, "height_px": result.height_px,
+             "images_billed": result.images_billed}))
+
+    def stats(self) -> dict[str, Any]:
+        """``{"entries": int, "bytes": int}``."""
+        n = size = 0
+        if self.dir.is_dir():
+            for root, _dirs, files in os.walk(self.dir):
+                for f in files:
+                    if f.endswith(".json"):
+                        n += 1
+                    size += os.path.getsize(os.path.join(root, f))
+        return {"entries": n, "bytes": size}

@@ -1,0 +1,497 @@
+"""OpenAI LLM backends: the Responses API (``openai``) and any Chat Completions server
+(``openai-chat``: Ollama, vLLM, LM Studio, llama.cpp server).
+
+Both call the official ``openai`` SDK (>= 3, which sends over ``httpx2``) and convert its
+exceptions into :mod:`cloops.errors` here, at the boundary::
+
+    openai.AuthenticationError (401), PermissionDeniedError (403)   -> AuthError
+    RateLimitError (429), InternalServerError (5xx), 408, 409,
+    APIConnectionError, APITimeoutError                              -> TransientServiceError
+    429 with code ``insufficient_quota`` (no credit left)            -> PermanentServiceError
+    BadRequestError (400), NotFoundError (404),
+    UnprocessableEntityError (422), other 4xx                        -> PermanentServiceError
+    a ``refusal`` content item / ``message.refusal``                 -> RefusalError
+    ``status == "incomplete"`` / ``finish_reason == "length"``       -> IncompleteError
+    output that is not JSON when a schema was requested              -> OutputInvalidError
+
+API facts (checked against the openai-python 3.x sources, ``resources/responses`` and
+``types/responses/response.py``, and the OpenAI Structured Outputs / GPT-5.1 docs): a Response's
+``output`` may start with a ``reasoning`` item, so the text is read from ``output_text``; a
+refusal is a message content item ``{"type": "refusal", "refusal": str}``; ``usage`` has
+``input_tokens``, ``output_tokens`` and ``output_tokens_details.reasoning_tokens``. The SDK
+itself retries 408/409/429/5xx and connection errors ``max_retries`` times.
+
+``openai`` is imported lazily (on the first call): this module is imported on every doit start.
+The API key is never put into a message, log line or repr.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ..errors import (AuthError, IncompleteError, InputError, OutputInvalidError,
+                      PermanentServiceError, RefusalError, ServiceError, TransientServiceError)
+from .base import LLMRequest, LLMResult, Usage
+from .registry import BackendSpec, register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import LLMConfig
+
+KEY_ENV = "OPENAI_API_KEY"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+CHAT_PLACEHOLDER_KEY = "not-needed"  # local Chat Completions servers ignore the key
+
+MISSING_KEY_MESSAGE = (f"{KEY_ENV} is not set: add it to the environment or to .env, "
+                       "or set llm.backend to \"draft\" to build offline drafts.")
+
+# Fixes named in IncompleteError messages, by ``incomplete_details.reason`` / ``finish_reason``.
+_INCOMPLETE_FIXES = {
+    "max_output_tokens": ("the output token limit was reached (reasoning tokens count towards "
+                          "it). Fix: lower llm.reasoning (or llm.steps.<step>.reasoning), or ask "
+                          "for less output (e.g. fewer pages or shorter narration)."),
+    "length": ("the server's output token limit was reached. Fix: raise the model's max tokens "
+               "/ context size on the server, or ask for less output."),
+    "content_filter": ("the content filter stopped the output. Fix: reword the story input or "
+                       "the system prompt."),
+}
+
+_KEYLIKE = re.compile(r"\b(sk|sess|rk)-[A-Za-z0-9_*\-.]{3,}")
+
+
+def _scrub(text: str, key: str | None) -> str:
+    """Remove the API key (and anything key-shaped, e.g. OpenAI's masked echo) from ``text``."""
+    if key and key != CHAT_PLACEHOLDER_KEY:
+        text = text.replace(key, "<redacted>")
+    return _KEYLIKE.sub("<redacted key>", text)
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    """Return the server's requested wait in seconds from ``retry-after-ms`` / ``retry-after``
+    (seconds or an HTTP date), or None when absent or unreadable."""
+    if headers is None:
+        return None
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) / divisor)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            parsed = email.utils.parsedate_tz(value)
+            if parsed is not None:
+                return max(0.0, float(email.utils.mktime_tz(parsed) - time.time()))
+        except (TypeError, ValueError, OverflowError):
+            pass
+    return None
+
+
+def _api_message(exc: Any) -> str:
+    """The API's own error message (``error.message`` of the body), else the SDK's text."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        msg = body.get("message")
+        if isinstance(msg, str) and msg:
+            return msg
+    return str(getattr(exc, "message", None) or exc)
+
+
+def convert_error(exc: BaseException, *, backend: str, base_url: str | None,
+                  key: str | None = None, timeout_s: float | None = None) -> ServiceError:
+    """Turn an ``openai`` SDK exception into a :class:`cloops.errors.ServiceError`.
+
+    ``backend`` is ``"openai"`` or ``"openai-chat"``; ``base_url`` is named in connection
+    errors; ``key`` is scrubbed from every message. Returns (does not raise) the error.
+    """
+    import openai
+
+    where = base_url or DEFAULT_BASE_URL
+    common: dict[str, Any] = {"service": "llm", "backend": backend}
+    local = backend != "openai"
+    if isinstance(exc, openai.APITimeoutError):
+        return TransientServiceError(
+            f"LLM call to {where} timed out"
+            + (f" after {timeout_s:g} s" if timeout_s else "")
+            + ". Fix: retry later, or raise llm.timeoutS for slow steps.", **common)
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        detail = f" ({type(cause).__name__}: {_scrub(str(cause), key)})" if cause else ""
+        fix = ("check that the server is running and llm.baseUrl / OPENAI_BASE_URL is right"
+               if local or base_url else "check the network connection")
+        return TransientServiceError(f"could not reach the LLM service at {where}{detail}. "
+                                     f"Fix: {fix}.", **common)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        msg = _scrub(_api_message(exc), key)
+        code = getattr(exc, "code", None)
+        common["status_code"] = status
+        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            what = ("rejected the API key" if status == 401
+                    else "refused access with this API key")
+            fix = (f"check {KEY_ENV} (in the environment or .env): set it to a valid key"
+                   + (" for the server at llm.baseUrl" if local else
+                      " from https://platform.openai.com/api-keys with access to the model")
+                   + ", or set llm.backend to \"draft\" to build offline drafts")
+            return AuthError(f"{where} {what} (HTTP {status}): {msg} Fix: {fix}.", **common)
+        retry_after = _retry_after_s(getattr(exc.response, "headers", None))
+        if isinstance(exc, openai.RateLimitError):
+            if code == "insufficient_quota" or getattr(exc, "type", None) == "insufficient_quota":
+                return PermanentServiceError(
+                    f"the OpenAI account has no quota left (HTTP 429 insufficient_quota): {msg} "
+                    "Fix: add credit or raise the limit at https://platform.openai.com/settings"
+                    "/organization/billing.", **common)
+            return TransientServiceError(
+                f"rate limited by {where} (HTTP 429): {msg} Fix: wait and re-run; lower the "
+                "LLM concurrency if it keeps happening.", retry_after_s=retry_after, **common)
+        if status in (408, 409) or status >= 500:
+            return TransientServiceError(f"the LLM service at {where} failed (HTTP {status}): "
+                                         f"{msg} Fix: re-run later.",
+                                         retry_after_s=retry_after, **common)
+        if isinstance(exc, openai.NotFoundError):
+            fix = ("check llm.model (or llm.steps.<step>.model) names a model this key can use"
+                   + (", and that llm.baseUrl ends with the server's /v1 path" if local else ""))
+            return PermanentServiceError(f"{where} answered HTTP 404: {msg} Fix: {fix}.",
+                                         **common)
+        return PermanentServiceError(
+            f"{where} rejected the request (HTTP {status}"
+            + (f", {code}" if code else "") + f"): {msg} Fix: correct the model, reasoning, "
+            "verbosity or schema settings named in the message.", **common)
+    return PermanentServiceError(f"the OpenAI SDK failed: {type(exc).__name__}: "
+                                 f"{_scrub(str(exc), key)}", **common)
+
+
+def _parse_json(text: str, *, lenient: bool = False) -> Any:
+    """Parse JSON output; ``lenient`` also strips a leading ``<think>...</think>`` block and a
+    Markdown code fence (local models add them). Raises ValueError."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        if not lenient:
+            raise
+    cleaned = re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.S).strip()
+    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", cleaned, flags=re.S)
+    if fence:
+        cleaned = fence.group(1)
+    return json.loads(cleaned)
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _SDKBackend:
+    """Shared client handling: the ``openai.OpenAI`` client is made on the first call."""
+
+    name = ""
+    offline = False
+
+    def __init__(self, *, api_key: str, base_url: str | None = None, timeout_s: float = 300.0,
+                 max_retries: int = 2):
+        self._api_key = api_key
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never shows the key
+        return (f"{type(self).__name__}(base_url={self.base_url or DEFAULT_BASE_URL!r}, "
+                f"max_retries={self.max_retries})")
+
+    def __getstate__(self) -> dict:
+        # picklable for doit's process-parallel mode: the client and lock are remade
+        state = dict(self.__dict__)
+        state["_client"] = None
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The ``openai.OpenAI`` client (created once, thread-safe)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import openai
+                    self._client = openai.OpenAI(api_key=self._api_key, base_url=self.base_url,
+                                                 timeout=self.timeout_s,
+                                                 max_retries=self.max_retries)
+        return self._client
+
+    def _convert(self, exc: BaseException, request: LLMRequest) -> ServiceError:
+        return convert_error(exc, backend=self.name, base_url=self.base_url, key=self._api_key,
+                             timeout_s=request.timeout_s)
+
+    def _error(self, cls: type[ServiceError], message: str, **kw: Any) -> ServiceError:
+        return cls(_scrub(message, self._api_key), service="llm", backend=self.name, **kw)
+
+
+class OpenAIResponsesBackend(_SDKBackend):
+    """LLM backend on the OpenAI Responses API (``POST {base_url}/responses``).
+
+    Args:
+        api_key: the OpenAI key (kept private: never in messages or repr).
+        base_url: API root ending in ``/v1``; None for ``https://api.openai.com/v1``.
+        timeout_s: client default timeout in seconds (each call uses ``request.timeout_s``).
+        max_retries: the SDK's own retries of 408/409/429/5xx and connection errors.
+
+    Sends ``model``, ``input`` (a system and a user message), ``reasoning.effort`` (omitted when
+    None), ``text.format`` (strict ``json_schema``, omitted without a schema) and
+    ``text.verbosity`` (omitted when None).
+    """
+
+    name = "openai"
+
+    def request_params(self, request: LLMRequest) -> dict[str, Any]:
+        """Return the keyword arguments of ``client.responses.create`` for ``request``."""
+        params: dict[str, Any] = {
+            "model": request.model,
+            "input": [{"role": "system", "content": request.system},
+                      {"role": "user", "content": request.user}],
+        }
+        if request.reasoning is not None:
+            params["reasoning"] = {"effort": request.reasoning}
+        text: dict[str, Any] = {}
+        if request.schema is not None:
+            text["format"] = {"type": "json_schema", "name": request.schema_name,
+                              "schema": request.schema, "strict": True}
+        if request.verbosity is not None:
+            text["verbosity"] = request.verbosity
+        if text:
+            params["text"] = text
+        return params
+
+    def complete(self, request: LLMRequest) -> LLMResult:
+        """Ask the model; return its text, the parsed JSON (with a schema), usage and model.
+
+        Raises:
+            AuthError: key rejected (401/403).
+            TransientServiceError: 429, 5xx, timeout or connection error after the SDK's
+                retries; ``retry_after_s`` is the server's ``retry-after`` when sent.
+            RefusalError: the model refused (the refusal text is in the message).
+            IncompleteError: ``status == "incomplete"`` (names the reason and the fix).
+            OutputInvalidError: a schema was given and the output is not JSON
+                (``raw_output`` holds it).
+            PermanentServiceError: 400/404/422, ``status == "failed"`` and other errors.
+        """
+        import openai
+
+        try:
+            response = self.client.responses.create(**self.request_params(request),
+                                                    timeout=request.timeout_s)
+        except openai.OpenAIError as exc:
+            raise self._convert(exc, request) from None
+        return self._result(response, request)
+
+    def _result(self, response: Any, request: LLMRequest) -> LLMResult:
+        usage = _responses_usage(getattr(response, "usage", None))
+        status = getattr(response, "status", None)
+        model = getattr(response, "model", None) or request.model
+        if status == "failed":
+            err = getattr(response, "error", None)
+            detail = (f"{getattr(err, 'code', '')}: {getattr(err, 'message', '')}" if err
+                      else "no error details")
+            raise self._error(PermanentServiceError,
+                              f"the model {model} failed to answer ({detail}). "
+                              "Fix: re-run; if it persists, check the request settings.",
+                              usage=usage)
+        refusal = _find_refusal(getattr(response, "output", None) or [])
+        if refusal is not None:
+            raise self._error(RefusalError, f"the model {model} refused: {_shorten(refusal)!r}. "
+                              "Fix: reword the story input or the step's system prompt.",
+                              raw_output=refusal, usage=usage)
+        text = response.output_text or ""
+        if status == "incomplete":
+            details = getattr(response, "incomplete_details", None)
+            reason = getattr(details, "reason", None) or "unknown"
+            fix = _INCOMPLETE_FIXES.get(reason, "Fix: re-run, or lower llm.reasoning.")
+            raise self._error(IncompleteError,
+                              f"the response of {model} is incomplete (reason: {reason}, "
+                              f"{usage.output_tokens} output tokens of which "
+                              f"{usage.reasoning_tokens} reasoning): {fix}",
+                              raw_output=text, usage=usage)
+        data = None
+        if request.schema is not None:
+            try:
+                data = _parse_json(text)
+            except ValueError as exc:
+                raise self._error(OutputInvalidError,
+                                  f"the output of {model} for schema {request.schema_name!r} is "
+                                  f"not valid JSON ({exc}): {_shorten(text)!r}. Fix: re-run; "
+                                  "check the schema is strict.",
+                                  raw_output=text, usage=usage) from None
+        return LLMResult(text=text, data=data, usage=usage, model=model)
+
+
+class OpenAIChatBackend(_SDKBackend):
+    """LLM backend on any OpenAI-compatible Chat Completions server
+    (``POST {base_url}/chat/completions``: Ollama, vLLM, LM Studio, llama.cpp server).
+
+    Args:
+        base_url: the server's API root, e.g. ``http://localhost:11434/v1`` (required).
+        api_key: sent as the bearer token; local servers ignore it (``"not-needed"``).
+        timeout_s / max_retries: as for :class:`OpenAIResponsesBackend`.
+
+    Sends ``model``, ``messages`` (system, user) and, with a schema, ``response_format``
+    ``{"type": "json_schema", "json_schema": {"name", "schema", "strict": true}}``.
+    ``reasoning`` and ``verbosity`` are not sent (many such servers reject unknown fields).
+    JSON output is parsed leniently: a leading ``<think>`` block or a code fence is stripped.
+    """
+
+    name = "openai-chat"
+
+    def __init__(self, *, base_url: str, api_key: str = CHAT_PLACEHOLDER_KEY,
+                 timeout_s: float = 300.0, max_retries: int = 2):
+        super().__init__(api_key=api_key or CHAT_PLACEHOLDER_KEY, base_url=base_url,
+                         timeout_s=timeout_s, max_retries=max_retries)
+
+    def request_params(self, request: LLMRequest) -> dict[str, Any]:
+        """Return the keyword arguments of ``client.chat.completions.create``."""
+        params: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": "system", "content": request.system},
+                         {"role": "user", "content": request.user}],
+        }
+        if request.schema is not None:
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": request.schema_name, "schema": request.schema,
+                                "strict": True}}
+        return params
+
+    def complete(self, request: LLMRequest) -> LLMResult:
+        """Ask the model; return its text, the parsed JSON (with a schema), usage and model.
+
+        Raises: as :meth:`OpenAIResponsesBackend.complete`; ``finish_reason`` ``length`` or
+        ``content_filter`` raises IncompleteError, ``message.refusal`` RefusalError.
+        """
+        import openai
+
+        try:
+            completion = self.client.chat.completions.create(**self.request_params(request),
+                                                             timeout=request.timeout_s)
+        except openai.OpenAIError as exc:
+            raise self._convert(exc, request) from None
+        usage = _chat_usage(getattr(completion, "usage", None))
+        model = getattr(completion, "model", None) or request.model
+        choices = getattr(completion, "choices", None) or []
+        if not choices:
+            raise self._error(PermanentServiceError,
+                              f"the server at {self.base_url} returned no choices for model "
+                              f"{model}. Fix: check the model is loaded on the server.",
+                              usage=usage)
+        choice = choices[0]
+        message = choice.message
+        if getattr(message, "refusal", None):
+            raise self._error(RefusalError,
+                              f"the model {model} refused: {_shorten(message.refusal)!r}. "
+                              "Fix: reword the story input or the step's system prompt.",
+                              raw_output=message.refusal, usage=usage)
+        text = message.content or ""
+        reason = getattr(choice, "finish_reason", None)
+        if reason in ("length", "content_filter"):
+            raise self._error(IncompleteError,
+                              f"the response of {model} is incomplete (finish_reason: {reason}, "
+                              f"{usage.output_tokens} output tokens): {_INCOMPLETE_FIXES[reason]}",
+                              raw_output=text, usage=usage)
+        data = None
+        if request.schema is not None:
+            try:
+                data = _parse_json(text, lenient=True)
+            except ValueError as exc:
+                raise self._error(OutputInvalidError,
+                                  f"the output of {model} for schema {request.schema_name!r} is "
+                                  f"not valid JSON ({exc}): {_shorten(text)!r}. Fix: re-run, or "
+                                  "use a model that supports structured outputs.",
+                                  raw_output=text, usage=usage) from None
+        return LLMResult(text=text, data=data, usage=usage, model=model)
+
+
+def _find_refusal(output: list) -> str | None:
+    """Return the text of the first ``refusal`` content item of a message output item."""
+    for item in output:
+        if getattr(item, "type", None) != "message":
+            continue
+        for part in getattr(item, "content", None) or []:
+            if getattr(part, "type", None) == "refusal":
+                return getattr(part, "refusal", None) or ""
+    return None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _responses_usage(usage: Any) -> Usage:
+    """Usage of a Response; missing parts (e.g. ``output_tokens_details``) count 0."""
+    if usage is None:
+        return Usage()
+    details = getattr(usage, "output_tokens_details", None)
+    return Usage(input_tokens=_int(getattr(usage, "input_tokens", 0)),
+                 output_tokens=_int(getattr(usage, "output_tokens", 0)),
+                 reasoning_tokens=_int(getattr(details, "reasoning_tokens", 0)))
+
+
+def _chat_usage(usage: Any) -> Usage:
+    """Usage of a chat.completion (``prompt_tokens``/``completion_tokens``)."""
+    if usage is None:
+        return Usage()
+    details = getattr(usage, "completion_tokens_details", None)
+    return Usage(input_tokens=_int(getattr(usage, "prompt_tokens", 0)),
+                 output_tokens=_int(getattr(usage, "completion_tokens", 0)),
+                 reasoning_tokens=_int(getattr(details, "reasoning_tokens", 0)))
+
+
+def _base_url(section: "LLMConfig", env: Mapping[str, str]) -> str | None:
+    return section.base_url or env.get(BASE_URL_ENV) or None
+
+
+def make_responses_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAIResponsesBackend:
+    """Factory of ``openai``: the key from ``env["OPENAI_API_KEY"]``.
+
+    Raises:
+        AuthError: ``OPENAI_API_KEY`` is not set.
+    """
+    key = env.get(KEY_ENV)
+    if not key:
+        raise AuthError(MISSING_KEY_MESSAGE, service="llm", backend="openai")
+    return OpenAIResponsesBackend(api_key=key, base_url=_base_url(section, env),
+                                  timeout_s=section.timeout_s, max_retries=section.max_retries)
+
+
+def make_chat_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAIChatBackend:
+    """Factory of ``openai-chat``: ``llm.baseUrl`` or ``OPENAI_BASE_URL`` is required.
+
+    Raises:
+        InputError: no base URL is configured.
+    """
+    base_url = _base_url(section, env)
+    if not base_url:
+        raise InputError("backend \"openai-chat\" needs the server's URL, but it is not set.",
+                         field="llm.baseUrl",
+                         fix="set llm.baseUrl to the server's OpenAI-compatible API root, e.g. "
+                             "\"http://localhost:11434/v1\" (Ollama) or "
+                             "\"http://localhost:8000/v1\" (vLLM), or set OPENAI_BASE_URL.")
+    return OpenAIChatBackend(base_url=base_url, api_key=env.get(KEY_ENV) or CHAT_PLACEHOLDER_KEY,
+                             timeout_s=section.timeout_s, max_retries=section.max_retries)
+
+
+OPENAI_SPEC = register(BackendSpec(name="openai", service="llm", offline=False,
+                                   factory=make_responses_backend, key_env=(KEY_ENV,),
+                                   auto_rank=10, describe="OpenAI Responses API"))
+OPENAI_CHAT_SPEC = register(BackendSpec(name="openai-chat", service="llm", offline=False,
+                                        factory=make_chat_backend, key_env=(),
+                                        describe="OpenAI-compatible Chat Completions"))

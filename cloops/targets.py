@@ -1,0 +1,121 @@
+"""Writing targets without losing anything a person wrote.
+
+Every story folder has ``.cloops/manifest.json``: for each target, the SHA-256 of the bytes
+cloops last wrote and what made them (backend, model, offline or not). A target whose bytes
+differ from that record was edited by hand. Before any target is overwritten, its previous
+version — hand edit or generated — is copied to ``.cloops/history/<target>/`` with when and
+why, and the build output says so.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from .fileio import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+
+META_DIR = ".cloops"
+_tlock = threading.Lock()
+_thread_locks: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def story_lock(story_dir: Path) -> Iterator[None]:
+    """Exclusive lock on a story's manifest across threads and processes."""
+    meta = story_dir / META_DIR
+    meta.mkdir(parents=True, exist_ok=True)
+    with _tlock:
+        tl = _thread_locks.setdefault(str(meta), threading.Lock())
+    with tl, open(meta / "manifest.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_manifest(story_dir: Path) -> dict[str, dict]:
+    try:
+        return json.loads((story_dir / META_DIR / "manifest.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What :func:`write_target` did.
+
+    Attributes:
+        changed: the bytes on disk changed.
+        kept: path of the previous version saved to history, or None.
+        hand_edit: the previous version was a hand edit.
+    """
+
+    changed: bool
+    kept: Path | None = None
+    hand_edit: bool = False
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def is_hand_edited(story_dir: Path, rel: str, manifest: dict | None = None) -> bool:
+    """True when the file exists and differs from what cloops last wrote (or was never written)."""
+    path = story_dir / rel
+    current = sha256_file(path)
+    if current is None:
+        return False
+    rec = (manifest if manifest is not None else read_manifest(story_dir)).get(rel)
+    return rec is None or rec.get("sha256") != current
+
+
+def keep_version(story_dir: Path, rel: str, *, reason: str) -> Path:
+    """Copy the current ``rel`` into its history folder; return the copy's path."""
+    src = story_dir / rel
+    hist = story_dir / META_DIR / "history" / rel
+    hist.mkdir(parents=True, exist_ok=True)
+    dest = hist / f"{_stamp()}-{reason}{src.suffix}"
+    shutil.copy2(src, dest)
+    return dest
+
+
+def write_target(story_dir: Path, rel: str, data: bytes, *, made_by: str,
+                 offline: bool) -> WriteOutcome:
+    """Write target ``rel`` of a story atomically, keeping its previous version first.
+
+    ``made_by`` is recorded in the manifest (``"openai gpt-5.1"``, ``"draft"``, ``"assembled"``).
+    Identical bytes are not rewritten (the file's mtime is kept).
+    """
+    with story_lock(story_dir):
+        manifest = read_manifest(story_dir)
+        path = story_dir / rel
+        new_sha = sha256_bytes(data)
+        current = sha256_file(path)
+        kept = None
+        hand = False
+        if current is not None and current != new_sha:
+            rec = manifest.get(rel)
+            hand = rec is None or rec.get("sha256") != current
+            kept = keep_version(story_dir, rel, reason="hand-edit" if hand else "generated")
+        if current != new_sha:
+            atomic_write_bytes(path, data)
+        manifest[rel] = {"sha256": new_sha, "madeBy": made_by, "offline": offline,
+                         "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        atomic_write_json(story_dir / META_DIR / "manifest.json", manifest)
+        return WriteOutcome(changed=current != new_sha, kept=kept, hand_edit=hand)
+
+
+def forget_target(story_dir: Path, rel: str) -> None:
+    """Drop a target from the manifest (after a stale file was removed)."""
+    with story_lock(story_dir):
+        manifest = read_manifest(story_dir)
+        if manifest.pop(rel, None) is not None:
+            atomic_write_json(story_dir / META_DIR / "manifest.json", manifest)

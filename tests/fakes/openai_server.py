@@ -1,0 +1,482 @@
+"""A fake OpenAI server on 127.0.0.1 that speaks the wire protocol, for tests through the real SDK.
+
+openai >= 3 sends over ``httpx2`` (respx cannot intercept it), so tests point the SDK's
+``base_url`` here instead::
+
+    with FakeOpenAI() as srv:
+        client = openai.OpenAI(api_key="sk-test", base_url=srv.base_url, max_retries=0)
+        srv.enqueue(status=429, headers={"retry-after": "0"})
+        ...
+        assert srv.requests[-1].body["model"] == "gpt-5.1"
+
+Endpoints: ``POST /v1/responses`` (a Response object of the real shape: a ``reasoning`` item
+first, then the ``message``) and ``POST /v1/chat/completions`` (a ``chat.completion``). Each
+request takes the next scripted reply from the queue (:meth:`FakeOpenAI.enqueue`); when the queue
+is empty the default responder answers with a schema-valid JSON instance of the request's
+``text.format.schema`` (``response_format.json_schema.schema`` for chat) or plain text.
+Shapes follow openai-python 3.x ``types/responses/response.py`` and ``types/chat/chat_completion.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+RESPONSES_PATH = "/v1/responses"
+CHAT_PATH = "/v1/chat/completions"
+
+
+@dataclass
+class RecordedRequest:
+    """One request as received: ``headers`` keys are lower-case; ``body`` is the parsed JSON
+    (None when the body is empty or not JSON); ``raw`` the bytes."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    raw: bytes = b""
+
+
+@dataclass
+class Reply:
+    """A scripted reply (see :meth:`FakeOpenAI.enqueue`)."""
+
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    drop: bool = False
+    text: str | None = None
+    refusal: str | None = None
+    incomplete: str | None = None
+    usage: dict[str, int] | None = None
+    model: str | None = None
+
+
+_ERROR_TYPES = {
+    400: ("invalid_request_error", None, "Invalid request."),
+    401: ("invalid_request_error", "invalid_api_key", None),  # message built from the key
+    403: ("invalid_request_error", "unsupported_country_region_territory",
+          "Project does not have access to this model."),
+    404: ("invalid_request_error", "model_not_found",
+          "The model does not exist or you do not have access to it."),
+    408: ("server_error", None, "Request timed out."),
+    409: ("invalid_request_error", None, "Conflict."),
+    422: ("invalid_request_error", None, "Unprocessable entity."),
+    429: ("requests", "rate_limit_exceeded",
+          "Rate limit reached for requests. Please try again in 1s."),
+    500: ("server_error", None, "The server had an error while processing your request."),
+    502: ("server_error", None, "Bad gateway."),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+}
+
+
+def error_body(status: int, message: str | None = None, *, code: str | None = None,
+               type_: str | None = None, param: str | None = None) -> dict:
+    """The JSON body OpenAI sends with an error status: ``{"error": {message, type, param, code}}``."""
+    d_type, d_code, d_msg = _ERROR_TYPES.get(status, ("invalid_request_error", None, "Error."))
+    return {"error": {"message": message or d_msg or "Error.", "type": type_ or d_type,
+                      "param": param, "code": code if code is not None else d_code}}
+
+
+# ---------------------------------------------------------------- schema instance generator
+
+def _words(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name.replace("_", " ").replace("-", " ")):
+        if ch.isupper() and i and name[i - 1].islower():
+            out.append(" ")
+        out.append(ch.lower())
+    return "".join(out).strip() or "value"
+
+
+class _Generator:
+    """Make a JSON instance of a (strict-subset) JSON schema: every property present, strings
+    readable and derived from the property name, integers counting from 1 per property name,
+    arrays of 3 items (clamped to minItems/maxItems), enums honoured (cycling)."""
+
+    def __init__(self, root: dict):
+        self.root = root
+        self.counters: dict[str, int] = {}
+
+    def _count(self, name: str) -> int:
+        self.counters[name] = self.counters.get(name, 0) + 1
+        return self.counters[name]
+
+    def _resolve(self, schema: dict) -> dict:
+        seen = 0
+        while isinstance(schema, dict) and "$ref" in schema and seen < 20:
+            ref = schema["$ref"]
+            node: Any = self.root
+            if ref.startswith("#"):
+                for part in [p for p in ref[1:].split("/") if p]:
+                    node = node[part.replace("~1", "/").replace("~0", "~")]
+            schema, seen = node, seen + 1
+        return schema
+
+    def make(self, schema: Any, name: str = "value") -> Any:
+        schema = self._resolve(schema) if isinstance(schema, dict) else {}
+        if "const" in schema:
+            return schema["const"]
+        if "enum" in schema:
+            values = schema["enum"]
+            return values[(self._count(name + "#enum") - 1) % len(values)]
+        for key in ("anyOf", "oneOf"):
+            if schema.get(key):
+                branches = [b for b in schema[key] if self._resolve(b).get("type") != "null"]
+                return self.make((branches or schema[key])[0], name)
+        type_ = schema.get("type")
+        if isinstance(type_, list):
+            non_null = [t for t in type_ if t != "null"]
+            type_ = non_null[0] if non_null else "null"
+        if type_ is None:
+            type_ = ("object" if "properties" in schema else
+                     "array" if "items" in schema else "string")
+        if type_ == "object":
+            props = schema.get("properties") or {}
+            return {key: self.make(sub, key) for key, sub in props.items()}
+        if type_ == "array":
+            n = 3
+            if "minItems" in schema:
+                n = max(n, schema["minItems"])
+            if "maxItems" in schema:
+                n = min(n, schema["maxItems"])
+            item_name = name[:-1] if name.endswith("s") and len(name) > 3 else f"{name} item"
+            return [self.make(schema.get("items", {}), item_name) for _ in range(n)]
+        if type_ in ("integer", "number"):
+            value = self._count(name)
+            if "minimum" in schema:
+                value = max(value, schema["minimum"])
+            if "maximum" in schema:
+                value = min(value, schema["maximum"])
+            return int(value) if type_ == "integer" else float(value)
+        if type_ == "boolean":
+            return True
+        if type_ == "null":
+            return None
+        text = f"{_words(name).capitalize()} {self._count(name)}"
+        min_len = schema.get("minLength", 0)
+        if len(text) < min_len:
+            text = (text + " " + "lorem ipsum" * min_len)[:min_len]
+        if "maxLength" in schema:
+            text = text[:schema["maxLength"]]
+        return text
+
+
+def instance_for(schema: dict) -> Any:
+    """Return a JSON instance of ``schema`` (see :class:`_Generator`)."""
+    return _Generator(schema).make(schema, "value")
+
+
+# ---------------------------------------------------------------- reply bodies
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+def _response_object(req: dict, reply: Reply, text: str | None) -> dict:
+    """A Responses API ``response`` object for request body ``req``."""
+    effort = (req.get("reasoning") or {}).get("effort")
+    text_cfg = req.get("text") or {}
+    fmt = text_cfg.get("format") or {"type": "text"}
+    msg_text = text or ""
+    reasoning_tokens = 0 if effort == "none" else 64
+    input_text = json.dumps(req.get("input", ""))
+    usage = {"input_tokens": _tokens(input_text),
+             "input_tokens_details": {"cached_tokens": 0},
+             "output_tokens": _tokens(msg_text) + reasoning_tokens,
+             "output_tokens_details": {"reasoning_tokens": reasoning_tokens}}
+    if reply.usage:
+        usage.update({k: v for k, v in reply.usage.items() if k != "reasoning_tokens"})
+        if "reasoning_tokens" in reply.usage:
+            usage["output_tokens_details"] = {"reasoning_tokens": reply.usage["reasoning_tokens"]}
+    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    output: list[dict] = [{"type": "reasoning", "id": _new_id("rs"), "summary": []}]
+    status, incomplete_details = "completed", None
+    if reply.refusal is not None:
+        output.append({"type": "message", "id": _new_id("msg"), "status": "completed",
+                       "role": "assistant",
+                       "content": [{"type": "refusal", "refusal": reply.refusal}]})
+    elif reply.incomplete is not None:
+        status, incomplete_details = "incomplete", {"reason": reply.incomplete}
+        if text is not None:  # partial text; otherwise the reasoning used up the budget
+            output.append({"type": "message", "id": _new_id("msg"), "status": "incomplete",
+                           "role": "assistant",
+                           "content": [{"type": "output_text", "text": msg_text,
+                                        "annotations": [], "logprobs": []}]})
+    else:
+        output.append({"type": "message", "id": _new_id("msg"), "status": "completed",
+                       "role": "assistant",
+                       "content": [{"type": "output_text", "text": msg_text,
+                                    "annotations": [], "logprobs": []}]})
+    now = int(time.time())
+    return {
+        "id": _new_id("resp"), "object": "response", "created_at": now, "status": status,
+        "background": False, "completed_at": now if status == "completed" else None,
+        "error": None, "incomplete_details": incomplete_details, "instructions": None,
+        "max_output_tokens": req.get("max_output_tokens"), "max_tool_calls": None,
+        "model": reply.model or req.get("model", "gpt-5.1"), "output": output,
+        "parallel_tool_calls": True, "previous_response_id": None, "prompt_cache_key": None,
+        "prompt_cache_retention": None,
+        "reasoning": {"effort": effort, "summary": None}, "safety_identifier": None,
+        "service_tier": "default", "store": True, "temperature": 1.0,
+        "text": {"format": fmt, "verbosity": text_cfg.get("verbosity", "medium")},
+        "tool_choice": "auto", "tools": [], "top_logprobs": 0, "top_p": 1.0,
+        "truncation": "disabled", "usage": usage, "user": None, "metadata": {},
+    }
+
+
+def _chat_object(req: dict, reply: Reply, text: str | None) -> dict:
+    """A ``chat.completion`` object for request body ``req``."""
+    content = None if reply.refusal is not None else (text or "")
+    finish = "length" if reply.incomplete is not None else "stop"
+    if reply.incomplete == "content_filter":
+        finish = "content_filter"
+    prompt = _tokens(json.dumps(req.get("messages", "")))
+    completion = _tokens(content or reply.refusal or "")
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                           "accepted_prediction_tokens": 0,
+                                           "rejected_prediction_tokens": 0}}
+    if reply.usage:
+        usage.update({k: v for k, v in reply.usage.items() if k != "reasoning_tokens"})
+        if "reasoning_tokens" in reply.usage:
+            usage["completion_tokens_details"]["reasoning_tokens"] = reply.usage["reasoning_tokens"]
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return {
+        "id": _new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
+        "model": reply.model or req.get("model", "gpt-5.1"),
+        "choices": [{"index": 0, "logprobs": None, "finish_reason": finish,
+                     "message": {"role": "assistant", "content": content,
+                                 "refusal": reply.refusal, "annotations": []}}],
+        "usage": usage, "service_tier": "default", "system_fingerprint": None,
+    }
+
+
+def _request_schema(path: str, req: dict) -> dict | None:
+    if path == CHAT_PATH:
+        rf = req.get("response_format") or {}
+        return (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" \
+            else None
+    fmt = (req.get("text") or {}).get("format") or {}
+    return fmt.get("schema") if fmt.get("type") == "json_schema" else None
+
+
+def _last_user_text(path: str, req: dict) -> str:
+    items = req.get("messages") if path == CHAT_PATH else req.get("input")
+    if isinstance(items, str):
+        return items
+    for item in reversed(items or []):
+        if isinstance(item, dict) and item.get("role") == "user":
+            content = item.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def default_text(path: str, req: dict) -> str:
+    """What the default responder says: a schema instance as JSON text, or plain text."""
+    schema = _request_schema(path, req)
+    if schema is not None:
+        return json.dumps(instance_for(schema), ensure_ascii=False)
+    return f"Fake reply to: {_last_user_text(path, req)[:80]}"
+
+
+# ---------------------------------------------------------------- the server
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's connection pool expects
+    server: "_Server"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        fake = self.server.fake
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        path = self.path.split("?", 1)[0]
+        rec = RecordedRequest(self.command, path, {k.lower(): v for k, v in self.headers.items()},
+                              body, raw)
+        reply = fake._record_and_pop(rec)
+        if reply.delay_s:
+            fake._stopping.wait(reply.delay_s)
+        if reply.drop:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        status, payload, headers = fake._render(rec, reply)
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.send_header("x-request-id", _new_id("req"))
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+            self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: "FakeOpenAI"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up mid-reply is expected in fault tests
+
+
+class FakeOpenAI:
+    """A scriptable fake OpenAI API on ``127.0.0.1`` (ephemeral port), in a background thread.
+
+    Attributes:
+        base_url: ``"http://127.0.0.1:PORT/v1"`` to pass to ``openai.OpenAI(base_url=...)``.
+        requests: every :class:`RecordedRequest` received, in order (faults included).
+        count: ``len(requests)``.
+
+    Use as a context manager (``with FakeOpenAI() as srv:``) or call :meth:`start` /
+    :meth:`stop`.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0):
+        self._server = _Server((host, port), _Handler)
+        self._server.fake = self
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._queue: deque[Reply] = deque()
+        self._stopping = threading.Event()
+        self.requests: list[RecordedRequest] = []
+        host, port = self._server.server_address[:2]
+        self.base_url = f"http://{host}:{port}/v1"
+
+    # lifecycle
+    def start(self) -> "FakeOpenAI":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._server.serve_forever,
+                                            kwargs={"poll_interval": 0.05}, daemon=True,
+                                            name="fake-openai")
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> "FakeOpenAI":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # scripting
+    def enqueue(self, status: int = 200, body: Any = None, headers: dict[str, str] | None = None,
+                delay_s: float = 0, drop: bool = False, text: str | None = None,
+                refusal: str | None = None, incomplete: str | None = None, *,
+                usage: dict[str, int] | None = None, model: str | None = None) -> None:
+        """Queue the reply to the next request (first in, first out, any endpoint).
+
+        Args:
+            status: HTTP status. Non-200 without ``body`` sends OpenAI's error JSON for it
+                (401's message echoes the bearer key, to test that it is never shown).
+            body: the exact JSON body (dict/list) or bytes to send instead of a built one.
+            headers: extra response headers, e.g. ``{"retry-after": "0"}``.
+            delay_s: seconds to wait before answering (a slow reply; ``stop()`` cuts it short).
+            drop: close the connection without any reply.
+            text: the output text (default: the default responder's text).
+            refusal: answer with a refusal content item (chat: ``message.refusal``).
+            incomplete: answer ``status: "incomplete"`` with this ``incomplete_details.reason``
+                (chat: ``finish_reason: "length"``, or ``"content_filter"``); with ``text``
+                a partial message is included, else only the reasoning item.
+            usage: override usage numbers (``input_tokens``, ``output_tokens``,
+                ``reasoning_tokens``; for chat ``prompt_tokens``, ``completion_tokens``).
+            model: the ``model`` to report (default: the requested one).
+        """
+        with self._lock:
+            self._queue.append(Reply(status=status, body=body, headers=dict(headers or {}),
+                                     delay_s=delay_s, drop=drop, text=text, refusal=refusal,
+                                     incomplete=incomplete, usage=usage, model=model))
+
+    @property
+    def pending(self) -> int:
+        """How many scripted replies are still queued."""
+        with self._lock:
+            return len(self._queue)
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def bodies(self, path: str | None = None) -> list[Any]:
+        """The JSON bodies received (only those to ``path``, e.g. ``"/v1/responses"``, if given)."""
+        with self._lock:
+            return [r.body for r in self.requests if path is None or r.path == path]
+
+    @property
+    def last(self) -> RecordedRequest:
+        """The most recent request (IndexError when none)."""
+        with self._lock:
+            return self.requests[-1]
+
+    # internals (called from handler threads)
+    def _record_and_pop(self, rec: RecordedRequest) -> Reply:
+        with self._lock:
+            self.requests.append(rec)
+            return self._queue.popleft() if self._queue else Reply()
+
+    def _render(self, rec: RecordedRequest, reply: Reply) -> tuple[int, Any, dict[str, str]]:
+        headers = dict(reply.headers)
+        if reply.body is not None:
+            return reply.status, reply.body, headers
+        if reply.status != 200:
+            message = None
+            if reply.status == 401:
+                key = rec.headers.get("authorization", "").removeprefix("Bearer ")
+                # The real API masks the middle of the key; echoing it whole makes
+                # "the key never reaches our messages" tests stricter.
+                message = (f"Incorrect API key provided: {key}. You can find your API key at "
+                           "https://platform.openai.com/account/api-keys.")
+            return reply.status, error_body(reply.status, message), headers
+        req = rec.body if isinstance(rec.body, dict) else {}
+        if rec.method != "POST" or rec.path not in (RESPONSES_PATH, CHAT_PATH):
+            return 404, error_body(404, f"Invalid URL ({rec.method} {rec.path})",
+                                   code="unknown_url"), headers
+        text = reply.text
+        if text is None and reply.refusal is None and reply.incomplete is None:
+            text = default_text(rec.path, req)
+        build = _chat_object if rec.path == CHAT_PATH else _response_object
+        return 200, build(req, reply, text), headers

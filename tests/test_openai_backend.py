@@ -1,0 +1,345 @@
+"""The OpenAI backends, driven through the real ``openai`` SDK against a loopback fake server."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+
+from cloops.config import LLMConfig
+from cloops.errors import (AuthError, IncompleteError, InputError, OutputInvalidError,
+                           PermanentServiceError, RefusalError, TransientServiceError)
+from cloops.services import registry
+from cloops.services.base import LLMBackend, LLMRequest
+from cloops.services.openai_backend import (OpenAIChatBackend, OpenAIResponsesBackend,
+                                            make_chat_backend, make_responses_backend)
+
+try:  # `tests` is a package or a rootdir namespace, depending on how pytest is run
+    from tests.fakes.openai_server import CHAT_PATH, RESPONSES_PATH, FakeOpenAI, instance_for
+except ImportError:  # pragma: no cover
+    from fakes.openai_server import CHAT_PATH, RESPONSES_PATH, FakeOpenAI, instance_for
+
+KEY = "sk-test-xyz"
+
+PAGES_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["title", "pages"],
+    "properties": {
+        "title": {"type": "string"},
+        "pages": {
+            "type": "array", "minItems": 4, "maxItems": 4,
+            "items": {
+                "type": "object", "additionalProperties": False,
+                "required": ["pageNumber", "narration", "mood"],
+                "properties": {
+                    "pageNumber": {"type": "integer"},
+                    "narration": {"type": "string"},
+                    "mood": {"type": "string", "enum": ["calm", "tense"]},
+                },
+            },
+        },
+    },
+}
+
+
+def request(**kw) -> LLMRequest:
+    base = dict(system="You write comics.", user="Noah builds an ark.", model="gpt-5.1",
+                reasoning="low", verbosity="medium", schema=PAGES_SCHEMA, schema_name="pages",
+                timeout_s=5.0)
+    base.update(kw)
+    return LLMRequest(**base)
+
+
+@pytest.fixture
+def srv():
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def backend(srv):
+    return OpenAIResponsesBackend(api_key=KEY, base_url=srv.base_url, max_retries=0)
+
+
+def test_request_body_has_model_messages_reasoning_and_strict_schema(srv, backend):
+    backend.complete(request())
+    assert srv.count == 1
+    rec = srv.last
+    assert (rec.method, rec.path) == ("POST", RESPONSES_PATH)
+    assert rec.headers["authorization"] == f"Bearer {KEY}"
+    body = rec.body
+    assert body["model"] == "gpt-5.1"
+    assert body["input"] == [{"role": "system", "content": "You write comics."},
+                             {"role": "user", "content": "Noah builds an ark."}]
+    assert body["reasoning"] == {"effort": "low"}
+    assert body["text"] == {"format": {"type": "json_schema", "name": "pages",
+                                       "schema": PAGES_SCHEMA, "strict": True},
+                            "verbosity": "medium"}
+
+
+def test_result_is_parsed_json_with_usage_and_model(srv, backend):
+    answer = {"title": "The Ark", "pages": [
+        {"pageNumber": n, "narration": f"Page {n}.", "mood": "calm"} for n in range(1, 5)]}
+    srv.enqueue(text=json.dumps(answer), model="gpt-5.1-2025-11-13",
+                usage={"input_tokens": 321, "output_tokens": 210, "reasoning_tokens": 150})
+    result = backend.complete(request())
+    assert result.data == answer
+    assert json.loads(result.text) == answer
+    assert result.usage.as_dict() == {"input_tokens": 321, "output_tokens": 210,
+                                      "reasoning_tokens": 150}
+    assert result.model == "gpt-5.1-2025-11-13"
+    assert result.draft is False
+
+
+def test_output_text_is_read_past_a_leading_reasoning_item(srv, backend):
+    srv.enqueue(text='{"title": "T", "pages": []}')
+    result = backend.complete(request())
+    # the fake puts a reasoning item first, as GPT-5.1 does: output[0] has no text
+    assert result.data == {"title": "T", "pages": []}
+
+
+def test_default_responder_answers_schema_valid_json(srv, backend):
+    data = backend.complete(request()).data
+    assert isinstance(data["title"], str) and data["title"]
+    assert [p["pageNumber"] for p in data["pages"]] == [1, 2, 3, 4]  # minItems 4, counting
+    assert {p["mood"] for p in data["pages"]} <= {"calm", "tense"}
+    assert set(data["pages"][0]) == {"pageNumber", "narration", "mood"}
+
+
+def test_plain_text_request_omits_format_and_none_settings(srv, backend):
+    result = backend.complete(request(schema=None, reasoning=None, verbosity=None))
+    body = srv.last.body
+    assert "text" not in body and "reasoning" not in body
+    assert result.data is None
+    assert "Noah builds an ark." in result.text
+
+    backend.complete(request(schema=None, verbosity="high"))
+    assert srv.last.body["text"] == {"verbosity": "high"}
+
+
+def test_refusal_raises_refusal_error(srv, backend):
+    srv.enqueue(refusal="I can't help with that.")
+    with pytest.raises(RefusalError, match="I can't help with that") as info:
+        backend.complete(request())
+    assert info.value.service == "llm" and info.value.backend == "openai"
+
+
+def test_incomplete_raises_incomplete_error_with_reason_and_fix(srv, backend):
+    srv.enqueue(incomplete="max_output_tokens",
+                usage={"output_tokens": 4000, "reasoning_tokens": 4000})
+    with pytest.raises(IncompleteError, match="max_output_tokens") as info:
+        backend.complete(request())
+    assert "llm.reasoning" in str(info.value)
+    assert info.value.usage.reasoning_tokens == 4000
+
+
+def test_invalid_json_raises_output_invalid_with_raw_output(srv, backend):
+    srv.enqueue(text='{"title": "cut off')
+    with pytest.raises(OutputInvalidError) as info:
+        backend.complete(request())
+    assert info.value.raw_output == '{"title": "cut off'
+
+
+def test_401_raises_auth_error_without_the_key(srv, backend):
+    srv.enqueue(status=401)
+    with pytest.raises(AuthError) as info:
+        backend.complete(request())
+    message = str(info.value)
+    assert "OPENAI_API_KEY" in message
+    assert KEY not in message and "xyz" not in message
+    assert info.value.status_code == 401
+    assert KEY not in repr(backend)
+
+
+def test_403_raises_auth_error(srv, backend):
+    srv.enqueue(status=403)
+    with pytest.raises(AuthError, match="403"):
+        backend.complete(request())
+
+
+def test_400_raises_permanent_error_with_api_message(srv, backend):
+    srv.enqueue(status=400, body={"error": {"message": "Invalid schema for response_format "
+                                            "'pages': 'additionalProperties' is required",
+                                            "type": "invalid_request_error",
+                                            "param": "text.format.schema", "code": None}})
+    with pytest.raises(PermanentServiceError, match="additionalProperties") as info:
+        backend.complete(request())
+    assert not isinstance(info.value, (TransientServiceError, AuthError))
+    assert info.value.status_code == 400
+
+
+def test_404_names_the_model_setting(srv, backend):
+    srv.enqueue(status=404)
+    with pytest.raises(PermanentServiceError, match="llm.model"):
+        backend.complete(request())
+
+
+def test_429_without_sdk_retries_is_transient_with_retry_after(srv, backend):
+    srv.enqueue(status=429, headers={"retry-after": "7"})
+    with pytest.raises(TransientServiceError) as info:
+        backend.complete(request())
+    assert info.value.status_code == 429
+    assert info.value.retry_after_s == 7.0
+    assert srv.count == 1  # max_retries=0: the SDK did not retry
+
+
+def test_insufficient_quota_is_permanent(srv, backend):
+    srv.enqueue(status=429, body={"error": {"message": "You exceeded your current quota.",
+                                            "type": "insufficient_quota", "param": None,
+                                            "code": "insufficient_quota"}})
+    with pytest.raises(PermanentServiceError, match="quota"):
+        backend.complete(request())
+
+
+def test_sdk_retries_429_then_succeeds(srv):
+    backend = OpenAIResponsesBackend(api_key=KEY, base_url=srv.base_url, max_retries=1)
+    srv.enqueue(status=429, headers={"retry-after-ms": "10"})
+    assert backend.complete(request()).data["title"]
+    assert srv.count == 2
+
+
+def test_500_and_dropped_connection_and_timeout_are_transient(srv, backend):
+    srv.enqueue(status=500)
+    with pytest.raises(TransientServiceError) as info:
+        backend.complete(request())
+    assert info.value.status_code == 500
+
+    srv.enqueue(drop=True)
+    with pytest.raises(TransientServiceError, match="could not reach"):
+        backend.complete(request())
+
+    srv.enqueue(delay_s=2)
+    with pytest.raises(TransientServiceError, match="timed out"):
+        backend.complete(request(timeout_s=0.3))
+
+
+def test_failed_status_is_permanent(srv, backend):
+    srv.enqueue(body={**_response_like(srv, backend), "status": "failed",
+                      "error": {"code": "server_error", "message": "boom"}})
+    with pytest.raises(PermanentServiceError, match="boom"):
+        backend.complete(request())
+
+
+def _response_like(srv, backend) -> dict:
+    """A real-shaped Response body captured from the fake (for hand-edited variants)."""
+    import urllib.request
+    req = urllib.request.Request(srv.base_url + "/responses", method="POST",
+                                 data=json.dumps({"model": "gpt-5.1", "input": "hi"}).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def test_usage_without_output_details_counts_zero_reasoning(srv, backend):
+    body = _response_like(srv, backend)
+    body["usage"] = {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}
+    body["output"][1]["content"][0]["text"] = '{"title": "x", "pages": []}'
+    srv.enqueue(body=body)
+    usage = backend.complete(request()).usage
+    assert usage.as_dict() == {"input_tokens": 5, "output_tokens": 7, "reasoning_tokens": 0}
+
+
+# ---------------------------------------------------------------- factories and registry
+
+def test_missing_key_raises_auth_error_naming_the_variable():
+    with pytest.raises(AuthError) as info:
+        make_responses_backend(LLMConfig(), {})
+    assert str(info.value).startswith("OPENAI_API_KEY is not set")
+    assert '"draft"' in str(info.value)
+
+
+def test_factory_uses_key_base_url_and_retries_from_config(srv):
+    section = LLMConfig.model_validate({"baseUrl": srv.base_url, "maxRetries": 0})
+    backend = make_responses_backend(section, {"OPENAI_API_KEY": KEY})
+    assert isinstance(backend, LLMBackend) and backend.offline is False
+    backend.complete(request())
+    assert srv.last.headers["authorization"] == f"Bearer {KEY}"
+
+    env_backend = make_responses_backend(LLMConfig(max_retries=0),
+                                         {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": srv.base_url})
+    env_backend.complete(request())
+    assert srv.count == 2
+
+
+def test_backend_pickles_without_its_client(srv, backend):
+    backend.complete(request())
+    clone = pickle.loads(pickle.dumps(backend))
+    clone.complete(request())
+    assert srv.count == 2
+
+
+def test_registered_specs():
+    specs = registry.backends("llm")
+    assert specs["openai"].key_env == ("OPENAI_API_KEY",)
+    assert specs["openai"].auto_rank == 10 and not specs["openai"].offline
+    assert specs["openai"].describe == "OpenAI Responses API"
+    assert specs["openai-chat"].key_env == ()
+    assert registry.resolve("llm", "auto", {"OPENAI_API_KEY": KEY}).spec.name == "openai"
+
+
+# ---------------------------------------------------------------- chat completions
+
+@pytest.fixture
+def chat(srv):
+    return OpenAIChatBackend(base_url=srv.base_url, max_retries=0)
+
+
+def test_chat_sends_response_format_and_parses_reply(srv, chat):
+    answer = {"title": "Ark", "pages": []}
+    srv.enqueue(text=json.dumps(answer), usage={"prompt_tokens": 11, "completion_tokens": 22})
+    result = chat.complete(request(model="llama3.1"))
+    rec = srv.last
+    assert rec.path == CHAT_PATH
+    assert rec.headers["authorization"] == "Bearer not-needed"
+    assert rec.body["model"] == "llama3.1"
+    assert rec.body["messages"] == [{"role": "system", "content": "You write comics."},
+                                    {"role": "user", "content": "Noah builds an ark."}]
+    assert rec.body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "pages", "schema": PAGES_SCHEMA, "strict": True}}
+    assert result.data == answer
+    assert result.usage.as_dict() == {"input_tokens": 11, "output_tokens": 22,
+                                      "reasoning_tokens": 0}
+
+
+def test_chat_plain_text_and_fenced_json(srv, chat):
+    chat.complete(request(schema=None))
+    assert "response_format" not in srv.last.body
+    srv.enqueue(text='<think>hmm</think>\n```json\n{"title": "x", "pages": []}\n```')
+    assert chat.complete(request()).data == {"title": "x", "pages": []}
+
+
+def test_chat_refusal_length_and_auth(srv, chat):
+    srv.enqueue(refusal="No.")
+    with pytest.raises(RefusalError, match="No."):
+        chat.complete(request())
+    srv.enqueue(incomplete="length", text='{"ti')
+    with pytest.raises(IncompleteError, match="length") as info:
+        chat.complete(request())
+    assert info.value.backend == "openai-chat" and info.value.raw_output == '{"ti'
+    srv.enqueue(status=401)
+    with pytest.raises(AuthError):
+        chat.complete(request())
+
+
+def test_chat_factory_needs_base_url(srv):
+    with pytest.raises(InputError, match="llm.baseUrl"):
+        make_chat_backend(LLMConfig(), {"OPENAI_API_KEY": KEY})
+    backend = make_chat_backend(LLMConfig(base_url=srv.base_url, max_retries=0),
+                                {"OPENAI_API_KEY": KEY})
+    backend.complete(request())
+    assert srv.last.headers["authorization"] == f"Bearer {KEY}"
+
+
+def test_generator_honours_enum_bounds_and_refs():
+    schema = {"type": "object", "$defs": {"tag": {"type": "string", "enum": ["a", "b"]}},
+              "properties": {"tags": {"type": "array", "items": {"$ref": "#/$defs/tag"},
+                                      "maxItems": 2},
+                             "count": {"type": "integer", "minimum": 5},
+                             "note": {"type": ["string", "null"]}}}
+    data = instance_for(schema)
+    assert data["tags"] == ["a", "b"]
+    assert data["count"] == 5
+    assert isinstance(data["note"], str)
