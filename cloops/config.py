@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from .errors import InputError
 from .services.base import REASONING_EFFORTS, VERBOSITIES
@@ -116,13 +117,15 @@ class GenerationConfig(StrictModel):
     base_url: str | None = Field(default=None, alias="baseUrl")
     comfyui: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _check_params(self):
-        model = MODEL_PARAMS.get(self.model)
+    @field_validator("params")
+    @classmethod
+    def _check_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # a field validator (not a model one) so errors keep their path: generation.params.size
+        model = MODEL_PARAMS.get(info.data.get("model"))
         if model is not None:
             # validated for errors; the user's dict is kept as written (defaults are the model's)
-            model.model_validate(self.params)
-        return self
+            model.model_validate(params)
+        return params
 
 
 class CacheConfig(StrictModel):
@@ -155,21 +158,36 @@ class EngineConfig(StrictModel):
 
 
 def format_validation_error(exc: ValidationError, file: str, prefix: str = "") -> InputError:
-    """Turn the first pydantic error into an :class:`InputError` naming the field path."""
+    """Turn the first pydantic error into an :class:`InputError` naming the field path.
+
+    The path is the config's own (``generation.params.size``): pydantic's internal location
+    entries (``function-after[...]``, union/tagged-union branch names) are dropped, and a
+    ``Literal`` error lists the allowed values.
+    """
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after[_check_params()]",))
+    loc = ".".join(str(p) for p in err["loc"] if not _internal_loc(p))
     field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or None
     value = err.get("input")
     shown = json.dumps(value, ensure_ascii=False)[:120] if not isinstance(value, dict) else "{...}"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if err["type"] == "extra_forbidden":
         return InputError(f"unknown key (value {shown}).", file=file, field=field,
                           fix="remove it or check its spelling against the template's config.")
     if err["type"] == "missing":
         return InputError("is required but missing.", file=file, field=field,
                           fix="add it.")
+    if err["type"] == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return InputError(f"invalid value {shown}.", file=file, field=field,
+                          fix=f"use one of {allowed}.")
     return InputError(f"invalid value {shown}: {msg}.", file=file, field=field,
                       fix="correct the value.")
+
+
+def _internal_loc(part: Any) -> bool:
+    """True for pydantic's own location entries (``function-after[_check()]``,
+    ``literal['a','b']``, ``list[str]``): they name a validator or a union branch, not a key."""
+    return isinstance(part, str) and part.endswith("]") and "[" in part
 
 
 class TemplateConfig:
@@ -227,7 +245,8 @@ class TemplateConfig:
         return get_path(self.raw, path, default)
 
     def has(self, path: str) -> bool:
-        return get_path(self.raw, path, _MISSING) is not _MISSING
+        absent = object()  # not _MISSING: get_path takes that as "no default" and raises
+        return get_path(self.raw, path, absent) is not absent
 
 
 def get_path(data: Any, path: str, default: Any = _MISSING) -> Any:

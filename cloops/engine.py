@@ -18,6 +18,8 @@ one :class:`Inputs` uptodate object that stores the values and can say which of 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -203,7 +205,7 @@ def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_i
         "task_dep": task_dep,
         "targets": targets,
         "uptodate": [Inputs(values)],
-        "clean": True,
+        "clean": [(clean_task, [str(sdir), [str(Path(t).relative_to(rel_root)) for t in targets]])],
         "verbosity": 1,
     }
 
@@ -215,8 +217,32 @@ def run_task(root: str, template: str, story_id: str, step_name: str, n: int | N
     return run_step(Path(root), template, story_id, step_name, n, count)
 
 
+def dry_mode() -> bool:
+    """True for a dry run: ``doit dry`` / ``doit dry:<id>`` or ``CLOOPS_DRY=1``.
+
+    A dry run builds everything up to the image prompts and calls no image or voice service:
+    the tasks of media steps (and of what reads their output) are not created at all.
+    """
+    if os.environ.get("CLOOPS_DRY", "").lower() in ("1", "true", "yes"):
+        return True
+    return any(a == "dry" or a.startswith("dry:") for a in sys.argv[1:])
+
+
+def wanted_steps(tpl: Template) -> list[Step]:
+    if dry_mode():
+        return [s for s in tpl.steps if s.name not in tpl.media_steps]
+    return list(tpl.steps)
+
+
+def clean_task(story_dir: str, rels: list[str]) -> None:
+    """``doit clean`` action: remove a task's targets, keeping hand-edited ones in history."""
+    from .targets import remove_target
+    for rel in rels:
+        remove_target(Path(story_dir), rel)
+
+
 def static_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: dict) -> Iterator[dict]:
-    for step in tpl.steps:
+    for step in wanted_steps(tpl):
         if step.name not in tpl.dynamic_steps:
             yield make_task(proj, tpl, step, story, story_input, None, None, None)
 
@@ -228,7 +254,7 @@ def dynamic_tasks(proj: Project, tpl: Template, story: StoryRef,
     names: list[str] = []
     if fan.items is not None:
         count = len(fan.items)
-        for step in tpl.steps:
+        for step in wanted_steps(tpl):
             if step.name not in tpl.dynamic_steps:
                 continue
             ns = range(1, count + 1) if step.foreach else [None]
@@ -280,7 +306,8 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
         by_id: dict[str, list[str]] = {}
         for ref, it in stories:
             tpl = proj.template(ref.template)
-            deps = [task_name(s, ref, None) for s in tpl.steps if s.name not in tpl.dynamic_steps]
+            deps = [task_name(s, ref, None) for s in wanted_steps(tpl)
+                    if s.name not in tpl.dynamic_steps]
             if tpl.dynamic_steps:
                 deps.append(f"expand:{ref.key}")
             yield {"name": ref.key, "actions": None, "task_dep": deps,
@@ -297,10 +324,33 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
         return {"actions": None, "task_dep": deps}
     ns["task_pending"] = task_pending
 
+    def task_dry():
+        """dry run: everything up to the image prompts, no image call (doit dry, doit dry:<id>)"""
+        pending = []
+        by_id: dict[str, list[str]] = {}
+        for ref, it in stories:
+            tpl = proj.template(ref.template)
+            deps = [task_name(s, ref, None) for s in tpl.steps
+                    if s.name not in tpl.dynamic_steps and s.name not in tpl.media_steps]
+            if tpl.dynamic_steps:
+                deps.append(f"expand:{ref.key}")
+            yield {"name": ref.key, "actions": None, "task_dep": deps,
+                   "doc": f"dry run of {ref.key}"}
+            by_id.setdefault(ref.id, []).append(f"dry:{ref.key}")
+            if it.status != "completed":
+                pending.append(f"dry:{ref.key}")
+        for sid, deps in by_id.items():
+            yield {"name": sid, "actions": None, "task_dep": deps, "doc": f"dry run of {sid}"}
+        yield {"name": None, "actions": None, "task_dep": pending,
+               "doc": "dry run of every story that is not completed: no image call"}
+    ns["task_dry"] = task_dry
+
     from .reporter import CloopsReporter
     ns["DOIT_CONFIG"] = {
         "default_tasks": ["pending"],
         "continue": True,
+        "cleandep": True,       # doit clean build:<id> cleans the story's tasks
+        "cleanforget": True,    # and forgets their state
         "reporter": CloopsReporter,
         "dep_file": str(proj.root / "build" / ".cloops" / "doit-state.db"),
         "backend": "sqlite3",

@@ -148,7 +148,7 @@ def _run_llm(proj: Project, tpl: Template, step: LLMStep, inputs: dict, ctx: Ste
     settings = tpl.llm_settings(step)
     schema = tpl.schema(step)
     user = step.user(inputs, ctx)
-    draft = step.draft(inputs, ctx) if (backend.offline and step.draft) else None
+    draft = step.draft(inputs, ctx) if step.draft else None  # cheap; only offline backends use it
     llm_cfg = tpl.config.engine.llm
     tries = 1 + (0 if backend.offline else llm_cfg.schema_retries)
     feedback = ""

@@ -131,10 +131,12 @@ def load_project(root: Path | str | None = None) -> Project:
         for b in backlogs:
             if not (root / "templates" / b.template / "config.json").is_file():
                 from .template import template_names
-                raise InputError(f"names unknown template {b.template!r}.", file=str(b.path),
-                                 field="templateId",
+                raise InputError(f"names unknown template {b.template!r}.",
+                                 file=str(b.path.relative_to(root)), field="templateId",
                                  fix=f"use one of: {', '.join(template_names(root)) or 'none'}.")
             proj.template(b.template)  # bad config / prompts fail here, before any task runs
+            for service in ("llm", "image"):
+                proj.resolved(b.template, service)  # and an unknown backend name
         _PROJECTS[str(root)] = proj
         return proj
 

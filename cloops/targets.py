@@ -113,6 +113,28 @@ def write_target(story_dir: Path, rel: str, data: bytes, *, made_by: str,
         return WriteOutcome(changed=current != new_sha, kept=kept, hand_edit=hand)
 
 
+def remove_target(story_dir: Path, rel: str) -> Path | None:
+    """Delete target ``rel`` (for ``doit clean``); a hand-edited one is first kept in history.
+
+    Returns the history copy of a hand edit, or None.
+    """
+    path = story_dir / rel
+    kept = None
+    with story_lock(story_dir):
+        manifest = read_manifest(story_dir)
+        if path.is_file():
+            if is_hand_edited(story_dir, rel, manifest):
+                kept = keep_version(story_dir, rel, reason="hand-edit")
+            path.unlink()
+            parent = path.parent
+            while parent != story_dir and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+        if manifest.pop(rel, None) is not None:
+            atomic_write_json(story_dir / META_DIR / "manifest.json", manifest)
+    return kept
+
+
 def forget_target(story_dir: Path, rel: str) -> None:
     """Drop a target from the manifest (after a stale file was removed)."""
     with story_lock(story_dir):

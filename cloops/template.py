@@ -80,8 +80,13 @@ class Template:
         return hashlib.sha256(self.text(rel).encode("utf-8")).hexdigest()[:16]
 
     def shown(self, rel: str) -> str:
-        """The path of ``rel`` as shown to the user (the file that is actually used)."""
-        return str(self.find(rel))
+        """The path of ``rel`` as shown to the user (the file that is actually used), relative
+        to the project root."""
+        path = self.find(rel)
+        try:
+            return str(path.relative_to(self.dir.parent.parent))
+        except ValueError:
+            return str(path)
 
     # ------------------------------------------------------------ steps
 
@@ -172,6 +177,27 @@ class Template:
         return {s.target: s for s in self.steps}
 
     @cached_property
+    def media_steps(self) -> set[str]:
+        """Steps that call a media service (image, voice) and every step that reads their output:
+        what a dry run leaves out."""
+        media = {s.name for s in self.steps if s.service in ("image", "voice")}
+        changed = True
+        while changed:
+            changed = False
+            for s in self.steps:
+                if s.name in media:
+                    continue
+                sources = [i.path for i in s.inputs.values() if isinstance(i, FileInput)]
+                sources += [i.pattern for i in s.inputs.values() if isinstance(i, EachInput)]
+                if isinstance(s, BundleStep):
+                    sources += list(s.files.values())
+                if any(self.producers.get(src) is not None and self.producers[src].name in media
+                       for src in sources):
+                    media.add(s.name)
+                    changed = True
+        return media
+
+    @cached_property
     def dynamic_steps(self) -> set[str]:
         """Steps that can only be created once the foreach source exists.
 
@@ -233,10 +259,11 @@ def load_template(root: Path, name: str, *, _chain: tuple[str, ...] = ()) -> Tem
         known = ", ".join(template_names(root)) or "none"
         raise InputError(f"unknown template {name!r} (no {tdir / 'config.json'}).",
                          fix=f"use one of: {known}; or create {tdir}/config.json and workflow.py.")
+    cfg_shown = str(Path(TEMPLATES_DIR) / name / "config.json")  # as shown in errors
     if name in _chain:
         raise InputError(f"template inheritance loops: {' -> '.join(_chain + (name,))}.",
-                         file=str(tdir / "config.json"), field="extends")
-    raw = read_json(tdir / "config.json")
+                         file=cfg_shown, field="extends")
+    raw = read_json(tdir / "config.json", cfg_shown)
     base: Template | None = None
     if isinstance(raw, dict) and raw.get("extends"):
         base = load_template(root, str(raw["extends"]), _chain=_chain + (name,))
@@ -253,10 +280,11 @@ def load_template(root: Path, name: str, *, _chain: tuple[str, ...] = ()) -> Tem
     base_raw = dict(base.config.raw) if base else {}
     base_raw.pop("extends", None)
     base_raw.pop("name", None)
-    config = TemplateConfig.load(tdir / "config.json", extra_model=extra_model, base=base_raw)
+    config = TemplateConfig.load(tdir / "config.json", extra_model=extra_model, base=base_raw,
+                                 shown=cfg_shown)
     if config.engine.name != name:
         raise InputError(f"name {config.engine.name!r} differs from the folder name {name!r}.",
-                         file=str(tdir / "config.json"), field="name",
+                         file=cfg_shown, field="name",
                          fix=f"set \"name\": \"{name}\".")
     search = [tdir] + (base.search_path if base else [])
     tpl = Template(name=name, dir=tdir, config=config, steps=steps, search_path=search)
@@ -299,15 +327,11 @@ def _validate(tpl: Template) -> None:
         raise InputError(f"steps fan out over different files {sorted(sources)}; one is supported.",
                          file=wf)
     for s in tpl.steps:
-        for path in tpl.config_paths(s):
-            if not tpl.config.has(path):
-                raise InputError(f"step {s.name!r} uses config value '{path}', which is not set.",
-                                 file=tpl.config.file, field=path,
-                                 fix=f"add '{path}' to config.json.")
         if isinstance(s, LLMStep):
             if s.user is None:
                 raise InputError(f"LLM step {s.name!r} has no user message function.", file=wf)
-            tpl.system_prompt(s)  # renders: unknown variables fail here, at load
+            # renders: an unknown variable fails here, at load, naming its prompt file
+            tpl.system_prompt(s)
             schema = tpl.schema(s)
             if schema is not None:
                 try:
@@ -321,6 +345,11 @@ def _validate(tpl: Template) -> None:
                                      file=tpl.shown(f"schemas/{s.schema}"),
                                      fix="list every property in 'required' and set "
                                          "'additionalProperties': false on every object.")
+        for path in tpl.config_paths(s):
+            if not tpl.config.has(path):
+                raise InputError(f"step {s.name!r} uses config value '{path}', which is not set.",
+                                 file=tpl.config.file, field=path,
+                                 fix=f"add '{path}' to config.json.")
         for inp in s.inputs.values():
             if isinstance(inp, (ItemInput, EachInput)) and not tpl.foreach_source:
                 raise InputError(f"step {s.name!r} reads item()/each() but no step has foreach.",

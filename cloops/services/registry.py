@@ -10,6 +10,7 @@ whose key is set, else the offline one) and a factory ``factory(section, env) ->
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -64,6 +65,8 @@ def register(spec: BackendSpec) -> BackendSpec:
 
 
 def _load_builtins() -> None:
+    """Import the built-in backends, then plugins: the ``cloops.backends`` entry-point group
+    and the modules named in ``CLOOPS_PLUGINS`` (comma-separated), each registering itself."""
     global _loaded
     if _loaded:
         return
@@ -74,6 +77,16 @@ def _load_builtins() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != mod:  # a missing dependency inside the module is a real error
                 raise
+    from importlib.metadata import entry_points
+    for ep in entry_points(group="cloops.backends"):
+        ep.load()
+    for mod in filter(None, (m.strip() for m in os.environ.get("CLOOPS_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise InputError(f"cannot import backend plugin {mod!r}: {exc}.",
+                             field="CLOOPS_PLUGINS",
+                             fix="install the plugin or correct the module name.") from None
 
 
 def backends(service: str) -> dict[str, BackendSpec]:

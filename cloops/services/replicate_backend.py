@@ -1,0 +1,412 @@
+"""Image backend on Replicate, through the official ``replicate`` SDK (1.0.7).
+
+One :meth:`ReplicateBackend.generate_image` call is one prediction:
+
+1. ``POST /v1/models/{owner}/{name}/predictions`` with ``Prefer: wait=N`` (N = the request's
+   timeout, at most 60 s), or ``POST /v1/predictions`` with ``{"version": ...}`` for an
+   ``owner/name:version`` model id;
+2. while the prediction is not terminal (``succeeded|failed|canceled``), ``GET
+   /v1/predictions/{id}`` every ``poll_interval_s`` until ``request.timeout_s`` has passed, then
+   ``POST /v1/predictions/{id}/cancel`` and raise :class:`TransientServiceError`;
+3. download the first output at once (Replicate deletes outputs after one hour): ``data:`` URLs
+   are decoded, ``http(s)`` URLs fetched with httpx; convert it to JPEG.
+
+Error mapping at the boundary (the SDK raises ``replicate.exceptions.ReplicateError`` with
+``.status``/``.detail`` and lets httpx errors through; it never retries a create, a POST):
+
+================================================  =========================================
+429, 408, 5xx, connection error, timeout          :class:`TransientServiceError`
+                                                  (``retry_after_s`` from ``Retry-After``)
+401, 403                                          :class:`AuthError` (names REPLICATE_API_TOKEN)
+other 4xx (400, 404, 422, ...)                    :class:`PermanentServiceError` (API detail)
+prediction ``failed`` / ``canceled`` / no output  :class:`PermanentServiceError`
+================================================  =========================================
+
+SDK facts this relies on (read from replicate 1.0.7's ``client.py``, ``prediction.py``,
+``model.py``): request paths already start with ``/v1``, so ``base_url`` is the host root
+(``https://api.replicate.com``; a trailing ``/v1`` is stripped here, it would give ``/v1/v1/``);
+``ReplicateError`` keeps no response headers, so ``Retry-After`` is read through an httpx
+response hook; the SDK's ``RetryTransport`` retries GETs on 429/503/504 up to 10 times sleeping
+``Retry-After`` seconds uncapped, which would overrun ``timeout_s``, so this backend mounts a plain
+transport and retries failed polls itself, within the deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import functools
+import os
+import re
+import threading
+import time
+import urllib.parse
+from typing import Any, Mapping
+
+from ..errors import (AuthError, PermanentServiceError, ServiceError,
+                      TransientServiceError)
+from ..imaging import to_jpeg
+from .base import ImageRequest, ImageResult
+from .registry import BackendSpec, register
+
+TOKEN_ENV = "REPLICATE_API_TOKEN"
+BASE_URL_ENV = "REPLICATE_BASE_URL"
+POLL_INTERVAL_ENV = "REPLICATE_POLL_INTERVAL"  # the SDK's own variable, seconds
+DEFAULT_POLL_INTERVAL_S = 0.5  # the SDK's default
+MAX_PREFER_WAIT_S = 60  # Replicate holds a ``Prefer: wait`` request at most 60 s
+TERMINAL = ("succeeded", "failed", "canceled")
+_TRANSIENT_STATUS = {408, 425, 429}
+_MODEL_REF = re.compile(r"^(?P<owner>[^/:\s]+)/(?P<name>[^/:\s]+)(:(?P<version>\S+))?$")
+
+
+def parse_model_ref(model: str) -> tuple[str, str, str | None]:
+    """Split ``"owner/name"`` or ``"owner/name:version"`` into ``(owner, name, version|None)``.
+
+    Raises:
+        PermanentServiceError: the id has neither form.
+    """
+    match = _MODEL_REF.match(model.strip())
+    if not match:
+        raise PermanentServiceError(
+            f"invalid Replicate model id {model!r}. Fix: set generation.model to "
+            "\"owner/name\" (e.g. \"bytedance/seedream-4\") or \"owner/name:version\".",
+            service="image", backend="replicate")
+    return match["owner"], match["name"], match["version"]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Return a ``Retry-After`` header (delta-seconds or HTTP-date) in seconds, or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def decode_data_url(url: str) -> bytes:
+    """Return the bytes of a ``data:[<mime>][;base64],<payload>`` URL.
+
+    Raises:
+        PermanentServiceError: the URL has no comma or its base64 payload is corrupt.
+    """
+    header, sep, payload = url.partition(",")
+    if not sep:
+        raise PermanentServiceError(f"Replicate returned a malformed data: URL ({url[:60]}...).",
+                                    service="image", backend="replicate")
+    if header.endswith(";base64"):
+        try:
+            return base64.b64decode(payload, validate=False)
+        except (ValueError, TypeError) as exc:
+            raise PermanentServiceError(f"Replicate returned a corrupt base64 data: URL ({exc}).",
+                                        service="image", backend="replicate") from exc
+    return urllib.parse.unquote_to_bytes(payload)
+
+
+def _root_url(base_url: str | None) -> str | None:
+    """Strip a trailing ``/`` and ``/v1``: the SDK's paths already start with ``/v1``."""
+    if not base_url:
+        return None
+    url = base_url.rstrip("/")
+    if url.endswith("/v1"):
+        url = url[:-3]
+    return url
+
+
+class ReplicateBackend:
+    """Generate images with a Replicate model (e.g. ``bytedance/seedream-4``).
+
+    Attributes:
+        name: ``"replicate"``.
+        offline: False (every call is paid).
+        uses_annotations: False (only the prompt and params reach the model).
+        base_url: the API root actually used (None: the SDK's default / ``REPLICATE_BASE_URL``).
+        poll_interval_s: seconds between ``GET /v1/predictions/{id}`` polls.
+
+    Thread-safe: one backend may serve several threads (the SDK's httpx client is).
+    """
+
+    name = "replicate"
+    offline = False
+    uses_annotations = False
+
+    def __init__(self, api_token: str | None, *, base_url: str | None = None,
+                 http_timeout_s: float = 30.0, poll_interval_s: float | None = None):
+        """Make the SDK client; no network call happens here.
+
+        Args:
+            api_token: the Replicate API token (``r8_...``).
+            base_url: the API root, e.g. ``https://api.replicate.com`` (a trailing ``/v1`` is
+                accepted); None uses ``REPLICATE_BASE_URL`` or the SDK default.
+            http_timeout_s: the timeout of each HTTP call except the ``Prefer: wait`` create,
+                whose read timeout the SDK sets to the wait + 0.5 s.
+            poll_interval_s: seconds between polls; None reads ``REPLICATE_POLL_INTERVAL``
+                (default 0.5).
+
+        Raises:
+            AuthError: ``api_token`` is empty.
+        """
+        if not api_token:
+            raise AuthError(
+                f"the replicate image backend needs {TOKEN_ENV}, which is not set. Fix: put "
+                f"{TOKEN_ENV}=r8_... in the environment or .env, or set "
+                "generation.backend: \"storyboard\" in config.json to draw offline drafts.",
+                service="image", backend="replicate")
+        import httpx  # lazily: importing this module must stay cheap
+        import replicate
+
+        self._httpx = httpx
+        self._replicate = replicate
+        self._token = api_token
+        self.base_url = _root_url(base_url)
+        if poll_interval_s is None:
+            poll_interval_s = float(os.environ.get(POLL_INTERVAL_ENV, DEFAULT_POLL_INTERVAL_S))
+        self.poll_interval_s = max(0.0, float(poll_interval_s))
+        self._local = threading.local()
+        timeout = httpx.Timeout(http_timeout_s, connect=min(10.0, http_timeout_s))
+        transport = httpx.HTTPTransport(verify=_ssl_context())
+        self._client = replicate.Client(
+            api_token=api_token, base_url=self.base_url, timeout=timeout, transport=transport,
+            # A plain transport for every URL replaces the SDK's RetryTransport (see module doc).
+            mounts={"all://": transport},
+            event_hooks={"response": [self._remember_response]})
+        self._client.poll_interval = self.poll_interval_s
+        self._http = httpx.Client(timeout=timeout, follow_redirects=True,
+                                  verify=_ssl_context())
+        api_root = self.base_url or os.environ.get(BASE_URL_ENV) or "https://api.replicate.com"
+        self._api_origin = _origin(api_root)
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    def generate_image(self, request: ImageRequest) -> ImageResult:
+        """Run one prediction and return its first output as JPEG.
+
+        Sends ``input = {"prompt": request.prompt, **request.params}`` unchanged.
+
+        Returns:
+            :class:`ImageResult` with JPEG bytes, the pixel size, and ``images_billed`` = the
+            number of outputs (seedream-4 returns a list, nano-banana-pro one URL).
+
+        Raises:
+            TransientServiceError: 429/5xx/connection error/timeout, or the prediction was not
+                done within ``request.timeout_s`` (it is then canceled).
+            AuthError: the token was rejected (401/403).
+            PermanentServiceError: bad input (400/404/422), the prediction failed or was
+                canceled, or its output is not an image.
+        """
+        deadline = time.monotonic() + request.timeout_s
+        owner, model_name, version = parse_model_ref(request.model)
+        payload = {"prompt": request.prompt, **request.params}
+        wait = int(max(1, min(MAX_PREFER_WAIT_S, request.timeout_s)))
+        with self._mapped(request.model, "creating the prediction"):
+            if version:
+                prediction = self._client.predictions.create(version=version, input=payload,
+                                                             wait=wait)
+            else:
+                prediction = self._client.models.predictions.create(
+                    model=(owner, model_name), input=payload, wait=wait)
+        self._wait(prediction, deadline, request)
+        return self._result(prediction, request)
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _wait(self, prediction: Any, deadline: float, request: ImageRequest) -> None:
+        """Poll until the prediction is terminal; cancel it and raise when the deadline passes.
+
+        A failed poll (429/5xx/dropped connection) is retried until the deadline rather than
+        raised: raising would make the caller create, and pay for, a second prediction.
+        """
+        while prediction.status not in TERMINAL:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._cancel(prediction)
+                raise TransientServiceError(
+                    f"Replicate prediction {prediction.id} ({request.model}) was still "
+                    f"{prediction.status!r} after {request.timeout_s:g} s; canceled it. Fix: "
+                    "retry later or raise generation.timeoutS.",
+                    service="image", backend="replicate")
+            time.sleep(min(self.poll_interval_s, remaining))
+            try:
+                with self._mapped(request.model, f"polling prediction {prediction.id}"):
+                    prediction.reload()
+            except TransientServiceError as exc:
+                pause = exc.retry_after_s or self.poll_interval_s
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+
+    def _cancel(self, prediction: Any) -> None:
+        try:
+            prediction.cancel()
+        except Exception:  # noqa: BLE001 - best effort: the timeout error is what matters
+            pass
+
+    def _result(self, prediction: Any, request: ImageRequest) -> ImageResult:
+        pid = prediction.id
+        if prediction.status == "failed":
+            raise PermanentServiceError(
+                f"Replicate prediction {pid} ({request.model}) failed: "
+                f"{self._clean(prediction.error or 'no error message')}. Fix: check the "
+                "prompt (content filters) and generation.params against the model's schema.",
+                service="image", backend="replicate")
+        if prediction.status == "canceled":
+            raise PermanentServiceError(
+                f"Replicate prediction {pid} ({request.model}) was canceled before it finished "
+                "(output None). Fix: run again; check whether someone canceled it on "
+                "replicate.com.", service="image", backend="replicate")
+        output = prediction.output
+        urls = [output] if isinstance(output, str) else output
+        if not isinstance(urls, list) or not urls or not isinstance(urls[0], str):
+            raise PermanentServiceError(
+                f"Replicate prediction {pid} ({request.model}) succeeded without an image URL "
+                f"(output {str(output)[:120]!r}). Fix: use an image model or check its params.",
+                service="image", backend="replicate")
+        data = self._download(urls[0], request)
+        try:
+            jpeg, width_px, height_px = to_jpeg(data, source=f"Replicate {request.model}")
+        except ServiceError as exc:
+            exc.backend = exc.backend or "replicate"
+            raise
+        return ImageResult(jpeg=jpeg, width_px=width_px, height_px=height_px,
+                           images_billed=len(urls))
+
+    def _download(self, url: str, request: ImageRequest) -> bytes:
+        """Return the bytes behind an output URL (``data:`` or ``http(s):``)."""
+        if url.startswith("data:"):
+            return decode_data_url(url)
+        if not url.startswith(("http://", "https://")):
+            raise PermanentServiceError(
+                f"Replicate returned an output that is not a URL: {url[:120]!r}.",
+                service="image", backend="replicate")
+        # Output files (replicate.delivery) need no key: send it only to the API's own origin.
+        headers = ({"Authorization": f"Bearer {self._token}"}
+                   if _origin(url) == self._api_origin else {})
+        with self._mapped(request.model, f"downloading {url}"):
+            response = self._http.get(url, headers=headers,
+                                      timeout=max(1.0, request.timeout_s))
+            response.raise_for_status()
+            return response.content
+
+    # -- error mapping -------------------------------------------------------------------------
+
+    def _remember_response(self, response: Any) -> None:
+        # ReplicateError keeps no headers; keep the last response's per thread for Retry-After.
+        self._local.status = response.status_code
+        self._local.headers = response.headers
+
+    def _clean(self, text: str) -> str:
+        """Never let the token into a message."""
+        return text.replace(self._token, "r8_***") if self._token else text
+
+    def _mapped(self, model: str, doing: str) -> "_ErrorMapper":
+        return _ErrorMapper(self, model, doing)
+
+    def _convert(self, exc: BaseException, model: str, doing: str) -> ServiceError | None:
+        httpx = self._httpx
+        replicate_error = self._replicate.exceptions.ReplicateError
+        if isinstance(exc, replicate_error):
+            status = exc.status
+            detail = exc.detail or exc.title or "no detail"
+            headers = getattr(self._local, "headers", None)
+            same = getattr(self._local, "status", None) == status
+            retry_after = parse_retry_after(headers.get("retry-after")) if same and headers \
+                else None
+        elif isinstance(exc, httpx.HTTPStatusError):
+            status = exc.response.status_code
+            detail = exc.response.reason_phrase or "no detail"
+            retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
+        elif isinstance(exc, httpx.TimeoutException):
+            return TransientServiceError(
+                f"Replicate timed out while {doing} ({model}): {type(exc).__name__}. "
+                "Fix: retry; raise generation.timeoutS if it keeps happening.",
+                service="image", backend="replicate")
+        elif isinstance(exc, httpx.TransportError):
+            return TransientServiceError(
+                f"connection to Replicate failed while {doing} ({model}): "
+                f"{type(exc).__name__}: {self._clean(str(exc)) or 'connection dropped'}. "
+                "Fix: check the network (and generation.baseUrl / REPLICATE_BASE_URL); retry.",
+                service="image", backend="replicate")
+        elif isinstance(exc, ValueError):  # an unreadable JSON body (a proxy's HTML page, ...)
+            return TransientServiceError(
+                f"Replicate sent an unreadable response while {doing} ({model}): "
+                f"{self._clean(str(exc))[:200]}.", service="image", backend="replicate")
+        else:
+            return None
+        detail = self._clean(str(detail))
+        if status in (401, 403):
+            return AuthError(
+                f"Replicate rejected {TOKEN_ENV} (HTTP {status}: {detail}) while {doing}. "
+                f"Fix: set {TOKEN_ENV} to a valid token from replicate.com/account/api-tokens, "
+                "or set generation.backend: \"storyboard\" to draw offline drafts.",
+                service="image", backend="replicate", status_code=status)
+        if status is not None and (status in _TRANSIENT_STATUS or status >= 500):
+            return TransientServiceError(
+                f"Replicate answered HTTP {status} while {doing} ({model}): {detail}. "
+                "Fix: retry later.", service="image", backend="replicate",
+                status_code=status, retry_after_s=retry_after)
+        return PermanentServiceError(
+            f"Replicate answered HTTP {status} while {doing} ({model}): {detail}. Fix: check "
+            "generation.model and generation.params against the model's API schema.",
+            service="image", backend="replicate", status_code=status)
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._http.close()
+
+
+class _ErrorMapper:
+    """``with`` block that converts SDK/httpx exceptions into :mod:`cloops.errors`."""
+
+    def __init__(self, backend: ReplicateBackend, model: str, doing: str):
+        self.backend, self.model, self.doing = backend, model, doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or isinstance(exc, ServiceError):
+            return False
+        converted = self.backend._convert(exc, self.model, self.doing)
+        if converted is None:
+            return False
+        raise converted from exc
+
+
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> Any:
+    """One shared TLS context: loading the CA bundle costs ~40 ms per httpx client."""
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def create_backend(section: Any, env: Mapping[str, str]) -> ReplicateBackend:
+    """Registry factory: build from ``generation`` (:class:`cloops.config.GenerationConfig`).
+
+    ``base_url``: ``generation.baseUrl``, else ``REPLICATE_BASE_URL``, else the SDK default.
+
+    Raises:
+        AuthError: ``REPLICATE_API_TOKEN`` is not set.
+    """
+    interval = env.get(POLL_INTERVAL_ENV)
+    return ReplicateBackend(
+        env.get(TOKEN_ENV), base_url=section.base_url or env.get(BASE_URL_ENV) or None,
+        http_timeout_s=min(60.0, float(section.timeout_s)),
+        poll_interval_s=float(interval) if interval else None)
+
+
+SPEC = register(BackendSpec(name="replicate", service="image", offline=False,
+                            key_env=(TOKEN_ENV,), auto_rank=10, factory=create_backend,
+                            describe="Replicate"))

@@ -1,0 +1,125 @@
+"""Shared fixtures: a throwaway cloops project in a temp dir, built by a real doit process.
+
+``project.doit("build:noah-s-ark")`` runs ``python -m doit`` there (no keys in the environment,
+so offline backends unless a test points the SDKs at a fake server) and returns a
+:class:`Run` whose ``calls`` are this run's rows of the usage ledger — the count of calls a
+build makes is what the engine tests assert.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET_VARS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "REPLICATE_API_TOKEN", "REPLICATE_BASE_URL",
+               "COMFYUI_URL", "ELEVENLABS_API_KEY", "CLOOPS_LLM_BACKEND", "CLOOPS_IMAGE_BACKEND",
+               "CLOOPS_NO_CACHE", "CLOOPS_DEBUG")
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+    calls: list[dict]
+
+    def count(self, **where) -> int:
+        """Calls matching every ``column=value`` (e.g. ``service="image", cache_hit=0``)."""
+        return sum(1 for c in self.calls if all(c.get(k) == v for k, v in where.items()))
+
+    def by_step(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.calls:
+            out[c["step"]] = out.get(c["step"], 0) + 1
+        return out
+
+
+class Project:
+    """A copy of the repo's templates and dodo.py with a chosen backlog."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def story_dir(self, story: str, template: str = "comic-books-standard") -> Path:
+        return self.root / "build" / template / story
+
+    def backlog_path(self, template: str = "comic-books-standard") -> Path:
+        return self.root / "backlogs" / f"{template}.json"
+
+    def backlog(self, template: str = "comic-books-standard") -> dict:
+        return json.loads(self.backlog_path(template).read_text())
+
+    def write_backlog(self, data: dict, template: str = "comic-books-standard") -> None:
+        self.backlog_path(template).write_text(json.dumps(data, indent=2))
+
+    def config_path(self, template: str = "comic-books-standard") -> Path:
+        return self.root / "templates" / template / "config.json"
+
+    def edit_config(self, fn, template: str = "comic-books-standard") -> None:
+        p = self.config_path(template)
+        data = json.loads(p.read_text())
+        fn(data)
+        p.write_text(json.dumps(data, indent=2))
+
+    def prompt_path(self, name: str, template: str = "comic-books-standard") -> Path:
+        return self.root / "templates" / template / "system-prompts" / name
+
+    def doit(self, *args: str, env: dict | None = None, timeout: float = 300) -> Run:
+        run_id = uuid.uuid4().hex
+        full_env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+        full_env["CLOOPS_RUN_ID"] = run_id
+        full_env["NO_PROXY"] = "127.0.0.1,localhost"
+        full_env["COLUMNS"] = "200"
+        full_env.update(env or {})
+        proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=self.root,
+                              env=full_env, capture_output=True, text=True, timeout=timeout)
+        return Run(proc.returncode, proc.stdout, proc.stderr, self.calls(run_id))
+
+    def calls(self, run_id: str) -> list[dict]:
+        path = self.root / "build" / ".cloops" / "ledger.sqlite"
+        if not path.exists():
+            return []
+        con = sqlite3.connect(path)
+        con.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in con.execute(
+                "SELECT * FROM calls WHERE run_id=? ORDER BY id", (run_id,))]
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            con.close()
+
+
+def make_project(tmp: Path, story_ids: list[str] | None = None, *, small_images: bool = True) -> Project:
+    shutil.copytree(REPO / "templates", tmp / "templates")
+    shutil.copy(REPO / "dodo.py", tmp / "dodo.py")
+    (tmp / "backlogs").mkdir()
+    for src in (REPO / "backlogs").glob("*.json"):
+        data = json.loads(src.read_text())
+        if story_ids is not None:
+            data["items"] = [it for it in data["items"] if it["id"] in story_ids]
+        (tmp / "backlogs" / src.name).write_text(json.dumps(data, indent=2))
+    proj = Project(tmp)
+    if small_images:
+        for cfg in (tmp / "templates").glob("*/config.json"):
+            data = json.loads(cfg.read_text())
+            if "generation" in data and "params" in data["generation"]:
+                data["generation"]["params"]["size"] = "1K"
+                cfg.write_text(json.dumps(data, indent=2))
+    return proj
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    """Two stories of comic-books-standard (noah-s-ark, david-and-goliath), 1K images."""
+    return make_project(tmp_path, ["noah-s-ark", "david-and-goliath"])

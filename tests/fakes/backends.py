@@ -1,0 +1,70 @@
+"""Fake paid backends for engine tests, loaded as a plugin (``CLOOPS_PLUGINS=tests.fakes.backends``).
+
+They register the way any third-party backend would, are not ``offline`` (so the response
+cache, the ledger and ``completed`` status behave as with real services) and answer
+deterministically from the whole request: change the system prompt, the user message or an
+image param and the output changes, as it would with a real model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+from PIL import Image
+
+from cloops.services.base import ImageRequest, ImageResult, LLMRequest, LLMResult, Usage
+from cloops.services.registry import BackendSpec, register
+
+
+def _h(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _tag(value, tag: str):
+    if isinstance(value, str):
+        return f"{value} [{tag}]"
+    if isinstance(value, list):
+        return [_tag(v, tag) for v in value]
+    if isinstance(value, dict):
+        return {k: _tag(v, tag) for k, v in value.items()}
+    return value
+
+
+class FakeLLM:
+    """Answers with the template's draft, every string tagged with a hash of the request."""
+
+    name = "fake-llm"
+    offline = False
+
+    def complete(self, request: LLMRequest) -> LLMResult:
+        tag = _h(request.cache_key())
+        usage = Usage(input_tokens=len(request.system + request.user) // 4, output_tokens=50,
+                      reasoning_tokens=10)
+        if request.schema is not None:
+            data = _tag(request.draft, tag)
+            return LLMResult(text=json.dumps(data), data=data, usage=usage, model=request.model)
+        return LLMResult(text=f"{request.draft}\n<!-- {tag} -->\n", usage=usage,
+                         model=request.model)
+
+
+class FakeImage:
+    """A small JPEG whose colour is a hash of the prompt, model and params."""
+
+    name = "fake-image"
+    offline = False
+    uses_annotations = False
+
+    def generate_image(self, request: ImageRequest) -> ImageResult:
+        h = bytes.fromhex(_h(request.prompt, request.model, request.params)[:6])
+        img = Image.new("RGB", (48, 64), tuple(h))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=80)
+        return ImageResult(jpeg=buf.getvalue(), width_px=48, height_px=64)
+
+
+register(BackendSpec(name="fake-llm", service="llm", offline=False,
+                     factory=lambda section, env: FakeLLM(), describe="test fake LLM"))
+register(BackendSpec(name="fake-image", service="image", offline=False,
+                     factory=lambda section, env: FakeImage(), describe="test fake images"))

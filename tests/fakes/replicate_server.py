@@ -1,0 +1,470 @@
+"""A fake Replicate API on 127.0.0.1 speaking the wire protocol of the ``replicate`` SDK (1.0.7).
+
+Point the SDK at it with ``base_url=srv.base_url`` (the host root: the SDK's paths already start
+with ``/v1``, so a base URL ending in ``/v1`` would request ``/v1/v1/...``)::
+
+    with FakeReplicate() as srv:
+        client = replicate.Client(api_token="r8_test_token", base_url=srv.base_url)
+        srv.enqueue(status=429, headers={"Retry-After": "3"})
+        ...
+        assert srv.creates[0].headers["prefer"].startswith("wait")
+
+Endpoints (shapes from the SDK's ``prediction.py``/``model.py`` and Replicate's HTTP API docs):
+
+* ``POST /v1/models/{owner}/{name}/predictions`` and ``POST /v1/predictions`` (``{"version",
+  "input"}``): create a prediction, HTTP 201. With ``Prefer: wait`` and no scripted polls it is
+  already terminal in the reply; otherwise it is ``starting`` and becomes terminal after
+  ``polls_before_done`` GETs (at least 1 without ``Prefer: wait``, as the real API does).
+* ``GET /v1/predictions/{id}``: the prediction (``processing`` while polls remain).
+* ``POST /v1/predictions/{id}/cancel``: cancels it (``status: canceled``, ``output: null``).
+* ``GET /files/{id}.png`` (``/files/{id}-{k}.png`` for the k-th extra output): PNG bytes, a
+  different colour per prediction. No auth needed, as on replicate.delivery.
+
+``/v1`` requests without ``Authorization: Bearer <token>`` get 401 (problem JSON, RFC 7807:
+``{"title", "detail", "status"}``, what ``ReplicateError.from_response`` reads).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import random
+import re
+import socket
+import string
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+DEFAULT_TOKEN = "r8_test_token"
+_UNSET: Any = object()
+
+_CREATE_MODEL = re.compile(r"^/v1/models/(?P<owner>[^/]+)/(?P<name>[^/]+)/predictions$")
+_GET = re.compile(r"^/v1/predictions/(?P<id>[a-z0-9]+)$")
+_CANCEL = re.compile(r"^/v1/predictions/(?P<id>[a-z0-9]+)/cancel$")
+_FILE = re.compile(r"^/files/(?P<name>[A-Za-z0-9_-]+)\.png$")
+
+_TITLES = {400: "Bad Request", 401: "Unauthenticated", 403: "Forbidden", 404: "Not found",
+           422: "Input validation failed", 429: "Too Many Requests",
+           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+def problem(status: int, detail: str | None = None) -> dict:
+    """Replicate's error body (RFC 7807 problem details): ``{"title", "detail", "status"}``."""
+    title = _TITLES.get(status, "Error")
+    return {"title": title, "detail": detail or f"fake {title.lower()}", "status": status}
+
+
+def png_bytes(size: tuple[int, int] = (32, 24), seed: str = "") -> bytes:
+    """A small solid PNG whose colour is derived from ``seed`` (``size`` in px)."""
+    from PIL import Image
+
+    digest = hashlib.sha256(seed.encode()).digest()
+    img = Image.new("RGB", size, (digest[0], digest[1], digest[2]))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+@dataclass
+class RecordedRequest:
+    """One request as received.
+
+    Attributes:
+        method: ``"GET"``/``"POST"``.
+        path: the path with its query string.
+        headers: header names lower-cased (``headers["prefer"]``, ``headers["authorization"]``).
+        body: the parsed JSON body, None when empty or not JSON.
+        raw: the body bytes.
+    """
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    raw: bytes = b""
+
+
+@dataclass
+class Reply:
+    """A scripted reply (see :meth:`FakeReplicate.enqueue`)."""
+
+    status: int = 201
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    drop: bool = False
+    prediction_status: str = "succeeded"
+    polls_before_done: int = 0
+    error: str | None = None
+    output: Any = _UNSET
+    on: str = "create"
+
+
+@dataclass
+class FakePrediction:
+    """Server-side state of one prediction; ``json()`` is what the API returns."""
+
+    id: str
+    model: str
+    version: str
+    input: dict
+    final_status: str
+    polls_left: int
+    error: str | None
+    output: Any
+    status: str = "starting"
+    created_at: str = ""
+    completed_at: str | None = None
+    polls: int = 0
+
+    def finish(self) -> None:
+        self.status = self.final_status
+        self.completed_at = _now()
+        if self.status != "succeeded":
+            self.output = None
+        if self.status == "failed" and not self.error:
+            self.error = "fake prediction failed"
+
+    def json(self, base: str) -> dict:
+        done = self.status in ("succeeded", "failed", "canceled")
+        return {
+            "id": self.id, "model": self.model, "version": self.version, "input": self.input,
+            "logs": "", "output": self.output if done else None, "data_removed": False,
+            "error": self.error if self.status == "failed" else None, "status": self.status,
+            "source": "api", "created_at": self.created_at,
+            "started_at": self.created_at if self.status != "starting" else None,
+            "completed_at": self.completed_at,
+            "urls": {"get": f"{base}/v1/predictions/{self.id}",
+                     "cancel": f"{base}/v1/predictions/{self.id}/cancel",
+                     "web": f"https://replicate.com/p/{self.id}"},
+            "metrics": {"predict_time": 0.01} if self.status == "succeeded" else {},
+        }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class LoopbackServer:
+    """A ``ThreadingHTTPServer`` on 127.0.0.1 (ephemeral port) in a daemon thread.
+
+    Subclasses implement ``handle(handler, recorded) -> None`` and answer through
+    :meth:`send_json` / :meth:`send_bytes` / :meth:`drop`. Every request is appended to
+    ``requests`` (a list of :class:`RecordedRequest`) before it is handled.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return self._server.server_address[1]
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests_to(self, prefix: str, method: str | None = None) -> list[RecordedRequest]:
+        """The recorded requests whose path starts with ``prefix`` (and have ``method``)."""
+        with self.lock:
+            return [r for r in self.requests if r.path.startswith(prefix)
+                    and (method is None or r.method == method)]
+
+    def start(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as httpx's connection pool expects
+            disable_nagle_algorithm = True  # else headers+body writes cost a 40 ms delayed ACK
+
+            def _dispatch(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = None
+                rec = RecordedRequest(self.command, self.path,
+                                      {k.lower(): v for k, v in self.headers.items()}, body, raw)
+                with fake.lock:
+                    fake.requests.append(rec)
+                fake.handle(self, rec)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _dispatch
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def handle(self, handler: BaseHTTPRequestHandler, rec: RecordedRequest) -> None:
+        raise NotImplementedError
+
+    # -- answering -----------------------------------------------------------------------------
+
+    @staticmethod
+    def send_bytes(handler: BaseHTTPRequestHandler, status: int, data: bytes,
+                   content_type: str, headers: dict[str, str] | None = None) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    @classmethod
+    def send_json(cls, handler: BaseHTTPRequestHandler, status: int, body: Any,
+                  headers: dict[str, str] | None = None) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        cls.send_bytes(handler, status, data, "application/json", headers)
+
+    @staticmethod
+    def drop(handler: BaseHTTPRequestHandler) -> None:
+        """Close the connection without any reply (the client sees a disconnect)."""
+        handler.close_connection = True
+        try:
+            handler.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class FakeReplicate(LoopbackServer):
+    """A scriptable fake of Replicate's prediction API.
+
+    Args:
+        token: the only API token accepted (None: accept any request).
+        output_urls: ``"data"`` (outputs are ``data:image/png;base64,...`` URLs) or ``"http"``
+            (``http://127.0.0.1:PORT/files/{id}.png``, served by this server).
+        output_count: outputs per succeeded prediction.
+        output_list: True: ``output`` is a list of URLs (seedream-4); False: one URL string
+            (nano-banana-pro; only the first of ``output_count``).
+        image_size: output PNG size ``(width_px, height_px)``.
+
+    Attributes:
+        base_url: ``http://127.0.0.1:PORT``, the SDK's ``base_url``.
+        api_url: ``base_url + "/v1"``.
+        requests: every :class:`RecordedRequest`, in arrival order.
+        creates: the prediction-create requests (both routes), including scripted failures.
+        create_count: ``len(creates)``.
+        predictions: ``{id: FakePrediction}`` of the predictions created.
+        canceled: ids of predictions canceled through the API.
+    """
+
+    def __init__(self, *, token: str | None = DEFAULT_TOKEN, output_urls: str = "data",
+                 output_count: int = 1, output_list: bool = True,
+                 image_size: tuple[int, int] = (32, 24)):
+        super().__init__()
+        if output_urls not in ("data", "http"):
+            raise ValueError("output_urls must be 'data' or 'http'")
+        self.token = token
+        self.output_urls = output_urls
+        self.output_count = output_count
+        self.output_list = output_list
+        self.image_size = image_size
+        self.queue: deque[Reply] = deque()
+        self.predictions: dict[str, FakePrediction] = {}
+        self.canceled: list[str] = []
+        self._rng = random.Random(7)
+
+    @property
+    def base_url(self) -> str:
+        return self.root_url
+
+    @property
+    def api_url(self) -> str:
+        return self.root_url + "/v1"
+
+    @property
+    def creates(self) -> list[RecordedRequest]:
+        with self.lock:
+            return [r for r in self.requests if r.method == "POST" and
+                    (r.path == "/v1/predictions" or _CREATE_MODEL.match(r.path))]
+
+    @property
+    def create_count(self) -> int:
+        return len(self.creates)
+
+    def enqueue(self, status: int = 201, body: Any = None, headers: dict | None = None,
+                delay_s: float = 0, drop: bool = False, prediction_status: str = "succeeded",
+                polls_before_done: int = 0, error: str | None = None, output: Any = _UNSET,
+                on: str = "create") -> None:
+        """Script the reply to the next request of kind ``on``.
+
+        Args:
+            status: HTTP status. A status >= 400 answers ``body`` (default: problem JSON for
+                that status) and creates nothing.
+            body: a JSON-able body (or bytes) to answer verbatim instead of the normal reply.
+            headers: extra response headers, e.g. ``{"Retry-After": "3"}``.
+            delay_s: seconds to wait before answering.
+            drop: close the connection without replying.
+            prediction_status: the created prediction's terminal status: ``"succeeded"``,
+                ``"failed"`` or ``"canceled"``.
+            polls_before_done: GETs that see it ``starting``/``processing`` before it is
+                terminal (0 with ``Prefer: wait``: terminal in the create reply).
+            error: the ``error`` text of a failed prediction.
+            output: the ``output`` of a succeeded prediction, instead of generated URLs.
+            on: which request consumes this reply: ``"create"``, ``"get"``, ``"cancel"``,
+                ``"file"`` or ``"any"``.
+        """
+        if on not in ("create", "get", "cancel", "file", "any"):
+            raise ValueError(f"unknown request kind {on!r}")
+        with self.lock:
+            self.queue.append(Reply(status=status, body=body, headers=dict(headers or {}),
+                                    delay_s=delay_s, drop=drop,
+                                    prediction_status=prediction_status,
+                                    polls_before_done=polls_before_done, error=error,
+                                    output=output, on=on))
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def _next_reply(self, kind: str) -> Reply | None:
+        with self.lock:
+            for reply in self.queue:
+                if reply.on in (kind, "any"):
+                    self.queue.remove(reply)
+                    return reply
+        return None
+
+    def handle(self, handler: BaseHTTPRequestHandler, rec: RecordedRequest) -> None:
+        path = rec.path.split("?", 1)[0]
+        if rec.method == "POST" and (path == "/v1/predictions" or _CREATE_MODEL.match(path)):
+            kind = "create"
+        elif rec.method == "POST" and _CANCEL.match(path):
+            kind = "cancel"
+        elif rec.method == "GET" and _GET.match(path):
+            kind = "get"
+        elif rec.method == "GET" and _FILE.match(path):
+            kind = "file"
+        else:
+            kind = "other"
+        reply = self._next_reply(kind) if kind != "other" else None
+        if reply is not None:
+            if reply.delay_s:
+                time.sleep(reply.delay_s)
+            if reply.drop:
+                return self.drop(handler)
+            if reply.status >= 400 or reply.body is not None:
+                body = reply.body if reply.body is not None else problem(reply.status)
+                return self.send_json(handler, reply.status, body, reply.headers)
+        if path.startswith("/v1/") and self.token is not None and \
+                rec.headers.get("authorization") != f"Bearer {self.token}":
+            return self.send_json(handler, 401, problem(
+                401, "You did not pass a valid authentication token"))
+        route: dict[str, Callable[..., None]] = {
+            "create": self._create, "get": self._get, "cancel": self._cancel, "file": self._file}
+        if kind == "other":
+            detail = f"no route for {rec.method} {path}"
+            if path.startswith("/v1/v1/"):
+                detail += " (base_url must be the host root: the SDK adds /v1 itself)"
+            return self.send_json(handler, 404, problem(404, detail))
+        route[kind](handler, rec, path, reply or Reply())
+
+    def _new_id(self) -> str:
+        return "".join(self._rng.choice(string.ascii_lowercase + string.digits)
+                       for _ in range(26))
+
+    def _outputs(self, pid: str) -> Any:
+        urls = []
+        for k in range(max(1, self.output_count)):
+            name = pid if k == 0 else f"{pid}-{k}"
+            if self.output_urls == "data":
+                data = png_bytes(self.image_size, name)
+                urls.append("data:image/png;base64," + base64.b64encode(data).decode())
+            else:
+                urls.append(f"{self.base_url}/files/{name}.png")
+        return urls if self.output_list else urls[0]
+
+    def _create(self, handler, rec: RecordedRequest, path: str, reply: Reply) -> None:
+        body = rec.body if isinstance(rec.body, dict) else {}
+        match = _CREATE_MODEL.match(path)
+        if match:
+            model, version = f"{match['owner']}/{match['name']}", "hidden"
+        else:
+            version = str(body.get("version") or "")
+            if not version:
+                return self.send_json(handler, 422, problem(422, "version is required"))
+            model = "fake/version-model"
+        if not isinstance(body.get("input"), dict):
+            return self.send_json(handler, 422, problem(422, "input is required"))
+        if reply.prediction_status not in ("succeeded", "failed", "canceled"):
+            raise ValueError(f"bad prediction_status {reply.prediction_status!r}")
+        pid = self._new_id()
+        wait = rec.headers.get("prefer", "").startswith("wait")
+        polls = reply.polls_before_done if wait else max(1, reply.polls_before_done)
+        output = self._outputs(pid) if reply.output is _UNSET else reply.output
+        pred = FakePrediction(id=pid, model=model, version=version, input=body["input"],
+                              final_status=reply.prediction_status, polls_left=polls,
+                              error=reply.error, output=output, created_at=_now())
+        if polls == 0:
+            pred.finish()
+        with self.lock:
+            self.predictions[pid] = pred
+        self.send_json(handler, reply.status if reply.status < 400 else 201,
+                       pred.json(self.base_url), reply.headers)
+
+    def _get(self, handler, rec: RecordedRequest, path: str, reply: Reply) -> None:
+        pid = _GET.match(path)["id"]
+        with self.lock:
+            pred = self.predictions.get(pid)
+            if pred is None:
+                return self.send_json(handler, 404, problem(404, "Prediction not found"))
+            pred.polls += 1
+            if pred.status not in ("succeeded", "failed", "canceled"):
+                pred.polls_left -= 1
+                if pred.polls_left <= 0:
+                    pred.finish()
+                else:
+                    pred.status = "processing"
+            data = pred.json(self.base_url)
+        self.send_json(handler, 200, data, reply.headers)
+
+    def _cancel(self, handler, rec: RecordedRequest, path: str, reply: Reply) -> None:
+        pid = _CANCEL.match(path)["id"]
+        with self.lock:
+            pred = self.predictions.get(pid)
+            if pred is None:
+                return self.send_json(handler, 404, problem(404, "Prediction not found"))
+            if pred.status not in ("succeeded", "failed", "canceled"):
+                pred.final_status = "canceled"
+                pred.finish()
+            self.canceled.append(pid)
+            data = pred.json(self.base_url)
+        self.send_json(handler, 200, data, reply.headers)
+
+    def _file(self, handler, rec: RecordedRequest, path: str, reply: Reply) -> None:
+        name = _FILE.match(path)["name"]
+        pid = name.split("-", 1)[0]
+        if pid not in self.predictions:
+            return self.send_json(handler, 404, problem(404, "file not found"))
+        self.send_bytes(handler, 200, png_bytes(self.image_size, name), "image/png",
+                        reply.headers)
