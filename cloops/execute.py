@@ -42,6 +42,9 @@ def note(task: str, text: str) -> None:
 
 
 def _mark_started(proj: Project, template: str, story_id: str) -> None:
+    from .engine import dry_mode
+    if dry_mode():
+        return  # a dry run does not build the story: its status stays as it was
     key = f"{template}/{story_id}"
     with _slock:
         if key in _started:
@@ -232,6 +235,13 @@ def _run_bundle(proj: Project, tpl: Template, step: BundleStep, sdir: Path, coun
     if old.exists():
         shutil.rmtree(old)
     _finish_story(proj, tpl, sdir, story_id, wanted.values(), tname)
+
+
+def settle_story(proj: Project, template: str, story_id: str) -> None:
+    """After a run in which some of a story's tasks ran but its bundle did not need to (the
+    outputs came out the same), set its status as the bundle step would have."""
+    tpl = proj.template(template)
+    _finish_story(proj, tpl, proj.story_dir(template, story_id), story_id, (), "")
 
 
 def _finish_story(proj: Project, tpl: Template, sdir: Path, story_id: str, deliverables,

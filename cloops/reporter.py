@@ -115,7 +115,25 @@ class CloopsReporter:
     def teardown_task(self, task):
         pass
 
+    def _settle(self) -> None:
+        """Stories whose tasks ran without failure but whose bundle was up to date."""
+        from .engine import current_project, dry_mode
+        from .execute import settle_story
+        proj = current_project()
+        if proj is None or dry_mode():
+            return
+        touched = {_split(n)[1] for n in self.ran}
+        failed = {_split(n)[1] for n in self.failed}
+        bundled = {_split(n)[1] for n in self.ran if n.startswith("bundle:")}
+        for key in sorted(touched - failed - bundled):
+            template, _, sid = key.partition("/")
+            try:
+                settle_story(proj, template, sid)
+            except Exception as exc:  # never lose the summary over a status write
+                self.err.print(f"[red]could not update the status of {key}: {exc}[/red]")
+
     def complete_run(self):
+        self._settle()
         from .engine import summary_rows
         stories = {(_split(n)[1]) for n in self.ran}
         failed_stories = sorted({_split(n)[1] for n in self.failed})

@@ -150,6 +150,8 @@ def test_revert_costs_nothing(built):
     assert run.rc == 0
     assert run.calls, "the reverted prompts are rebuilt (from the cache)"
     assert paid(run) == 0
+    status = {it["id"]: it["status"] for it in built.backlog()["items"]}
+    assert status["noah-s-ark"] == "completed"  # not left in_progress
     # a deliberate re-roll bypasses the cache
     p.write_text(original + "\nUse a muted palette.\n")
     run = built.doit("build:noah-s-ark", env={**FAKE, "CLOOPS_NO_CACHE": "1"})
@@ -213,6 +215,7 @@ def test_dry_run_calls_no_image_service(project):
     assert run.by_step() == {"narrative": 1, "pages": 1, "prompt": n, "thumbnail-prompt": 1}
     assert not (project.story_dir("noah-s-ark") / "images").exists()
     assert not (project.story_dir("david-and-goliath")).exists()
+    assert {it["status"] for it in project.backlog()["items"]} == {"pending"}
     # the full build afterwards pays only for the images
     run = project.doit("build:noah-s-ark", env=FAKE)
     assert run.count(service="llm") == 0 and paid(run, service="image") == n + 1

@@ -469,7 +469,7 @@ def make_responses_backend(section: "LLMConfig", env: Mapping[str, str]) -> Open
     if not key:
         raise AuthError(MISSING_KEY_MESSAGE, service="llm", backend="openai")
     return OpenAIResponsesBackend(api_key=key, base_url=_base_url(section, env),
-                                  timeout_s=section.timeout_s, max_retries=section.max_retries)
+                                  timeout_s=section.timeout_s, max_retries=0)  # cloops retries (hub)
 
 
 def make_chat_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAIChatBackend:
@@ -486,7 +486,7 @@ def make_chat_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAICha
                              "\"http://localhost:11434/v1\" (Ollama) or "
                              "\"http://localhost:8000/v1\" (vLLM), or set OPENAI_BASE_URL.")
     return OpenAIChatBackend(base_url=base_url, api_key=env.get(KEY_ENV) or CHAT_PLACEHOLDER_KEY,
-                             timeout_s=section.timeout_s, max_retries=section.max_retries)
+                             timeout_s=section.timeout_s, max_retries=0)  # cloops retries (hub)
 
 
 OPENAI_SPEC = register(BackendSpec(name="openai", service="llm", offline=False,

@@ -1,0 +1,90 @@
+"""A whole build through the real ``openai`` and ``replicate`` SDKs against loopback fakes.
+
+``auto`` picks the real backends because keys are set; ``OPENAI_BASE_URL`` and
+``REPLICATE_BASE_URL`` point the SDKs at fake servers on 127.0.0.1 that speak the same wire
+protocol. Nothing reaches the network.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+from PIL import Image
+
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.replicate_server import FakeReplicate
+
+OPENAI_KEY = "sk-test-e2e-0123456789abcdef"
+REPLICATE_TOKEN = "r8_test_token"
+
+
+def _env(oa, rp) -> dict:
+    return {"OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": oa.base_url,
+            "REPLICATE_API_TOKEN": REPLICATE_TOKEN, "REPLICATE_BASE_URL": rp.base_url,
+            "REPLICATE_POLL_INTERVAL": "0.01"}
+
+
+def test_build_one_story_through_real_sdks(project):
+    with FakeOpenAI() as oa, FakeReplicate(token=REPLICATE_TOKEN) as rp:
+        run = project.doit("build:noah-s-ark", env=_env(oa, rp))
+        assert run.rc == 0, run.out + run.err
+        assert "llm: openai" in run.out and "image: replicate" in run.out
+
+        bodies = [r.body for r in oa.requests if r.path.endswith("/responses")]
+        sdir = project.story_dir("noah-s-ark")
+        n = len(json.loads((sdir / "pages.json").read_text())["pages"])
+        assert len(bodies) == 1 + 1 + n + 1  # narrative, pages, one per page, thumbnail
+        for b in bodies:
+            assert b["model"] == "gpt-5.1"
+            assert b["input"][0]["role"] == "system" and b["input"][1]["role"] == "user"
+            assert b["reasoning"]["effort"] in ("low", "medium")
+        narrative, plan = bodies[0], bodies[1]
+        assert narrative["reasoning"]["effort"] == "medium"  # llm.steps.narrative override
+        assert "format" not in narrative.get("text", {})  # plain text step
+        fmt = plan["text"]["format"]
+        assert fmt["type"] == "json_schema" and fmt["strict"] is True
+        assert fmt["name"] == "planning" and fmt["schema"]["required"] == ["title", "characters", "pages"]
+        assert plan["text"]["verbosity"] == "medium"
+        assert "Noah's Ark" in narrative["input"][1]["content"]
+
+        creates = rp.creates
+        prompts = {(sdir / "prompts" / f"{i}.txt").read_text().strip() for i in range(1, n + 1)}
+        # the fake answers every page alike: identical image requests are paid once (cache)
+        assert len(creates) == len(prompts) + 1
+        pages = [c for c in creates if c.body["input"].get("aspect_ratio") == "9:16"]
+        assert len(pages) == len(prompts)
+        for c in creates:
+            assert c.path == "/v1/models/bytedance/seedream-4/predictions"
+            assert c.body["input"]["size"] == "1K"
+        cover = [c for c in creates if c.body["input"]["aspect_ratio"] == "1:1"]
+        assert len(cover) == 1
+        assert {c.body["input"]["prompt"] for c in pages} == prompts
+
+        for i in range(1, n + 1):
+            img = Image.open(io.BytesIO((sdir / "images" / f"{i}.jpg").read_bytes()))
+            assert img.format == "JPEG"
+        assert Image.open(sdir / "bundle" / "thumbnail.jpg").format == "JPEG"
+        status = {it["id"]: it["status"] for it in project.backlog()["items"]}
+        assert status["noah-s-ark"] == "completed"
+        assert status["david-and-goliath"] == "pending"
+
+        # a second run is served by nothing: no request reaches either fake
+        before = (len(oa.requests), len(rp.requests))
+        again = project.doit("build:noah-s-ark", env=_env(oa, rp))
+        assert again.rc == 0 and again.calls == []
+        assert (len(oa.requests), len(rp.requests)) == before
+
+    # no key ever lands in build/ (targets, ledger, cache, doit state) or the output
+    for path in (project.root / "build").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert OPENAI_KEY.encode() not in data, path
+            assert REPLICATE_TOKEN.encode() not in data, path
+    assert OPENAI_KEY not in run.out + run.err
+
+
+def test_auto_falls_back_to_offline_and_says_so(project):
+    run = project.doit("dry:noah-s-ark")
+    assert run.rc == 0
+    assert "llm: draft" in run.out and "OFFLINE" in run.out
