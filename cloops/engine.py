@@ -89,18 +89,29 @@ class Fanout:
     def __init__(self, tpl: Template, story_dir: Path):
         self.items: list | None = None
         self.data: Any = None
+        self.error: str | None = None  # the file exists but cannot be fanned out (a bad hand edit)
         src = tpl.foreach_source
         if not src:
             return
         path = story_dir / src
         try:
             self.data = json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
+        except FileNotFoundError:
+            return
+        except json.JSONDecodeError as exc:
+            self.error = str(InputError(
+                f"is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
+                file=str(path), fix="correct your edit (it is kept as you wrote it), or delete "
+                                    "the file to have it regenerated."))
             return
         key = next(s.foreach.key for s in tpl.steps if s.foreach)
         items = self.data.get(key) if isinstance(self.data, dict) else None
-        if isinstance(items, list):
+        if isinstance(items, list) and all(isinstance(i, dict) for i in items):
             self.items = items
+        else:
+            self.error = str(InputError(f"has no list of objects at '{key}'.", file=str(path),
+                                        field=key, fix="correct your edit, or delete the file "
+                                                       "to have it regenerated."))
 
 
 def step_values(proj: Project, tpl: Template, step: Step, story: StoryRef, item_input: dict,
@@ -234,6 +245,12 @@ def wanted_steps(tpl: Template) -> list[Step]:
     return list(tpl.steps)
 
 
+def fail_story(root: str, template: str, story_id: str, message: str):
+    """doit action that marks a story failed with ``message`` and fails."""
+    from .execute import mark_failed
+    return mark_failed(Path(root), template, story_id, f"{template}/{story_id}: {message}")
+
+
 def clean_task(story_dir: str, rels: list[str]) -> None:
     """``doit clean`` action: remove a task's targets, keeping hand-edited ones in history."""
     from .targets import remove_target
@@ -252,7 +269,14 @@ def dynamic_tasks(proj: Project, tpl: Template, story: StoryRef,
     """Tasks that need the fan-out file; none (but the group) when it does not exist yet."""
     fan = Fanout(tpl, proj.story_dir(tpl.name, story.id))
     names: list[str] = []
-    if fan.items is not None:
+    if fan.error is not None:
+        # no per-item task can be made: one task that fails the story with the reason
+        name = f"check:{story.key}"
+        names.append(name)
+        yield {"basename": name, "doc": f"{tpl.foreach_source} of {story.key} is unreadable",
+               "actions": [(fail_story, [str(proj.root), tpl.name, story.id, fan.error])],
+               "verbosity": 1}
+    elif fan.items is not None:
         count = len(fan.items)
         for step in wanted_steps(tpl):
             if step.name not in tpl.dynamic_steps:

@@ -78,6 +78,17 @@ def read_inputs(proj: Project, tpl: Template, step, story_dir: Path, story_input
     return inputs
 
 
+def mark_failed(root: Path, template: str, story_id: str, message: str) -> TaskFailed:
+    """Mark a story ``failed`` with ``message``; return the doit failure to report."""
+    proj = load_project(root)
+    try:
+        backlog_mod.set_status(proj.root, proj.backlog_for(template).path, story_id, "failed",
+                               error=message)
+    except CloopsError:
+        pass
+    return TaskFailed(message)
+
+
 def run_step(root: Path, template: str, story_id: str, step_name: str, n: int | None,
              count: int | None):
     """Run one task. Returns None on success or a doit ``TaskFailed`` with a clear message."""
@@ -91,14 +102,10 @@ def run_step(root: Path, template: str, story_id: str, step_name: str, n: int | 
         _run(proj, tpl, step, item.input, story_id, n, count, tname)
     except CloopsError as exc:
         msg = f"{template}/{story_id} step '{step.name}'" + (f" #{n}" if n else "") + f": {exc}"
-        try:
-            b = proj.backlog_for(template)
-            backlog_mod.set_status(proj.root, b.path, story_id, "failed", error=msg)
-        except CloopsError:
-            pass
+        failure = mark_failed(root, template, story_id, msg)
         if os.environ.get("CLOOPS_DEBUG"):
             raise
-        return TaskFailed(msg)
+        return failure
     except Exception as exc:
         b = proj.backlog_for(template)
         backlog_mod.set_status(proj.root, b.path, story_id, "failed",

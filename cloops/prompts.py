@@ -1,7 +1,7 @@
 """System prompt variables: ``{a.b}`` is replaced by the config value at that dotted path.
 
-``{{`` and ``}}`` are literal braces. A brace followed by anything but an identifier (for
-instance a JSON example ``{"a": 1}``) is left alone. An unknown variable is an error naming the
+``{{name}}`` is the literal text ``{name}``. A brace followed by anything but an identifier
+(for instance a JSON example ``{"a": {"b": 1}}``) is left alone. An unknown variable is an error naming the
 prompt file and the variable: a typo must never reach a paid model as literal text.
 """
 
@@ -13,15 +13,15 @@ from typing import Any, Callable
 
 from .errors import InputError
 
-_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*(?:\.\w+)*)\}")
+_TOKEN = re.compile(r"\{\{([^{}\n]*)\}\}|\{([A-Za-z_]\w*(?:\.\w+)*)\}")
 
 
 def variables(text: str) -> list[str]:
     """Return the variables referenced in ``text``, in order of first use, without duplicates."""
     seen: dict[str, None] = {}
     for m in _TOKEN.finditer(text):
-        if m.group(1):
-            seen.setdefault(m.group(1), None)
+        if m.group(2):
+            seen.setdefault(m.group(2), None)
     return list(seen)
 
 
@@ -36,18 +36,15 @@ def render(text: str, lookup: Callable[[str], Any], *, file: str) -> str:
     """
 
     def sub(m: re.Match) -> str:
-        tok = m.group(0)
-        if tok == "{{":
-            return "{"
-        if tok == "}}":
-            return "}"
-        path = m.group(1)
+        if m.group(2) is None:
+            return "{" + m.group(1) + "}"
+        path = m.group(2)
         try:
             value = lookup(path)
         except KeyError:
             raise InputError(f"unknown prompt variable {{{path}}}.", file=file, field=path,
                              fix=f"define '{path}' in the template's config.json, correct the "
-                                 "name, or write literal braces as {{ and }}.") from None
+                                 "name, or write a literal {name} as {{name}}.") from None
         if isinstance(value, str):
             return value
         return json.dumps(value, ensure_ascii=False)
