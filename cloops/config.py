@@ -128,6 +128,29 @@ class GenerationConfig(StrictModel):
         return params
 
 
+class RetryConfig(StrictModel):
+    """``retry``: backoff of transient failures (429, 5xx, dropped connections, timeouts).
+
+    Wait before attempt k+1 is uniform in [0, min(cap_s, base_s * 2**(k-1))] (full jitter),
+    and at least the server's ``Retry-After`` (capped by cap_s). Attempts per call:
+    ``llm.maxRetries`` / ``generation.maxRetries`` + 1. None of these values is a dependency
+    of any step.
+    """
+
+    base_s: float = Field(default=1.0, ge=0, le=60, alias="baseS")
+    cap_s: float = Field(default=60.0, ge=0, le=600, alias="capS")
+
+
+class ModelPrice(StrictModel):
+    """Price of one model, in US dollars (``prices.<model>``); ``source`` says where from."""
+
+    input_per_1m: float = Field(default=0.0, ge=0, alias="inputPer1M")
+    output_per_1m: float = Field(default=0.0, ge=0, alias="outputPer1M")
+    per_image: float = Field(default=0.0, ge=0, alias="perImage")
+    per_1k_characters: float = Field(default=0.0, ge=0, alias="per1KCharacters")
+    source: str = ""
+
+
 class CacheConfig(StrictModel):
     """``cache``: the response cache under every paid call."""
 
@@ -147,6 +170,8 @@ class EngineConfig(StrictModel):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -206,8 +231,7 @@ class TemplateConfig:
             self.engine = EngineConfig.model_validate(raw)
         except ValidationError as exc:
             raise format_validation_error(exc, file) from None
-        engine_keys = {"name", "description", "extends", "datasource", "llm", "generation",
-                       "cache"}
+        engine_keys = set(EngineConfig.model_fields)
         rest = {k: v for k, v in raw.items() if k not in engine_keys}
         if extra_model is not None:
             try:

@@ -12,6 +12,20 @@ from .errors import CloopsError
 EXIT_USER_ERROR = 2
 
 
+def _stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, as Ctrl-C, so doit's runner stops and saves the
+    state of every finished task (pydoit#463: state is saved only when a run ends)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def namespace(dodo_file: str) -> dict[str, Any]:
     """Return ``dodo.py``'s namespace for the project holding ``dodo_file``.
 
@@ -20,6 +34,7 @@ def namespace(dodo_file: str) -> dict[str, Any]:
     Set ``CLOOPS_DEBUG=1`` for the traceback.
     """
     from .engine import dodo_namespace
+    _stop_on_sigterm()
     try:
         return dodo_namespace(Path(dodo_file).resolve().parent)
     except CloopsError as exc:

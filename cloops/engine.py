@@ -416,7 +416,8 @@ def header_lines() -> list[str]:
 
 
 def summary_rows() -> list[tuple]:
-    """Per (service, backend) totals of this run's calls, from the ledger."""
+    """Per (service, backend) totals of this run's calls, from the ledger:
+    ``(service, backend, calls, cache hits, retries, "in/out" tokens, images, cost, saved)``."""
     proj = current_project()
     if proj is None:
         return []
@@ -424,19 +425,17 @@ def summary_rows() -> list[tuple]:
     hub = _HUBS.get(str(proj.root))
     if hub is None:
         return []
-    calls = hub.ledger.calls()
     agg: dict[tuple[str, str], list] = {}
-    for c in calls:
-        a = agg.setdefault((c["service"], c["backend"]), [0, 0, 0, 0, 0, 0.0])
-        if c["cache_hit"]:
-            a[1] += 1
-        else:
-            a[0] += 1
-        a[2] += c["input_tokens"] or 0
-        a[3] += c["output_tokens"] or 0
-        a[4] += c["images"] or 0
-        a[5] += c["cost_usd"] or 0.0
-    return [(svc, be, a[0], a[1], f"{a[2]:,}/{a[3]:,}", a[4], f"{a[5]:.4f}")
+    for c in hub.ledger.calls():
+        a = agg.setdefault((c["service"], c["backend"]), [0, 0, 0, 0, 0, 0, 0.0, 0.0])
+        a[1 if c["cache_hit"] else 0] += 1
+        a[2] += (c["attempts"] or 1) - 1
+        a[3] += c["input_tokens"] or 0
+        a[4] += c["output_tokens"] or 0
+        a[5] += c["images"] or 0
+        a[6] += c["cost_usd"] or 0.0
+        a[7] += c["saved_usd"] or 0.0
+    return [(svc, be, a[0], a[1], a[2], f"{a[3]:,}/{a[4]:,}", a[5], f"{a[6]:.4f}", f"{a[7]:.4f}")
             for (svc, be), a in sorted(agg.items())]
 
 

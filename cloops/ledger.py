@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS calls (
     input_tokens INTEGER DEFAULT 0, output_tokens INTEGER DEFAULT 0,
     reasoning_tokens INTEGER DEFAULT 0, images INTEGER DEFAULT 0, characters INTEGER DEFAULT 0,
     audio_s REAL DEFAULT 0, duration_s REAL DEFAULT 0, cost_usd REAL DEFAULT 0,
+    saved_usd REAL DEFAULT 0,
     attempts INTEGER DEFAULT 1, error TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_run ON calls(run_id);
@@ -39,7 +40,11 @@ CREATE INDEX IF NOT EXISTS calls_story ON calls(template, story);
 
 @dataclass
 class CallRecord:
-    """One call as recorded. Units: tokens, images, characters, seconds, US dollars."""
+    """One call as recorded. Units: tokens, images, characters, seconds, US dollars.
+
+    ``cost_usd`` is what the call cost (0 for a cache hit); ``saved_usd`` what a cache hit
+    would have cost. ``attempts`` counts tries including retries of transient failures.
+    """
 
     service: str
     backend: str
@@ -58,9 +63,26 @@ class CallRecord:
     audio_s: float = 0.0
     duration_s: float = 0.0
     cost_usd: float = 0.0
+    saved_usd: float = 0.0
     attempts: int = 1
     error: str | None = None
     at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+
+
+# Columns added after the first release of the ledger: (name, SQL type and default).
+MIGRATIONS = (("saved_usd", "REAL DEFAULT 0"),)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the ledger, creating tables and adding columns older ledgers lack."""
+    con = sqlite3.connect(path, timeout=30)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript(SCHEMA)
+    have = {r[1] for r in con.execute("PRAGMA table_info(calls)")}
+    for name, decl in MIGRATIONS:
+        if name not in have:
+            con.execute(f"ALTER TABLE calls ADD COLUMN {name} {decl}")
+    return con
 
 
 class Ledger:
@@ -74,10 +96,7 @@ class Ledger:
         self._started = False
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=30)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.executescript(SCHEMA)
-        return con
+        return connect(self.path)
 
     def _start(self, con: sqlite3.Connection) -> None:
         if not self._started:

@@ -149,12 +149,16 @@ class CloopsReporter:
         rows = summary_rows()
         if rows:
             table = Table(title="Calls this run", title_justify="left")
-            for col in ("service", "backend", "calls", "cache hits", "tokens in/out",
-                        "images", "cost USD"):
+            for col in ("service", "backend", "calls", "cache hits", "retries", "tokens in/out",
+                        "images", "cost USD", "saved USD"):
                 table.add_column(col, justify="right" if col not in ("service", "backend") else "left")
             for r in rows:
                 table.add_row(*[str(x) for x in r])
             self.console.print(table)
+            spent = sum(float(r[7]) for r in rows)
+            saved = sum(float(r[8]) for r in rows)
+            self.console.print(f"Spent ${spent:.4f} this run; the response cache saved ${saved:.4f}. "
+                               "`doit report` shows spend per story and step.")
         for name in failed_stories:
             msgs = [m for t, m in self.failed.items() if _split(t)[1] == name]
             self.err.print(f"[red]FAILED[/red] {name}: {msgs[0].splitlines()[-1] if msgs else ''}")

@@ -45,6 +45,7 @@ class ResponseCache:
             raw = json.loads(self._path(key, ".json").read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+        self.touch(key)
         return LLMResult(text=raw["text"], data=raw.get("data"), usage=Usage(**raw["usage"]),
                          model=raw.get("model", ""))
 
@@ -61,6 +62,7 @@ class ResponseCache:
             jpeg = self._path(key, ".jpg").read_bytes()
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+        self.touch(key)
         return ImageResult(jpeg=jpeg, width_px=meta["width_px"], height_px=meta["height_px"],
                            images_billed=meta.get("images_billed", 1))
 
@@ -70,6 +72,36 @@ class ResponseCache:
         atomic_write_text(self._path(key, ".json"), canonical_json(
             {"width_px": result.width_px, "height_px": result.height_px,
              "images_billed": result.images_billed}))
+
+    def touch(self, key: str) -> None:
+        """Mark an entry used now (a hit), so pruning by age keeps what is still in use."""
+        for suffix in (".json", ".jpg"):
+            try:
+                os.utime(self._path(key, suffix))
+            except FileNotFoundError:
+                pass
+
+    def prune(self, *, older_than_s: float) -> tuple[int, int]:
+        """Delete entries not used for ``older_than_s`` seconds; return (entries, bytes) removed."""
+        import time
+        cutoff = time.time() - older_than_s
+        removed = freed = 0
+        if not self.dir.is_dir():
+            return 0, 0
+        for meta in self.dir.glob("*/*.json"):
+            try:
+                if meta.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            for p in (meta, meta.with_suffix(".jpg")):
+                try:
+                    freed += p.stat().st_size
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+            removed += 1
+        return removed, freed
 
     def stats(self) -> dict[str, Any]:
         """``{"entries": int, "bytes": int}``."""

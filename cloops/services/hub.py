@@ -19,8 +19,6 @@ from ..project import Project
 from .base import ImageRequest, ImageResult, LLMRequest, LLMResult
 from .cache import ResponseCache, cache_key
 
-RETRY_BASE_S = 1.0      # first backoff; doubles each attempt
-RETRY_CAP_S = 60.0      # longest single wait
 
 
 @dataclass(frozen=True)
@@ -46,6 +44,22 @@ class ServiceHub:
         no_cache = proj.env.get("CLOOPS_NO_CACHE", "").lower() in ("1", "true", "yes")
         self._caches: dict[str, ResponseCache] = {}
         self._no_cache = no_cache
+        self.retries_waited_s = 0.0
+
+    def price(self, template: str, model: str):
+        """The :class:`cloops.config.ModelPrice` of ``model`` in ``template``'s config, or None."""
+        return self.proj.template(template).config.engine.prices.get(model)
+
+    def _cost_llm(self, template: str, model: str, usage) -> float:
+        p = self.price(template, model)
+        if p is None:
+            return 0.0
+        # reasoning tokens are billed as output tokens and already counted in output_tokens
+        return (usage.input_tokens * p.input_per_1m + usage.output_tokens * p.output_per_1m) / 1e6
+
+    def _cost_image(self, template: str, model: str, images: int) -> float:
+        p = self.price(template, model)
+        return images * p.per_image if p is not None else 0.0
 
     # ------------------------------------------------------------ plumbing
 
@@ -72,9 +86,15 @@ class ServiceHub:
                     self.proj.root / cfg.dir, enabled=cfg.enabled and not self._no_cache)
             return self._caches[template]
 
-    def _retrying(self, fn: Callable[[], Any], max_retries: int) -> tuple[Any, int]:
+    def _retrying(self, template: str, fn: Callable[[], Any], max_retries: int) -> tuple[Any, int]:
         """Call ``fn``; retry transient errors with exponential backoff and full jitter,
-        honouring the server's Retry-After. Returns ``(result, attempts)``."""
+        honouring the server's Retry-After (config ``retry``). Returns ``(result, attempts)``.
+
+        Raises:
+            ServiceError: a permanent error at once, a transient one when retries run out
+                (its ``attempts`` says how many were made).
+        """
+        cfg = self.proj.template(template).config.engine.retry
         attempt = 0
         while True:
             attempt += 1
@@ -84,11 +104,14 @@ class ServiceHub:
                 if attempt > max_retries:
                     exc.attempts = attempt
                     raise
-                wait = min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (attempt - 1))
-                wait = random.uniform(0, wait)
+                wait = random.uniform(0, min(cfg.cap_s, cfg.base_s * 2 ** (attempt - 1)))
                 if exc.retry_after_s is not None:
-                    wait = max(wait, min(exc.retry_after_s, RETRY_CAP_S))
+                    wait = max(wait, min(exc.retry_after_s, cfg.cap_s))
+                self.retries_waited_s += wait
                 self._sleep(wait)
+            except ServiceError as exc:
+                exc.attempts = attempt
+                raise
 
     # ------------------------------------------------------------ calls
 
@@ -111,7 +134,7 @@ class ServiceHub:
         else:
             try:
                 llm_cfg = self.proj.template(meta.template).config.engine.llm
-                result, rec.attempts = self._retrying(lambda: backend.complete(request),
+                result, rec.attempts = self._retrying(meta.template, lambda: backend.complete(request),
                                                       0 if backend.offline else llm_cfg.max_retries)
             except ServiceError as exc:
                 rec.error = str(exc)[:500]
@@ -124,6 +147,11 @@ class ServiceHub:
         u = result.usage
         rec.input_tokens, rec.output_tokens, rec.reasoning_tokens = (
             u.input_tokens, u.output_tokens, u.reasoning_tokens)
+        cost = 0.0 if backend.offline else self._cost_llm(meta.template, request.model, u)
+        if rec.cache_hit:
+            rec.saved_usd = cost
+        else:
+            rec.cost_usd = cost
         rec.duration_s = time.monotonic() - t0
         self.ledger.record(rec)
         return result
@@ -148,7 +176,8 @@ class ServiceHub:
         else:
             try:
                 gen = self.proj.template(meta.template).config.engine.generation
-                result, rec.attempts = self._retrying(lambda: backend.generate_image(request),
+                result, rec.attempts = self._retrying(meta.template,
+                                                      lambda: backend.generate_image(request),
                                                       0 if backend.offline else gen.max_retries)
             except ServiceError as exc:
                 rec.error = str(exc)[:500]
@@ -159,6 +188,12 @@ class ServiceHub:
             if cache:
                 cache.put_image(key, result)
         rec.images = 0 if rec.cache_hit else result.images_billed
+        cost = 0.0 if backend.offline else self._cost_image(meta.template, request.model,
+                                                            result.images_billed)
+        if rec.cache_hit:
+            rec.saved_usd = cost
+        else:
+            rec.cost_usd = cost
         rec.duration_s = time.monotonic() - t0
         self.ledger.record(rec)
         return result
