@@ -20,7 +20,7 @@ from doit.exceptions import TaskFailed
 
 from . import backlog as backlog_mod
 from .engine import Fanout, expand, value_inputs
-from .errors import CloopsError, InputError, OutputInvalidError
+from .errors import CloopsError, InputError, OutputInvalidError, ServiceError
 from .fileio import dump_json
 from .project import Project, load_project
 from .services.base import ImageRequest, LLMRequest
@@ -101,7 +101,12 @@ def run_step(root: Path, template: str, story_id: str, step_name: str, n: int | 
         _mark_started(proj, template, story_id)
         _run(proj, tpl, step, item.input, story_id, n, count, tname)
     except CloopsError as exc:
-        msg = f"{template}/{story_id} step '{step.name}'" + (f" #{n}" if n else "") + f": {exc}"
+        msg = f"{template}/{story_id} step '{step.name}'" + (f" #{n}" if n else "")
+        if isinstance(exc, ServiceError):
+            service = exc.service or step.service or "?"
+            msg += f" ({service} service, backend {exc.backend or '?'}"
+            msg += f", {exc.attempts} attempts)" if exc.attempts > 1 else ")"
+        msg += f": {exc}"
         failure = mark_failed(root, template, story_id, msg)
         if os.environ.get("CLOOPS_DEBUG"):
             raise
