@@ -136,13 +136,45 @@ def load_backlog(path: Path, *, shown: str | None = None) -> Backlog:
     return Backlog(path=Path(path), template=template, items=items)
 
 
+def load_csv_backlog(path: Path, *, shown: str | None = None) -> Backlog:
+    """Read and validate a CSV backlog (see :mod:`cloops.csv_backlog`); the template is the
+    file's stem.
+
+    Raises:
+        InputError: a malformed row (naming its line), a missing column, an invalid or duplicate id.
+    """
+    from . import csv_backlog
+    shown = shown or str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"is not UTF-8 text ({exc.reason}).", file=shown,
+                         fix="save it as UTF-8 CSV.") from None
+    _header, rows, _dialect = csv_backlog.parse(text, shown)
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    for row in rows:
+        where = f"line {row.first + 1}"
+        item = validate_item(csv_backlog.to_item_dict(row), where, shown)
+        if item.id in seen:
+            raise InputError(f"duplicate id {item.id!r} (also line {seen[item.id]}).", file=shown,
+                             field=f"{where}.id", fix="give every story a unique id.")
+        seen[item.id] = row.first + 1
+        items.append(item)
+    return Backlog(path=Path(path), template=Path(path).stem, items=items)
+
+
 def discover(root: Path) -> list[Backlog]:
-    """Load every ``backlogs/*.json`` under ``root`` (sorted by file name)."""
+    """Load every ``backlogs/*.json`` and ``backlogs/*.csv`` under ``root`` (by file name)."""
     bdir = root / BACKLOGS_DIR
     if not bdir.is_dir():
         return []
-    return [load_backlog(p, shown=str(p.relative_to(root)))
-            for p in sorted(bdir.glob("*.json"))]
+    out = []
+    for p in sorted([*bdir.glob("*.json"), *bdir.glob("*.csv")]):
+        shown = str(p.relative_to(root))
+        out.append(load_csv_backlog(p, shown=shown) if p.suffix == ".csv"
+                   else load_backlog(p, shown=shown))
+    return out
 
 
 @contextmanager
@@ -173,6 +205,13 @@ def set_status(root: Path, path: Path, item_id: str, status: str, *,
     """
     if status not in STATUSES:
         raise ValueError(status)
+    if Path(path).suffix == ".csv":
+        from .csv_backlog import set_row_status
+        with _locked(root, path):
+            return set_row_status(Path(path), item_id, status,
+                                  now_iso() if status == "completed" else None,
+                                  error if status == "failed" else None,
+                                  set_completed=status == "completed", shown=str(path))
     with _locked(root, path):
         data = read_json(path)
         for raw in data.get("items", []):

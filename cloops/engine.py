@@ -29,7 +29,7 @@ from .errors import InputError
 from .fileio import canonical_json, sha256_json
 from .project import Project, StoryRef, load_project
 from .steps import (AssembleStep, BundleStep, EachInput, FileInput, ImageStep, ItemInput,
-                    LLMStep, PartInput, Step, StoryValue)
+                    LLMStep, PartInput, Step, StoryValue, VoiceStep)
 from .template import Template
 
 INPUTS_KEY = "_cloops_inputs"
@@ -134,12 +134,17 @@ def step_values(proj: Project, tpl: Template, step: Step, story: StoryRef, item_
             data = fan.data if fan and inp.path == tpl.foreach_source else None
             v = data.get(inp.key) if isinstance(data, dict) else None
             values[f"{inp.path} {inp.key}"] = _short(v)
-    if step.service in ("llm", "image"):
+    if step.service in ("llm", "image", "voice"):
         resolved = proj.resolved(tpl.name, step.service)
         values[f"{step.service} backend"] = resolved.spec.name
         if isinstance(step, LLMStep):
             for k, v in tpl.llm_settings(step).items():
                 values[f"llm {k}"] = _short(v)
+        elif isinstance(step, VoiceStep):
+            voice = tpl.config.engine.voice
+            for k in ("voice_id", "model", "output_format", "pause_s"):
+                values[f"voice.{k}"] = _short(getattr(voice, k))
+            values["voice.settings"] = _short(voice.settings.model_dump(exclude_none=True))
         elif isinstance(step, ImageStep):
             values["generation.model"] = _short(tpl.config.engine.generation.model)
             values["generation.params"] = _short(tpl.image_params(step))
@@ -205,7 +210,7 @@ def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_i
                 file_dep.append(str(rel_root / expand(src, i)))
                 targets.append(str(rel_root / step.target / expand(dest, i)))
     else:
-        targets = [str(rel_root / expand(step.target, n))]
+        targets = [str(rel_root / expand(t, n)) for t in (step.target, *step.also)]
     values = step_values(proj, tpl, step, story, story_input, n, fan)
     label = f"{story.key}" + (f" #{n}" if n is not None else "")
     return {
@@ -402,16 +407,21 @@ def header_lines() -> list[str]:
     for b in proj.backlogs:
         pending = sum(1 for it in b.items if it.status != "completed")
         parts = []
-        for service in ("llm", "image"):
+        tpl = proj.template(b.template)
+        services = sorted({s.service for s in tpl.steps if s.service})
+        for service in services:
             r = proj.resolved(b.template, service)
             style = "bold yellow" if r.spec.offline else "bold green"
             parts.append(f"{service}: [{style}]{r.spec.name}[/{style}] ({r.reason})")
         lines.append(f"[bold]{b.template}[/bold]: {pending} of {len(b.items)} stories not "
                      f"completed · " + " · ".join(parts))
-        if any(proj.resolved(b.template, s).spec.offline for s in ("llm", "image")):
+        offline = [s for s in services if proj.resolved(b.template, s).spec.offline]
+        if offline:
+            keys = {"llm": "OPENAI_API_KEY", "image": "REPLICATE_API_TOKEN",
+                    "voice": "ELEVENLABS_API_KEY"}
             lines.append("  [yellow]OFFLINE backends in use: outputs are drafts and stories stay "
-                         "pending. Set OPENAI_API_KEY / REPLICATE_API_TOKEN (or .env) to build "
-                         "for real.[/yellow]")
+                         f"pending. Set {' / '.join(keys.get(s, s) for s in offline)} (or .env) "
+                         "to build for real.[/yellow]")
     return lines
 
 

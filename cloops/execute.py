@@ -23,10 +23,10 @@ from .engine import Fanout, expand, value_inputs
 from .errors import CloopsError, InputError, OutputInvalidError, ServiceError
 from .fileio import dump_json
 from .project import Project, load_project
-from .services.base import ImageRequest, LLMRequest
+from .services.base import ImageRequest, LLMRequest, VoiceRequest
 from .services.hub import CallMeta, hub_for
 from .steps import (AssembleStep, BundleStep, EachInput, FileInput, ImageStep, LLMStep,
-                    StepContext)
+                    StepContext, VoiceStep)
 from .targets import read_manifest, write_target
 from .template import Template
 
@@ -146,6 +146,8 @@ def _run(proj: Project, tpl: Template, step, story_input: dict, story_id: str, n
         res = hub.generate_image(meta, req)
         _write(sdir, rel, res.jpeg, made_by=f"{backend.name} {req.model}",
                offline=backend.offline, task=tname)
+    elif isinstance(step, VoiceStep):
+        _run_voice(proj, tpl, step, inputs, ctx, meta, sdir, rel, n, tname)
     elif isinstance(step, AssembleStep):
         out = step.run(inputs, ctx)
         _write(sdir, rel, out, made_by="assembled", offline=False, task=tname)
@@ -153,6 +155,33 @@ def _run(proj: Project, tpl: Template, step, story_input: dict, story_id: str, n
         _run_bundle(proj, tpl, step, sdir, count, story_id, tname)
     else:  # pragma: no cover - new step kinds must be handled here
         raise InputError(f"unknown step kind {type(step).__name__}.", file=str(tpl.dir))
+
+
+def _run_voice(proj: Project, tpl: Template, step: VoiceStep, inputs: dict, ctx: StepContext,
+               meta: CallMeta, sdir: Path, rel: str, n: int | None, tname: str) -> None:
+    """Speak the step's segments; write the MP3 and the per-segment timings (``also[0]``)."""
+    hub = hub_for(proj)
+    backend = hub.backend(tpl.name, "voice")
+    segments = [s.strip() for s in step.segments(inputs, ctx)]
+    if not segments or not all(segments):
+        raise InputError("has an empty segment: every page needs narration text to speak.",
+                         file=str(sdir / next((i.path for i in step.inputs.values()
+                                               if isinstance(i, FileInput)), rel)),
+                         fix="write the missing narration, or delete the file to regenerate it.")
+    cfg = tpl.config.engine.voice
+    req = VoiceRequest(segments=tuple(segments), voice_id=cfg.voice_id, model=cfg.model,
+                       output_format=cfg.output_format,
+                       settings=cfg.settings.model_dump(exclude_none=True), pause_s=cfg.pause_s,
+                       timeout_s=cfg.timeout_s)
+    res = hub.synthesize(meta, req)
+    made_by = f"{backend.name} {req.model}"
+    _write(sdir, rel, res.mp3, made_by=made_by, offline=backend.offline, task=tname)
+    if step.also:
+        timings = {"durationS": round(res.duration_s, 3), "segments": [
+            {"startS": round(a, 3), "endS": round(b, 3), "text": t}
+            for (a, b), t in zip(res.timings, segments)]}
+        _write(sdir, expand(step.also[0], n), timings, made_by=made_by, offline=backend.offline,
+               task=tname)
 
 
 def _run_llm(proj: Project, tpl: Template, step: LLMStep, inputs: dict, ctx: StepContext,

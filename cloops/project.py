@@ -94,8 +94,8 @@ class Project:
         with self._lock:
             if key not in self._resolved:
                 tpl = self.template(template)
-                section = {"llm": tpl.config.engine.llm,
-                           "image": tpl.config.engine.generation}.get(service)
+                section = {"llm": tpl.config.engine.llm, "image": tpl.config.engine.generation,
+                           "voice": tpl.config.engine.voice}.get(service)
                 requested = getattr(section, "backend", "auto") if section is not None else "auto"
                 override = self.env.get(f"CLOOPS_{service.upper()}_BACKEND")
                 if override:
@@ -134,9 +134,9 @@ def load_project(root: Path | str | None = None) -> Project:
                 raise InputError(f"names unknown template {b.template!r}.",
                                  file=str(b.path.relative_to(root)), field="templateId",
                                  fix=f"use one of: {', '.join(template_names(root)) or 'none'}.")
-            proj.template(b.template)  # bad config / prompts fail here, before any task runs
-            for service in ("llm", "image"):
-                proj.resolved(b.template, service)  # and an unknown backend name
+            tpl = proj.template(b.template)  # bad config / prompts fail here, before any task runs
+            for service in sorted({s.service for s in tpl.steps if s.service}):
+                proj.resolved(b.template, service)  # and an unknown or unavailable backend
         _PROJECTS[str(root)] = proj
         return proj
 

@@ -139,6 +139,7 @@ class Step:
         inputs: input name → declaration (:func:`story`, :func:`file`, ...).
         uses: config paths this step reads besides its prompt variables (``settings.pageCount``).
         foreach: fan out over a list of a JSON artifact.
+        also: further targets the step writes besides ``target`` (e.g. timings next to audio).
         version: bump to rebuild this step after changing its code in ``workflow.py``.
         doc: one line for ``doit list``.
     """
@@ -146,6 +147,7 @@ class Step:
     name: str
     target: str
     inputs: dict[str, Input] = field(default_factory=dict)
+    also: tuple[str, ...] = ()
     uses: tuple[str, ...] = ()
     foreach: ForEach | None = None
     version: int = 1
@@ -201,6 +203,20 @@ class ImageStep(Step):
 
 
 @dataclass(frozen=True)
+class VoiceStep(Step):
+    """A call to the voice service: speak a script into ``target`` (an MP3).
+
+    Attributes:
+        segments: ``segments(inputs, ctx) -> list[str]`` the texts to speak, in order (one per
+            page); their start/end seconds are written to ``also[0]`` as
+            ``{"durationS": float, "segments": [{"startS", "endS", "text"}]}``.
+    """
+
+    segments: Fn | None = None
+    service: str | None = "voice"
+
+
+@dataclass(frozen=True)
 class AssembleStep(Step):
     """No service call: ``run(inputs, ctx) -> str | bytes | dict`` makes the target."""
 
@@ -218,3 +234,24 @@ class BundleStep(Step):
     """
 
     files: dict[str, str] = field(default_factory=dict)
+
+
+def derive(base: list[Step], *, replace: dict[str, Step] | None = None,
+           add: list[Step] | None = None, remove: tuple[str, ...] = ()) -> list[Step]:
+    """A variant's steps from its base template's (``BASE_STEPS`` in a child ``workflow.py``).
+
+    ``replace`` swaps steps by name (in place), ``remove`` drops them, ``add`` appends new ones
+    before the base's last step when that is a :class:`BundleStep` (so the bundle stays last).
+
+    Raises:
+        KeyError: ``replace``/``remove`` names a step the base does not have.
+    """
+    names = {s.name for s in base}
+    for n in list(replace or {}) + list(remove):
+        if n not in names:
+            raise KeyError(f"the base template has no step {n!r}")
+    out = [(replace or {}).get(s.name, s) for s in base if s.name not in remove]
+    extra = list(add or [])
+    if out and isinstance(out[-1], BundleStep):
+        return out[:-1] + extra + out[-1:]
+    return out + extra

@@ -174,7 +174,7 @@ class Template:
     @cached_property
     def producers(self) -> dict[str, Step]:
         """Target pattern → the step that makes it."""
-        return {s.target: s for s in self.steps}
+        return {t: s for s in self.steps for t in (s.target, *s.also)}
 
     @cached_property
     def media_steps(self) -> set[str]:
@@ -269,7 +269,7 @@ def load_template(root: Path, name: str, *, _chain: tuple[str, ...] = ()) -> Tem
         base = load_template(root, str(raw["extends"]), _chain=_chain + (name,))
     module = None
     if (tdir / "workflow.py").is_file():
-        module = _import_workflow(tdir, name)
+        module = _import_workflow(tdir, name, base)
     elif base is None:
         raise InputError("has no workflow.py.", file=str(tdir),
                          fix="add a workflow.py declaring STEPS, or \"extends\" another template.")
@@ -294,12 +294,17 @@ def load_template(root: Path, name: str, *, _chain: tuple[str, ...] = ()) -> Tem
     return tpl
 
 
-def _import_workflow(tdir: Path, name: str):
+def _import_workflow(tdir: Path, name: str, base: "Template | None" = None):
+    """Import a template's workflow.py. A variant's module gets ``BASE`` (the base template's
+    workflow module) and ``BASE_STEPS`` before it runs, to derive its steps from them."""
     modname = "cloops_templates." + name.replace("-", "_")
     if modname in sys.modules:
         return sys.modules[modname]
     spec = importlib.util.spec_from_file_location(modname, tdir / "workflow.py")
     module = importlib.util.module_from_spec(spec)
+    if base is not None:
+        module.BASE = sys.modules.get("cloops_templates." + base.name.replace("-", "_"))
+        module.BASE_STEPS = list(base.steps)
     sys.modules[modname] = module
     try:
         spec.loader.exec_module(module)  # type: ignore[union-attr]
@@ -318,7 +323,7 @@ def _validate(tpl: Template) -> None:
     for n in names:
         if names.count(n) > 1:
             raise InputError(f"step name {n!r} is declared twice.", file=wf)
-    targets = [s.target for s in tpl.steps]
+    targets = [t for s in tpl.steps for t in (s.target, *s.also)]
     for t in targets:
         if targets.count(t) > 1:
             raise InputError(f"target {t!r} is made by two steps.", file=wf)

@@ -74,16 +74,28 @@ class Project:
     def prompt_path(self, name: str, template: str = "comic-books-standard") -> Path:
         return self.root / "templates" / template / "system-prompts" / name
 
-    def doit(self, *args: str, env: dict | None = None, timeout: float = 300) -> Run:
-        run_id = uuid.uuid4().hex
+    def _env(self, run_id: str, env: dict | None) -> dict:
         full_env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
         full_env["CLOOPS_RUN_ID"] = run_id
         full_env["NO_PROXY"] = "127.0.0.1,localhost"
         full_env["COLUMNS"] = "200"
         full_env.update(env or {})
+        return full_env
+
+    def doit(self, *args: str, env: dict | None = None, timeout: float = 300) -> Run:
+        run_id = uuid.uuid4().hex
         proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=self.root,
-                              env=full_env, capture_output=True, text=True, timeout=timeout)
+                              env=self._env(run_id, env), capture_output=True, text=True,
+                              timeout=timeout)
         return Run(proc.returncode, proc.stdout, proc.stderr, self.calls(run_id))
+
+    def start(self, *args: str, env: dict | None = None) -> "Started":
+        """Start ``python -m doit`` without waiting (as :meth:`doit`); ``.finish()`` collects it."""
+        run_id = uuid.uuid4().hex
+        proc = subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=self.root,
+                                env=self._env(run_id, env), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        return Started(self, proc, run_id)
 
     def calls(self, run_id: str) -> list[dict]:
         path = self.root / "build" / ".cloops" / "ledger.sqlite"
@@ -98,6 +110,24 @@ class Project:
             return []
         finally:
             con.close()
+
+
+@dataclass
+class Started:
+    """A doit process started by :meth:`Project.start`."""
+
+    project: Project
+    proc: subprocess.Popen
+    run_id: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def finish(self, timeout: float = 300) -> Run:
+        """Wait for the process to end (it may have been killed) and return its :class:`Run`."""
+        out, err = self.proc.communicate(timeout=timeout)
+        return Run(self.proc.returncode, out, err, self.project.calls(self.run_id))
 
 
 def make_project(tmp: Path, story_ids: list[str] | None = None, *, small_images: bool = True) -> Project:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
-from .base import ImageResult, LLMResult, Usage
+from .base import ImageResult, LLMResult, Usage, VoiceResult
 
 
 def cache_key(service: str, backend: str, request_key: dict) -> str:
@@ -73,9 +73,28 @@ class ResponseCache:
             {"width_px": result.width_px, "height_px": result.height_px,
              "images_billed": result.images_billed}))
 
+    def get_voice(self, key: str) -> VoiceResult | None:
+        if not self.enabled:
+            return None
+        try:
+            meta = json.loads(self._path(key, ".json").read_text(encoding="utf-8"))
+            mp3 = self._path(key, ".mp3").read_bytes()
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        self.touch(key)
+        return VoiceResult(mp3=mp3, duration_s=meta["duration_s"],
+                           timings=tuple(tuple(t) for t in meta["timings"]),
+                           characters=meta.get("characters", 0))
+
+    def put_voice(self, key: str, result: VoiceResult) -> None:
+        atomic_write_bytes(self._path(key, ".mp3"), result.mp3)
+        atomic_write_text(self._path(key, ".json"), canonical_json(
+            {"duration_s": result.duration_s, "timings": [list(t) for t in result.timings],
+             "characters": result.characters}))
+
     def touch(self, key: str) -> None:
         """Mark an entry used now (a hit), so pruning by age keeps what is still in use."""
-        for suffix in (".json", ".jpg"):
+        for suffix in (".json", ".jpg", ".mp3"):
             try:
                 os.utime(self._path(key, suffix))
             except FileNotFoundError:
@@ -94,7 +113,7 @@ class ResponseCache:
                     continue
             except FileNotFoundError:
                 continue
-            for p in (meta, meta.with_suffix(".jpg")):
+            for p in (meta, meta.with_suffix(".jpg"), meta.with_suffix(".mp3")):
                 try:
                     freed += p.stat().st_size
                     p.unlink()

@@ -16,7 +16,8 @@ from typing import Any, Callable
 from ..errors import ServiceError, TransientServiceError
 from ..ledger import CallRecord, Ledger
 from ..project import Project
-from .base import ImageRequest, ImageResult, LLMRequest, LLMResult
+from .base import (ImageRequest, ImageResult, LLMRequest, LLMResult, VoiceRequest,
+                   VoiceResult)
 from .cache import ResponseCache, cache_key
 
 
@@ -70,8 +71,8 @@ class ServiceHub:
         with self._lock:
             if key not in self._backends:
                 tpl = self.proj.template(template)
-                section = {"llm": tpl.config.engine.llm,
-                           "image": tpl.config.engine.generation}.get(service)
+                section = {"llm": tpl.config.engine.llm, "image": tpl.config.engine.generation,
+                           "voice": tpl.config.engine.voice}.get(service)
                 if service == "image":
                     section = section.model_copy(update={"comfyui": {
                         **section.comfyui, "template_dir": str(tpl.dir)}})
@@ -198,6 +199,51 @@ class ServiceHub:
         self.ledger.record(rec)
         return result
 
+
+def _synthesize(self, meta: CallMeta, request: VoiceRequest) -> VoiceResult:
+    """Answer a voice request (cache first for paid backends).
+
+    Raises:
+        ServiceError: the call failed (after retries for transient errors).
+    """
+    backend = self.backend(meta.template, "voice")
+    rec = CallRecord(service="voice", backend=backend.name, model=request.model,
+                     template=meta.template, story=meta.story, step=meta.step,
+                     target=meta.target, offline=backend.offline)
+    t0 = time.monotonic()
+    cache = None if backend.offline else self.cache(meta.template)
+    key = cache_key("voice", backend.name, request.cache_key()) if cache else ""
+    result = cache.get_voice(key) if cache else None
+    if result is not None:
+        rec.cache_hit = True
+    else:
+        try:
+            cfg = self.proj.template(meta.template).config.engine.voice
+            result, rec.attempts = self._retrying(meta.template,
+                                                  lambda: backend.synthesize(request),
+                                                  0 if backend.offline else cfg.max_retries)
+        except ServiceError as exc:
+            rec.error = str(exc)[:500]
+            rec.attempts = exc.attempts
+            rec.duration_s = time.monotonic() - t0
+            self.ledger.record(rec)
+            raise
+        if cache:
+            cache.put_voice(key, result)
+    rec.characters = result.characters
+    rec.audio_s = result.duration_s
+    price = None if backend.offline else self.price(meta.template, request.model)
+    cost = result.characters / 1000 * price.per_1k_characters if price else 0.0
+    if rec.cache_hit:
+        rec.saved_usd, rec.characters = cost, 0
+    else:
+        rec.cost_usd = cost
+    rec.duration_s = time.monotonic() - t0
+    self.ledger.record(rec)
+    return result
+
+
+ServiceHub.synthesize = _synthesize  # type: ignore[attr-defined]
 
 _HUBS: dict[str, ServiceHub] = {}
 _HLOCK = threading.Lock()

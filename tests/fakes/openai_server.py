@@ -43,6 +43,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     raw: bytes = b""
+    status: int | None = None  # the status of the reply sent in full; None: not answered
 
 
 @dataclass
@@ -321,18 +322,15 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         path = self.path.split("?", 1)[0]
+        if fake.gate is not None and not fake.gate.admit():
+            return self._drop()
         rec = RecordedRequest(self.command, path, {k.lower(): v for k, v in self.headers.items()},
                               body, raw)
         reply = fake._record_and_pop(rec)
         if reply.delay_s:
             fake._stopping.wait(reply.delay_s)
         if reply.drop:
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return
+            return self._drop()
         status, payload, headers = fake._render(rec, reply)
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         try:
@@ -344,8 +342,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(key, value)
             self.end_headers()
             self.wfile.write(data)
+            self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
             self.close_connection = True
+            return
+        with fake._lock:
+            rec.status = status
+
+    def _drop(self) -> None:
+        """Close the connection without any reply."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class _Server(ThreadingHTTPServer):
@@ -359,16 +369,23 @@ class _Server(ThreadingHTTPServer):
 class FakeOpenAI:
     """A scriptable fake OpenAI API on ``127.0.0.1`` (ephemeral port), in a background thread.
 
+    Args:
+        gate: a :class:`tests.fakes.gate.Gate` (shared with other fakes) that every request
+            passes before it is handled, to hold requests at a chosen moment.
+
     Attributes:
         base_url: ``"http://127.0.0.1:PORT/v1"`` to pass to ``openai.OpenAI(base_url=...)``.
-        requests: every :class:`RecordedRequest` received, in order (faults included).
+        requests: every :class:`RecordedRequest` received, in order (faults included); a
+            request's ``status`` is set once its reply was sent in full.
+        answered: the requests whose reply was sent in full.
         count: ``len(requests)``.
 
     Use as a context manager (``with FakeOpenAI() as srv:``) or call :meth:`start` /
     :meth:`stop`.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, gate: Any = None):
+        self.gate = gate
         self._server = _Server((host, port), _Handler)
         self._server.fake = self
         self._thread: threading.Thread | None = None
@@ -445,6 +462,11 @@ class FakeOpenAI:
         """The JSON bodies received (only those to ``path``, e.g. ``"/v1/responses"``, if given)."""
         with self._lock:
             return [r.body for r in self.requests if path is None or r.path == path]
+
+    @property
+    def answered(self) -> list[RecordedRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.status is not None]
 
     @property
     def last(self) -> RecordedRequest:

@@ -89,6 +89,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     raw: bytes = b""
+    status: int | None = None  # the status of the reply sent in full; None: not answered
 
 
 @dataclass
@@ -160,7 +161,8 @@ class LoopbackServer:
     ``requests`` (a list of :class:`RecordedRequest`) before it is handled.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, gate: Any = None) -> None:
+        self.gate = gate  # a tests.fakes.gate.Gate every request passes before it is handled
         self.requests: list[RecordedRequest] = []
         self.lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -195,11 +197,21 @@ class LoopbackServer:
                     body = json.loads(raw) if raw else None
                 except ValueError:
                     body = None
+                if fake.gate is not None and not fake.gate.admit():
+                    return fake.drop(self)
                 rec = RecordedRequest(self.command, self.path,
                                       {k.lower(): v for k, v in self.headers.items()}, body, raw)
                 with fake.lock:
                     fake.requests.append(rec)
+                self._sent_status = None
                 fake.handle(self, rec)
+                if self._sent_status is not None:
+                    with fake.lock:
+                        rec.status = self._sent_status
+
+            def send_response(self, code, message=None):
+                self._sent_status = code
+                super().send_response(code, message)
 
             do_GET = do_POST = do_PUT = do_DELETE = _dispatch
 
@@ -282,8 +294,8 @@ class FakeReplicate(LoopbackServer):
 
     def __init__(self, *, token: str | None = DEFAULT_TOKEN, output_urls: str = "data",
                  output_count: int = 1, output_list: bool = True,
-                 image_size: tuple[int, int] = (32, 24)):
-        super().__init__()
+                 image_size: tuple[int, int] = (32, 24), gate: Any = None):
+        super().__init__(gate)
         if output_urls not in ("data", "http"):
             raise ValueError("output_urls must be 'data' or 'http'")
         self.token = token
@@ -303,6 +315,12 @@ class FakeReplicate(LoopbackServer):
     @property
     def api_url(self) -> str:
         return self.root_url + "/v1"
+
+    @property
+    def answered(self) -> list[RecordedRequest]:
+        """The requests whose reply was sent in full."""
+        with self.lock:
+            return [r for r in self.requests if r.status is not None]
 
     @property
     def creates(self) -> list[RecordedRequest]:

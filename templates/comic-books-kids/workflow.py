@@ -1,0 +1,95 @@
+"""comic-books-kids: the standard comic book with a narrated voice track.
+
+Extends ``comic-books-standard`` (config, prompts and steps come from there unless replaced
+here): a kids' art style and reading level in ``config.json``, its own step-1/step-2 prompts,
+and three changes to the steps:
+
+- ``script``      narration-script.md   assembled from the pages' narration; hand-editable
+- ``voice``       voice.mp3, voice.json the script spoken (ElevenLabs, or piper offline) with
+                                        each page's start/end seconds
+- ``story-data``  adds ``audioFile`` and per-page ``audioStartS``/``audioEndS``
+- ``bundle``      adds ``voice.mp3``
+
+``BASE`` (the base workflow module) and ``BASE_STEPS`` are provided by the template loader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from pydantic import Field
+
+from cloops.steps import AssembleStep, VoiceStep, derive, file
+
+BASE = globals()["BASE"]
+BASE_STEPS = globals()["BASE_STEPS"]
+
+
+class KidsSettings(BASE.Settings):
+    readingLevel: str = Field(min_length=1)
+    maxSentenceWords: int = Field(ge=4, le=30)
+
+
+class KidsConfig(BASE.ComicConfig):
+    settings: KidsSettings
+
+
+CONFIG_MODEL = KidsConfig
+
+_PAGE_HEADING = re.compile(r"^##\s*Page\s+(\d+)\s*$", re.MULTILINE)
+
+
+def narration_script(inputs, ctx) -> str:
+    """The text the narrator speaks: one section per page (``## Page n``), editable by hand."""
+    plan = inputs["pages"]
+    parts = [f"# {plan.get('title') or ctx.story['title']}", "",
+             "<!-- One section per page; the voice reads each section in order. Edit freely. -->",
+             ""]
+    for i, page in enumerate(plan["pages"], 1):
+        parts += [f"## Page {i}", "", page["narration"].strip(), ""]
+    return "\n".join(parts)
+
+
+def script_segments(inputs, ctx) -> list[str]:
+    """The script's page sections, in order (HTML comments and the title left out)."""
+    text = re.sub(r"<!--.*?-->", "", inputs["script"], flags=re.S)
+    matches = list(_PAGE_HEADING.finditer(text))
+    segments = []
+    for k, m in enumerate(matches):
+        end = matches[k + 1].start() if k + 1 < len(matches) else len(text)
+        segments.append(" ".join(text[m.end():end].split()))
+    return segments
+
+
+def voiced_story_data(inputs, ctx) -> dict:
+    """story-data.json with the voice track: ``audioFile`` and each page's start/end seconds."""
+    data = BASE.story_data(inputs, ctx)
+    timings = inputs["timings"]["segments"]
+    data["audioFile"] = "voice.mp3"
+    for page, t in zip(data["pages"], timings):
+        page["audioStartS"] = t["startS"]
+        page["audioEndS"] = t["endS"]
+    return data
+
+
+_base = {s.name: s for s in BASE_STEPS}
+
+STEPS = derive(
+    BASE_STEPS,
+    replace={
+        "story-data": dataclasses.replace(
+            _base["story-data"], run=voiced_story_data,
+            inputs={**_base["story-data"].inputs, "timings": file("voice.json")}),
+        "bundle": dataclasses.replace(
+            _base["bundle"], files={**_base["bundle"].files, "voice.mp3": "voice.mp3"}),
+    },
+    add=[
+        AssembleStep(name="script", target="narration-script.md",
+                     doc="the narration the voice reads, one section per page",
+                     inputs={"pages": file("pages.json")}, run=narration_script),
+        VoiceStep(name="voice", target="voice.mp3", also=("voice.json",),
+                  doc="the narrated voice track with per-page timings",
+                  inputs={"script": file("narration-script.md")}, segments=script_segments),
+    ],
+)
