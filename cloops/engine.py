@@ -44,9 +44,12 @@ class Inputs:
     and ``doit info`` can say why.
     """
 
-    def __init__(self, values: dict[str, str]):
+    def __init__(self, values: dict[str, str], story_dir: str = "", rel: str = ""):
         self.values = values
+        self.story_dir = story_dir
+        self.rel = rel
         self.changed: list[str] | None = None
+        self.locked = False
 
     def configure_task(self, task) -> None:
         task.value_savers.append(lambda: {INPUTS_KEY: self.values})
@@ -55,14 +58,21 @@ class Inputs:
         prev = values.get(INPUTS_KEY)
         if prev is None:
             self.changed = ["never built"]
-            return False
-        keys = sorted(set(prev) | set(self.values))
-        self.changed = [k for k in keys if prev.get(k) != self.values.get(k)]
+        else:
+            keys = sorted(set(prev) | set(self.values))
+            self.changed = [k for k in keys if prev.get(k) != self.values.get(k)]
+        if self.changed and self.story_dir and prev is not None:
+            from .locks import is_locked, mark_stale
+            if is_locked(Path(self.story_dir), self.rel):
+                # locked: stays as it is; the change is remembered and reported
+                self.locked = True
+                mark_stale(Path(self.story_dir), self.rel, ", ".join(self.changed))
+                return True
         return not self.changed
 
     def __repr__(self) -> str:
         if self.changed:
-            return "changed: " + ", ".join(self.changed)
+            return ("LOCKED, stale: " if self.locked else "changed: ") + ", ".join(self.changed)
         return "cloops inputs (unchanged)"
 
 
@@ -220,7 +230,7 @@ def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_i
         "file_dep": file_dep,
         "task_dep": task_dep,
         "targets": targets,
-        "uptodate": [Inputs(values)],
+        "uptodate": [Inputs(values, str(sdir), str(Path(targets[0]).relative_to(rel_root)))],
         "clean": [(clean_task, [str(sdir), [str(Path(t).relative_to(rel_root)) for t in targets]])],
         "verbosity": 1,
     }

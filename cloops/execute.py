@@ -97,6 +97,14 @@ def run_step(root: Path, template: str, story_id: str, step_name: str, n: int | 
     step = tpl.step(step_name)
     item = proj.item(template, story_id)
     tname = f"{step.name}:{template}/{story_id}" + (f"/{n}" if n is not None else "")
+    from .locks import is_locked, mark_stale
+    sdir = proj.story_dir(template, story_id)
+    rel = expand(step.target, n)
+    if is_locked(sdir, rel) and (sdir / rel).exists():
+        mark_stale(sdir, rel, "an input file changed")
+        note(tname, f"{rel} is locked: kept as it is although an input changed "
+                    f"(doit unlock to rebuild it)")
+        return None
     try:
         _mark_started(proj, template, story_id)
         _run(proj, tpl, step, item.input, story_id, n, count, tname)
@@ -130,7 +138,8 @@ def _run(proj: Project, tpl: Template, step, story_input: dict, story_id: str, n
     inputs = read_inputs(proj, tpl, step, sdir, story_input, n, count, fan)
     hub = hub_for(proj)
     rel = expand(step.target, n)
-    meta = CallMeta(template=tpl.name, story=story_id, step=step.name, target=rel)
+    reroll = tname in {t.strip() for t in os.environ.get("CLOOPS_REROLL", "").split(",")}
+    meta = CallMeta(template=tpl.name, story=story_id, step=step.name, target=rel, reroll=reroll)
 
     if isinstance(step, LLMStep):
         data, made_by, offline = _run_llm(proj, tpl, step, inputs, ctx, meta)

@@ -101,6 +101,12 @@ class CloopsReporter:
     def skip_uptodate(self, task):
         if task.actions:
             self.uptodate += 1
+            from .engine import Inputs
+            for utd, _a, _k in getattr(task, "uptodate", []):
+                if isinstance(utd, Inputs) and utd.locked:
+                    step, story = _split(task.name)
+                    self.console.print(f"[yellow]🔒 {story}  {step}[/yellow]  locked, stale "
+                                       f"(not rebuilt): {', '.join(utd.changed or [])}")
 
     def skip_ignore(self, task):
         pass

@@ -30,6 +30,7 @@ class CallMeta:
     story: str
     step: str
     target: str
+    reroll: bool = False  # a deliberate new take: skip the cache lookup (the result is stored)
 
 
 class ServiceHub:
@@ -129,7 +130,7 @@ class ServiceHub:
         t0 = time.monotonic()
         cache = None if backend.offline else self.cache(meta.template)
         key = cache_key("llm", backend.name, request.cache_key()) if cache else ""
-        result = cache.get_llm(key) if cache else None
+        result = cache.get_llm(key) if cache and not meta.reroll else None
         if result is not None:
             rec.cache_hit = True
         else:
@@ -171,7 +172,7 @@ class ServiceHub:
         cache = None if backend.offline else self.cache(meta.template)
         key = cache_key("image", backend.name,
                         request.cache_key(with_annotations=backend.uses_annotations)) if cache else ""
-        result = cache.get_image(key) if cache else None
+        result = cache.get_image(key) if cache and not meta.reroll else None
         if result is not None:
             rec.cache_hit = True
         else:
@@ -213,7 +214,7 @@ def _synthesize(self, meta: CallMeta, request: VoiceRequest) -> VoiceResult:
     t0 = time.monotonic()
     cache = None if backend.offline else self.cache(meta.template)
     key = cache_key("voice", backend.name, request.cache_key()) if cache else ""
-    result = cache.get_voice(key) if cache else None
+    result = cache.get_voice(key) if cache and not meta.reroll else None
     if result is not None:
         rec.cache_hit = True
     else:

@@ -1,0 +1,422 @@
+"""Voice backend on ElevenLabs text-to-speech, through the official ``elevenlabs`` SDK (2.x).
+
+One :meth:`ElevenLabsBackend.synthesize` call is ONE request, so the voice flows naturally from
+page to page::
+
+    POST {base_url}/v1/text-to-speech/{voice_id}/with-timestamps?output_format=mp3_44100_128
+    xi-api-key: <key>
+    {"text": "<segment 1>\\n\\n<segment 2>...", "model_id": "eleven_multilingual_v2",
+     "voice_settings": {"stability": 0.5, ...}}          # voice_settings omitted when empty
+    -> 200 {"audio_base64": "<MP3>", "alignment": {"characters": [...],
+            "character_start_times_seconds": [...], "character_end_times_seconds": [...]},
+            "normalized_alignment": {...}}
+
+The segments are joined with a paragraph break (:data:`SEGMENT_JOINER`); each segment's
+``(start_s, end_s)`` is read from the character alignment at its span in the joined text (first
+to last non-blank character). ``duration_s`` is the MP3's length from its frames (``mutagen``),
+else the alignment's last end time. ``characters`` is ``len(joined text)`` (ElevenLabs bills
+per character of the request text).
+
+Error mapping at the boundary (the SDK raises ``elevenlabs.core.api_error.ApiError`` with
+``.status_code``/``.headers``/``.body`` for any non-2xx, and lets ``httpx`` errors through):
+
+=============================================  ============================================
+401, 403                                       :class:`AuthError` (names ELEVENLABS_API_KEY,
+                                               never the key)
+401/400 with ``detail.status == quota_exceeded``  :class:`PermanentServiceError` (no credit)
+429, 408, 409, 5xx, connection error, timeout  :class:`TransientServiceError`
+                                               (``retry_after_s`` from ``retry-after(-ms)``)
+400, 404, 422, other 4xx, a malformed answer   :class:`PermanentServiceError` (API detail)
+=============================================  ============================================
+
+SDK facts this relies on (read from elevenlabs 2.78 ``text_to_speech/raw_client.py``,
+``core/http_client.py``, ``base_client.py``, ``types/audio_with_timestamps_response.py``):
+request paths are ``v1/...`` joined to ``base_url``, so ``base_url`` is the host root
+(``https://api.elevenlabs.io``; a trailing ``/v1`` is stripped here); the key goes in the
+``xi-api-key`` header; ``output_format`` is a query parameter and ``model_id``/``voice_settings``
+are JSON body fields; the response model exposes ``audio_base_64`` (wire name ``audio_base64``)
+and ``alignment``; the SDK retries 408/409/429/5xx twice by default unless
+``request_options["max_retries"]`` says otherwise: this backend passes 0 (cloops retries in its
+hub). API error bodies are ``{"detail": {"status": str, "message": str}}`` (ElevenLabs help
+"API - Error Code 400 or 401") or FastAPI's ``{"detail": [{"loc", "msg", "type"}]}`` for 422.
+
+``elevenlabs`` is imported lazily in the constructor (the import costs ~0.5 s and this module is
+imported on every doit start). The API key is never put into a message, log line or repr.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import io
+import re
+import threading
+import time
+from typing import Any, Mapping, Sequence
+
+from ..errors import (AuthError, InputError, PermanentServiceError, ServiceError,
+                      TransientServiceError)
+from .base import VoiceRequest, VoiceResult
+from .registry import BackendSpec, register
+
+KEY_ENV = "ELEVENLABS_API_KEY"
+BASE_URL_ENV = "ELEVENLABS_BASE_URL"
+DEFAULT_BASE_URL = "https://api.elevenlabs.io"
+SEGMENT_JOINER = "\n\n"  # a paragraph break: a natural pause between pages
+_TRANSIENT_STATUS = {408, 409, 425, 429}
+_KEYLIKE = re.compile(r"\bsk_[A-Za-z0-9]{6,}")
+
+MISSING_KEY_MESSAGE = (f"{KEY_ENV} is not set: add it to the environment or to .env, or set "
+                       "voice.backend to \"piper\" to speak offline drafts.")
+
+
+def _scrub(text: str, key: str | None) -> str:
+    """Remove the API key (and anything key-shaped) from ``text``."""
+    if key:
+        text = text.replace(key, "<redacted>")
+    return _KEYLIKE.sub("<redacted key>", text)
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date), or None
+    when absent or unreadable. Header names are matched case-insensitively."""
+    if not headers:
+        return None
+    lower = {str(k).lower(): str(v) for k, v in headers.items()}
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = lower.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) / divisor)
+        except ValueError:
+            pass
+    value = lower.get("retry-after")
+    if value:
+        try:
+            parsed = email.utils.parsedate_tz(value)
+            if parsed is not None:
+                return max(0.0, float(email.utils.mktime_tz(parsed) - time.time()))
+        except (TypeError, ValueError, OverflowError):
+            pass
+    return None
+
+
+def api_detail(body: Any) -> tuple[str | None, str]:
+    """Return ``(status, message)`` of an ElevenLabs error body.
+
+    Shapes: ``{"detail": {"status": "invalid_api_key", "message": "..."}}``,
+    ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}`` (422), ``{"detail": "..."}``
+    or plain text. ``status`` is None when the body has none.
+    """
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, dict):
+        status = detail.get("status") or detail.get("code")
+        message = detail.get("message") or detail.get("msg") or ""
+        return (str(status) if status else None), str(message or status or detail)
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                parts.append(f"{loc}: {item.get('msg', item)}" if loc else str(item.get("msg", item)))
+            else:
+                parts.append(str(item))
+        return None, "; ".join(parts)
+    if detail is None or detail == "":
+        return None, "no details"
+    return None, " ".join(str(detail).split())[:500]
+
+
+def convert_error(exc: BaseException, *, base_url: str | None, key: str | None = None,
+                  timeout_s: float | None = None, voice_id: str = "") -> ServiceError:
+    """Turn an ``elevenlabs`` SDK / ``httpx`` exception into a :class:`ServiceError`.
+
+    ``base_url`` is named in connection errors, ``key`` is scrubbed from every message.
+    Returns (does not raise) the error.
+    """
+    import httpx
+    from elevenlabs.core.api_error import ApiError
+
+    where = base_url or DEFAULT_BASE_URL
+    common: dict[str, Any] = {"service": "voice", "backend": "elevenlabs"}
+    if isinstance(exc, httpx.TimeoutException):
+        return TransientServiceError(
+            f"the ElevenLabs call to {where} timed out"
+            + (f" after {timeout_s:g} s" if timeout_s else "")
+            + ". Fix: retry later, or raise voice.timeoutS for long narrations.", **common)
+    if isinstance(exc, httpx.TransportError):
+        fix = ("check that the server at voice.baseUrl / ELEVENLABS_BASE_URL is running"
+               if base_url else "check the network connection")
+        return TransientServiceError(
+            f"could not reach ElevenLabs at {where} ({type(exc).__name__}: "
+            f"{_scrub(str(exc), key)}). Fix: {fix}.", **common)
+    if isinstance(exc, ApiError):
+        status = exc.status_code
+        code, msg = api_detail(exc.body)
+        msg = _scrub(msg, key)
+        label = f"HTTP {status}" + (f", {code}" if code else "")
+        common["status_code"] = status
+        if code == "quota_exceeded":
+            return PermanentServiceError(
+                f"the ElevenLabs account has not enough character quota left ({label}): {msg} "
+                "Fix: add credits or enable usage-based billing at "
+                "https://elevenlabs.io/app/subscription, or set voice.backend to \"piper\".",
+                **common)
+        if status in (401, 403):
+            what = "rejected the API key" if status == 401 else "refused access with this API key"
+            return AuthError(
+                f"ElevenLabs at {where} {what} ({label}): {msg} Fix: check {KEY_ENV} (in the "
+                "environment or .env): set it to a valid key from "
+                "https://elevenlabs.io/app/settings/api-keys with text-to-speech access, or set "
+                "voice.backend to \"piper\" to speak offline drafts.", **common)
+        retry_after = parse_retry_after(exc.headers)
+        if status is not None and (status in _TRANSIENT_STATUS or status >= 500):
+            fix = ("wait and re-run; lower the build's concurrency if it keeps happening"
+                   if status == 429 else "re-run later")
+            return TransientServiceError(f"ElevenLabs at {where} failed ({label}): {msg} "
+                                         f"Fix: {fix}.", retry_after_s=retry_after, **common)
+        if status == 404:
+            return PermanentServiceError(
+                f"ElevenLabs at {where} answered {label}: {msg} Fix: check voice.voiceId "
+                f"({voice_id!r}) names a voice of this account"
+                + (", and that voice.baseUrl is the API root (without /v1)" if base_url else "")
+                + ".", **common)
+        if status is not None and 200 <= status < 300:
+            return PermanentServiceError(f"ElevenLabs at {where} sent a malformed answer "
+                                         f"({label}): {msg}", **common)
+        return PermanentServiceError(
+            f"ElevenLabs at {where} rejected the request ({label}): {msg} Fix: correct "
+            "voice.model, voice.outputFormat, voice.settings or the narration text as the "
+            "message says.", **common)
+    return PermanentServiceError(f"the ElevenLabs SDK failed: {type(exc).__name__}: "
+                                 f"{_scrub(str(exc), key)}", **common)
+
+
+def segment_spans(segments: Sequence[str], joiner: str = SEGMENT_JOINER) -> tuple[str, list[tuple[int, int]]]:
+    """Join ``segments`` with ``joiner``; return ``(text, [(first, last_exclusive), ...])`` —
+    each segment's character span in ``text`` (Python string indices)."""
+    spans = []
+    pos = 0
+    for i, seg in enumerate(segments):
+        if i:
+            pos += len(joiner)
+        spans.append((pos, pos + len(seg)))
+        pos += len(seg)
+    return joiner.join(segments), spans
+
+
+def timings_from_alignment(text: str, spans: Sequence[tuple[int, int]],
+                           starts: Sequence[float], ends: Sequence[float],
+                           duration_s: float) -> tuple[tuple[float, float], ...]:
+    """Per-segment ``(start_s, end_s)`` from a character alignment of ``text``.
+
+    ``starts``/``ends`` are ``character_start_times_seconds``/``character_end_times_seconds``,
+    one per character of ``text``; when their length differs from ``len(text)`` (the API may
+    count characters differently) indices are mapped proportionally. A segment runs from the
+    start of its first non-blank character to the end of its last. The result is clamped to
+    ``[0, duration_s]`` and made monotonic (each start >= the previous end).
+    """
+    n = min(len(starts), len(ends))
+    out: list[tuple[float, float]] = []
+    prev_end = 0.0
+    for a, b in spans:
+        while a < b and text[a].isspace():
+            a += 1
+        while b > a and text[b - 1].isspace():
+            b -= 1
+        if n == 0:
+            s = e = prev_end
+        else:
+            if n == len(text):
+                ia, ib = a, max(a, b - 1)
+            else:
+                ia = min(n - 1, a * n // max(1, len(text)))
+                ib = min(n - 1, max(ia, (max(a, b - 1)) * n // max(1, len(text))))
+            s, e = float(starts[ia]), float(ends[ib])
+        s = min(max(s, prev_end, 0.0), duration_s)
+        e = min(max(e, s), duration_s)
+        out.append((s, e))
+        prev_end = e
+    return tuple(out)
+
+
+def mp3_duration_s(mp3: bytes) -> float | None:
+    """Length of an MP3 in seconds from its frames (``mutagen``), or None when unreadable."""
+    try:
+        from mutagen.mp3 import MP3
+    except ImportError:  # pragma: no cover - a declared dependency
+        return None
+    try:
+        length = MP3(io.BytesIO(mp3)).info.length
+    except Exception:  # mutagen raises its own HeaderNotFoundError / MutagenError
+        return None
+    return float(length) if length and length > 0 else None
+
+
+class ElevenLabsBackend:
+    """Voice backend on ElevenLabs ``text-to-speech/{voice_id}/with-timestamps``.
+
+    Args:
+        api_key: the ElevenLabs key (kept private: never in messages or repr).
+        base_url: API host root (``https://api.elevenlabs.io``; a trailing ``/v1`` is dropped);
+            None for the SDK's default.
+        timeout_s: client default timeout in seconds (each call uses ``request.timeout_s``).
+
+    Raises:
+        AuthError: ``api_key`` is empty (names ELEVENLABS_API_KEY and the offline ``piper``).
+        InputError: the ``elevenlabs`` package is not installed.
+    """
+
+    name = "elevenlabs"
+    offline = False
+
+    def __init__(self, api_key: str | None, *, base_url: str | None = None,
+                 timeout_s: float = 300.0):
+        if not api_key:
+            raise AuthError(MISSING_KEY_MESSAGE, service="voice", backend=self.name)
+        self._api_key = api_key
+        base = (base_url or "").strip().rstrip("/")
+        if base.endswith("/v1"):
+            base = base[: -len("/v1")]
+        self.base_url = base or None
+        self.timeout_s = float(timeout_s)
+        self._lock = threading.Lock()
+        self._client: Any = self._make_client()
+
+    def _make_client(self) -> Any:
+        try:
+            from elevenlabs.client import ElevenLabs
+        except ImportError as exc:
+            raise InputError(f"the ElevenLabs SDK is not installed ({exc}).",
+                             field="voice.backend",
+                             fix="pip install \"elevenlabs>=2.20,<3\", or set voice.backend to "
+                                 "\"piper\".") from None
+        return ElevenLabs(api_key=self._api_key, base_url=self.base_url or DEFAULT_BASE_URL,
+                          timeout=self.timeout_s)
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"ElevenLabsBackend(base_url={self.base_url or DEFAULT_BASE_URL!r})"
+
+    def __getstate__(self) -> dict:
+        # picklable for doit's process-parallel mode: the client and lock are remade
+        state = dict(self.__dict__)
+        state.pop("_client", None)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._client = self._make_client()
+
+    @property
+    def client(self) -> Any:
+        """The ``elevenlabs.client.ElevenLabs`` client."""
+        return self._client
+
+    @staticmethod
+    def voice_settings(request: VoiceRequest) -> dict[str, Any] | None:
+        """``request.settings`` without None values, or None when nothing is left."""
+        settings = {k: v for k, v in (request.settings or {}).items() if v is not None}
+        return settings or None
+
+    def request_params(self, request: VoiceRequest) -> dict[str, Any]:
+        """The keyword arguments of ``client.text_to_speech.convert_with_timestamps``."""
+        text, _ = segment_spans(request.segments)
+        params: dict[str, Any] = {"voice_id": request.voice_id, "text": text,
+                                  "model_id": request.model,
+                                  "output_format": request.output_format,
+                                  "request_options": {"max_retries": 0,  # cloops retries (hub)
+                                                      "timeout_in_seconds": request.timeout_s}}
+        settings = self.voice_settings(request)
+        if settings is not None:
+            params["voice_settings"] = settings
+        return params
+
+    def synthesize(self, request: VoiceRequest) -> VoiceResult:
+        """Speak all segments in one request; return the MP3, its length and per-segment timings.
+
+        Returns:
+            :class:`VoiceResult` with ``mp3`` (the decoded ``audio_base64``), ``duration_s``
+            (seconds, from the MP3 frames), ``timings`` (one ``(start_s, end_s)`` per segment,
+            monotonic, within ``[0, duration_s]``), ``characters`` = ``len(joined text)``.
+
+        Raises:
+            InputError: ``request.output_format`` is not an ``mp3_*`` format, or no segments.
+            AuthError: key rejected (401/403).
+            TransientServiceError: 429, 408, 409, 5xx, timeout or connection error
+                (``retry_after_s`` is the server's ``retry-after`` when sent).
+            PermanentServiceError: 400/404/422, quota exceeded, or a malformed answer.
+        """
+        if not request.output_format.startswith("mp3_"):
+            raise InputError(f"the voice track must be MP3, but outputFormat is "
+                             f"{request.output_format!r}.", field="voice.outputFormat",
+                             fix="use an mp3_* format such as \"mp3_44100_128\".")
+        if not request.segments:
+            raise InputError("a voice request needs at least one segment.", field="segments")
+        import httpx
+        from elevenlabs.core.api_error import ApiError
+
+        text, spans = segment_spans(request.segments)
+        try:
+            response = self.client.text_to_speech.convert_with_timestamps(
+                **self.request_params(request))
+        except (ApiError, httpx.HTTPError) as exc:
+            raise convert_error(exc, base_url=self.base_url, key=self._api_key,
+                                timeout_s=request.timeout_s, voice_id=request.voice_id) from None
+        return self._result(response, text, spans)
+
+    def _malformed(self, what: str) -> PermanentServiceError:
+        return PermanentServiceError(
+            f"ElevenLabs at {self.base_url or DEFAULT_BASE_URL} sent a malformed answer: {what}.",
+            service="voice", backend=self.name)
+
+    def _result(self, response: Any, text: str, spans: list[tuple[int, int]]) -> VoiceResult:
+        audio_b64 = getattr(response, "audio_base_64", None)
+        if not audio_b64 and isinstance(response, dict):
+            audio_b64 = response.get("audio_base64")
+        if not audio_b64:
+            raise self._malformed("no audio_base64")
+        try:
+            mp3 = base64.b64decode(audio_b64, validate=False)
+        except (binascii.Error, ValueError):
+            raise self._malformed("audio_base64 is not base64") from None
+        alignment = getattr(response, "alignment", None)
+        starts = list(getattr(alignment, "character_start_times_seconds", None) or [])
+        ends = list(getattr(alignment, "character_end_times_seconds", None) or [])
+        duration = mp3_duration_s(mp3)
+        if duration is None:
+            if not ends:
+                raise self._malformed("the audio is not a readable MP3 and there is no alignment")
+            duration = float(max(ends))
+        if not starts or not ends:  # no alignment: split by character count
+            total = max(1, sum(b - a for a, b in spans))
+            acc = 0
+            starts, ends = [], []
+            for i, ch in enumerate(text):
+                starts.append(duration * acc / total)
+                if any(a <= i < b for a, b in spans):
+                    acc += 1
+                ends.append(duration * acc / total)
+        timings = timings_from_alignment(text, spans, starts, ends, duration)
+        return VoiceResult(mp3=mp3, duration_s=duration, timings=timings, characters=len(text),
+                           draft=False)
+
+
+def create_backend(section: Any, env: Mapping[str, str]) -> ElevenLabsBackend:
+    """Registry factory: build from ``voice`` (:class:`cloops.config.VoiceConfig`).
+
+    ``base_url``: ``voice.baseUrl``, else ``ELEVENLABS_BASE_URL``, else the SDK default.
+
+    Raises:
+        AuthError: ``ELEVENLABS_API_KEY`` is not set.
+    """
+    return ElevenLabsBackend(env.get(KEY_ENV), base_url=section.base_url
+                             or env.get(BASE_URL_ENV) or None, timeout_s=section.timeout_s)
+
+
+SPEC = register(BackendSpec(name="elevenlabs", service="voice", offline=False,
+                            key_env=(KEY_ENV,), auto_rank=10, factory=create_backend,
+                            describe="ElevenLabs"))
