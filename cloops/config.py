@@ -51,6 +51,8 @@ class LLMConfig(StrictModel):
     (source: OpenAI GPT-5.1 model docs; gpt-5.1 accepts effort none|low|medium|high).
     ``base_url`` points the OpenAI SDK elsewhere (also ``OPENAI_BASE_URL``); with backend
     ``openai-chat`` it is any OpenAI-compatible Chat Completions server (Ollama, vLLM, ...).
+    ``concurrency`` (calls in flight) and ``requestsPerMinute`` are per backend; OpenAI's
+    limits depend on the account's usage tier (source: platform.openai.com/docs/guides/rate-limits).
     """
 
     backend: str = "auto"
@@ -61,6 +63,8 @@ class LLMConfig(StrictModel):
     timeout_s: float = Field(default=300.0, gt=0, alias="timeoutS")
     max_retries: int = Field(default=2, ge=0, le=10, alias="maxRetries")
     schema_retries: int = Field(default=2, ge=0, le=5, alias="schemaRetries")
+    concurrency: int = Field(default=8, ge=1, le=256)
+    requests_per_minute: float | None = Field(default=None, gt=0, alias="requestsPerMinute")
     steps: dict[str, LLMStepConfig] = Field(default_factory=dict)
 
 
@@ -115,6 +119,9 @@ class GenerationConfig(StrictModel):
     timeout_s: float = Field(default=600.0, gt=0, alias="timeoutS")
     max_retries: int = Field(default=4, ge=0, le=10, alias="maxRetries")
     base_url: str | None = Field(default=None, alias="baseUrl")
+    concurrency: int = Field(default=8, ge=1, le=256)
+    # Replicate allows 600 prediction creates per minute (source: replicate.com/docs/topics/predictions/rate-limits)
+    requests_per_minute: float | None = Field(default=600, gt=0, alias="requestsPerMinute")
     comfyui: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("params")
@@ -156,6 +163,8 @@ class VoiceConfig(StrictModel):
     timeout_s: float = Field(default=300.0, gt=0, alias="timeoutS")
     max_retries: int = Field(default=4, ge=0, le=10, alias="maxRetries")
     base_url: str | None = Field(default=None, alias="baseUrl")
+    concurrency: int = Field(default=4, ge=1, le=64)
+    requests_per_minute: float | None = Field(default=None, gt=0, alias="requestsPerMinute")
 
 
 class RetryConfig(StrictModel):

@@ -33,6 +33,7 @@ from .steps import (AssembleStep, BundleStep, EachInput, FileInput, ImageStep, I
 from .template import Template
 
 INPUTS_KEY = "_cloops_inputs"
+DEFAULT_JOBS = 24  # doit worker threads; `doit -n 1` runs one task at a time
 
 
 class Inputs:
@@ -388,6 +389,10 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
     ns["DOIT_CONFIG"] = {
         "default_tasks": ["pending"],
         "continue": True,
+        # tasks wait on the network: run them in threads; each service's own limits (config
+        # concurrency / requestsPerMinute) decide how many calls are in flight
+        "num_process": int(os.environ.get("CLOOPS_JOBS", DEFAULT_JOBS)),
+        "par_type": "thread",
         "cleandep": True,       # doit clean build:<id> cleans the story's tasks
         "cleanforget": True,    # and forgets their state
         "reporter": CloopsReporter,
@@ -433,6 +438,21 @@ def header_lines() -> list[str]:
                          f"pending. Set {' / '.join(keys.get(s, s) for s in offline)} (or .env) "
                          "to build for real.[/yellow]")
     return lines
+
+
+def preload_sdks() -> None:
+    """Import the SDKs of the real backends in use, in the main thread, before tasks run in
+    worker threads: two threads importing openai/httpx/replicate for the first time at once can
+    see half-initialized modules."""
+    import importlib
+    proj = current_project()
+    if proj is None:
+        return
+    for b in proj.backlogs:
+        tpl = proj.template(b.template)
+        for service in {s.service for s in tpl.steps if s.service}:
+            for mod in proj.resolved(b.template, service).spec.imports:
+                importlib.import_module(mod)
 
 
 def summary_rows() -> list[tuple]:

@@ -66,9 +66,10 @@ class CloopsReporter:
     # doit reporter protocol ------------------------------------------------
 
     def initialize(self, tasks, selected_tasks):
-        from .engine import header_lines
+        from .engine import header_lines, preload_sdks
         for line in header_lines():
             self.console.print(line)
+        preload_sdks()
 
     def get_status(self, task):
         pass

@@ -299,6 +299,6 @@ def create_backend(section: Any, env: Mapping[str, str]) -> ComfyUIBackend:
         poll_interval_s=float(conf.get("poll_interval_s", DEFAULT_POLL_INTERVAL_S)))
 
 
-SPEC = register(BackendSpec(name="comfyui", service="image", offline=False, key_env=(URL_ENV,),
+SPEC = register(BackendSpec(name="comfyui", service="image", offline=False, imports=("httpx",), key_env=(URL_ENV,),
                             auto_rank=20, factory=create_backend,
                             describe="ComfyUI HTTP API"))

@@ -6,6 +6,7 @@ the engine builds a request, the hub answers it.
 
 from __future__ import annotations
 
+import importlib
 import random
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any, Callable
 
 from ..errors import ServiceError, TransientServiceError
 from ..ledger import CallRecord, Ledger
+from ..limits import ServiceLimiter
 from ..project import Project
 from .base import (ImageRequest, ImageResult, LLMRequest, LLMResult, VoiceRequest,
                    VoiceResult)
@@ -47,6 +49,8 @@ class ServiceHub:
         self._caches: dict[str, ResponseCache] = {}
         self._no_cache = no_cache
         self.retries_waited_s = 0.0
+        self._limiters: dict[tuple[str, str], ServiceLimiter] = {}
+        self._inflight: dict[str, threading.Event] = {}
 
     def price(self, template: str, model: str):
         """The :class:`cloops.config.ModelPrice` of ``model`` in ``template``'s config, or None."""
@@ -77,8 +81,32 @@ class ServiceHub:
                 if service == "image":
                     section = section.model_copy(update={"comfyui": {
                         **section.comfyui, "template_dir": str(tpl.dir)}})
+                for mod in resolved.spec.imports:
+                    importlib.import_module(mod)  # first SDK import in one thread at a time
                 self._backends[key] = resolved.spec.factory(section, self.proj.env)
             return self._backends[key]
+
+    def limiter(self, template: str, service: str) -> ServiceLimiter:
+        """The limiter of the backend serving ``service`` (shared by every template using that
+        backend; limits from the first template that calls it)."""
+        name = self.proj.resolved(template, service).spec.name
+        with self._lock:
+            if (service, name) not in self._limiters:
+                eng = self.proj.template(template).config.engine
+                section = {"llm": eng.llm, "image": eng.generation, "voice": eng.voice}[service]
+                self._limiters[(service, name)] = ServiceLimiter(section.concurrency,
+                                                                 section.requests_per_minute)
+            return self._limiters[(service, name)]
+
+    def _limited(self, template: str, service: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        if self.backend(template, service).offline:
+            return fn  # no provider behind it: nothing to protect
+        limiter = self.limiter(template, service)
+
+        def call():
+            with limiter.slot():
+                return fn()
+        return call
 
     def cache(self, template: str) -> ResponseCache:
         with self._lock:
@@ -117,46 +145,85 @@ class ServiceHub:
 
     # ------------------------------------------------------------ calls
 
+    def _serve(self, meta: CallMeta, service: str, request, call: Callable[[Any], Any],
+               get: str, put: str, account: Callable[[Any, CallRecord, Any], None]):
+        """The path of every call: cache → (single flight) → limits → retries → cache → ledger.
+
+        ``call(backend)`` makes the request; ``get``/``put`` name the cache's methods;
+        ``account(result, rec, backend)`` fills usage and cost into the ledger record.
+        Identical requests in flight at once are paid once: the others wait for the first and
+        take its result from the cache.
+        """
+        backend = self.backend(meta.template, service)
+        rec = CallRecord(service=service, backend=backend.name, model=request.model,
+                         template=meta.template, story=meta.story, step=meta.step,
+                         target=meta.target, offline=backend.offline)
+        t0 = time.monotonic()
+        cache = None if backend.offline else self.cache(meta.template)
+        key = ""
+        if cache is not None:
+            with_ann = service == "image" and backend.uses_annotations
+            rkey = request.cache_key(with_annotations=True) if with_ann else request.cache_key()
+            key = cache_key(service, backend.name, rkey)
+        result = None
+        owner = False
+        while cache is not None and not meta.reroll:
+            result = getattr(cache, get)(key)
+            if result is not None:
+                rec.cache_hit = True
+                break
+            with self._lock:
+                waiting = self._inflight.get(key)
+                if waiting is None:
+                    self._inflight[key] = threading.Event()
+                    owner = True
+            if owner:
+                break
+            waiting.wait()  # the same request is being paid for: take its answer
+        try:
+            if result is None:
+                section = {"llm": "llm", "image": "generation", "voice": "voice"}[service]
+                retries = getattr(self.proj.template(meta.template).config.engine, section).max_retries
+                try:
+                    result, rec.attempts = self._retrying(
+                        meta.template, self._limited(meta.template, service, lambda: call(backend)),
+                        0 if backend.offline else retries)
+                except ServiceError as exc:
+                    rec.error = str(exc)[:500]
+                    rec.attempts = exc.attempts
+                    rec.duration_s = time.monotonic() - t0
+                    self.ledger.record(rec)
+                    raise
+                if cache is not None:
+                    getattr(cache, put)(key, result)
+        finally:
+            if owner:
+                with self._lock:
+                    self._inflight.pop(key).set()
+        account(result, rec, backend)
+        rec.duration_s = time.monotonic() - t0
+        self.ledger.record(rec)
+        return result
+
+    def _book(self, rec: CallRecord, cost: float) -> None:
+        if rec.cache_hit:
+            rec.saved_usd = cost
+        else:
+            rec.cost_usd = cost
+
     def complete(self, meta: CallMeta, request: LLMRequest) -> LLMResult:
         """Answer an LLM request (cache first for paid backends).
 
         Raises:
             ServiceError: the call failed (after retries for transient errors).
         """
-        backend = self.backend(meta.template, "llm")
-        rec = CallRecord(service="llm", backend=backend.name, model=request.model,
-                         template=meta.template, story=meta.story, step=meta.step,
-                         target=meta.target, offline=backend.offline)
-        t0 = time.monotonic()
-        cache = None if backend.offline else self.cache(meta.template)
-        key = cache_key("llm", backend.name, request.cache_key()) if cache else ""
-        result = cache.get_llm(key) if cache and not meta.reroll else None
-        if result is not None:
-            rec.cache_hit = True
-        else:
-            try:
-                llm_cfg = self.proj.template(meta.template).config.engine.llm
-                result, rec.attempts = self._retrying(meta.template, lambda: backend.complete(request),
-                                                      0 if backend.offline else llm_cfg.max_retries)
-            except ServiceError as exc:
-                rec.error = str(exc)[:500]
-                rec.attempts = exc.attempts
-                rec.duration_s = time.monotonic() - t0
-                self.ledger.record(rec)
-                raise
-            if cache:
-                cache.put_llm(key, result)
-        u = result.usage
-        rec.input_tokens, rec.output_tokens, rec.reasoning_tokens = (
-            u.input_tokens, u.output_tokens, u.reasoning_tokens)
-        cost = 0.0 if backend.offline else self._cost_llm(meta.template, request.model, u)
-        if rec.cache_hit:
-            rec.saved_usd = cost
-        else:
-            rec.cost_usd = cost
-        rec.duration_s = time.monotonic() - t0
-        self.ledger.record(rec)
-        return result
+        def account(result: LLMResult, rec: CallRecord, backend) -> None:
+            u = result.usage
+            rec.input_tokens, rec.output_tokens, rec.reasoning_tokens = (
+                u.input_tokens, u.output_tokens, u.reasoning_tokens)
+            self._book(rec, 0.0 if backend.offline else self._cost_llm(meta.template, request.model, u))
+        return self._serve(meta, "llm", request, lambda b: b.complete(request),
+                           "get_llm", "put_llm", account)
 
     def generate_image(self, meta: CallMeta, request: ImageRequest) -> ImageResult:
         """Answer an image request (cache first for paid backends).
@@ -164,87 +231,27 @@ class ServiceHub:
         Raises:
             ServiceError: the call failed (after retries for transient errors).
         """
-        backend = self.backend(meta.template, "image")
-        rec = CallRecord(service="image", backend=backend.name, model=request.model,
-                         template=meta.template, story=meta.story, step=meta.step,
-                         target=meta.target, offline=backend.offline)
-        t0 = time.monotonic()
-        cache = None if backend.offline else self.cache(meta.template)
-        key = cache_key("image", backend.name,
-                        request.cache_key(with_annotations=backend.uses_annotations)) if cache else ""
-        result = cache.get_image(key) if cache and not meta.reroll else None
-        if result is not None:
-            rec.cache_hit = True
-        else:
-            try:
-                gen = self.proj.template(meta.template).config.engine.generation
-                result, rec.attempts = self._retrying(meta.template,
-                                                      lambda: backend.generate_image(request),
-                                                      0 if backend.offline else gen.max_retries)
-            except ServiceError as exc:
-                rec.error = str(exc)[:500]
-                rec.attempts = exc.attempts
-                rec.duration_s = time.monotonic() - t0
-                self.ledger.record(rec)
-                raise
-            if cache:
-                cache.put_image(key, result)
-        rec.images = 0 if rec.cache_hit else result.images_billed
-        cost = 0.0 if backend.offline else self._cost_image(meta.template, request.model,
-                                                            result.images_billed)
-        if rec.cache_hit:
-            rec.saved_usd = cost
-        else:
-            rec.cost_usd = cost
-        rec.duration_s = time.monotonic() - t0
-        self.ledger.record(rec)
-        return result
+        def account(result: ImageResult, rec: CallRecord, backend) -> None:
+            rec.images = 0 if rec.cache_hit else result.images_billed
+            self._book(rec, 0.0 if backend.offline else
+                       self._cost_image(meta.template, request.model, result.images_billed))
+        return self._serve(meta, "image", request, lambda b: b.generate_image(request),
+                           "get_image", "put_image", account)
 
+    def synthesize(self, meta: CallMeta, request: VoiceRequest) -> VoiceResult:
+        """Answer a voice request (cache first for paid backends).
 
-def _synthesize(self, meta: CallMeta, request: VoiceRequest) -> VoiceResult:
-    """Answer a voice request (cache first for paid backends).
+        Raises:
+            ServiceError: the call failed (after retries for transient errors).
+        """
+        def account(result: VoiceResult, rec: CallRecord, backend) -> None:
+            rec.audio_s = result.duration_s
+            price = None if backend.offline else self.price(meta.template, request.model)
+            self._book(rec, result.characters / 1000 * price.per_1k_characters if price else 0.0)
+            rec.characters = 0 if rec.cache_hit else result.characters
+        return self._serve(meta, "voice", request, lambda b: b.synthesize(request),
+                           "get_voice", "put_voice", account)
 
-    Raises:
-        ServiceError: the call failed (after retries for transient errors).
-    """
-    backend = self.backend(meta.template, "voice")
-    rec = CallRecord(service="voice", backend=backend.name, model=request.model,
-                     template=meta.template, story=meta.story, step=meta.step,
-                     target=meta.target, offline=backend.offline)
-    t0 = time.monotonic()
-    cache = None if backend.offline else self.cache(meta.template)
-    key = cache_key("voice", backend.name, request.cache_key()) if cache else ""
-    result = cache.get_voice(key) if cache and not meta.reroll else None
-    if result is not None:
-        rec.cache_hit = True
-    else:
-        try:
-            cfg = self.proj.template(meta.template).config.engine.voice
-            result, rec.attempts = self._retrying(meta.template,
-                                                  lambda: backend.synthesize(request),
-                                                  0 if backend.offline else cfg.max_retries)
-        except ServiceError as exc:
-            rec.error = str(exc)[:500]
-            rec.attempts = exc.attempts
-            rec.duration_s = time.monotonic() - t0
-            self.ledger.record(rec)
-            raise
-        if cache:
-            cache.put_voice(key, result)
-    rec.characters = result.characters
-    rec.audio_s = result.duration_s
-    price = None if backend.offline else self.price(meta.template, request.model)
-    cost = result.characters / 1000 * price.per_1k_characters if price else 0.0
-    if rec.cache_hit:
-        rec.saved_usd, rec.characters = cost, 0
-    else:
-        rec.cost_usd = cost
-    rec.duration_s = time.monotonic() - t0
-    self.ledger.record(rec)
-    return result
-
-
-ServiceHub.synthesize = _synthesize  # type: ignore[attr-defined]
 
 _HUBS: dict[str, ServiceHub] = {}
 _HLOCK = threading.Lock()

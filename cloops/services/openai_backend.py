@@ -489,9 +489,9 @@ def make_chat_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAICha
                              timeout_s=section.timeout_s, max_retries=0)  # cloops retries (hub)
 
 
-OPENAI_SPEC = register(BackendSpec(name="openai", service="llm", offline=False,
+OPENAI_SPEC = register(BackendSpec(name="openai", service="llm", offline=False, imports=("openai",),
                                    factory=make_responses_backend, key_env=(KEY_ENV,),
                                    auto_rank=10, describe="OpenAI Responses API"))
-OPENAI_CHAT_SPEC = register(BackendSpec(name="openai-chat", service="llm", offline=False,
+OPENAI_CHAT_SPEC = register(BackendSpec(name="openai-chat", service="llm", offline=False, imports=("openai",),
                                         factory=make_chat_backend, key_env=(),
                                         describe="OpenAI-compatible Chat Completions"))

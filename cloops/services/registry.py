@@ -32,6 +32,9 @@ class BackendSpec:
         factory: ``factory(section, env) -> backend``.
         auto_rank: lower wins among real backends whose key is set.
         describe: one line for the run header (``"OpenAI Responses API"``).
+        imports: SDK modules the backend imports lazily; the hub imports them once, under a
+            lock, before the first call, because two threads importing openai/httpx/replicate
+            for the first time at once can see half-initialized modules.
     """
 
     name: str
@@ -41,6 +44,7 @@ class BackendSpec:
     key_env: tuple[str, ...] = ()
     auto_rank: int = 100
     describe: str = ""
+    imports: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, dict[str, BackendSpec]] = {s: {} for s in SERVICES}

@@ -408,5 +408,6 @@ def create_backend(section: Any, env: Mapping[str, str]) -> ReplicateBackend:
 
 
 SPEC = register(BackendSpec(name="replicate", service="image", offline=False,
+                            imports=("httpx", "replicate"),
                             key_env=(TOKEN_ENV,), auto_rank=10, factory=create_backend,
                             describe="Replicate"))

@@ -1,0 +1,86 @@
+"""Per-service limits: how many calls may be in flight, and how many may start per minute.
+
+doit has no per-resource concurrency pools (pydoit#130, #162): tasks run in a thread pool and
+each service call takes a slot from its backend's :class:`ServiceLimiter` first, so 100 stories'
+image calls overlap up to ``generation.concurrency`` without tripping the provider's throttling.
+A retry's backoff wait happens outside the slot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+
+class RateLimiter:
+    """At most ``per_minute`` starts per minute, evenly spaced after an initial ``burst``.
+
+    A token bucket (capacity ``burst``, refilled at ``per_minute / 60`` tokens per second):
+    ``acquire()`` blocks until a token is available. ``per_minute`` None: no limit.
+    """
+
+    def __init__(self, per_minute: float | None, burst: int = 1, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.rate_s = (per_minute / 60.0) if per_minute else None
+        self.capacity = max(1, int(burst))
+        self.tokens = float(self.capacity)
+        self.clock = clock
+        self.sleep = sleep
+        self.last = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Take one token; return the seconds waited."""
+        if self.rate_s is None:
+            return 0.0
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self.clock()
+                self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate_s)
+                self.last = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return waited
+                need = (1 - self.tokens) / self.rate_s
+            self.sleep(need)
+            waited += need
+
+
+class ServiceLimiter:
+    """A concurrency limit plus a rate limit for one backend.
+
+    Attributes:
+        concurrency: calls in flight at most (None: unlimited).
+        in_flight / peak: current and highest number of calls in flight (for tests and reports).
+    """
+
+    def __init__(self, concurrency: int | None, per_minute: float | None, burst: int | None = None):
+        self.concurrency = concurrency
+        self._sem = threading.BoundedSemaphore(concurrency) if concurrency else None
+        self.rate = RateLimiter(per_minute, burst or concurrency or 1)
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.peak = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one slot for the duration of a call (blocks while the service is at its limits)."""
+        if self._sem is not None:
+            self._sem.acquire()
+        try:
+            self.rate.acquire()
+            with self._lock:
+                self.in_flight += 1
+                self.peak = max(self.peak, self.in_flight)
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+        finally:
+            if self._sem is not None:
+                self._sem.release()
