@@ -315,6 +315,66 @@ def _delayed_creator(proj: Project, tpl: Template, story: StoryRef, story_input:
     return create_after(executed=executed)(creator)
 
 
+DOIT_COMMANDS = {"list", "info", "clean", "forget", "ignore", "dumpdb", "strace", "auto",
+                 "tabcompletion", "help", "reset-dep", "run"}
+
+
+_VALUE_OPTIONS = {"-n", "--process", "-P", "--parallel-type", "-v", "--verbosity", "-f",
+                  "--file", "-d", "--dir", "-k", "--seek-file", "--reporter", "--dep-file",
+                  "--db-file", "--backend", "--output-file", "-o", "--check_file_uptodate",
+                  "--codec-cls", "--pdb", "--by", "--run", "--prune-days", "--dir"}
+
+
+def selected_stories(stories: list[tuple[StoryRef, Any]], argv: list[str]) -> set[str] | None:
+    """The story keys whose tasks this doit invocation needs, or None for all of them.
+
+    Start-up must not grow with finished work: a bare ``doit`` (the ``pending`` default) needs
+    only the stories that are not completed, and ``doit build:<id>`` only that story. Any task
+    name not understood here selects every story (doit then finds it, or says it does not exist).
+    """
+    args: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _VALUE_OPTIONS:
+            skip = True  # the next word is this option's value, not a task
+        elif not a.startswith("-"):
+            args.append(a)
+    command = "run"
+    if args and (args[0] in DOIT_COMMANDS or "=" not in args[0] and ":" not in args[0]
+                 and args[0] not in ("build", "dry", "pending") and not args[0].startswith("expand")):
+        command, args = args[0], args[1:]
+        if command not in ("run", "info", "clean", "forget", "ignore", "list", "strace"):
+            return None  # cloops' own commands (status, lock, ...) and doit's others: everything
+    # option values (doit -n 4) and var=value pairs are not task names
+    args = [a for a in args if not a.isdigit() and "=" not in a]
+    if not args:
+        if command == "run":
+            return {r.key for r, it in stories if it.status != "completed"}
+        return None
+    by_key = {r.key: r for r, _ in stories}
+    by_id: dict[str, list[str]] = {}
+    for r, _ in stories:
+        by_id.setdefault(r.id, []).append(r.key)
+    keys: set[str] = set()
+    for a in args:
+        base, _, rest = a.partition(":")
+        if base in ("pending", "dry") and not rest:
+            keys |= {r.key for r, it in stories if it.status != "completed"}
+            continue
+        if not rest:
+            return None  # a whole group (e.g. `build`) or a name we do not know
+        parts = rest.split("/")
+        if len(parts) >= 2 and "/".join(parts[:2]) in by_key:
+            keys.add("/".join(parts[:2]))
+        elif rest in by_id:
+            keys.update(by_id[rest])
+        else:
+            return None
+    return keys
+
+
 def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
     """Everything ``dodo.py`` exposes: ``DOIT_CONFIG`` and the task creators.
 
@@ -324,10 +384,12 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
     proj = load_project(root)
     _CURRENT["project"] = proj
     ns: dict[str, Any] = {}
-    stories: list[tuple[StoryRef, Any]] = []
+    every: list[tuple[StoryRef, Any]] = []
     for b in proj.backlogs:
         for it in b.items:
-            stories.append((StoryRef(b.template, it.id, str(b.path)), it))
+            every.append((StoryRef(b.template, it.id, str(b.path)), it))
+    wanted = selected_stories(every, sys.argv[1:])
+    stories = every if wanted is None else [(r, it) for r, it in every if r.key in wanted]
 
     def task_steps():
         """every static step task of every story"""
@@ -496,24 +558,3 @@ def stale_completed_report() -> list[str]:
     if len(stale) > 20:
         lines.append(f"  … and {len(stale) - 20} more")
     return lines
-
-
-def story_signature(proj: Project, tpl: Template, story: StoryRef,
-                    story_input: dict) -> dict[str, str]:
-    """Task name → digest of its input values, for every task of a story (now)."""
-    fan = Fanout(tpl, proj.story_dir(tpl.name, story.id))
-    count = len(fan.items) if fan.items is not None else None
-    sig: dict[str, str] = {}
-    for step in tpl.steps:
-        if step.name in tpl.dynamic_steps and fan.items is None:
-            continue
-        ns = range(1, (count or 0) + 1) if step.foreach else [None]
-        for n in ns:
-            vals = step_values(proj, tpl, step, story, story_input, n, fan)
-            sig[task_name(step, story, n)] = sha256_json(vals)[:16]
-    return sig
-
-
-def diff_signature(old: dict[str, str], new_values: dict[str, dict[str, str]]) -> list[str]:
-    """Names of tasks whose digests differ."""
-    return sorted(k for k in set(old) | set(new_values) if old.get(k) != new_values.get(k))

@@ -305,6 +305,6 @@ def _finish_story(proj: Project, tpl: Template, sdir: Path, story_id: str, deliv
         note(tname, f"built with offline backends ({len(offline)} draft artifacts): left "
                     f"pending; set the API keys and run doit again to build it for real")
     else:
-        from .status import save_signature
-        save_signature(proj, tpl.name, story_id, b.path)
+        from .status import record_completed
+        record_completed(proj, tpl.name, story_id, proj.item(tpl.name, story_id).input)
         backlog_mod.set_status(proj.root, b.path, story_id, "completed")
