@@ -205,20 +205,28 @@ def _run_llm(proj: Project, tpl: Template, step: LLMStep, inputs: dict, ctx: Ste
     llm_cfg = tpl.config.engine.llm
     tries = 1 + (0 if backend.offline else llm_cfg.schema_retries)
     feedback = ""
-    last = None
+    last = first = None
     usage_total = [0, 0, 0]
+
+    def valid(result) -> bool:  # an invalid answer is never cached: a re-ask or re-run asks again
+        return not validate_output(schema, result.data if schema else result.text, step,
+                                   inputs, ctx)
+
     for attempt in range(1, tries + 1):
         req = LLMRequest(system=tpl.system_prompt(step), user=user + feedback,
                          model=settings["model"], reasoning=settings["reasoning"],
                          verbosity=settings["verbosity"], schema=schema,
                          schema_name=(step.schema or step.name).removesuffix(".json"),
                          timeout_s=llm_cfg.timeout_s, draft=draft)
-        last = hub.complete(meta, req)
+        first = first or req
+        last = hub.complete(meta, req, accept=valid)
         u = last.usage
         usage_total = [usage_total[0] + u.input_tokens, usage_total[1] + u.output_tokens,
                        usage_total[2] + u.reasoning_tokens]
         errors = validate_output(schema, last.data if schema else last.text, step, inputs, ctx)
         if not errors:
+            if req is not first:
+                hub.remember(meta, first, last)
             return (last.data if schema else last.text), f"{backend.name} {req.model}", backend.offline
         feedback = ("\n\nYour previous answer was invalid. Validation errors found:\n- "
                     + "\n- ".join(errors) + "\nFix the errors and answer again in full.")
@@ -247,8 +255,8 @@ def validate_output(schema: dict | None, data: Any, step: LLMStep, inputs: dict,
 
 
 def _encode(out: Any) -> bytes:
-    if isinstance(out, bytes):
-        return out
+    if isinstance(out, (bytes, bytearray, memoryview)):
+        return bytes(out)
     if isinstance(out, str):
         return (out if out.endswith("\n") else out + "\n").encode("utf-8")
     return dump_json(out).encode("utf-8")

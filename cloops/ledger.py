@@ -75,8 +75,9 @@ MIGRATIONS = (("saved_usd", "REAL DEFAULT 0"),)
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open the ledger, creating tables and adding columns older ledgers lack."""
-    con = sqlite3.connect(path, timeout=30)
+    con = sqlite3.connect(path, timeout=30, check_same_thread=False)
     con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: safe against a killed process
     con.executescript(SCHEMA)
     have = {r[1] for r in con.execute("PRAGMA table_info(calls)")}
     for name, decl in MIGRATIONS:
@@ -94,9 +95,12 @@ class Ledger:
         self.run_id = run_id or os.environ.get("CLOOPS_RUN_ID") or f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._lock = threading.Lock()
         self._started = False
+        self._con: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
-        return connect(self.path)
+        if self._con is None:
+            self._con = connect(self.path)
+        return self._con
 
     def _start(self, con: sqlite3.Connection) -> None:
         if not self._started:
@@ -111,15 +115,12 @@ class Ledger:
         cols = ",".join(["run_id"] + list(row))
         marks = ",".join("?" * (len(row) + 1))
         with self._lock:
-            con = self._connect()
-            try:
-                with con:
-                    self._start(con)
-                    con.execute(f"INSERT INTO calls ({cols}) VALUES ({marks})",
-                                [self.run_id] + [int(v) if isinstance(v, bool) else v
-                                                 for v in row.values()])
-            finally:
-                con.close()
+            con = self._connect()  # one connection per run, used under the lock
+            with con:
+                self._start(con)
+                con.execute(f"INSERT INTO calls ({cols}) VALUES ({marks})",
+                            [self.run_id] + [int(v) if isinstance(v, bool) else v
+                                             for v in row.values()])
 
     def calls(self, run_id: str | None = None) -> list[dict]:
         """The calls of ``run_id`` (default: this run) as dicts, oldest first."""

@@ -13,8 +13,6 @@ import sys
 import time
 from collections import Counter, defaultdict
 
-from rich.console import Console
-from rich.table import Table
 
 HIDDEN_PREFIXES = ("build:", "expand:", "pending")
 
@@ -51,6 +49,7 @@ class CloopsReporter:
     desc = "cloops: rich progress and an end-of-run summary"
 
     def __init__(self, outstream, options):
+        from rich.console import Console  # here, not at import: dodo.py's import stays cheap
         self.options = options or {}
         self.console = Console(file=sys.stdout, highlight=False,
                                soft_wrap=True, force_terminal=None)
@@ -61,6 +60,7 @@ class CloopsReporter:
         self.ran: list[str] = []
         self.failed: dict[str, str] = {}
         self.uptodate = 0
+        self.uptodate_bundles: set[str] = set()  # stories whose bundle task was up to date
         self.runtime_errors: list[str] = []
 
     # doit reporter protocol ------------------------------------------------
@@ -102,6 +102,8 @@ class CloopsReporter:
     def skip_uptodate(self, task):
         if task.actions:
             self.uptodate += 1
+            if task.name.startswith("bundle:"):
+                self.uptodate_bundles.add(_split(task.name)[1])
             from .engine import Inputs
             for utd, _a, _k in getattr(task, "uptodate", []):
                 if isinstance(utd, Inputs) and utd.locked:
@@ -123,7 +125,9 @@ class CloopsReporter:
         pass
 
     def _settle(self) -> None:
-        """Stories whose tasks ran without failure but whose bundle was up to date."""
+        """Stories whose tasks ran without failure but whose bundle was up to date (a story
+        whose bundle was never reached — a run stopped by SIGTERM/Ctrl-C, or one task asked
+        for — is left as it is)."""
         from .engine import current_project, dry_mode
         from .execute import settle_story
         proj = current_project()
@@ -132,7 +136,7 @@ class CloopsReporter:
         touched = {_split(n)[1] for n in self.ran}
         failed = {_split(n)[1] for n in self.failed}
         bundled = {_split(n)[1] for n in self.ran if n.startswith("bundle:")}
-        for key in sorted(touched - failed - bundled):
+        for key in sorted((touched - failed - bundled) & self.uptodate_bundles):
             template, _, sid = key.partition("/")
             try:
                 settle_story(proj, template, sid)
@@ -155,6 +159,7 @@ class CloopsReporter:
                 f"{len(failed_stories)} stories failed ({time.monotonic() - self.t0:.1f}s).")
         rows = summary_rows()
         if rows:
+            from rich.table import Table
             table = Table(title="Calls this run", title_justify="left")
             for col in ("service", "backend", "calls", "cache hits", "retries", "tokens in/out",
                         "images", "cost USD", "saved USD"):

@@ -25,7 +25,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 
 from . import prompts as prompt_vars
 from .config import TemplateConfig, read_json
@@ -339,11 +338,7 @@ def _validate(tpl: Template) -> None:
             tpl.system_prompt(s)
             schema = tpl.schema(s)
             if schema is not None:
-                try:
-                    jsonschema.Draft202012Validator.check_schema(schema)
-                except jsonschema.SchemaError as exc:
-                    raise InputError(f"is not a valid JSON schema: {exc.message}.",
-                                     file=tpl.shown(f"schemas/{s.schema}")) from None
+                _check_schema(tpl, f"schemas/{s.schema}", schema)
                 problems = strict_schema_problems(schema)
                 if problems:
                     raise InputError(f"is not a strict structured-output schema: {problems[0]}.",
@@ -359,6 +354,38 @@ def _validate(tpl: Template) -> None:
             if isinstance(inp, (ItemInput, EachInput)) and not tpl.foreach_source:
                 raise InputError(f"step {s.name!r} reads item()/each() but no step has foreach.",
                                  file=wf)
+
+
+_SCHEMAS_OK = "build/.cloops/schemas-ok.json"
+
+
+def _check_schema(tpl: Template, rel: str, schema: dict) -> None:
+    """Validate a schema file against the JSON Schema meta-schema, once per content.
+
+    Schemas that passed are remembered by digest in ``build/.cloops/schemas-ok.json``, so
+    the cost (importing jsonschema) is paid when a schema changes, not at every start-up.
+
+    Raises:
+        InputError: the schema is invalid.
+    """
+    digest = tpl.digest(rel)
+    root = tpl.dir.parent.parent
+    ok_file = root / _SCHEMAS_OK
+    try:
+        ok = set(json.loads(ok_file.read_text(encoding="utf-8")))
+    except (FileNotFoundError, json.JSONDecodeError):
+        ok = set()
+    if digest in ok:
+        return
+    import jsonschema
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise InputError(f"is not a valid JSON schema: {exc.message}.",
+                         file=tpl.shown(rel)) from None
+    if (root / "build").is_dir() or (root / "dodo.py").is_file():
+        from .fileio import atomic_write_json
+        atomic_write_json(ok_file, sorted(ok | {digest}))
 
 
 def strict_schema_problems(schema: Any, path: str = "$") -> list[str]:

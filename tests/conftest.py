@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_VARS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "REPLICATE_API_TOKEN", "REPLICATE_BASE_URL",
-               "COMFYUI_URL", "ELEVENLABS_API_KEY", "CLOOPS_LLM_BACKEND", "CLOOPS_IMAGE_BACKEND",
+               "COMFYUI_URL", "ELEVENLABS_API_KEY", "ELEVENLABS_BASE_URL", "CLOOPS_LLM_BACKEND", "CLOOPS_IMAGE_BACKEND", "CLOOPS_VOICE_BACKEND",
                "CLOOPS_NO_CACHE", "CLOOPS_DEBUG")
 
 
@@ -145,6 +145,9 @@ def make_project(tmp: Path, story_ids: list[str] | None = None, *, small_images:
             data = json.loads(cfg.read_text())
             if "generation" in data and "params" in data["generation"]:
                 data["generation"]["params"]["size"] = "1K"
+                # Replicate's 600/minute spacing would only slow the fakes down; the rate
+                # limiter has tests of its own
+                data["generation"]["requestsPerMinute"] = None
                 cfg.write_text(json.dumps(data, indent=2))
     return proj
 

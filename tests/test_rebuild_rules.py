@@ -14,7 +14,8 @@ import pytest
 from conftest import REPO
 
 FAKE = {"CLOOPS_PLUGINS": "tests.fakes.backends", "CLOOPS_LLM_BACKEND": "fake-llm",
-        "CLOOPS_IMAGE_BACKEND": "fake-image", "PYTHONPATH": str(REPO)}
+        "CLOOPS_IMAGE_BACKEND": "fake-image", "CLOOPS_VOICE_BACKEND": "fake-voice",
+        "PYTHONPATH": str(REPO)}
 STORIES = ("noah-s-ark", "david-and-goliath")
 
 

@@ -103,6 +103,18 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     return None
 
 
+def _plain(value: Any) -> Any:
+    """A pydantic model (older SDKs parse 422 bodies into ``HttpValidationError``) as plain
+    dicts/lists; other values unchanged."""
+    dump = getattr(value, "model_dump", None) or getattr(value, "dict", None)
+    if callable(dump) and not isinstance(value, dict):
+        try:
+            return dump()
+        except Exception:  # pragma: no cover - not a pydantic model after all
+            return value
+    return value
+
+
 def api_detail(body: Any) -> tuple[str | None, str]:
     """Return ``(status, message)`` of an ElevenLabs error body.
 
@@ -110,6 +122,7 @@ def api_detail(body: Any) -> tuple[str | None, str]:
     ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}`` (422), ``{"detail": "..."}``
     or plain text. ``status`` is None when the body has none.
     """
+    body = _plain(body)
     detail = body.get("detail", body) if isinstance(body, dict) else body
     if isinstance(detail, dict):
         status = detail.get("status") or detail.get("code")
@@ -418,5 +431,6 @@ def create_backend(section: Any, env: Mapping[str, str]) -> ElevenLabsBackend:
 
 
 SPEC = register(BackendSpec(name="elevenlabs", service="voice", offline=False,
+                            imports=("httpx", "elevenlabs"),
                             key_env=(KEY_ENV,), auto_rank=10, factory=create_backend,
                             describe="ElevenLabs"))

@@ -68,3 +68,38 @@ register(BackendSpec(name="fake-llm", service="llm", offline=False,
                      factory=lambda section, env: FakeLLM(), describe="test fake LLM"))
 register(BackendSpec(name="fake-image", service="image", offline=False,
                      factory=lambda section, env: FakeImage(), describe="test fake images"))
+
+
+class FakeVoice:
+    """Silence as MP3: 0.05 s per character of each segment, with the pause between."""
+
+    name = "fake-voice"
+    offline = False
+
+    def synthesize(self, request):
+        import lameenc
+        from cloops.services.base import VoiceResult
+        rate = 8000
+        pcm = bytearray()
+        timings = []
+        t = 0.0
+        for i, seg in enumerate(request.segments):
+            if i:
+                pcm += b"\0\0" * int(request.pause_s * rate)
+                t += request.pause_s
+            n = int(len(seg) * 0.05 * rate)
+            pcm += b"\0\0" * n
+            timings.append((round(t, 3), round(t + n / rate, 3)))
+            t += n / rate
+        enc = lameenc.Encoder()
+        enc.set_bit_rate(32)
+        enc.set_in_sample_rate(rate)
+        enc.set_channels(1)
+        enc.set_quality(7)
+        mp3 = bytes(enc.encode(bytes(pcm)) + enc.flush())
+        return VoiceResult(mp3=mp3, duration_s=round(t, 3), timings=tuple(timings),
+                           characters=sum(len(s) for s in request.segments))
+
+
+register(BackendSpec(name="fake-voice", service="voice", offline=False,
+                     factory=lambda section, env: FakeVoice(), describe="test fake voice"))
