@@ -298,7 +298,20 @@ class TemplateConfig:
         if not isinstance(raw, dict):
             raise InputError("must be a JSON object.", file=shown)
         merged = deep_merge(base or {}, raw)
-        return cls(merged, file=shown, extra_model=extra_model)
+        cfg = cls(merged, file=shown, extra_model=extra_model)
+        cfg.own = raw
+        return cfg
+
+    own: dict | None = None  # this file's own values (before merging a base's)
+    base: "TemplateConfig | None" = None
+
+    def source_of(self, path: str) -> str:
+        """The config file that sets dotted ``path`` (this one, or a base template's)."""
+        if self.own is not None and get_path(self.own, path, None) is not None:
+            return self.file
+        if self.base is not None:
+            return self.base.source_of(path)
+        return self.file
 
     def get(self, path: str, default: Any = _MISSING) -> Any:
         """Return the value at dotted ``path`` (``style.artStyle``).

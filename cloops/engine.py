@@ -513,7 +513,7 @@ def preload_sdks() -> None:
     for b in proj.backlogs:
         tpl = proj.template(b.template)
         for service in {s.service for s in tpl.steps if s.service}:
-            for mod in proj.resolved(b.template, service).spec.imports:
+            for mod in proj.resolved(b.template, service).spec.full().imports:
                 importlib.import_module(mod)
 
 

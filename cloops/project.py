@@ -100,8 +100,10 @@ class Project:
                 override = self.env.get(f"CLOOPS_{service.upper()}_BACKEND")
                 if override:
                     requested = override
-                self._resolved[key] = registry.resolve(
-                    service, requested, self.env, where=tpl.config.file)
+                section_name = {"llm": "llm", "image": "generation", "voice": "voice"}[service]
+                where = ("environment (CLOOPS_%s_BACKEND)" % service.upper() if override
+                         else tpl.config.source_of(f"{section_name}.backend"))
+                self._resolved[key] = registry.resolve(service, requested, self.env, where=where)
             return self._resolved[key]
 
 

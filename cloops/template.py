@@ -281,6 +281,7 @@ def load_template(root: Path, name: str, *, _chain: tuple[str, ...] = ()) -> Tem
     base_raw.pop("name", None)
     config = TemplateConfig.load(tdir / "config.json", extra_model=extra_model, base=base_raw,
                                  shown=cfg_shown)
+    config.base = base.config if base else None
     if config.engine.name != name:
         raise InputError(f"name {config.engine.name!r} differs from the folder name {name!r}.",
                          file=cfg_shown, field="name",

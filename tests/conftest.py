@@ -130,11 +130,16 @@ class Started:
         return Run(self.proc.returncode, out, err, self.project.calls(self.run_id))
 
 
-def make_project(tmp: Path, story_ids: list[str] | None = None, *, small_images: bool = True) -> Project:
+def make_project(tmp: Path, story_ids: list[str] | None = None, *, small_images: bool = True,
+                 templates: tuple[str, ...] | None = ("comic-books-standard",)) -> Project:
+    """A temp project: every template, and the backlogs of ``templates`` (None: all) with
+    only ``story_ids`` (default: all stories)."""
     shutil.copytree(REPO / "templates", tmp / "templates")
     shutil.copy(REPO / "dodo.py", tmp / "dodo.py")
     (tmp / "backlogs").mkdir()
     for src in (REPO / "backlogs").glob("*.json"):
+        if templates is not None and src.stem not in templates:
+            continue
         data = json.loads(src.read_text())
         if story_ids is not None:
             data["items"] = [it for it in data["items"] if it["id"] in story_ids]
@@ -156,3 +161,9 @@ def make_project(tmp: Path, story_ids: list[str] | None = None, *, small_images:
 def project(tmp_path) -> Project:
     """Two stories of comic-books-standard (noah-s-ark, david-and-goliath), 1K images."""
     return make_project(tmp_path, ["noah-s-ark", "david-and-goliath"])
+
+
+@pytest.fixture
+def both_templates(tmp_path) -> Project:
+    """noah-s-ark and david-and-goliath in comic-books-standard and comic-books-kids."""
+    return make_project(tmp_path, ["noah-s-ark", "david-and-goliath"], templates=None)

@@ -18,7 +18,7 @@ def by(run, template):
 
 
 def test_kids_backlog_builds_offline_with_voice(tmp_path):
-    project = make_project(tmp_path, ["noah-s-ark", "jonah-and-the-whale"])
+    project = make_project(tmp_path, ["noah-s-ark", "jonah-and-the-whale"], templates=(KIDS,))
     assert len(json.loads((tmp_path / "backlogs" / f"{KIDS}.json").read_text())["items"]) == 2
     run = project.doit("build:comic-books-kids/noah-s-ark")
     assert run.rc == 0, run.out + run.err
@@ -44,7 +44,8 @@ def test_kids_backlog_builds_offline_with_voice(tmp_path):
     assert "watercolor" in (sdir / "prompts" / "1.txt").read_text()
 
 
-def test_variant_rebuild_rules(project):
+def test_variant_rebuild_rules(both_templates):
+    project = both_templates
     first = project.doit(env=FAKE)
     assert first.rc == 0, first.out + first.err
     assert by(first, KIDS) and by(first, STD)
@@ -87,7 +88,8 @@ def test_variant_rebuild_rules(project):
     assert {c["step"] for c in by(run, STD)} >= {"narrative"}
 
 
-def test_variant_overrides_are_validated(project):
+def test_variant_overrides_are_validated(both_templates):
+    project = both_templates
     project.edit_config(lambda c: c["settings"].update(maxSentenceWords=2), KIDS)
     run = project.doit(env=FAKE)
     assert run.rc == 2

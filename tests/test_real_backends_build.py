@@ -27,7 +27,7 @@ def _env(oa, rp) -> dict:
 
 def test_build_one_story_through_real_sdks(project):
     with FakeOpenAI() as oa, FakeReplicate(token=REPLICATE_TOKEN) as rp:
-        run = project.doit("build:noah-s-ark", env=_env(oa, rp))
+        run = project.doit("build:comic-books-standard/noah-s-ark", env=_env(oa, rp))
         assert run.rc == 0, run.out + run.err
         assert "llm: openai" in run.out and "image: replicate" in run.out
 
@@ -71,7 +71,7 @@ def test_build_one_story_through_real_sdks(project):
 
         # a second run is served by nothing: no request reaches either fake
         before = (len(oa.requests), len(rp.requests))
-        again = project.doit("build:noah-s-ark", env=_env(oa, rp))
+        again = project.doit("build:comic-books-standard/noah-s-ark", env=_env(oa, rp))
         assert again.rc == 0 and again.calls == []
         assert (len(oa.requests), len(rp.requests)) == before
 

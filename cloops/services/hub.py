@@ -81,7 +81,7 @@ class ServiceHub:
                 if service == "image":
                     section = section.model_copy(update={"comfyui": {
                         **section.comfyui, "template_dir": str(tpl.dir)}})
-                for mod in resolved.spec.imports:
+                for mod in resolved.spec.full().imports:
                     importlib.import_module(mod)  # first SDK import in one thread at a time
                 self._backends[key] = resolved.spec.factory(section, self.proj.env)
             return self._backends[key]
@@ -146,13 +146,16 @@ class ServiceHub:
     # ------------------------------------------------------------ calls
 
     def _serve(self, meta: CallMeta, service: str, request, call: Callable[[Any], Any],
-               get: str, put: str, account: Callable[[Any, CallRecord, Any], None]):
+               get: str, put: str, account: Callable[[Any, CallRecord, Any], None],
+               accept: Callable[[Any], bool] | None = None):
         """The path of every call: cache → (single flight) → limits → retries → cache → ledger.
 
         ``call(backend)`` makes the request; ``get``/``put`` name the cache's methods;
         ``account(result, rec, backend)`` fills usage and cost into the ledger record.
         Identical requests in flight at once are paid once: the others wait for the first and
-        take its result from the cache.
+        take its result from the cache. ``accept(result)`` false: the result is returned but
+        never cached, and a cached one is not used (an answer that failed validation is asked
+        again, not replayed).
         """
         backend = self.backend(meta.template, service)
         rec = CallRecord(service=service, backend=backend.name, model=request.model,
@@ -169,9 +172,10 @@ class ServiceHub:
         owner = False
         while cache is not None and not meta.reroll:
             result = getattr(cache, get)(key)
-            if result is not None:
+            if result is not None and (accept is None or accept(result)):
                 rec.cache_hit = True
                 break
+            result = None
             with self._lock:
                 waiting = self._inflight.get(key)
                 if waiting is None:
@@ -194,7 +198,7 @@ class ServiceHub:
                     rec.duration_s = time.monotonic() - t0
                     self.ledger.record(rec)
                     raise
-                if cache is not None:
+                if cache is not None and (accept is None or accept(result)):
                     getattr(cache, put)(key, result)
         finally:
             if owner:
@@ -211,19 +215,30 @@ class ServiceHub:
         else:
             rec.cost_usd = cost
 
-    def complete(self, meta: CallMeta, request: LLMRequest) -> LLMResult:
-        """Answer an LLM request (cache first for paid backends).
+    def complete(self, meta: CallMeta, request: LLMRequest,
+                 accept: Callable[[LLMResult], bool] | None = None) -> LLMResult:
+        """Answer an LLM request (cache first for paid backends). ``accept``: see :meth:`_serve`.
 
         Raises:
             ServiceError: the call failed (after retries for transient errors).
         """
         def account(result: LLMResult, rec: CallRecord, backend) -> None:
             u = result.usage
-            rec.input_tokens, rec.output_tokens, rec.reasoning_tokens = (
-                u.input_tokens, u.output_tokens, u.reasoning_tokens)
+            if not rec.cache_hit:  # as images and characters: a cache hit used no tokens
+                rec.input_tokens, rec.output_tokens, rec.reasoning_tokens = (
+                    u.input_tokens, u.output_tokens, u.reasoning_tokens)
             self._book(rec, 0.0 if backend.offline else self._cost_llm(meta.template, request.model, u))
         return self._serve(meta, "llm", request, lambda b: b.complete(request),
-                           "get_llm", "put_llm", account)
+                           "get_llm", "put_llm", account, accept)
+
+    def remember(self, meta: CallMeta, request: LLMRequest, result: LLMResult) -> None:
+        """Cache ``result`` as the answer to ``request`` too: a step that re-asked until the
+        answer was valid stores it under its first question, so a later run (a revert, a
+        re-run after a kill) gets it at once, free, without re-asking."""
+        backend = self.backend(meta.template, "llm")
+        if not backend.offline:
+            self.cache(meta.template).put_llm(
+                cache_key("llm", backend.name, request.cache_key()), result)
 
     def generate_image(self, meta: CallMeta, request: ImageRequest) -> ImageResult:
         """Answer an image request (cache first for paid backends).

@@ -45,21 +45,41 @@ class BackendSpec:
     auto_rank: int = 100
     describe: str = ""
     imports: tuple[str, ...] = ()
+    module: str = ""  # set for a built-in not imported yet: import it to get the full spec
+
+    def full(self) -> "BackendSpec":
+        """The complete spec (importing a built-in backend's module if not done yet)."""
+        if self.module:
+            importlib.import_module(self.module)
+            return _REGISTRY[self.service][self.name]
+        return self
 
 
 _REGISTRY: dict[str, dict[str, BackendSpec]] = {s: {} for s in SERVICES}
 
-# Built-in backends live in these modules; each registers itself when imported.
-BUILTIN_MODULES = (
-    "cloops.services.draft_backend",
-    "cloops.services.openai_backend",
-    "cloops.services.storyboard_backend",
-    "cloops.services.replicate_backend",
-    "cloops.services.comfyui_backend",
-    "cloops.services.elevenlabs_backend",
-    "cloops.services.piper_backend",
-)
+# Built-in backends: what choosing one needs, without importing its module (start-up time:
+# the SDK-facing modules are only imported when a backend is constructed). Each module
+# registers its full spec when imported; tests/test_registry.py checks the two agree.
+#   name: (service, module, offline, key_env, auto_rank)
+BUILTINS: dict[str, tuple[str, str, bool, tuple[str, ...], int]] = {
+    "draft": ("llm", "cloops.services.draft_backend", True, (), 100),
+    "openai": ("llm", "cloops.services.openai_backend", False, ("OPENAI_API_KEY",), 10),
+    "openai-chat": ("llm", "cloops.services.openai_backend", False, (), 100),
+    "storyboard": ("image", "cloops.services.storyboard_backend", True, (), 100),
+    "replicate": ("image", "cloops.services.replicate_backend", False, ("REPLICATE_API_TOKEN",), 10),
+    "comfyui": ("image", "cloops.services.comfyui_backend", False, ("COMFYUI_URL",), 20),
+    "piper": ("voice", "cloops.services.piper_backend", True, (), 100),
+    "elevenlabs": ("voice", "cloops.services.elevenlabs_backend", False, ("ELEVENLABS_API_KEY",), 10),
+}
+BUILTIN_MODULES = tuple(dict.fromkeys(v[1] for v in BUILTINS.values()))
 _loaded = False
+
+
+def _lazy_factory(module: str, name: str, service: str):
+    def factory(section, env):
+        importlib.import_module(module)  # registers the real spec
+        return _REGISTRY[service][name].factory(section, env)
+    return factory
 
 
 def register(spec: BackendSpec) -> BackendSpec:
@@ -77,12 +97,11 @@ def _load_builtins() -> None:
     if _loaded:
         return
     _loaded = True
-    for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:  # a missing dependency inside the module is a real error
-                raise
+    for name, (service, module, offline, key_env, rank) in BUILTINS.items():
+        if name not in _REGISTRY[service]:
+            _REGISTRY[service][name] = BackendSpec(
+                name=name, service=service, offline=offline, key_env=key_env, auto_rank=rank,
+                factory=_lazy_factory(module, name, service), module=module)
     from importlib.metadata import entry_points
     for ep in entry_points(group="cloops.backends"):
         ep.load()
