@@ -1,0 +1,79 @@
+"""Per-service limits: never more calls in flight than the limit; starts spaced by the rate."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from cloops.limits import RateLimiter, ServiceLimiter
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+        self.slept: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.slept.append(s)
+        self.t += s
+
+
+def test_rate_limiter_spaces_starts_after_the_burst():
+    clock = FakeClock()
+    rl = RateLimiter(per_minute=600, burst=3, clock=clock.now, sleep=clock.sleep)
+    starts = []
+    for _ in range(8):
+        rl.acquire()
+        starts.append(clock.t)
+    assert starts[:3] == [0.0, 0.0, 0.0]  # the burst
+    gaps = [round(b - a, 6) for a, b in zip(starts[2:], starts[3:])]
+    assert all(abs(g - 0.1) < 1e-6 for g in gaps), gaps  # 600/minute = one per 0.1 s
+    # never more than burst + rate * elapsed starts in any window
+    assert len(starts) <= 3 + 600 / 60 * starts[-1] + 1e-9
+
+
+def test_rate_limiter_unlimited_never_waits():
+    clock = FakeClock()
+    rl = RateLimiter(per_minute=None, clock=clock.now, sleep=clock.sleep)
+    for _ in range(100):
+        assert rl.acquire() == 0.0
+    assert clock.slept == []
+
+
+def test_service_limiter_never_exceeds_concurrency():
+    lim = ServiceLimiter(concurrency=3, per_minute=None)
+    seen = []
+    lock = threading.Lock()
+    in_flight = [0]
+
+    def work():
+        with lim.slot():
+            with lock:
+                in_flight[0] += 1
+                seen.append(in_flight[0])
+            time.sleep(0.02)
+            with lock:
+                in_flight[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(seen) == 3 and lim.peak == 3
+    assert lim.in_flight == 0
+
+
+def test_service_limiter_releases_the_slot_on_error():
+    lim = ServiceLimiter(concurrency=1, per_minute=None)
+    for _ in range(3):
+        try:
+            with lim.slot():
+                raise RuntimeError("boom")
+        except RuntimeError:
+            pass
+    with lim.slot():  # would block forever if a slot leaked
+        assert lim.in_flight == 1
