@@ -159,11 +159,23 @@ def step_values(proj: Project, tpl: Template, step: Step, story: StoryRef, item_
         elif isinstance(step, ImageStep):
             values["generation.model"] = _short(tpl.config.engine.generation.model)
             values["generation.params"] = _short(tpl.image_params(step))
+            if resolved.spec.name == "comfyui":
+                values["comfyui workflow"] = comfyui_workflow_digest(tpl)
             if resolved.spec.offline and step.annotate is not None:
                 # offline storyboards draw the page's text: that is then a dependency too
                 values["annotations"] = _short(annotation_values(tpl, step, story, item_input,
                                                                  n, fan))
     return values
+
+
+def comfyui_workflow_digest(tpl: Template) -> str:
+    """Digest of the ComfyUI workflow file (``generation.comfyui.workflow``): editing the
+    workflow changes every image it makes, so it is a dependency and part of the cache key."""
+    from .fileio import sha256_file
+    name = tpl.config.engine.generation.comfyui.get("workflow")
+    if not name:
+        return "none"
+    return (sha256_file(tpl.dir / name) or sha256_file(Path(name)) or "missing")[:16]
 
 
 def value_inputs(tpl: Template, step: Step, story_input: dict, n: int | None,

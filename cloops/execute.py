@@ -149,7 +149,11 @@ def _run(proj: Project, tpl: Template, step, story_input: dict, story_id: str, n
         backend = hub.backend(tpl.name, "image")
         prompt = inputs[step.prompt]
         ann = step.annotate(inputs, ctx) if (step.annotate and backend.uses_annotations) else None
-        req = ImageRequest(prompt=prompt.strip(), model=tpl.config.engine.generation.model,
+        model = tpl.config.engine.generation.model
+        if backend.name == "comfyui":  # the workflow decides the image: part of the request
+            from .engine import comfyui_workflow_digest
+            model = f"comfyui-workflow:{comfyui_workflow_digest(tpl)}"
+        req = ImageRequest(prompt=prompt.strip(), model=model,
                            params=tpl.image_params(step), annotations=ann,
                            timeout_s=tpl.config.engine.generation.timeout_s)
         res = hub.generate_image(meta, req)
