@@ -57,6 +57,7 @@ class Inputs:
 
     def __call__(self, task, values) -> bool:
         prev = values.get(INPUTS_KEY)
+        self.locked = False
         if prev is None:
             self.changed = ["never built"]
         else:

@@ -51,9 +51,10 @@ class CloopsReporter:
     def __init__(self, outstream, options):
         from rich.console import Console  # here, not at import: dodo.py's import stays cheap
         self.options = options or {}
-        self.console = Console(file=sys.stdout, highlight=False,
+        # the real stdout: doit wraps sys.stdout, and rich's broken-pipe handling needs fileno()
+        self.console = Console(file=sys.__stdout__, highlight=False,
                                soft_wrap=True, force_terminal=None)
-        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.err = Console(file=sys.__stderr__, highlight=False, soft_wrap=True)
         self.t0 = time.monotonic()
         self.started: dict[str, float] = {}
         self.reasons: dict[str, str] = {}
