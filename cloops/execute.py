@@ -21,7 +21,7 @@ from doit.exceptions import TaskFailed
 from . import backlog as backlog_mod
 from .engine import Fanout, expand, value_inputs
 from .errors import CloopsError, InputError, OutputInvalidError, ServiceError
-from .fileio import dump_json
+from .fileio import dump_json, remove_temp_files
 from .project import Project, load_project
 from .services.base import ImageRequest, LLMRequest, VoiceRequest
 from .services.hub import CallMeta, hub_for
@@ -43,13 +43,16 @@ def note(task: str, text: str) -> None:
 
 def _mark_started(proj: Project, template: str, story_id: str) -> None:
     from .engine import dry_mode
-    if dry_mode():
-        return  # a dry run does not build the story: its status stays as it was
     key = f"{template}/{story_id}"
     with _slock:
         if key in _started:
             return
+        # the story's first task in this run: nothing writes in its folder yet (its other
+        # tasks wait here), so any temp file there was left by a killed run
+        remove_temp_files(proj.story_dir(template, story_id))
         _started.add(key)
+    if dry_mode():
+        return  # a dry run does not build the story: its status stays as it was
     b = proj.backlog_for(template)
     backlog_mod.set_status(proj.root, b.path, story_id, "in_progress")
 

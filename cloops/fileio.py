@@ -43,6 +43,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def remove_temp_files(folder: str | os.PathLike) -> int:
+    """Delete the temp files a killed process left under ``folder`` mid-write (the
+    ``.<name>.<random>.tmp`` files of :func:`atomic_write_bytes`); return how many.
+
+    Call it only while nothing else writes under ``folder``.
+    """
+    removed = 0
+    for tmp in Path(folder).rglob(".*.tmp"):
+        try:
+            if tmp.is_file():
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -50,9 +50,11 @@ class ResponseCache:
                          model=raw.get("model", ""))
 
     def put_llm(self, key: str, result: LLMResult) -> None:
-        atomic_write_text(self._path(key, ".json"), canonical_json(
+        # not canonical_json: the parsed output keeps the model's key order, so a cache hit
+        # writes the same pages.json, byte for byte, as the call it replays
+        atomic_write_text(self._path(key, ".json"), json.dumps(
             {"text": result.text, "data": result.data, "usage": result.usage.as_dict(),
-             "model": result.model}))
+             "model": result.model}, ensure_ascii=False, separators=(",", ":")))
 
     def get_image(self, key: str) -> ImageResult | None:
         if not self.enabled:

@@ -182,6 +182,11 @@ class ServiceHub:
                     self._inflight[key] = threading.Event()
                     owner = True
             if owner:
+                # the previous owner may have stored its answer between our look-up and our
+                # claim: look once more before paying
+                again = getattr(cache, get)(key)
+                if again is not None and (accept is None or accept(again)):
+                    result, rec.cache_hit = again, True
                 break
             waiting.wait()  # the same request is being paid for: take its answer
         try:

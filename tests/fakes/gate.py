@@ -59,12 +59,7 @@ class Gate:
             self._cond.notify_all()
             while self._epoch == epoch:
                 self._cond.wait()
-            self.held -= 1
-            if epoch in self._drop_epochs:
-                self.dropped += 1
-                return False
-            self.admitted += 1
-            return True
+            return epoch not in self._drop_epochs
 
     def wait_held(self, timeout_s: float, *, until=None) -> bool:
         """Wait until a request is held (True), ``timeout_s`` passes or ``until()`` is true."""
@@ -84,6 +79,10 @@ class Gate:
         with self._cond:
             if drop:
                 self._drop_epochs.add(self._epoch)
+                self.dropped += self.held
+            else:
+                self.admitted += self.held
+            self.held = 0
             self._epoch += 1
             self._limit = None
             self._cond.notify_all()

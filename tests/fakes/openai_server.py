@@ -27,7 +27,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 RESPONSES_PATH = "/v1/responses"
 CHAT_PATH = "/v1/chat/completions"
@@ -44,6 +44,8 @@ class RecordedRequest:
     body: Any
     raw: bytes = b""
     status: int | None = None  # the status of the reply sent in full; None: not answered
+    at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic())
+    reply: Any = None  # the JSON body of the reply sent (set with ``status``)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Reply:
     incomplete: str | None = None
     usage: dict[str, int] | None = None
     model: str | None = None
+    when: Any = None  # None, or a predicate on the RecordedRequest this reply is for
 
 
 _ERROR_TYPES = {
@@ -347,7 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         with fake._lock:
-            rec.status = status
+            rec.status, rec.reply = status, payload
 
     def _drop(self) -> None:
         """Close the connection without any reply."""
@@ -423,7 +426,8 @@ class FakeOpenAI:
     def enqueue(self, status: int = 200, body: Any = None, headers: dict[str, str] | None = None,
                 delay_s: float = 0, drop: bool = False, text: str | None = None,
                 refusal: str | None = None, incomplete: str | None = None, *,
-                usage: dict[str, int] | None = None, model: str | None = None) -> None:
+                usage: dict[str, int] | None = None, model: str | None = None,
+                when: Callable[[RecordedRequest], bool] | None = None) -> None:
         """Queue the reply to the next request (first in, first out, any endpoint).
 
         Args:
@@ -441,11 +445,15 @@ class FakeOpenAI:
             usage: override usage numbers (``input_tokens``, ``output_tokens``,
                 ``reasoning_tokens``; for chat ``prompt_tokens``, ``completion_tokens``).
             model: the ``model`` to report (default: the requested one).
+            when: only a request for which ``when(request)`` is true takes this reply (others
+                take the next reply queued without ``when``, or the default); lets a test aim a
+                fault at one call when tasks run in parallel.
         """
         with self._lock:
             self._queue.append(Reply(status=status, body=body, headers=dict(headers or {}),
                                      delay_s=delay_s, drop=drop, text=text, refusal=refusal,
-                                     incomplete=incomplete, usage=usage, model=model))
+                                     incomplete=incomplete, usage=usage, model=model,
+                                     when=when))
 
     @property
     def pending(self) -> int:
@@ -478,7 +486,11 @@ class FakeOpenAI:
     def _record_and_pop(self, rec: RecordedRequest) -> Reply:
         with self._lock:
             self.requests.append(rec)
-            return self._queue.popleft() if self._queue else Reply()
+            for reply in self._queue:
+                if reply.when is None or reply.when(rec):
+                    self._queue.remove(reply)
+                    return reply
+            return Reply()
 
     def _render(self, rec: RecordedRequest, reply: Reply) -> tuple[int, Any, dict[str, str]]:
         headers = dict(reply.headers)

@@ -90,6 +90,7 @@ class RecordedRequest:
     body: Any
     raw: bytes = b""
     status: int | None = None  # the status of the reply sent in full; None: not answered
+    at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic())
 
 
 @dataclass
