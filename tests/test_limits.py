@@ -77,3 +77,65 @@ def test_service_limiter_releases_the_slot_on_error():
             pass
     with lim.slot():  # would block forever if a slot leaked
         assert lim.in_flight == 1
+
+
+# ---------------------------------------------------------------- through a real build
+
+def distinct_answers(path, body):
+    """The fake's default answer, with every string tagged by a hash of the user message."""
+    import hashlib
+    import json as _json
+    from tests.fakes.openai_server import default_text
+    text = default_text(path, body)
+    tag = hashlib.sha256(_json.dumps(body.get("input"), sort_keys=True).encode()).hexdigest()[:8]
+    try:
+        data = _json.loads(text)
+    except ValueError:
+        return f"{text} [{tag}]"
+
+    def walk(v):
+        if isinstance(v, str):
+            return f"{v} [{tag}]"
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        return v
+    return _json.dumps(walk(data))
+
+
+def test_build_keeps_image_calls_within_the_concurrency_limit(tmp_path):
+    """5 stories x (3 pages + cover) images against a fake Replicate that counts what is in
+    flight: never more than generation.concurrency, though doit runs 24 threads."""
+    from conftest import make_project
+    from tests.fakes.openai_server import FakeOpenAI
+    from tests.fakes.replicate_server import FakeReplicate
+    ids = ["noah-s-ark", "david-and-goliath", "jonah-and-the-whale", "baby-moses", "creation"]
+    project = make_project(tmp_path, ids)
+    project.edit_config(lambda c: c["generation"].update(concurrency=2, requestsPerMinute=None))
+    with FakeOpenAI() as oa, FakeReplicate(token="r8_t", latency_s=0.15) as rp:
+        oa.responder = distinct_answers  # no two image requests alike: none deduplicated
+        run = project.doit(env={"OPENAI_API_KEY": "sk-t", "OPENAI_BASE_URL": oa.base_url,
+                                "REPLICATE_API_TOKEN": "r8_t", "REPLICATE_BASE_URL": rp.base_url,
+                                "REPLICATE_POLL_INTERVAL": "0.01"})
+        assert run.rc == 0, run.out + run.err
+        assert len(rp.creates) >= 5
+        assert rp.max_in_flight == 2  # the limit was reached and never exceeded
+
+
+def test_build_spaces_image_calls_by_the_rate_limit(tmp_path):
+    from conftest import make_project
+    from tests.fakes.openai_server import FakeOpenAI
+    from tests.fakes.replicate_server import FakeReplicate
+    project = make_project(tmp_path, ["noah-s-ark", "david-and-goliath"])
+    # 120 per minute = one every 0.5 s after a burst of 1 (burst = concurrency)
+    project.edit_config(lambda c: c["generation"].update(concurrency=1, requestsPerMinute=120))
+    with FakeOpenAI(responder=distinct_answers) as oa, FakeReplicate(token="r8_t") as rp:
+        run = project.doit(env={"OPENAI_API_KEY": "sk-t", "OPENAI_BASE_URL": oa.base_url,
+                                "REPLICATE_API_TOKEN": "r8_t", "REPLICATE_BASE_URL": rp.base_url,
+                                "REPLICATE_POLL_INTERVAL": "0.01"})
+        assert run.rc == 0, run.out + run.err
+        starts = sorted(r.at for r in rp.creates)
+    assert len(starts) >= 3
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= 0.45, gaps

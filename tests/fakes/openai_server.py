@@ -330,8 +330,15 @@ class _Handler(BaseHTTPRequestHandler):
         rec = RecordedRequest(self.command, path, {k.lower(): v for k, v in self.headers.items()},
                               body, raw)
         reply = fake._record_and_pop(rec)
-        if reply.delay_s:
-            fake._stopping.wait(reply.delay_s)
+        with fake._lock:
+            fake.in_flight += 1
+            fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+        try:
+            if reply.delay_s or fake.latency_s:
+                fake._stopping.wait(reply.delay_s or fake.latency_s)
+        finally:
+            with fake._lock:
+                fake.in_flight -= 1
         if reply.drop:
             return self._drop()
         status, payload, headers = fake._render(rec, reply)
@@ -387,8 +394,16 @@ class FakeOpenAI:
     :meth:`stop`.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, gate: Any = None):
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, gate: Any = None,
+                 latency_s: float = 0.0, responder: Any = None):
+        """``latency_s``: every reply waits this long (a model's think time);
+        ``responder(path, body) -> str | None``: the output text for requests with no queued
+        reply (None: the default schema instance)."""
         self.gate = gate
+        self.latency_s = latency_s
+        self.responder = responder
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._server = _Server((host, port), _Handler)
         self._server.fake = self
         self._thread: threading.Thread | None = None
@@ -511,6 +526,8 @@ class FakeOpenAI:
                                    code="unknown_url"), headers
         text = reply.text
         if text is None and reply.refusal is None and reply.incomplete is None:
-            text = default_text(rec.path, req)
+            text = self.responder(rec.path, req) if self.responder else None
+            if text is None:
+                text = default_text(rec.path, req)
         build = _chat_object if rec.path == CHAT_PATH else _response_object
         return 200, build(req, reply, text), headers

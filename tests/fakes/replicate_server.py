@@ -295,8 +295,14 @@ class FakeReplicate(LoopbackServer):
 
     def __init__(self, *, token: str | None = DEFAULT_TOKEN, output_urls: str = "data",
                  output_count: int = 1, output_list: bool = True,
-                 image_size: tuple[int, int] = (32, 24), gate: Any = None):
+                 image_size: tuple[int, int] = (32, 24), gate: Any = None,
+                 latency_s: float = 0.0):
+        """``latency_s``: each prediction takes this long to run (a create with
+        ``Prefer: wait`` answers after it); ``max_in_flight`` records the most at once."""
         super().__init__(gate)
+        self.latency_s = latency_s
+        self.in_flight = 0
+        self.max_in_flight = 0
         if output_urls not in ("data", "http"):
             raise ValueError("output_urls must be 'data' or 'http'")
         self.token = token
@@ -439,6 +445,15 @@ class FakeReplicate(LoopbackServer):
             raise ValueError(f"bad prediction_status {reply.prediction_status!r}")
         pid = self._new_id()
         wait = rec.headers.get("prefer", "").startswith("wait")
+        if self.latency_s:
+            with self.lock:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                time.sleep(self.latency_s)
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
         polls = reply.polls_before_done if wait else max(1, reply.polls_before_done)
         output = self._outputs(pid) if reply.output is _UNSET else reply.output
         pred = FakePrediction(id=pid, model=model, version=version, input=body["input"],
