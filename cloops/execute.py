@@ -245,12 +245,24 @@ def _run_llm(proj: Project, tpl: Template, step: LLMStep, inputs: dict, ctx: Ste
         usage=usage_total, attempts=tries)
 
 
+_VALIDATORS: dict[str, Any] = {}
+
+
+def _validator(schema: dict):
+    """A compiled validator per schema (building one per call costs more than the check)."""
+    key = json.dumps(schema, sort_keys=True)
+    v = _VALIDATORS.get(key)
+    if v is None:
+        v = _VALIDATORS[key] = jsonschema.Draft202012Validator(schema)
+    return v
+
+
 def validate_output(schema: dict | None, data: Any, step: LLMStep, inputs: dict,
                     ctx: StepContext) -> list[str]:
     """Schema errors plus the step's own checks, as sentences for the model (empty = valid)."""
     errors: list[str] = []
     if schema is not None:
-        v = jsonschema.Draft202012Validator(schema)
+        v = _validator(schema)
         for err in sorted(v.iter_errors(data), key=lambda e: list(e.path))[:10]:
             where = "/".join(str(p) for p in err.path) or "(root)"
             errors.append(f"{where}: {err.message}")

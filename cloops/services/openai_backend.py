@@ -213,6 +213,7 @@ class _SDKBackend:
         state = dict(self.__dict__)
         state["_client"] = None
         state.pop("_lock", None)
+        state.pop("_local", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -221,15 +222,17 @@ class _SDKBackend:
 
     @property
     def client(self) -> Any:
-        """The ``openai.OpenAI`` client (created once, thread-safe)."""
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    import openai
-                    self._client = openai.OpenAI(api_key=self._api_key, base_url=self.base_url,
-                                                 timeout=self.timeout_s,
-                                                 max_retries=self.max_retries)
-        return self._client
+        """The ``openai.OpenAI`` client of the calling thread: one per worker thread, because
+        one client's connection pool lock, shared by dozens of threads, serializes them."""
+        local = self.__dict__.setdefault("_local", threading.local())
+        client = getattr(local, "client", None)
+        if client is None:
+            import openai
+            client = local.client = openai.OpenAI(api_key=self._api_key, base_url=self.base_url,
+                                                  timeout=self.timeout_s,
+                                                  max_retries=self.max_retries)
+            self._client = client
+        return client
 
     def _convert(self, exc: BaseException, request: LLMRequest) -> ServiceError:
         return convert_error(exc, backend=self.name, base_url=self.base_url, key=self._api_key,
