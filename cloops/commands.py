@@ -12,7 +12,6 @@ import json
 import os
 import sqlite3
 import sys
-import time
 from pathlib import Path
 
 from doit.cmd_base import Command

@@ -28,7 +28,7 @@ from doit import create_after
 from .errors import InputError
 from .fileio import canonical_json, sha256_json
 from .project import Project, StoryRef, load_project
-from .steps import (AssembleStep, BundleStep, EachInput, FileInput, ImageStep, ItemInput,
+from .steps import (BundleStep, EachInput, FileInput, ImageStep, ItemInput,
                     LLMStep, PartInput, Step, StoryValue, VoiceStep)
 from .template import Template
 

@@ -9,7 +9,6 @@ service was called. The hand-edit case builds first and then checks the built ta
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -48,24 +48,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import io
-import re
 import threading
-import time
 from typing import Any, Mapping, Sequence
 
 from ..errors import (AuthError, InputError, PermanentServiceError, ServiceError,
                       TransientServiceError)
 from .base import VoiceRequest, VoiceResult
 from .registry import BackendSpec, register
+from .wire import retry_after_s, scrub
 
 KEY_ENV = "ELEVENLABS_API_KEY"
 BASE_URL_ENV = "ELEVENLABS_BASE_URL"
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
 SEGMENT_JOINER = "\n\n"  # a paragraph break: a natural pause between pages
 _TRANSIENT_STATUS = {408, 409, 425, 429}
-_KEYLIKE = re.compile(r"\bsk_[A-Za-z0-9]{6,}")
 
 MISSING_KEY_MESSAGE = (f"{KEY_ENV} is not set: add it to the environment or to .env, or set "
                        "voice.backend to \"piper\" to speak offline drafts.")
@@ -73,34 +70,10 @@ MISSING_KEY_MESSAGE = (f"{KEY_ENV} is not set: add it to the environment or to .
 
 def _scrub(text: str, key: str | None) -> str:
     """Remove the API key (and anything key-shaped) from ``text``."""
-    if key:
-        text = text.replace(key, "<redacted>")
-    return _KEYLIKE.sub("<redacted key>", text)
+    return scrub(text, key)
 
 
-def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date), or None
-    when absent or unreadable. Header names are matched case-insensitively."""
-    if not headers:
-        return None
-    lower = {str(k).lower(): str(v) for k, v in headers.items()}
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = lower.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) / divisor)
-        except ValueError:
-            pass
-    value = lower.get("retry-after")
-    if value:
-        try:
-            parsed = email.utils.parsedate_tz(value)
-            if parsed is not None:
-                return max(0.0, float(email.utils.mktime_tz(parsed) - time.time()))
-        except (TypeError, ValueError, OverflowError):
-            pass
-    return None
+parse_retry_after = retry_after_s  # headers -> seconds (kept under its old name)
 
 
 def _plain(value: Any) -> Any:

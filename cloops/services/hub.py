@@ -11,7 +11,6 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ServiceError, TransientServiceError

@@ -27,17 +27,16 @@ The API key is never put into a message, log line or repr.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import re
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import (AuthError, IncompleteError, InputError, OutputInvalidError,
                       PermanentServiceError, RefusalError, ServiceError, TransientServiceError)
 from .base import LLMRequest, LLMResult, Usage
 from .registry import BackendSpec, register
+from .wire import retry_after_s, scrub
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import LLMConfig
@@ -61,38 +60,9 @@ _INCOMPLETE_FIXES = {
                        "the system prompt."),
 }
 
-_KEYLIKE = re.compile(r"\b(sk|sess|rk)-[A-Za-z0-9_*\-.]{3,}")
-
-
 def _scrub(text: str, key: str | None) -> str:
     """Remove the API key (and anything key-shaped, e.g. OpenAI's masked echo) from ``text``."""
-    if key and key != CHAT_PLACEHOLDER_KEY:
-        text = text.replace(key, "<redacted>")
-    return _KEYLIKE.sub("<redacted key>", text)
-
-
-def _retry_after_s(headers: Any) -> float | None:
-    """Return the server's requested wait in seconds from ``retry-after-ms`` / ``retry-after``
-    (seconds or an HTTP date), or None when absent or unreadable."""
-    if headers is None:
-        return None
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) / divisor)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            parsed = email.utils.parsedate_tz(value)
-            if parsed is not None:
-                return max(0.0, float(email.utils.mktime_tz(parsed) - time.time()))
-        except (TypeError, ValueError, OverflowError):
-            pass
-    return None
+    return scrub(text, key if key != CHAT_PLACEHOLDER_KEY else None)
 
 
 def _api_message(exc: Any) -> str:
@@ -142,7 +112,7 @@ def convert_error(exc: BaseException, *, backend: str, base_url: str | None,
                       " from https://platform.openai.com/api-keys with access to the model")
                    + ", or set llm.backend to \"draft\" to build offline drafts")
             return AuthError(f"{where} {what} (HTTP {status}): {msg} Fix: {fix}.", **common)
-        retry_after = _retry_after_s(getattr(exc.response, "headers", None))
+        retry_after = retry_after_s(getattr(exc.response, "headers", None))
         if isinstance(exc, openai.RateLimitError):
             if code == "insufficient_quota" or getattr(exc, "type", None) == "insufficient_quota":
                 return PermanentServiceError(

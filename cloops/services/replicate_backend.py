@@ -34,7 +34,6 @@ transport and retries failed polls itself, within the deadline.
 from __future__ import annotations
 
 import base64
-import email.utils
 import functools
 import os
 import re
@@ -48,6 +47,7 @@ from ..errors import (AuthError, PermanentServiceError, ServiceError,
 from ..imaging import to_jpeg
 from .base import ImageRequest, ImageResult
 from .registry import BackendSpec, register
+from .wire import parse_retry_after
 
 TOKEN_ENV = "REPLICATE_API_TOKEN"
 BASE_URL_ENV = "REPLICATE_BASE_URL"
@@ -72,24 +72,6 @@ def parse_model_ref(model: str) -> tuple[str, str, str | None]:
             "\"owner/name\" (e.g. \"bytedance/seedream-4\") or \"owner/name:version\".",
             service="image", backend="replicate")
     return match["owner"], match["name"], match["version"]
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Return a ``Retry-After`` header (delta-seconds or HTTP-date) in seconds, or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def decode_data_url(url: str) -> bytes:
