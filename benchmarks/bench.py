@@ -186,33 +186,16 @@ def calls_per_edit(tmp: Path) -> None:
 def plan_responder(pages: int):
     """Fake model answers: a plan of exactly ``pages`` pages, every string unique to its request
     (so no two image prompts are alike and nothing is deduplicated)."""
-    import hashlib
-    from tests.fakes.openai_server import default_text
+    from tests.fakes.openai_server import distinct_text
 
-    def respond(path: str, body: dict):
-        text = default_text(path, body)
-        tag = hashlib.sha256(json.dumps(body.get("input"), sort_keys=True).encode()).hexdigest()[:8]
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return f"{text} [{tag}]"
-        fmt = (body.get("text") or {}).get("format") or {}
-        if fmt.get("name") == "planning":
+    def plan(data, req):
+        if ((req.get("text") or {}).get("format") or {}).get("name") == "planning":
             page = data["pages"][0]
             data["pages"] = [dict(page, pageNumber=i + 1,
                                   panels=[dict(p, panel=k + 1) for k, p in enumerate(page["panels"])])
                              for i in range(pages)]
-
-        def walk(v):
-            if isinstance(v, str):
-                return f"{v} [{tag}]"
-            if isinstance(v, list):
-                return [walk(x) for x in v]
-            if isinstance(v, dict):
-                return {k: walk(x) for k, x in v.items()}
-            return v
-        return json.dumps(walk(data))
-    return respond
+        return data
+    return lambda path, body: distinct_text(path, body, plan)
 
 
 def makespan(tmp: Path, n: int, pages: int, llm_s: float, image_s: float, image_limit: int) -> None:

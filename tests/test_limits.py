@@ -82,26 +82,9 @@ def test_service_limiter_releases_the_slot_on_error():
 # ---------------------------------------------------------------- through a real build
 
 def distinct_answers(path, body):
-    """The fake's default answer, with every string tagged by a hash of the user message."""
-    import hashlib
-    import json as _json
-    from tests.fakes.openai_server import default_text
-    text = default_text(path, body)
-    tag = hashlib.sha256(_json.dumps(body.get("input"), sort_keys=True).encode()).hexdigest()[:8]
-    try:
-        data = _json.loads(text)
-    except ValueError:
-        return f"{text} [{tag}]"
-
-    def walk(v):
-        if isinstance(v, str):
-            return f"{v} [{tag}]"
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
-        return v
-    return _json.dumps(walk(data))
+    """The fake's default answer, unique to each request."""
+    from tests.fakes.openai_server import distinct_text
+    return distinct_text(path, body)
 
 
 def test_build_keeps_image_calls_within_the_concurrency_limit(tmp_path):

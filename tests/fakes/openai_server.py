@@ -301,6 +301,32 @@ def default_text(path: str, req: dict) -> str:
     return f"Fake reply to: {_last_user_text(path, req)[:80]}"
 
 
+def distinct_text(path: str, req: dict, transform: Any = None) -> str:
+    """The default answer with every string tagged by a hash of the request's input, so that
+    different requests never get equal answers (nothing downstream is deduplicated).
+    ``transform(data, req)`` may reshape the JSON answer before tagging."""
+    import hashlib
+    text = default_text(path, req)
+    tag = hashlib.sha256(json.dumps(req.get("input") or req.get("messages"),
+                                    sort_keys=True).encode()).hexdigest()[:8]
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return f"{text} [{tag}]"
+    if transform is not None:
+        data = transform(data, req)
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            return f"{v} [{tag}]"
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        return v
+    return json.dumps(walk(data))
+
+
 # ---------------------------------------------------------------- the server
 
 class _Handler(BaseHTTPRequestHandler):
