@@ -152,6 +152,21 @@ class History(Command):
         return 0
 
 
+def _target_and_number(args, verb: str, what: str, listing: str):
+    """``TARGET N`` of ``doit restore``/``doit pick``: the resolved target and the number.
+
+    Raises:
+        InputError: wrong arguments, not a target, or N not a number (naming where to find N).
+    """
+    arg, num = _args(args, "2", f"TARGET and a {what} number")
+    addr = steering.need_target(steering.resolve(_project(), arg), verb)
+    try:
+        return addr, int(num)
+    except ValueError:
+        raise InputError(f"{what} {num!r} is not a number.",
+                         fix=f"use a number from doit {listing} {addr.shown}.") from None
+
+
 class Restore(Command):
     """``doit restore TARGET N``."""
 
@@ -163,13 +178,7 @@ class Restore(Command):
 
     @_user_errors
     def execute(self, params, args):
-        arg, num = _args(args, "2", "TARGET and a version number")
-        addr = steering.need_target(steering.resolve(_project(), arg), "restore")
-        try:
-            number = int(num)
-        except ValueError:
-            raise InputError(f"version {num!r} is not a number.",
-                             fix=f"use a number from doit history {addr.shown}.") from None
+        addr, number = _target_and_number(args, "restore", "version", "history")
         chosen, kept = steering.restore(addr, number)
         console = _console()
         if chosen.current:
@@ -370,13 +379,7 @@ class Pick(Command):
 
     @_user_errors
     def execute(self, params, args):
-        arg, num = _args(args, "2", "TARGET and a take number")
-        addr = steering.need_target(steering.resolve(_project(), arg), "pick")
-        try:
-            k = int(num)
-        except ValueError:
-            raise InputError(f"take {num!r} is not a number.",
-                             fix=f"use a number from doit takes {addr.shown}.") from None
+        addr, k = _target_and_number(args, "pick", "take", "takes")
         out = steering.pick_take(addr, k)
         console = _console()
         if not out.changed:

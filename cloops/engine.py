@@ -507,11 +507,12 @@ def header_lines() -> list[str]:
                      f"completed · " + " · ".join(parts))
         offline = [s for s in services if proj.resolved(b.template, s).spec.offline]
         if offline:
-            keys = {"llm": "OPENAI_API_KEY", "image": "REPLICATE_API_TOKEN",
-                    "voice": "ELEVENLABS_API_KEY"}
+            from .services import registry
+            keys = [spec.key_env[0] for s in offline
+                    for spec in sorted(registry.backends(s).values(), key=lambda x: x.auto_rank)[:1]
+                    if spec.key_env]
             lines.append("  [yellow]OFFLINE backends in use: outputs are drafts and stories stay "
-                         f"pending. Set {' / '.join(keys.get(s, s) for s in offline)} (or .env) "
-                         "to build for real.[/yellow]")
+                         f"pending. Set {' / '.join(keys)} (or .env) to build for real.[/yellow]")
     return lines
 
 

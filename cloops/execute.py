@@ -311,18 +311,17 @@ def _run_bundle(proj: Project, tpl: Template, step: BundleStep, sdir: Path, coun
     tmp.rename(bdir)
     if old.exists():
         shutil.rmtree(old)
-    _finish_story(proj, tpl, sdir, story_id, wanted.values(), tname)
+    _finish_story(proj, tpl, sdir, story_id, tname)
 
 
 def settle_story(proj: Project, template: str, story_id: str) -> None:
     """After a run in which some of a story's tasks ran but its bundle did not need to (the
     outputs came out the same), set its status as the bundle step would have."""
     tpl = proj.template(template)
-    _finish_story(proj, tpl, proj.story_dir(template, story_id), story_id, (), "")
+    _finish_story(proj, tpl, proj.story_dir(template, story_id), story_id, "")
 
 
-def _finish_story(proj: Project, tpl: Template, sdir: Path, story_id: str, deliverables,
-                  tname: str) -> None:
+def _finish_story(proj: Project, tpl: Template, sdir: Path, story_id: str, tname: str) -> None:
     """Mark the story completed, unless an artifact of it was built offline (then pending)."""
     manifest = read_manifest(sdir)
     offline = sorted(rel for rel, rec in manifest.items() if rec.get("offline"))

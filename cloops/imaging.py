@@ -34,15 +34,6 @@ def to_jpeg(data: bytes, *, source: str = "image") -> tuple[bytes, int, int]:
     return out.getvalue(), rgb.width, rgb.height
 
 
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """Return ``(width_px, height_px)`` of image bytes; raises ValueError if unreadable."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.width, img.height
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(str(exc)) from exc
-
-
 # Seedream 4 output size for ``size`` 1K/2K/4K (long side, px) and the aspect ratios it accepts;
 # source: replicate.com/bytedance/seedream-4 API schema.
 SIZE_LONG_SIDE_PX = {"1K": 1024, "2K": 2048, "4K": 4096}

@@ -138,24 +138,3 @@ class Ledger:
         return [dict(r) for r in rows]
 
 
-def read_calls(root: Path, *, last_run: bool = True) -> list[dict]:
-    """Calls of the latest run that made any call (or all calls), for tests and reports."""
-    path = Path(root) / LEDGER_FILE
-    if not path.exists():
-        return []
-    con = sqlite3.connect(path, timeout=30)
-    con.row_factory = sqlite3.Row
-    try:
-        if last_run:
-            row = con.execute("SELECT run_id FROM calls ORDER BY id DESC LIMIT 1").fetchone()
-            if row is None:
-                return []
-            rows = con.execute("SELECT * FROM calls WHERE run_id=? ORDER BY id",
-                               (row[0],)).fetchall()
-        else:
-            rows = con.execute("SELECT * FROM calls ORDER BY id").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
-    return [dict(r) for r in rows]

@@ -166,14 +166,6 @@ def remove_target(story_dir: Path, rel: str) -> Path | None:
     return kept
 
 
-def forget_target(story_dir: Path, rel: str) -> None:
-    """Drop a target from the manifest (after a stale file was removed)."""
-    with story_lock(story_dir):
-        manifest = read_manifest(story_dir)
-        if manifest.pop(rel, None) is not None:
-            atomic_write_json(story_dir / META_DIR / "manifest.json", manifest)
-
-
 @dataclass(frozen=True)
 class Version:
     """One kept version of a target (a file under ``.cloops/history/<rel>/``).

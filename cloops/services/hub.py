@@ -47,7 +47,6 @@ class ServiceHub:
         no_cache = proj.env.get("CLOOPS_NO_CACHE", "").lower() in ("1", "true", "yes")
         self._caches: dict[str, ResponseCache] = {}
         self._no_cache = no_cache
-        self.retries_waited_s = 0.0
         self._limiters: dict[tuple[str, str], ServiceLimiter] = {}
         self._inflight: dict[str, threading.Event] = {}
 
@@ -136,7 +135,6 @@ class ServiceHub:
                 wait = random.uniform(0, min(cfg.cap_s, cfg.base_s * 2 ** (attempt - 1)))
                 if exc.retry_after_s is not None:
                     wait = max(wait, min(exc.retry_after_s, cfg.cap_s))
-                self.retries_waited_s += wait
                 self._sleep(wait)
             except ServiceError as exc:
                 exc.attempts = attempt
