@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import fcntl
 import json
+import pickle
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from .config import read_json
 from .errors import InputError
-from .fileio import atomic_write_text, dump_json
+from .fileio import atomic_write_text, dump_json, sha256_bytes, sha256_json
 
 STATUSES = ("pending", "in_progress", "completed", "failed")
 SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -34,24 +35,56 @@ BACKLOGS_DIR = "backlogs"
 LOCK_DIR = "build/.cloops/locks"
 
 
-@dataclass(frozen=True)
 class Item:
-    """One backlog item.
+    """One backlog item (read-only once loaded).
 
     Attributes:
         id: slug ``[a-z0-9-]+``; the story's folder name.
         status: one of ``STATUSES``.
         input: ``{"title": str, "summary": str, "keyMoments": [str, ...], ...}``; extra keys
-            (e.g. ``reference``, the scripture passage) are kept and offered to steps.
+            (e.g. ``reference``, the scripture passage) are kept and offered to steps. Items
+            loaded from a backlog index keep it as canonical JSON text until first read.
         completed_at: ISO-8601 UTC time of completion or None.
         error: the last failure's message or None.
+        input_digest: the first 16 hex digits of the SHA-256 of the input's canonical JSON
+            (what story seals and completed-story records compare).
     """
 
-    id: str
-    status: str
-    input: dict
-    completed_at: str | None = None
-    error: str | None = None
+    __slots__ = ("id", "status", "completed_at", "error", "_input", "_text", "_digest")
+
+    def __init__(self, id: str, status: str, input: dict | None = None,
+                 completed_at: str | None = None, error: str | None = None, *,
+                 input_text: str | None = None, input_digest: str | None = None):
+        self.id = id
+        self.status = status
+        self.completed_at = completed_at
+        self.error = error
+        self._input = input
+        self._text = input_text
+        self._digest = input_digest
+
+    @property
+    def input(self) -> dict:
+        if self._input is None:
+            self._input = json.loads(self._text) if self._text is not None else {}
+        return self._input
+
+    @property
+    def input_digest(self) -> str:
+        if self._digest is None:
+            self._digest = sha256_json(self.input)[:16]
+        return self._digest
+
+    def _key(self) -> tuple:
+        return (self.id, self.status, self.input, self.completed_at, self.error)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Item) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # input is a dict: not hashable
+
+    def __repr__(self) -> str:
+        return f"Item(id={self.id!r}, status={self.status!r})"
 
 
 @dataclass
@@ -61,12 +94,12 @@ class Backlog:
     path: Path
     template: str
     items: list[Item]
+    _by_id: dict[str, Item] | None = field(default=None, repr=False, compare=False)
 
     def get(self, item_id: str) -> Item | None:
-        for it in self.items:
-            if it.id == item_id:
-                return it
-        return None
+        if self._by_id is None:
+            self._by_id = {it.id: it for it in self.items}
+        return self._by_id.get(item_id)
 
 
 def validate_item(raw: Any, where: str, file: str) -> Item:
@@ -105,14 +138,66 @@ def validate_item(raw: Any, where: str, file: str) -> Item:
                 error=raw.get("error"))
 
 
-def load_backlog(path: Path, *, shown: str | None = None) -> Backlog:
+INDEX_DIR = "build/.cloops/backlogs"
+INDEX_FORMAT = 1
+
+
+def _index_path(root: Path, shown: str) -> Path:
+    return root / INDEX_DIR / (shown.replace("/", "__") + ".pickle")
+
+
+def _read_index(root: Path, shown: str) -> dict | None:
+    try:
+        with open(_index_path(root, shown), "rb") as fh:
+            data = pickle.load(fh)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == INDEX_FORMAT else None
+
+
+def _write_index(root: Path, shown: str, digest: str, template: str, rows: list[tuple]) -> None:
+    """Keep the validated content of backlog ``shown`` (whose file has SHA-256 ``digest``):
+    ``rows`` are ``(id, status, completedAt, error, input as canonical JSON, input digest)``."""
+    if not ((root / "build").is_dir() or (root / "dodo.py").is_file()):
+        return  # not a project folder: leave no trace
+    from .fileio import atomic_write_bytes
+    atomic_write_bytes(_index_path(root, shown), pickle.dumps(
+        {"format": INDEX_FORMAT, "digest": digest, "template": template, "rows": rows},
+        protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _row(it: Item) -> tuple:
+    # the input's own key order is kept (prompts may show it); the digest is of canonical JSON
+    text = json.dumps(it.input, ensure_ascii=False, separators=(",", ":"))
+    return (it.id, it.status, it.completed_at, it.error, text, it.input_digest)
+
+
+def load_backlog(path: Path, *, shown: str | None = None, root: Path | None = None) -> Backlog:
     """Read and validate a JSON backlog.
+
+    With ``root`` (the project folder), a validated backlog is kept as an index in
+    ``build/.cloops/backlogs/`` under the SHA-256 of the file's bytes; while the file is
+    unchanged the index is read instead (no JSON parsing or validation of 10,000 items, and each
+    story's input is decoded only when a task needs it), so ``doit build:<id>`` costs about the
+    same whatever the backlog's size. Any edit changes the digest and the file is read and
+    validated in full.
 
     Raises:
         InputError: invalid JSON (with line/column), missing ``templateId``/``items``, an item
             that is not valid, or a duplicate id.
     """
     shown = shown or str(path)
+    try:
+        raw_bytes = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError("does not exist.", file=shown) from None
+    digest = sha256_bytes(raw_bytes)
+    if root is not None:
+        idx = _read_index(root, shown)
+        if idx is not None and idx.get("digest") == digest:
+            items = [Item(r[0], r[1], None, r[2], r[3], input_text=r[4], input_digest=r[5])
+                     for r in idx["rows"]]
+            return Backlog(path=Path(path), template=idx["template"], items=items)
     data = read_json(path, shown)
     if not isinstance(data, dict):
         raise InputError("must be a JSON object with \"templateId\" and \"items\".", file=shown)
@@ -133,6 +218,11 @@ def load_backlog(path: Path, *, shown: str | None = None) -> Backlog:
                              fix="give every story a unique id.")
         seen[item.id] = i
         items.append(item)
+    if root is not None:
+        try:
+            _write_index(root, shown, digest, template, [_row(it) for it in items])
+        except OSError:
+            pass  # an index is an optimisation: the backlog itself was read
     return Backlog(path=Path(path), template=template, items=items)
 
 
@@ -173,7 +263,7 @@ def discover(root: Path) -> list[Backlog]:
     for p in sorted([*bdir.glob("*.json"), *bdir.glob("*.csv")]):
         shown = str(p.relative_to(root))
         out.append(load_csv_backlog(p, shown=shown) if p.suffix == ".csv"
-                   else load_backlog(p, shown=shown))
+                   else load_backlog(p, shown=shown, root=root))
     return out
 
 
@@ -213,6 +303,7 @@ def set_status(root: Path, path: Path, item_id: str, status: str, *,
                                   error if status == "failed" else None,
                                   set_completed=status == "completed", shown=str(path))
     with _locked(root, path):
+        before_text = Path(path).read_text(encoding="utf-8")
         data = read_json(path)
         for raw in data.get("items", []):
             if isinstance(raw, dict) and raw.get("id") == item_id:
@@ -227,9 +318,29 @@ def set_status(root: Path, path: Path, item_id: str, status: str, *,
                     raw["error"] = None
                 if (raw.get("status"), raw.get("completedAt"), raw.get("error")) == before:
                     return False
-                atomic_write_text(path, dump_json(data))
+                text = dump_json(data)
+                atomic_write_text(path, text)
+                _reindex(Path(root), Path(path), before_text, text, item_id, raw)
                 return True
     raise InputError(f"story {item_id!r} is no longer in the backlog.", file=str(path))
+
+
+def _reindex(root: Path, path: Path, before: str, after: str, item_id: str, raw: dict) -> None:
+    """After a status write: a backlog that was valid stays valid, so its index is carried over
+    to the new content with that item's status fields changed (instead of a full re-read)."""
+    try:
+        shown = str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return
+    idx = _read_index(root, shown)
+    if idx is None or idx.get("digest") != sha256_bytes(before.encode("utf-8")):
+        return
+    rows = [(r[0], raw.get("status"), raw.get("completedAt"), raw.get("error"), *r[4:])
+            if r[0] == item_id else r for r in idx["rows"]]
+    try:
+        _write_index(root, shown, sha256_bytes(after.encode("utf-8")), idx["template"], rows)
+    except OSError:
+        pass
 
 
 def seed_items(stories: list[dict]) -> list[dict]:

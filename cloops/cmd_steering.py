@@ -36,6 +36,7 @@ from . import steering
 from .errors import CloopsError, InputError
 from .locks import is_locked, lock, read_locks, unlock
 from .project import BUILD_DIR
+from .seals import unseal
 from .targets import META_DIR, list_versions
 
 EXIT_USER_ERROR = 2
@@ -265,6 +266,7 @@ class Unlock(DoitCmdBase):
                     reason = (before["targets"].get(srel) or {}).get("stale") or "an input changed"
                     if target.task in tasks:
                         self.dep_manager.remove(target.task)
+                        unseal(proj, addr.template, addr.story_id)
                     console.print(f"    {srel} went stale while locked ({reason}): "
                                   f"`doit build:{addr.key}` rebuilds it")
         finally:
@@ -305,6 +307,7 @@ class Take(DoitCmdBase):
                                  fix=f"build the story first: doit build:{addr.key}.")
             before, _ = steering.store_take(addr)
             self.dep_manager.remove(addr.task)
+            unseal(proj, addr.template, addr.story_id)
         finally:
             self.dep_manager.close()
         console = _console()

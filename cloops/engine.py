@@ -338,53 +338,67 @@ _VALUE_OPTIONS = {"-n", "--process", "-P", "--parallel-type", "-v", "--verbosity
                   "--codec-cls", "--pdb", "--by", "--run", "--prune-days", "--dir"}
 
 
-def selected_stories(stories: list[tuple[StoryRef, Any]], argv: list[str]) -> set[str] | None:
-    """The story keys whose tasks this doit invocation needs, or None for all of them.
+def parse_argv(argv: list[str]) -> tuple[str, list[str], bool]:
+    """``(doit command, task names, always execute)`` of a doit command line.
 
-    Start-up must not grow with finished work: a bare ``doit`` (the ``pending`` default) needs
-    only the stories that are not completed, and ``doit build:<id>`` only that story. Any task
-    name not understood here selects every story (doit then finds it, or says it does not exist).
+    ``doit build:x -n 4`` → ``("run", ["build:x"], False)``; ``doit info build:x`` →
+    ``("info", ["build:x"], False)``; cloops' own commands (``status``, ``lock``...) come back
+    with their name as the command.
     """
     args: list[str] = []
     skip = False
+    always = False
     for a in argv:
         if skip:
             skip = False
         elif a in _VALUE_OPTIONS:
             skip = True  # the next word is this option's value, not a task
+        elif a in ("-a", "--always-execute"):
+            always = True
         elif not a.startswith("-"):
             args.append(a)
     command = "run"
     if args and (args[0] in DOIT_COMMANDS or "=" not in args[0] and ":" not in args[0]
                  and args[0] not in ("build", "dry", "pending") and not args[0].startswith("expand")):
         command, args = args[0], args[1:]
-        if command not in ("run", "info", "clean", "forget", "ignore", "list", "strace"):
-            return None  # cloops' own commands (status, lock, ...) and doit's others: everything
     # option values (doit -n 4) and var=value pairs are not task names
-    args = [a for a in args if not a.isdigit() and "=" not in a]
+    return command, [a for a in args if not a.isdigit() and "=" not in a], always
+
+
+def selected_stories(backlogs: list, command: str, args: list[str]) -> set[str] | None:
+    """The story keys (``<template>/<id>``) whose tasks this doit invocation needs, or None for
+    all of them. ``backlogs``: the project's :class:`~cloops.backlog.Backlog` list.
+
+    Start-up must not grow with finished work: a bare ``doit`` (the ``pending`` default) needs
+    only the stories that are not completed, and ``doit build:<id>`` only that story (found by
+    id, without walking the backlog). Any task name not understood here selects every story
+    (doit then finds it, or says it does not exist).
+    """
+    if command not in ("run", "info", "clean", "forget", "ignore", "list", "strace"):
+        return None  # cloops' own commands (status, lock, ...) and doit's others: everything
+
+    def pending() -> set[str]:
+        return {f"{b.template}/{it.id}" for b in backlogs for it in b.items
+                if it.status != "completed"}
+
     if not args:
-        if command == "run":
-            return {r.key for r, it in stories if it.status != "completed"}
-        return None
-    by_key = {r.key: r for r, _ in stories}
-    by_id: dict[str, list[str]] = {}
-    for r, _ in stories:
-        by_id.setdefault(r.id, []).append(r.key)
+        return pending() if command == "run" else None
     keys: set[str] = set()
     for a in args:
         base, _, rest = a.partition(":")
         if base in ("pending", "dry") and not rest:
-            keys |= {r.key for r, it in stories if it.status != "completed"}
+            keys |= pending()
             continue
         if not rest:
             return None  # a whole group (e.g. `build`) or a name we do not know
         parts = rest.split("/")
-        if len(parts) >= 2 and "/".join(parts[:2]) in by_key:
+        if len(parts) >= 2 and any(b.template == parts[0] and b.get(parts[1]) for b in backlogs):
             keys.add("/".join(parts[:2]))
-        elif rest in by_id:
-            keys.update(by_id[rest])
-        else:
+            continue
+        found = {f"{b.template}/{rest}" for b in backlogs if b.get(rest) is not None}
+        if not found:
             return None
+        keys |= found
     return keys
 
 
@@ -397,21 +411,36 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
     proj = load_project(root)
     _CURRENT["project"] = proj
     ns: dict[str, Any] = {}
-    every: list[tuple[StoryRef, Any]] = []
+    command, names, always = parse_argv(sys.argv[1:])
+    wanted = selected_stories(proj.backlogs, command, names)
+    stories: list[tuple[StoryRef, Any]] = []
     for b in proj.backlogs:
-        for it in b.items:
-            every.append((StoryRef(b.template, it.id, str(b.path)), it))
-    wanted = selected_stories(every, sys.argv[1:])
-    stories = every if wanted is None else [(r, it) for r, it in every if r.key in wanted]
+        path = str(b.path)
+        prefix = b.template + "/"
+        stories += [(StoryRef(b.template, it.id, path), it) for it in b.items  # backlog order
+                    if wanted is None or prefix + it.id in wanted]
+
+    from .seals import SealBook
+    book = SealBook(proj)
+    _CURRENT["seals"] = book
+    sealed: set[str] = set()
+    if command in ("forget", "ignore", "clean"):
+        # the tasks of these stories must really be checked (and run) next time
+        book.drop(None if wanted is None else [r for r, _ in stories])
+    elif command == "run" and not always:
+        sealed = {r.key for r, it in stories if book.is_sealed(r, it)}
+    _CURRENT["sealed"] = sealed
+    _CURRENT["items"] = {r.key: (r, it) for r, it in stories}
+    checked = [(r, it) for r, it in stories if r.key not in sealed]
 
     def task_steps():
         """every static step task of every story"""
-        for ref, it in stories:
+        for ref, it in checked:
             tpl = proj.template(ref.template)
             yield from static_tasks(proj, tpl, ref, it.input)
     ns["task_steps"] = task_steps
 
-    for ref, it in stories:
+    for ref, it in checked:
         tpl = proj.template(ref.template)
         if tpl.dynamic_steps:
             ns[f"task_expand:{ref.key}"] = _delayed_creator(proj, tpl, ref, it.input)
@@ -420,6 +449,12 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
         """bring one story up to date whatever its status: doit build:<id>"""
         by_id: dict[str, list[str]] = {}
         for ref, it in stories:
+            by_id.setdefault(ref.id, []).append(f"build:{ref.key}")
+            if ref.key in sealed:
+                # sealed: every input and file as at its last complete build (cloops.seals)
+                yield {"name": ref.key, "actions": None, "task_dep": [],
+                       "doc": f"{it.input.get('title', ref.id)} [{it.status}, up to date]"}
+                continue
             tpl = proj.template(ref.template)
             deps = [task_name(s, ref, None) for s in wanted_steps(tpl)
                     if s.name not in tpl.dynamic_steps]
@@ -427,7 +462,6 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
                 deps.append(f"expand:{ref.key}")
             yield {"name": ref.key, "actions": None, "task_dep": deps,
                    "doc": f"{it.input.get('title', ref.id)} [{it.status}]"}
-            by_id.setdefault(ref.id, []).append(f"build:{ref.key}")
         for sid, deps in by_id.items():
             yield {"name": sid, "actions": None, "task_dep": deps,
                    "doc": f"{sid} in every template that has it"}
@@ -449,6 +483,8 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
                     if s.name not in tpl.dynamic_steps and s.name not in tpl.media_steps]
             if tpl.dynamic_steps:
                 deps.append(f"expand:{ref.key}")
+            if ref.key in sealed:
+                deps = []  # fully built and unchanged: nothing for a dry run to do
             yield {"name": ref.key, "actions": None, "task_dep": deps,
                    "doc": f"dry run of {ref.key}"}
             by_id.setdefault(ref.id, []).append(f"dry:{ref.key}")
@@ -481,11 +517,17 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- run header and summary
 
-_CURRENT: dict[str, Project] = {}
+_CURRENT: dict[str, Any] = {}
 
 
 def current_project() -> Project | None:
     return _CURRENT.get("project")
+
+
+def run_context() -> tuple[Any, set[str], dict[str, tuple[StoryRef, Any]]]:
+    """``(SealBook or None, keys of the stories sealed at start, {key: (ref, backlog item)}
+    of the stories this run selected)`` — for the reporter's end-of-run seals."""
+    return _CURRENT.get("seals"), _CURRENT.get("sealed", set()), _CURRENT.get("items", {})
 
 
 def header_lines() -> list[str]:
@@ -524,6 +566,9 @@ def preload_sdks() -> None:
     proj = current_project()
     if proj is None:
         return
+    _book, sealed, items = run_context()
+    if items and set(items) <= sealed:
+        return  # every selected story is sealed: no task will call a service
     for b in proj.backlogs:
         tpl = proj.template(b.template)
         for service in {s.service for s in tpl.steps if s.service}:

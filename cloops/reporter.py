@@ -62,6 +62,10 @@ class CloopsReporter:
         self.uptodate = 0
         self.uptodate_bundles: set[str] = set()  # stories whose bundle task was up to date
         self.runtime_errors: list[str] = []
+        # for story seals (cloops.seals): files of each story's tasks as they ended, and the
+        # stories whose build:<key> group succeeded this run
+        self.files: dict[str, dict[str, list[int] | None]] = {}
+        self.built: list[str] = []
 
     # doit reporter protocol ------------------------------------------------
 
@@ -87,7 +91,22 @@ class CloopsReporter:
         step, story = _split(task.name)
         self.console.print(f"[red]✗ {story}  {step}[/red]  {msg.splitlines()[-1] if msg else ''}")
 
+    def _note_files(self, task) -> None:
+        """Remember the stat of a finished (or up-to-date) task's files, for its story's seal."""
+        from .engine import current_project
+        from .seals import file_stat
+        proj = current_project()
+        if proj is None:
+            return
+        files = self.files.setdefault(_split(task.name)[1], {})
+        for f in (*task.targets, *task.file_dep):
+            files[f] = file_stat(proj.root / f)
+
     def add_success(self, task):
+        if task.name.startswith("build:"):
+            self.built.append(task.name.partition(":")[2])
+        if task.actions:
+            self._note_files(task)
         if not task.actions or task.name.startswith(HIDDEN_PREFIXES):
             return
         from .execute import NOTES
@@ -102,6 +121,7 @@ class CloopsReporter:
     def skip_uptodate(self, task):
         if task.actions:
             self.uptodate += 1
+            self._note_files(task)
             if task.name.startswith("bundle:"):
                 self.uptodate_bundles.add(_split(task.name)[1])
             from .engine import Inputs
@@ -129,33 +149,60 @@ class CloopsReporter:
         whose bundle was never reached — a run stopped by SIGTERM/Ctrl-C, or one task asked
         for — is left as it is)."""
         from .engine import current_project, dry_mode
-        from .execute import settle_story
         proj = current_project()
         if proj is None or dry_mode():
             return
         touched = {_split(n)[1] for n in self.ran}
         failed = {_split(n)[1] for n in self.failed}
         bundled = {_split(n)[1] for n in self.ran if n.startswith("bundle:")}
-        for key in sorted((touched - failed - bundled) & self.uptodate_bundles):
+        settle = sorted((touched - failed - bundled) & self.uptodate_bundles)
+        if settle:
+            from .execute import settle_story
+        for key in settle:
             template, _, sid = key.partition("/")
             try:
                 settle_story(proj, template, sid)
             except Exception as exc:  # never lose the summary over a status write
                 self.err.print(f"[red]could not update the status of {key}: {exc}[/red]")
 
+    def _seal(self) -> int:
+        """Seal the stories this run brought fully up to date; returns how many were sealed
+        before the run (and so not checked task by task)."""
+        from .engine import current_project, dry_mode, run_context
+        proj = current_project()
+        if proj is None:
+            return 0
+        book, sealed, inputs = run_context()
+        if book is None or dry_mode():
+            return len(sealed)
+        done = {}
+        for key in self.built:
+            if key in inputs and key not in sealed and key in self.files:
+                ref, item = inputs[key]
+                done[ref] = (item, self.files[key])
+        if done:
+            try:
+                book.seal(done)
+            except OSError as exc:  # a seal is an optimisation: never lose the summary over it
+                self.err.print(f"[yellow]could not record story seals: {exc}[/yellow]")
+        return len(sealed)
+
     def complete_run(self):
         self._settle()
+        was_sealed = self._seal()
         from .engine import summary_rows
         stories = {(_split(n)[1]) for n in self.ran}
         failed_stories = sorted({_split(n)[1] for n in self.failed})
         self.console.print()
+        sealed_note = (f"{was_sealed} stories up to date as sealed (every input and file as at "
+                       f"their last complete build); " if was_sealed else "")
         if not self.ran and not self.failed:
-            self.console.print(f"[bold]Nothing to do:[/bold] {self.uptodate} targets up to date; "
-                               "no service was called.")
+            self.console.print(f"[bold]Nothing to do:[/bold] {sealed_note}{self.uptodate} "
+                               "targets up to date; no service was called.")
         else:
             self.console.print(
                 f"[bold]{len(self.ran)} tasks ran[/bold] for {len(stories)} stories; "
-                f"{self.uptodate} targets up to date; "
+                f"{sealed_note}{self.uptodate} targets up to date; "
                 f"{len(failed_stories)} stories failed ({time.monotonic() - self.t0:.1f}s).")
         rows = summary_rows()
         if rows:

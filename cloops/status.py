@@ -95,7 +95,7 @@ def stale_completed(proj: Project) -> list[tuple[str, str]]:
                     explained[old] = "changed " + ", ".join(changed[:4]) + (
                         f" and {len(changed) - 4} more" if len(changed) > 4 else "")
                 reasons.append(explained[old])
-            if rec.get("input") != sha256_json(it.input)[:16]:
+            if rec.get("input") != it.input_digest:
                 reasons.append("story input changed")
             if reasons:
                 out.append((f"{b.template}/{it.id}", "; ".join(reasons)))

@@ -1,0 +1,87 @@
+"""The backlog index: a validated backlog is not parsed and validated again while unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cloops import backlog as backlog_mod
+from cloops.backlog import load_backlog, set_status
+from cloops.errors import InputError
+from cloops.fileio import sha256_json
+
+SHOWN = "backlogs/comic-books-standard.json"
+
+
+def item(i: int, **extra) -> dict:
+    # keys deliberately not in sorted order: the index must keep the input's own order
+    return {"id": f"story-{i}", "status": "pending",
+            "input": {"title": f"Story {i}", "summary": "S.", "keyMoments": ["a", "b"], **extra},
+            "completedAt": None, "error": None}
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    (tmp_path / "build").mkdir()
+    (tmp_path / "backlogs").mkdir()
+    (tmp_path / SHOWN).write_text(json.dumps(
+        {"templateId": "comic-books-standard",
+         "items": [item(1), item(2, reference="Gen 6"), item(3)]}, indent=2))
+    return tmp_path
+
+
+def load(root: Path):
+    return load_backlog(root / SHOWN, shown=SHOWN, root=root)
+
+
+def no_validation(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("validated again")
+    monkeypatch.setattr(backlog_mod, "validate_item", boom)
+
+
+def test_second_load_reads_the_index_and_gives_the_same_items(root, monkeypatch):
+    first = load(root)
+    assert (root / backlog_mod.INDEX_DIR).is_dir()
+    no_validation(monkeypatch)
+    second = load(root)
+    assert second.template == "comic-books-standard"
+    assert second.items == first.items
+    assert list(second.get("story-2").input) == ["title", "summary", "keyMoments", "reference"]
+    assert second.get("story-2").input_digest == sha256_json(first.get("story-2").input)[:16]
+    assert second.get("nope") is None
+
+
+def test_an_edit_is_validated_in_full_despite_the_index(root):
+    load(root)
+    data = json.loads((root / SHOWN).read_text())
+    data["items"][1]["input"]["keyMoments"] = []
+    (root / SHOWN).write_text(json.dumps(data))
+    with pytest.raises(InputError) as exc:
+        load(root)
+    assert "items[1].input.keyMoments" in str(exc.value)
+
+
+def test_a_status_write_carries_the_index_over(root, monkeypatch):
+    load(root)
+    assert set_status(root, root / SHOWN, "story-3", "completed")
+    no_validation(monkeypatch)
+    b = load(root)
+    it = b.get("story-3")
+    assert it.status == "completed" and it.completed_at
+    assert [i.status for i in b.items] == ["pending", "pending", "completed"]
+
+
+def test_a_damaged_index_is_ignored(root):
+    load(root)
+    for f in (root / backlog_mod.INDEX_DIR).iterdir():
+        f.write_bytes(b"not a pickle")
+    assert [i.id for i in load(root).items] == ["story-1", "story-2", "story-3"]
+
+
+def test_no_index_outside_a_project_folder(tmp_path):
+    (tmp_path / "b.json").write_text(json.dumps({"templateId": "t", "items": [item(1)]}))
+    load_backlog(tmp_path / "b.json", shown="b.json", root=tmp_path)
+    assert not (tmp_path / "build").exists()

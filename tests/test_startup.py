@@ -1,0 +1,43 @@
+"""Which stories a doit command line needs (start-up must not grow with finished work)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cloops.backlog import Backlog, Item
+from cloops.engine import parse_argv, selected_stories
+
+STD = Backlog(Path("backlogs/comic-books-standard.json"), "comic-books-standard", [
+    Item("noah-s-ark", "completed", {}), Item("ruth", "pending", {}), Item("jonah", "failed", {})])
+KIDS = Backlog(Path("backlogs/comic-books-kids.json"), "comic-books-kids", [
+    Item("noah-s-ark", "pending", {})])
+
+
+def sel(*argv):
+    return selected_stories([STD, KIDS], *parse_argv(list(argv))[:2])
+
+
+def test_parse_argv():
+    assert parse_argv([]) == ("run", [], False)
+    assert parse_argv(["-n", "4", "build:ruth", "-a"]) == ("run", ["build:ruth"], True)
+    assert parse_argv(["info", "narrative:comic-books-standard/ruth"]) == (
+        "info", ["narrative:comic-books-standard/ruth"], False)
+    assert parse_argv(["status", "ruth"])[0] == "status"
+    assert parse_argv(["run", "--always-execute", "pending"]) == ("run", ["pending"], True)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ((), {"comic-books-standard/ruth", "comic-books-standard/jonah", "comic-books-kids/noah-s-ark"}),
+    (("build:ruth",), {"comic-books-standard/ruth"}),
+    (("build:noah-s-ark",), {"comic-books-standard/noah-s-ark", "comic-books-kids/noah-s-ark"}),
+    (("build:comic-books-kids/noah-s-ark",), {"comic-books-kids/noah-s-ark"}),
+    (("image:comic-books-standard/noah-s-ark/3",), {"comic-books-standard/noah-s-ark"}),
+    (("dry:ruth", "build:jonah"), {"comic-books-standard/ruth", "comic-books-standard/jonah"}),
+    (("build",), None),                    # every story
+    (("build:nobody",), None),             # doit says it does not exist
+    (("list",), None), (("status",), None), (("forget", "build:ruth"), {"comic-books-standard/ruth"}),
+])
+def test_selected_stories(argv, expected):
+    assert sel(*argv) == expected
