@@ -85,3 +85,25 @@ def test_no_index_outside_a_project_folder(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps({"templateId": "t", "items": [item(1)]}))
     load_backlog(tmp_path / "b.json", shown="b.json", root=tmp_path)
     assert not (tmp_path / "build").exists()
+
+
+def test_a_status_write_changes_only_that_item(root):
+    path = root / SHOWN
+    before = path.read_text()
+    assert set_status(root, path, "story-2", "failed", error="boom")
+    after = path.read_text()
+    data = json.loads(before)
+    data["items"][1].update(status="failed", error="boom")
+    assert json.loads(after) == data
+    # the other items' bytes are untouched, whatever their layout
+    head = before.index('"story-2"')
+    assert after[:head] == before[:head]
+    assert after.endswith(before[before.index('"story-3"'):])
+
+
+def test_a_compact_backlog_stays_compact(root):
+    path = root / SHOWN
+    path.write_text(json.dumps(json.loads(path.read_text())))
+    assert set_status(root, path, "story-1", "in_progress")
+    text = path.read_text()
+    assert "\n" not in text and json.loads(text)["items"][0]["status"] == "in_progress"
