@@ -433,6 +433,12 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
     _CURRENT["items"] = {r.key: (r, it) for r, it in stories}
     checked = [(r, it) for r, it in stories if r.key not in sealed]
 
+    # ready tasks run oldest story first, deepest step first (cloops.dispatch)
+    from .dispatch import install, service_saturation, task_priority
+    install(task_priority({r.key: i for i, (r, _) in enumerate(checked)},
+                          {b.template: proj.template(b.template).depth for b in proj.backlogs}),
+            service_saturation(proj))
+
     def task_steps():
         """every static step task of every story"""
         for ref, it in checked:
@@ -559,21 +565,42 @@ def header_lines() -> list[str]:
 
 
 def preload_sdks() -> None:
-    """Import the SDKs of the real backends in use, in the main thread, before tasks run in
-    worker threads: two threads importing openai/httpx/replicate for the first time at once can
-    see half-initialized modules."""
-    import importlib
+    """Import the SDKs of the real backends in use and run their ``warm_up``
+    (:func:`cloops.services.registry.preload`) before tasks run in worker threads.
+
+    The services the first steps call (depth 0: the LLM for a narrative) are preloaded now, in
+    the main thread; the others (image, voice) in a background thread, so importing the image
+    SDK overlaps the first LLM calls' network time instead of delaying them. A task that needs
+    a service before its preload is done waits for it.
+    """
+    import threading
+
+    from .services import registry
     proj = current_project()
     if proj is None:
         return
     _book, sealed, items = run_context()
     if items and set(items) <= sealed:
         return  # every selected story is sealed: no task will call a service
+    now: dict[str, Any] = {}
+    later: dict[str, Any] = {}
     for b in proj.backlogs:
         tpl = proj.template(b.template)
-        for service in {s.service for s in tpl.steps if s.service}:
-            for mod in proj.resolved(b.template, service).spec.full().imports:
-                importlib.import_module(mod)
+        first = {s.service for s in tpl.steps if s.service and tpl.depth[s.name] == 0}
+        for service in sorted({s.service for s in tpl.steps if s.service}):
+            spec = proj.resolved(b.template, service).spec
+            (now if service in first else later)[spec.name] = spec
+    for spec in now.values():
+        registry.preload(spec)
+    rest = [spec for name, spec in later.items() if name not in now]
+    if rest:
+        def preload_rest() -> None:
+            for spec in rest:
+                try:
+                    registry.preload(spec)
+                except Exception:  # noqa: BLE001 - the backend's first call reports it
+                    pass
+        threading.Thread(target=preload_rest, name="cloops-preload", daemon=True).start()
 
 
 def summary_rows() -> list[tuple]:

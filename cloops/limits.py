@@ -56,6 +56,8 @@ class ServiceLimiter:
     Attributes:
         concurrency: calls in flight at most (None: unlimited).
         in_flight / peak: current and highest number of calls in flight (for tests and reports).
+        waiting: callers blocked for a slot now (the dispatcher reads it: a service with a
+            full queue gets no more tasks while others have work; see :mod:`cloops.dispatch`).
     """
 
     def __init__(self, concurrency: int | None, per_minute: float | None, burst: int | None = None):
@@ -65,22 +67,67 @@ class ServiceLimiter:
         self._lock = threading.Lock()
         self.in_flight = 0
         self.peak = 0
+        self.waiting = 0
+
+    def saturated(self) -> bool:
+        """True when at least a full second round of callers waits for a slot: more tasks
+        for this service would only wait too."""
+        return self.concurrency is not None and self.waiting >= self.concurrency
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        """Hold one slot for the duration of a call (blocks while the service is at its limits)."""
+        """Hold one slot for the duration of a call (blocks while the service is at its limits).
+
+        The backend may end it earlier with :func:`service_done` (its provider's part is over
+        and what remains, such as downloading an output, is not a call the limit is about).
+        """
         if self._sem is not None:
-            self._sem.acquire()
-        try:
-            self.rate.acquire()
             with self._lock:
-                self.in_flight += 1
-                self.peak = max(self.peak, self.in_flight)
+                self.waiting += 1
             try:
-                yield
+                self._sem.acquire()
             finally:
                 with self._lock:
-                    self.in_flight -= 1
-        finally:
+                    self.waiting -= 1
+        held = [True]
+
+        def release() -> None:
+            with self._lock:
+                if not held[0]:
+                    return
+                held[0] = False
+                self.in_flight -= 1
             if self._sem is not None:
                 self._sem.release()
+
+        try:
+            self.rate.acquire()
+        except BaseException:
+            if self._sem is not None:
+                self._sem.release()
+            raise
+        with self._lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        outer = getattr(_current, "release", None)
+        _current.release = release
+        try:
+            yield
+        finally:
+            _current.release = outer
+            release()
+
+
+_current = threading.local()
+
+
+def service_done() -> None:
+    """End the calling thread's current slot now (no-op outside a slot, or when already ended).
+
+    For backends whose call has a tail the provider's limit does not cover: a Replicate
+    prediction counts against the concurrency limit until it is terminal, not while its output
+    file downloads from the delivery CDN, so the next prediction may start then.
+    """
+    release = getattr(_current, "release", None)
+    if release is not None:
+        release()

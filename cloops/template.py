@@ -197,6 +197,27 @@ class Template:
         return media
 
     @cached_property
+    def depth(self) -> dict[str, int]:
+        """Step name → its depth in the artifact graph: 0 for steps that read no other step's
+        output, else one more than the deepest step whose output it reads (``image`` is deeper
+        than ``prompt``, which is deeper than ``pages``)."""
+        def sources(s: Step) -> list[str]:
+            out = [i.path for i in s.inputs.values() if isinstance(i, (FileInput, PartInput))]
+            out += [i.pattern for i in s.inputs.values() if isinstance(i, EachInput)]
+            if any(isinstance(i, ItemInput) for i in s.inputs.values()) and self.foreach_source:
+                out.append(self.foreach_source)
+            if isinstance(s, BundleStep):
+                out += list(s.files.values())
+            return out
+
+        depth: dict[str, int] = {}
+        for _ in range(len(self.steps) + 1):  # a valid workflow has no cycle: this settles
+            for s in self.steps:
+                ups = [self.producers[src].name for src in sources(s) if src in self.producers]
+                depth[s.name] = 1 + max((depth.get(u, 0) for u in ups), default=-1)
+        return depth
+
+    @cached_property
     def dynamic_steps(self) -> set[str]:
         """Steps that can only be created once the foreach source exists.
 

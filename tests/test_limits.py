@@ -122,3 +122,57 @@ def test_build_spaces_image_calls_by_the_rate_limit(tmp_path):
     assert len(starts) >= 3
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert min(gaps) >= 0.45, gaps
+
+
+def test_waiting_callers_are_counted_and_saturation_follows():
+    lim = ServiceLimiter(2, None)
+    gate = threading.Event()
+
+    def call():
+        with lim.slot():
+            gate.wait(5)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while lim.waiting < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (lim.in_flight, lim.waiting) == (2, 2)
+    assert lim.saturated()
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert (lim.in_flight, lim.waiting) == (0, 0) and not lim.saturated()
+
+
+def test_service_done_frees_the_slot_before_the_call_returns():
+    """A Replicate prediction stops counting once terminal: the next one may start while the
+    first call is still downloading its output."""
+    from cloops.limits import service_done
+    lim = ServiceLimiter(1, None)
+    downloading = threading.Event()
+    second_started = threading.Event()
+    finish = threading.Event()
+
+    def first():
+        with lim.slot():
+            service_done()
+            service_done()  # idempotent
+            downloading.set()
+            finish.wait(5)
+
+    def second():
+        downloading.wait(5)
+        with lim.slot():
+            second_started.set()
+
+    t1, t2 = threading.Thread(target=first), threading.Thread(target=second)
+    t1.start()
+    t2.start()
+    assert second_started.wait(5), "the slot was not freed by service_done()"
+    finish.set()
+    t1.join(5)
+    t2.join(5)
+    assert lim.in_flight == 0 and lim.peak == 1
+    service_done()  # outside a slot: nothing happens

@@ -343,3 +343,25 @@ def test_generator_honours_enum_bounds_and_refs():
     assert data["tags"] == ["a", "b"]
     assert data["count"] == 5
     assert isinstance(data["note"], str)
+
+
+@pytest.mark.parametrize("cls_name, path", [("OpenAIResponsesBackend", "/v1/responses"),
+                                            ("OpenAIChatBackend", "/v1/chat/completions")])
+def test_warm_up_parses_its_canned_answer_without_the_network(cls_name, path):
+    """warm_up() builds the SDK's response models in the main thread; its canned body must stay
+    valid for the SDK in use (else the warm-up silently does nothing)."""
+    import httpx
+    import openai
+    from cloops.services import openai_backend
+    cls = getattr(openai_backend, cls_name)
+    seen = []
+
+    def answer(request):
+        seen.append(request.url.path)
+        return httpx.Response(200, json=cls._WARM_BODY)
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as http:
+        cls._warm_call(openai.OpenAI(api_key="warm-up", base_url="http://warm-up.invalid/v1",
+                                     max_retries=0, http_client=http))
+    assert seen == [path]
+    cls.warm_up()  # and the real entry point neither raises nor reaches a server

@@ -6,7 +6,6 @@ the engine builds a request, the hub answers it.
 
 from __future__ import annotations
 
-import importlib
 import random
 import threading
 import time
@@ -17,6 +16,7 @@ from ..errors import ServiceError, TransientServiceError
 from ..ledger import CallRecord, Ledger
 from ..limits import ServiceLimiter
 from ..project import Project
+from . import registry
 from .base import (ImageRequest, ImageResult, LLMRequest, LLMResult, VoiceRequest,
                    VoiceResult)
 from .cache import ResponseCache, cache_key
@@ -71,6 +71,12 @@ class ServiceHub:
         """The backend instance serving ``service`` for ``template`` (constructed once)."""
         resolved = self.proj.resolved(template, service)
         key = (template, resolved.spec.name)
+        backend = self._backends.get(key)
+        if backend is not None:
+            return backend
+        # the SDK's first import (and warm-up) once per process, outside the hub's lock: other
+        # services' calls go on meanwhile
+        registry.preload(resolved.spec)
         with self._lock:
             if key not in self._backends:
                 tpl = self.proj.template(template)
@@ -79,8 +85,6 @@ class ServiceHub:
                 if service == "image":
                     section = section.model_copy(update={"comfyui": {
                         **section.comfyui, "template_dir": str(tpl.dir)}})
-                for mod in resolved.spec.full().imports:
-                    importlib.import_module(mod)  # first SDK import in one thread at a time
                 self._backends[key] = resolved.spec.factory(section, self.proj.env)
             return self._backends[key]
 

@@ -198,11 +198,44 @@ class _SDKBackend:
         client = getattr(local, "client", None)
         if client is None:
             import openai
-            client = local.client = openai.OpenAI(api_key=self._api_key, base_url=self.base_url,
-                                                  timeout=self.timeout_s,
-                                                  max_retries=self.max_retries)
+            client = local.client = openai.OpenAI(
+                api_key=self._api_key, base_url=self.base_url, timeout=self.timeout_s,
+                max_retries=self.max_retries,
+                # the SDK's default httpx client, with one TLS context for every thread:
+                # building a context (loading the CA bundle) costs ~40 ms of CPU per client
+                http_client=openai.DefaultHttpxClient(verify=_tls_context()))
             self._client = client
         return client
+
+    # a canned answer, parsed once by warm_up()
+    _WARM_BODY: dict = {}
+
+    @classmethod
+    def _warm_call(cls, client: Any) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def warm_up(cls) -> None:
+        """Parse one canned response through the SDK, in the calling (main) thread, before
+        worker threads call the service.
+
+        The SDK builds a pydantic ``TypeAdapter`` per response type on first use and caches it
+        with an unlocked ``functools.lru_cache`` (openai ``_models._CachedTypeAdapter``): dozens
+        of worker threads parsing their first responses at once would each build them, seconds
+        of CPU at the start of a run. The response comes from ``httpx.MockTransport``: nothing
+        leaves the process. Best effort: any failure is ignored (the first call builds them).
+        """
+        import httpx
+        import openai
+        body = cls._WARM_BODY
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
+        try:
+            with httpx.Client(transport=transport) as http:
+                client = openai.OpenAI(api_key="warm-up", base_url="http://warm-up.invalid/v1",
+                                       max_retries=0, http_client=http)
+                cls._warm_call(client)
+        except Exception:  # noqa: BLE001 - an optimisation must never stop a build
+            pass
 
     def _convert(self, exc: BaseException, request: LLMRequest) -> ServiceError:
         return convert_error(exc, backend=self.name, base_url=self.base_url, key=self._api_key,
@@ -210,6 +243,20 @@ class _SDKBackend:
 
     def _error(self, cls: type[ServiceError], message: str, **kw: Any) -> ServiceError:
         return cls(_scrub(message, self._api_key), service="llm", backend=self.name, **kw)
+
+
+_TLS: list = []
+_TLS_LOCK = threading.Lock()
+
+
+def _tls_context():
+    """One ``ssl.SSLContext`` as httpx makes it by default (certifi CA bundle, honouring
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR``), shared by every client of the process."""
+    with _TLS_LOCK:
+        if not _TLS:
+            import httpx
+            _TLS.append(httpx.create_ssl_context())
+        return _TLS[0]
 
 
 class OpenAIResponsesBackend(_SDKBackend):
@@ -227,6 +274,22 @@ class OpenAIResponsesBackend(_SDKBackend):
     """
 
     name = "openai"
+
+    # a minimal ``response`` object (openai-python ``types/responses/response.py``)
+    _WARM_BODY = {
+        "id": "resp_warm", "object": "response", "created_at": 0, "status": "completed",
+        "model": "warm-up", "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+        "output": [{"type": "reasoning", "id": "rs_warm", "summary": []},
+                   {"type": "message", "id": "msg_warm", "status": "completed",
+                    "role": "assistant", "content": [{"type": "output_text", "text": "{}",
+                                                      "annotations": []}]}],
+        "usage": {"input_tokens": 1, "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens": 1, "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": 2}}
+
+    @classmethod
+    def _warm_call(cls, client: Any) -> None:
+        client.responses.create(model="warm-up", input="warm-up").output_text
 
     def request_params(self, request: LLMRequest) -> dict[str, Any]:
         """Return the keyword arguments of ``client.responses.create`` for ``request``."""
@@ -325,6 +388,18 @@ class OpenAIChatBackend(_SDKBackend):
     """
 
     name = "openai-chat"
+
+    # a minimal ``chat.completion`` object (openai-python ``types/chat/chat_completion.py``)
+    _WARM_BODY = {
+        "id": "chatcmpl_warm", "object": "chat.completion", "created": 0, "model": "warm-up",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "{}"}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    @classmethod
+    def _warm_call(cls, client: Any) -> None:
+        client.chat.completions.create(model="warm-up",
+                                       messages=[{"role": "user", "content": "warm-up"}])
 
     def __init__(self, *, base_url: str, api_key: str = CHAT_PLACEHOLDER_KEY,
                  timeout_s: float = 300.0, max_retries: int = 2):
@@ -464,7 +539,9 @@ def make_chat_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAICha
 
 OPENAI_SPEC = register(BackendSpec(name="openai", service="llm", offline=False, imports=("openai",),
                                    factory=make_responses_backend, key_env=(KEY_ENV,),
-                                   auto_rank=10, describe="OpenAI Responses API"))
+                                   auto_rank=10, describe="OpenAI Responses API",
+                                   warm_up=OpenAIResponsesBackend.warm_up))
 OPENAI_CHAT_SPEC = register(BackendSpec(name="openai-chat", service="llm", offline=False, imports=("openai",),
                                         factory=make_chat_backend, key_env=(),
-                                        describe="OpenAI-compatible Chat Completions"))
+                                        describe="OpenAI-compatible Chat Completions",
+                                        warm_up=OpenAIChatBackend.warm_up))

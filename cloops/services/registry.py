@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -35,6 +36,8 @@ class BackendSpec:
         imports: SDK modules the backend imports lazily; the hub imports them once, under a
             lock, before the first call, because two threads importing openai/httpx/replicate
             for the first time at once can see half-initialized modules.
+        warm_up: called once in the main thread before worker threads call the backend (e.g.
+            to build an SDK's response models once rather than in every thread at once).
     """
 
     name: str
@@ -45,6 +48,7 @@ class BackendSpec:
     auto_rank: int = 100
     describe: str = ""
     imports: tuple[str, ...] = ()
+    warm_up: Callable[[], None] | None = None
     module: str = ""  # set for a built-in not imported yet: import it to get the full spec
 
     def full(self) -> "BackendSpec":
@@ -80,6 +84,31 @@ def _lazy_factory(module: str, name: str, service: str):
         importlib.import_module(module)  # registers the real spec
         return _REGISTRY[service][name].factory(section, env)
     return factory
+
+
+_PRELOAD_LOCKS: dict[str, threading.Lock] = {}
+_PRELOADED: set[str] = set()
+_PRELOAD_GUARD = threading.Lock()
+
+
+def preload(spec: BackendSpec) -> None:
+    """Import a backend's SDK modules and run its ``warm_up``, once per process.
+
+    Thread-safe: a second caller waits for the first to finish (two threads importing an SDK
+    for the first time at once can see half-initialized modules). Errors are left to the first
+    call of the backend to report: a missing SDK fails that story's task, not the whole run.
+    """
+    spec = spec.full()
+    with _PRELOAD_GUARD:
+        lock = _PRELOAD_LOCKS.setdefault(spec.name, threading.Lock())
+    with lock:
+        if spec.name in _PRELOADED:
+            return
+        for mod in spec.imports:
+            importlib.import_module(mod)
+        if spec.warm_up is not None:
+            spec.warm_up()
+        _PRELOADED.add(spec.name)
 
 
 def register(spec: BackendSpec) -> BackendSpec:

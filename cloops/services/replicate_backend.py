@@ -45,6 +45,7 @@ from typing import Any, Mapping
 from ..errors import (AuthError, PermanentServiceError, ServiceError,
                       TransientServiceError)
 from ..imaging import to_jpeg
+from ..limits import service_done
 from .base import ImageRequest, ImageResult
 from .registry import BackendSpec, register
 from .wire import parse_retry_after
@@ -196,6 +197,7 @@ class ReplicateBackend:
                 prediction = self._client.models.predictions.create(
                     model=(owner, model_name), input=payload, wait=wait)
         self._wait(prediction, deadline, request)
+        service_done()  # the prediction is terminal: the download below takes no Replicate slot
         return self._result(prediction, request)
 
     # -- steps ---------------------------------------------------------------------------------

@@ -1,0 +1,64 @@
+"""The order ready tasks are dispatched in (cloops.dispatch): oldest story, deepest step first."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from cloops.dispatch import ReadyQueue, task_priority
+from conftest import REPO
+
+FAKE = {"CLOOPS_PLUGINS": "tests.fakes.backends", "CLOOPS_LLM_BACKEND": "fake-llm",
+        "CLOOPS_IMAGE_BACKEND": "fake-image", "CLOOPS_VOICE_BACKEND": "fake-voice",
+        "PYTHONPATH": str(REPO)}
+T = "comic-books-standard"
+DEPTH = {T: {"narrative": 0, "pages": 1, "prompt": 2, "image": 3, "bundle": 5}}
+
+
+def node(name: str):
+    return SimpleNamespace(task=SimpleNamespace(name=name))
+
+
+def drain(q: ReadyQueue) -> list[str]:
+    out = []
+    while q:
+        out.append(q.popleft().task.name)
+    return out
+
+
+def test_priority_is_story_then_depth_then_page():
+    key = task_priority({f"{T}/a": 0, f"{T}/b": 1}, DEPTH)
+    q = ReadyQueue(key)
+    for name in (f"narrative:{T}/b", f"prompt:{T}/a/2", f"build:{T}/a", f"image:{T}/a/3",
+                 f"prompt:{T}/a/1", "pending", f"expand:{T}/b", "build:a"):
+        q.append(node(name))
+    assert len(q) == 8
+    assert drain(q) == ["pending", "build:a",  # groups over stories: lead doit to the tasks
+                        f"image:{T}/a/3", f"prompt:{T}/a/1", f"prompt:{T}/a/2", f"build:{T}/a",
+                        f"expand:{T}/b", f"narrative:{T}/b"]
+
+
+def test_a_saturated_service_is_passed_over_while_other_work_is_ready():
+    key = task_priority({f"{T}/a": 0, f"{T}/b": 1}, DEPTH)
+    full = {"image"}
+    q = ReadyQueue(key, lambda name: name.partition(":")[0] in full)
+    for name in (f"image:{T}/a/1", f"image:{T}/a/2", f"narrative:{T}/b"):
+        q.append(node(name))
+    assert q.popleft().task.name == f"narrative:{T}/b"
+    # only saturated work left: doit still gets the best of it
+    assert q.popleft().task.name == f"image:{T}/a/1"
+    full.clear()
+    assert drain(q) == [f"image:{T}/a/2"]
+
+
+def test_a_serial_build_finishes_each_story_before_starting_the_next(project):
+    run = project.doit("-n", "1", env=FAKE)
+    assert run.rc == 0, run.out + run.err
+    order = [c["story"] for c in run.calls]
+    assert order == sorted(order, key=["noah-s-ark", "david-and-goliath"].index)
+    calls = [(c["step"], c["target"]) for c in run.calls if c["story"] == "noah-s-ark"]
+    assert [s for s, _ in calls[:2]] == ["narrative", "pages"]
+    # depth first: each page's image right after its prompt, before the next page's prompt
+    for i, (step, target) in enumerate(calls):
+        if step == "prompt":
+            n = target.split("/")[1].split(".")[0]
+            assert calls[i + 1] == ("image", f"images/{n}.jpg"), calls
