@@ -214,7 +214,7 @@ def makespan(tmp: Path, n: int, pages: int, llm_s: float, image_s: float, image_
             FakeReplicate(token="r8_bench", latency_s=image_s) as rp:
         env = {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": oa.base_url,
                "REPLICATE_API_TOKEN": "r8_bench", "REPLICATE_BASE_URL": rp.base_url,
-               "REPLICATE_POLL_INTERVAL": "0.01", "CLOOPS_JOBS": str(image_limit + 64)}
+               "REPLICATE_POLL_INTERVAL": "0.01"}  # worker threads: cloops' default
         dt, rss, out = doit(root, env=env)
         images = len(rp.creates)
     ideal = images * image_s / image_limit + (3 * llm_s + image_s)

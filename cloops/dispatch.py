@@ -120,6 +120,16 @@ def service_saturation(proj) -> Callable[[str], bool]:
     return saturated
 
 
+_KEY: list[Callable[[str], Priority]] = []
+
+
+def call_priority(template: str, story: str, step: str) -> Priority | tuple:
+    """The priority of a service call made by a step of a story (the same order as tasks:
+    :func:`task_priority`), for :class:`cloops.limits.PrioritySlots`; ``()`` (first come, first
+    served) when no order was installed."""
+    return _KEY[0](f"{step}:{template}/{story}") if _KEY else ()
+
+
 def install(key: Callable[[str], Priority],
             saturated: Callable[[str], bool] | None = None) -> None:
     """Make doit's task dispatchers in this process use a :class:`ReadyQueue` ordered by ``key``
@@ -130,6 +140,8 @@ def install(key: Callable[[str], Priority],
     effect for that run. Calling again replaces the key.
     """
     import doit.control as control
+
+    _KEY[:] = [key]
 
     base = getattr(control, "_cloops_base_dispatcher", control.TaskDispatcher)
     control._cloops_base_dispatcher = base

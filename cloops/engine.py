@@ -592,6 +592,8 @@ def preload_sdks() -> None:
             (now if service in first else later)[spec.name] = spec
     for spec in now.values():
         registry.preload(spec)
+    from .dodo_entry import freeze_startup_objects
+    freeze_startup_objects()  # the SDK's modules and models, imported just now
     rest = [spec for name, spec in later.items() if name not in now]
     if rest:
         def preload_rest() -> None:

@@ -8,6 +8,8 @@ A retry's backoff wait happens outside the slot.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import time
 from contextlib import contextmanager
@@ -50,6 +52,37 @@ class RateLimiter:
             waited += need
 
 
+class PrioritySlots:
+    """A counting semaphore that hands a freed slot to the waiting caller with the smallest
+    priority (then the longest waiting), not to whichever thread the OS wakes first.
+
+    With 100 stories' calls queued, the call that leads soonest to a finished story (the
+    oldest story's, the deepest step's: :mod:`cloops.dispatch`) goes first.
+    """
+
+    def __init__(self, n: int):
+        self._free = n
+        self._lock = threading.Lock()
+        self._heap: list = []
+        self._seq = itertools.count()
+
+    def acquire(self, priority: tuple = ()) -> None:
+        with self._lock:
+            if self._free > 0 and not self._heap:
+                self._free -= 1
+                return
+            granted = threading.Event()
+            heapq.heappush(self._heap, (priority, next(self._seq), granted))
+        granted.wait()
+
+    def release(self) -> None:
+        with self._lock:
+            if self._heap:
+                heapq.heappop(self._heap)[2].set()  # the slot passes straight to the waiter
+            else:
+                self._free += 1
+
+
 class ServiceLimiter:
     """A concurrency limit plus a rate limit for one backend.
 
@@ -62,7 +95,7 @@ class ServiceLimiter:
 
     def __init__(self, concurrency: int | None, per_minute: float | None, burst: int | None = None):
         self.concurrency = concurrency
-        self._sem = threading.BoundedSemaphore(concurrency) if concurrency else None
+        self._sem = PrioritySlots(concurrency) if concurrency else None
         self.rate = RateLimiter(per_minute, burst or concurrency or 1)
         self._lock = threading.Lock()
         self.in_flight = 0
@@ -75,8 +108,9 @@ class ServiceLimiter:
         return self.concurrency is not None and self.waiting >= self.concurrency
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one slot for the duration of a call (blocks while the service is at its limits).
+    def slot(self, priority: tuple = ()) -> Iterator[None]:
+        """Hold one slot for the duration of a call (blocks while the service is at its limits;
+        waiting callers get slots smallest ``priority`` first, then first come).
 
         The backend may end it earlier with :func:`service_done` (its provider's part is over
         and what remains, such as downloading an output, is not a call the limit is about).
@@ -85,7 +119,7 @@ class ServiceLimiter:
             with self._lock:
                 self.waiting += 1
             try:
-                self._sem.acquire()
+                self._sem.acquire(priority)
             finally:
                 with self._lock:
                     self.waiting -= 1

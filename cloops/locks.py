@@ -45,7 +45,7 @@ def _now() -> str:
 
 
 def _write(story_dir: Path, data: dict) -> None:
-    atomic_write_json(Path(story_dir) / META_DIR / LOCKS_FILE, data)
+    atomic_write_json(Path(story_dir) / META_DIR / LOCKS_FILE, data, pretty=True)
 
 
 def lock(story_dir: Path, rel: str | None) -> None:

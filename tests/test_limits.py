@@ -176,3 +176,37 @@ def test_service_done_frees_the_slot_before_the_call_returns():
     t2.join(5)
     assert lim.in_flight == 0 and lim.peak == 1
     service_done()  # outside a slot: nothing happens
+
+
+def test_a_freed_slot_goes_to_the_waiting_call_with_the_best_priority():
+    """With the service at its limit, the call leading soonest to a finished story goes first
+    (cloops.dispatch's order), not whichever thread the OS wakes."""
+    lim = ServiceLimiter(1, None)
+    order: list[str] = []
+    hold = threading.Event()
+
+    def first():
+        with lim.slot((0, 0, 0)):
+            hold.wait(5)
+
+    def call(name, priority):
+        with lim.slot(priority):
+            order.append(name)
+
+    t0 = threading.Thread(target=first)
+    t0.start()
+    while lim.in_flight < 1:
+        time.sleep(0.005)
+    waiters = [threading.Thread(target=call, args=a) for a in
+               (("story 3 narrative", (3, 0, 0)), ("story 1 image", (1, -3, 2)),
+                ("story 1 prompt", (1, -2, 4)), ("story 2 narrative", (2, 0, 0)))]
+    for t in waiters:
+        t.start()
+        time.sleep(0.02)  # queued in this order
+    while lim.waiting < 4:
+        time.sleep(0.005)
+    hold.set()
+    for t in (t0, *waiters):
+        t.join(5)
+    assert order == ["story 1 image", "story 1 prompt", "story 2 narrative", "story 3 narrative"]
+    assert lim.peak == 1 and lim.in_flight == 0

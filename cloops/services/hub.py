@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from ..errors import ServiceError, TransientServiceError
 from ..ledger import CallRecord, Ledger
+from ..dispatch import call_priority
 from ..limits import ServiceLimiter
 from ..project import Project
 from . import registry
@@ -100,13 +101,14 @@ class ServiceHub:
                                                                  section.requests_per_minute)
             return self._limiters[(service, name)]
 
-    def _limited(self, template: str, service: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    def _limited(self, template: str, service: str, fn: Callable[[], Any],
+                 priority: tuple = ()) -> Callable[[], Any]:
         if self.backend(template, service).offline:
             return fn  # no provider behind it: nothing to protect
         limiter = self.limiter(template, service)
 
         def call():
-            with limiter.slot():
+            with limiter.slot(priority):
                 return fn()
         return call
 
@@ -196,7 +198,8 @@ class ServiceHub:
                 retries = getattr(self.proj.template(meta.template).config.engine, section).max_retries
                 try:
                     result, rec.attempts = self._retrying(
-                        meta.template, self._limited(meta.template, service, lambda: call(backend)),
+                        meta.template, self._limited(meta.template, service, lambda: call(backend),
+                                                     call_priority(meta.template, meta.story, meta.step)),
                         0 if backend.offline else retries)
                 except ServiceError as exc:
                     rec.error = str(exc)[:500]
