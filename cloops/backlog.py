@@ -25,9 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import read_json
+from .config import parse_json
 from .errors import InputError
-from .fileio import atomic_write_text, dump_json, sha256_bytes, sha256_json
+from .fileio import atomic_write_bytes, atomic_write_text, dump_json, sha256_bytes, sha256_json
 
 STATUSES = ("pending", "in_progress", "completed", "failed")
 SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -157,10 +157,9 @@ def _read_index(root: Path, shown: str) -> dict | None:
 
 def _write_index(root: Path, shown: str, digest: str, template: str, rows: list[tuple]) -> None:
     """Keep the validated content of backlog ``shown`` (whose file has SHA-256 ``digest``):
-    ``rows`` are ``(id, status, completedAt, error, input as canonical JSON, input digest)``."""
+    ``rows`` are ``(id, status, completedAt, error, input as JSON text, input digest)``."""
     if not ((root / "build").is_dir() or (root / "dodo.py").is_file()):
         return  # not a project folder: leave no trace
-    from .fileio import atomic_write_bytes
     atomic_write_bytes(_index_path(root, shown), pickle.dumps(
         {"format": INDEX_FORMAT, "digest": digest, "template": template, "rows": rows},
         protocol=pickle.HIGHEST_PROTOCOL))
@@ -198,7 +197,7 @@ def load_backlog(path: Path, *, shown: str | None = None, root: Path | None = No
             items = [Item(r[0], r[1], None, r[2], r[3], input_text=r[4], input_digest=r[5])
                      for r in idx["rows"]]
             return Backlog(path=Path(path), template=idx["template"], items=items)
-    data = read_json(path, shown)
+    data = parse_json(raw_bytes, shown)
     if not isinstance(data, dict):
         raise InputError("must be a JSON object with \"templateId\" and \"items\".", file=shown)
     template = data.get("templateId")
@@ -303,8 +302,11 @@ def set_status(root: Path, path: Path, item_id: str, status: str, *,
                                   error if status == "failed" else None,
                                   set_completed=status == "completed", shown=str(path))
     with _locked(root, path):
-        before_text = Path(path).read_text(encoding="utf-8")
-        data = read_json(path)
+        try:
+            before_text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError("does not exist.", file=str(path)) from None
+        data = parse_json(before_text, str(path))
         for index, raw in enumerate(data.get("items", [])):
             if isinstance(raw, dict) and raw.get("id") == item_id:
                 before = (raw.get("status"), raw.get("completedAt"), raw.get("error"))

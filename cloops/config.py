@@ -361,6 +361,16 @@ def read_json(path: Path, shown: str | None = None) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError("does not exist.", file=shown) from None
+    return parse_json(text, shown)
+
+
+def parse_json(text: str | bytes, shown: str) -> Any:
+    """Parse JSON text read from ``shown``; a syntax error becomes an InputError with line and
+    column.
+
+    Raises:
+        InputError: invalid JSON.
+    """
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

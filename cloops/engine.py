@@ -564,6 +564,18 @@ def header_lines() -> list[str]:
     return lines
 
 
+def freeze_startup_objects() -> None:
+    """Move every object alive now (modules, SDK types, templates, task definitions) to the
+    garbage collector's permanent generation (:func:`gc.freeze`).
+
+    They live until the process ends, so collecting them is wasted work: each full collection
+    during the run would traverse them, and so would the one at interpreter shutdown — about
+    0.2 s at the end of every ``doit`` once the SDKs are imported (measured: 0.17 s → 0.015 s).
+    """
+    import gc
+    gc.freeze()
+
+
 def preload_sdks() -> None:
     """Import the SDKs of the real backends in use and run their ``warm_up``
     (:func:`cloops.services.registry.preload`) before tasks run in worker threads.
@@ -592,7 +604,6 @@ def preload_sdks() -> None:
             (now if service in first else later)[spec.name] = spec
     for spec in now.values():
         registry.preload(spec)
-    from .dodo_entry import freeze_startup_objects
     freeze_startup_objects()  # the SDK's modules and models, imported just now
     rest = [spec for name, spec in later.items() if name not in now]
     if rest:

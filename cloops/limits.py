@@ -82,6 +82,11 @@ class PrioritySlots:
             else:
                 self._free += 1
 
+    @property
+    def waiting(self) -> int:
+        """Callers blocked for a slot now."""
+        return len(self._heap)
+
 
 class ServiceLimiter:
     """A concurrency limit plus a rate limit for one backend.
@@ -100,7 +105,10 @@ class ServiceLimiter:
         self._lock = threading.Lock()
         self.in_flight = 0
         self.peak = 0
-        self.waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        return self._sem.waiting if self._sem is not None else 0
 
     def saturated(self) -> bool:
         """True when at least a full second round of callers waits for a slot: more tasks
@@ -116,13 +124,7 @@ class ServiceLimiter:
         and what remains, such as downloading an output, is not a call the limit is about).
         """
         if self._sem is not None:
-            with self._lock:
-                self.waiting += 1
-            try:
-                self._sem.acquire(priority)
-            finally:
-                with self._lock:
-                    self.waiting -= 1
+            self._sem.acquire(priority)
         held = [True]
 
         def release() -> None:

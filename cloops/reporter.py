@@ -165,16 +165,12 @@ class CloopsReporter:
             except Exception as exc:  # never lose the summary over a status write
                 self.err.print(f"[red]could not update the status of {key}: {exc}[/red]")
 
-    def _seal(self) -> int:
-        """Seal the stories this run brought fully up to date; returns how many were sealed
-        before the run (and so not checked task by task)."""
-        from .engine import current_project, dry_mode, run_context
-        proj = current_project()
-        if proj is None:
-            return 0
+    def _seal(self) -> None:
+        """Seal the stories this run brought fully up to date."""
+        from .engine import dry_mode, run_context
         book, sealed, inputs = run_context()
         if book is None or dry_mode():
-            return len(sealed)
+            return
         done = {}
         for key in self.built:
             if key in inputs and key not in sealed and key in self.files:
@@ -185,11 +181,12 @@ class CloopsReporter:
                 book.seal(done)
             except OSError as exc:  # a seal is an optimisation: never lose the summary over it
                 self.err.print(f"[yellow]could not record story seals: {exc}[/yellow]")
-        return len(sealed)
 
     def complete_run(self):
         self._settle()
-        was_sealed = self._seal()
+        self._seal()
+        from .engine import run_context
+        was_sealed = len(run_context()[1])  # stories not checked task by task
         from .engine import summary_rows
         stories = {(_split(n)[1]) for n in self.ran}
         failed_stories = sorted({_split(n)[1] for n in self.failed})

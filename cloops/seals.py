@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from . import __version__
 from .fileio import atomic_write_json, sha256_json
@@ -56,11 +56,8 @@ def file_stat(path: str | os.PathLike) -> list[int] | None:
 
 
 class SealBook:
-    """The seals of one project for one doit run: read lazily, per template.
-
-    ``proj.root`` is the doit working directory: file paths in seals are relative to it, as
-    doit's own task file names are.
-    """
+    """The seals of one project for one doit run: read lazily, per template. File paths in a
+    seal are relative to the story's folder."""
 
     def __init__(self, proj: Project):
         self.proj = proj
@@ -73,11 +70,7 @@ class SealBook:
     def records(self, template: str) -> dict[str, dict]:
         """``{story id: seal}`` of a template (empty when none was recorded or unreadable)."""
         if template not in self._records:
-            try:
-                data = json.loads(self._path(template).read_text(encoding="utf-8"))
-            except (FileNotFoundError, json.JSONDecodeError):
-                data = {}
-            self._records[template] = data if isinstance(data, dict) else {}
+            self._records[template] = _read_dict(self._path(template))
         return self._records[template]
 
     def state(self, template: str) -> str:
@@ -128,31 +121,34 @@ class SealBook:
 
     def drop(self, refs: Iterable[StoryRef] | None) -> None:
         """Forget the seals of ``refs`` (of every story when None)."""
-        templates = {b.template for b in self.proj.backlogs}
-        for template in templates:
-            if refs is None:
-                ids = None
-            else:
-                ids = {r.id for r in refs if r.template == template}
-                if not ids:
-                    continue
-            if not self._path(template).exists():
+        wanted = None if refs is None else {(r.template, r.id) for r in refs}
+        for template in {b.template for b in self.proj.backlogs}:
+            ids = None if wanted is None else {i for t, i in wanted if t == template}
+            if ids == set() or not self._path(template).exists():
                 continue
-            self._update(template, lambda data, ids=ids: (
-                data.clear() if ids is None else [data.pop(i, None) for i in ids]))
 
-    def _update(self, template: str, change) -> None:
+            def forget(data: dict, ids: set | None = ids) -> None:
+                for story_id in list(data) if ids is None else ids:
+                    data.pop(story_id, None)
+            self._update(template, forget)
+
+    def _update(self, template: str, change: Callable[[dict], None]) -> None:
+        """Read-modify-write a template's seals under the template's lock."""
         path = self._path(template)
         with story_lock(path.parent.parent):
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (FileNotFoundError, json.JSONDecodeError):
-                data = {}
-            if not isinstance(data, dict):
-                data = {}
+            data = _read_dict(path)
             change(data)
             atomic_write_json(path, data)
         self._records.pop(template, None)
+
+
+def _read_dict(path: Path) -> dict:
+    """A JSON object file's content; ``{}`` when missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def unseal(proj: Project, template: str, story_id: str) -> None:

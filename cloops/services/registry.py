@@ -95,8 +95,10 @@ def preload(spec: BackendSpec) -> None:
     """Import a backend's SDK modules and run its ``warm_up``, once per process.
 
     Thread-safe: a second caller waits for the first to finish (two threads importing an SDK
-    for the first time at once can see half-initialized modules). Errors are left to the first
-    call of the backend to report: a missing SDK fails that story's task, not the whole run.
+    for the first time at once can see half-initialized modules).
+
+    Raises:
+        ImportError: the SDK is not installed (the hub's caller fails that story's task).
     """
     spec = spec.full()
     with _PRELOAD_GUARD:
