@@ -348,20 +348,27 @@ def test_generator_honours_enum_bounds_and_refs():
 @pytest.mark.parametrize("cls_name, path", [("OpenAIResponsesBackend", "/v1/responses"),
                                             ("OpenAIChatBackend", "/v1/chat/completions")])
 def test_warm_up_parses_its_canned_answer_without_the_network(cls_name, path):
-    """warm_up() builds the SDK's response models in the main thread; its canned body must stay
-    valid for the SDK in use (else the warm-up silently does nothing)."""
+    """warm_up() builds the SDK's request and response types in the main thread: its request
+    must have the shape of real ones (else the first real calls still build the request types,
+    in every thread at once) and its canned body must stay valid for the SDK in use (else the
+    warm-up silently does nothing)."""
     import httpx
     import openai
-    from cloops.services import openai_backend
+    from cloops.services import openai_backend, wire
     cls = getattr(openai_backend, cls_name)
     seen = []
 
     def answer(request):
-        seen.append(request.url.path)
+        seen.append((request.url.path, json.loads(request.content)))
         return httpx.Response(200, json=cls._WARM_BODY)
 
     with httpx.Client(transport=httpx.MockTransport(answer)) as http:
         cls._warm_call(openai.OpenAI(api_key="warm-up", base_url="http://warm-up.invalid/v1",
                                      max_retries=0, http_client=http))
-    assert seen == [path]
+    real = cls.request_params(LLMRequest(system="s", user="u", model="m", reasoning="low",
+                                         verbosity="low", schema={"type": "object"}))
+    assert [p for p, _ in seen] == [path]
+    assert set(seen[0][1]) == set(real)  # every field a real request sends
+    wire._TLS.clear()
     cls.warm_up()  # and the real entry point neither raises nor reaches a server
+    assert wire._TLS, "warm_up loads the shared TLS context"

@@ -25,7 +25,6 @@ failed run has ``status.status_str == "error"`` with an ``execution_error`` mess
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from ..errors import InputError, PermanentServiceError, ServiceError, TransientS
 from ..imaging import to_jpeg
 from .base import ImageRequest, ImageResult
 from .registry import BackendSpec, register
+from .wire import tls_context
 
 URL_ENV = "COMFYUI_URL"
 DEFAULT_URL = "http://127.0.0.1:8188"
@@ -139,7 +139,7 @@ class ComfyUIBackend:
         self.prompt_node = prompt_node
         self.poll_interval_s = max(0.0, float(poll_interval_s))
         self.client_id = uuid.uuid4().hex
-        self._http = httpx.Client(base_url=self.url, verify=_ssl_context(),
+        self._http = httpx.Client(base_url=self.url, verify=tls_context(),
                                   timeout=httpx.Timeout(http_timeout_s,
                                                         connect=min(10.0, http_timeout_s)))
 
@@ -235,13 +235,6 @@ class ComfyUIBackend:
         """Close the HTTP connections."""
         self._http.close()
 
-
-@functools.lru_cache(maxsize=1)
-def _ssl_context() -> Any:
-    """One shared TLS context (for an https ComfyUI): loading the CA bundle costs ~40 ms."""
-    import httpx
-
-    return httpx.create_ssl_context()
 
 
 def _first_image(entry: dict) -> dict | None:

@@ -56,7 +56,7 @@ from ..errors import (AuthError, InputError, PermanentServiceError, ServiceError
                       TransientServiceError)
 from .base import VoiceRequest, VoiceResult
 from .registry import BackendSpec, register
-from .wire import retry_after_s, scrub
+from .wire import retry_after_s, scrub, tls_context
 
 KEY_ENV = "ELEVENLABS_API_KEY"
 BASE_URL_ENV = "ELEVENLABS_BASE_URL"
@@ -279,8 +279,11 @@ class ElevenLabsBackend:
                              field="voice.backend",
                              fix="pip install \"elevenlabs>=2.20,<3\", or set voice.backend to "
                                  "\"piper\".") from None
+        import httpx
+        # the SDK's default client, with the process's one TLS context (no CA bundle load)
+        http = httpx.Client(timeout=self.timeout_s, follow_redirects=True, verify=tls_context())
         return ElevenLabs(api_key=self._api_key, base_url=self.base_url or DEFAULT_BASE_URL,
-                          timeout=self.timeout_s)
+                          timeout=self.timeout_s, httpx_client=http)
 
     def __repr__(self) -> str:  # never shows the key
         return f"ElevenLabsBackend(base_url={self.base_url or DEFAULT_BASE_URL!r})"

@@ -36,7 +36,7 @@ from ..errors import (AuthError, IncompleteError, InputError, OutputInvalidError
                       PermanentServiceError, RefusalError, ServiceError, TransientServiceError)
 from .base import LLMRequest, LLMResult, Usage
 from .registry import BackendSpec, register
-from .wire import retry_after_s, scrub
+from .wire import retry_after_s, scrub, tls_context
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import LLMConfig
@@ -203,12 +203,22 @@ class _SDKBackend:
                 max_retries=self.max_retries,
                 # the SDK's default httpx client, with one TLS context for every thread:
                 # building a context (loading the CA bundle) costs ~40 ms of CPU per client
-                http_client=openai.DefaultHttpxClient(verify=_tls_context()))
+                http_client=openai.DefaultHttpxClient(verify=tls_context()))
             self._client = client
         return client
 
     # a canned answer, parsed once by warm_up()
     _WARM_BODY: dict = {}
+    # a request shaped like every real one (system + user message, reasoning, verbosity, a
+    # strict JSON schema), so warm_up() walks the SDK's request types too
+    _WARM_REQUEST = LLMRequest(
+        system="warm-up", user="warm-up", model="warm-up", reasoning="low", verbosity="low",
+        schema={"type": "object", "properties": {"ok": {"type": "boolean"}},
+                "required": ["ok"], "additionalProperties": False}, schema_name="warm_up")
+
+    @staticmethod
+    def request_params(request: LLMRequest) -> dict[str, Any]:
+        raise NotImplementedError
 
     @classmethod
     def _warm_call(cls, client: Any) -> None:
@@ -216,20 +226,28 @@ class _SDKBackend:
 
     @classmethod
     def warm_up(cls) -> None:
-        """Parse one canned response through the SDK, in the calling (main) thread, before
-        worker threads call the service.
+        """Do once, in the calling (main) thread, what every worker thread's first call would
+        otherwise do at the same moment, before worker threads call the service:
 
-        The SDK builds a pydantic ``TypeAdapter`` per response type on first use and caches it
-        with an unlocked ``functools.lru_cache`` (openai ``_models._CachedTypeAdapter``): dozens
-        of worker threads parsing their first responses at once would each build them, seconds
-        of CPU at the start of a run. The response comes from ``httpx.MockTransport``: nothing
-        leaves the process. Best effort: any failure is ignored (the first call builds them).
+        - load the CA bundle into the shared TLS context (:func:`cloops.services.wire.tls_context`)
+          and import the SDK's HTTP transport, by making (and closing) one real client;
+        - send one request shaped like the real ones (:attr:`_WARM_REQUEST`) and parse one
+          canned response (:attr:`_WARM_BODY`) through the SDK. The SDK resolves the type hints
+          of its request ``TypedDict`` s and builds a pydantic ``TypeAdapter`` per response type
+          on first use, caching both with unlocked ``functools.lru_cache`` s (openai
+          ``_utils/_transform.py``, ``_models._CachedTypeAdapter``): dozens of threads making
+          their first call at once would each build them (measured: 80 ms of CPU for the first
+          call after the import, 3 ms for later ones).
+
+        The request goes to ``httpx.MockTransport``: nothing leaves the process. Best effort: any
+        failure is ignored (the first real call then does the work).
         """
         import httpx
         import openai
         body = cls._WARM_BODY
         transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
         try:
+            openai.DefaultHttpxClient(verify=tls_context()).close()
             with httpx.Client(transport=transport) as http:
                 client = openai.OpenAI(api_key="warm-up", base_url="http://warm-up.invalid/v1",
                                        max_retries=0, http_client=http)
@@ -244,19 +262,6 @@ class _SDKBackend:
     def _error(self, cls: type[ServiceError], message: str, **kw: Any) -> ServiceError:
         return cls(_scrub(message, self._api_key), service="llm", backend=self.name, **kw)
 
-
-_TLS: list = []
-_TLS_LOCK = threading.Lock()
-
-
-def _tls_context():
-    """One ``ssl.SSLContext`` as httpx makes it by default (certifi CA bundle, honouring
-    ``SSL_CERT_FILE``/``SSL_CERT_DIR``), shared by every client of the process."""
-    with _TLS_LOCK:
-        if not _TLS:
-            import httpx
-            _TLS.append(httpx.create_ssl_context())
-        return _TLS[0]
 
 
 class OpenAIResponsesBackend(_SDKBackend):
@@ -289,9 +294,10 @@ class OpenAIResponsesBackend(_SDKBackend):
 
     @classmethod
     def _warm_call(cls, client: Any) -> None:
-        client.responses.create(model="warm-up", input="warm-up").output_text
+        client.responses.create(**cls.request_params(cls._WARM_REQUEST)).output_text
 
-    def request_params(self, request: LLMRequest) -> dict[str, Any]:
+    @staticmethod
+    def request_params(request: LLMRequest) -> dict[str, Any]:
         """Return the keyword arguments of ``client.responses.create`` for ``request``."""
         params: dict[str, Any] = {
             "model": request.model,
@@ -398,15 +404,15 @@ class OpenAIChatBackend(_SDKBackend):
 
     @classmethod
     def _warm_call(cls, client: Any) -> None:
-        client.chat.completions.create(model="warm-up",
-                                       messages=[{"role": "user", "content": "warm-up"}])
+        client.chat.completions.create(**cls.request_params(cls._WARM_REQUEST))
 
     def __init__(self, *, base_url: str, api_key: str = CHAT_PLACEHOLDER_KEY,
                  timeout_s: float = 300.0, max_retries: int = 2):
         super().__init__(api_key=api_key or CHAT_PLACEHOLDER_KEY, base_url=base_url,
                          timeout_s=timeout_s, max_retries=max_retries)
 
-    def request_params(self, request: LLMRequest) -> dict[str, Any]:
+    @staticmethod
+    def request_params(request: LLMRequest) -> dict[str, Any]:
         """Return the keyword arguments of ``client.chat.completions.create``."""
         params: dict[str, Any] = {
             "model": request.model,

@@ -34,7 +34,6 @@ transport and retries failed polls itself, within the deadline.
 from __future__ import annotations
 
 import base64
-import functools
 import os
 import re
 import threading
@@ -48,7 +47,7 @@ from ..imaging import to_jpeg
 from ..limits import service_done
 from .base import ImageRequest, ImageResult
 from .registry import BackendSpec, register
-from .wire import parse_retry_after
+from .wire import parse_retry_after, tls_context
 
 TOKEN_ENV = "REPLICATE_API_TOKEN"
 BASE_URL_ENV = "REPLICATE_BASE_URL"
@@ -155,7 +154,7 @@ class ReplicateBackend:
         self.poll_interval_s = max(0.0, float(poll_interval_s))
         self._local = threading.local()
         timeout = httpx.Timeout(http_timeout_s, connect=min(10.0, http_timeout_s))
-        transport = httpx.HTTPTransport(verify=_ssl_context())
+        transport = httpx.HTTPTransport(verify=tls_context())
         self._client = replicate.Client(
             api_token=api_token, base_url=self.base_url, timeout=timeout, transport=transport,
             # A plain transport for every URL replaces the SDK's RetryTransport (see module doc).
@@ -163,7 +162,7 @@ class ReplicateBackend:
             event_hooks={"response": [self._remember_response]})
         self._client.poll_interval = self.poll_interval_s
         self._http = httpx.Client(timeout=timeout, follow_redirects=True,
-                                  verify=_ssl_context())
+                                  verify=tls_context())
         api_root = self.base_url or os.environ.get(BASE_URL_ENV) or "https://api.replicate.com"
         self._api_origin = _origin(api_root)
 
@@ -361,13 +360,6 @@ class _ErrorMapper:
             return False
         raise converted from exc
 
-
-@functools.lru_cache(maxsize=1)
-def _ssl_context() -> Any:
-    """One shared TLS context: loading the CA bundle costs ~40 ms per httpx client."""
-    import httpx
-
-    return httpx.create_ssl_context()
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
