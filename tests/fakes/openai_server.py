@@ -44,7 +44,7 @@ class RecordedRequest:
     body: Any
     raw: bytes = b""
     status: int | None = None  # the status of the reply sent in full; None: not answered
-    at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic())
+    at: float = field(default_factory=time.monotonic)  # when its request line arrived (monotonic)
     reply: Any = None  # the JSON body of the reply sent (set with ``status``)
 
 
@@ -337,6 +337,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
+    def parse_request(self) -> bool:
+        self.arrived = time.monotonic()  # the request line is in: the call has begun
+        return super().parse_request()
+
     def do_GET(self) -> None:
         self._handle()
 
@@ -355,20 +359,24 @@ class _Handler(BaseHTTPRequestHandler):
         if fake.gate is not None and not fake.gate.admit():
             return self._drop()
         rec = RecordedRequest(self.command, path, {k.lower(): v for k, v in self.headers.items()},
-                              body, raw)
+                              body, raw, at=self.arrived)
         reply = fake._record_and_pop(rec)
         with fake._lock:
             fake.in_flight += 1
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
         try:
+            # the reply is made first and sent delay_s / latency_s after the request arrived:
+            # the fake's own work happens within the model's think time, as a server's would
+            rendered = None if reply.drop else fake._render(rec, reply)
             if reply.delay_s or fake.latency_s:
-                fake._stopping.wait(reply.delay_s or fake.latency_s)
+                fake._stopping.wait(max(0.0, rec.at + (reply.delay_s or fake.latency_s)
+                                        - time.monotonic()))
         finally:
             with fake._lock:
                 fake.in_flight -= 1
-        if reply.drop:
+        if rendered is None:
             return self._drop()
-        status, payload, headers = fake._render(rec, reply)
+        status, payload, headers = rendered
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         try:
             self.send_response(status)
@@ -423,7 +431,8 @@ class FakeOpenAI:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, gate: Any = None,
                  latency_s: float = 0.0, responder: Any = None):
-        """``latency_s``: every reply waits this long (a model's think time);
+        """``latency_s``: every reply is sent this long after its request arrived (a model's
+        think time; the fake's own work happens within it);
         ``responder(path, body) -> str | None``: the output text for requests with no queued
         reply (None: the default schema instance)."""
         self.gate = gate

@@ -90,7 +90,7 @@ class RecordedRequest:
     body: Any
     raw: bytes = b""
     status: int | None = None  # the status of the reply sent in full; None: not answered
-    at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic())
+    at: float = field(default_factory=time.monotonic)  # when its request line arrived (monotonic)
 
 
 @dataclass
@@ -191,6 +191,10 @@ class LoopbackServer:
             protocol_version = "HTTP/1.1"  # keep-alive, as httpx's connection pool expects
             disable_nagle_algorithm = True  # else headers+body writes cost a 40 ms delayed ACK
 
+            def parse_request(self) -> bool:
+                self.arrived = time.monotonic()  # the request line is in: the call has begun
+                return super().parse_request()
+
             def _dispatch(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
@@ -201,7 +205,8 @@ class LoopbackServer:
                 if fake.gate is not None and not fake.gate.admit():
                     return fake.drop(self)
                 rec = RecordedRequest(self.command, self.path,
-                                      {k.lower(): v for k, v in self.headers.items()}, body, raw)
+                                      {k.lower(): v for k, v in self.headers.items()}, body, raw,
+                                      at=self.arrived)
                 with fake.lock:
                     fake.requests.append(rec)
                 self._sent_status = None
@@ -297,8 +302,9 @@ class FakeReplicate(LoopbackServer):
                  output_count: int = 1, output_list: bool = True,
                  image_size: tuple[int, int] = (32, 24), gate: Any = None,
                  latency_s: float = 0.0):
-        """``latency_s``: each prediction takes this long to run (a create with
-        ``Prefer: wait`` answers after it); ``max_in_flight`` records the most at once."""
+        """``latency_s``: each prediction takes this long to run, counted from the arrival of
+        the create request (a create with ``Prefer: wait`` answers that long after it arrived);
+        ``max_in_flight`` records the most at once."""
         super().__init__(gate)
         self.latency_s = latency_s
         self.in_flight = 0
@@ -445,20 +451,22 @@ class FakeReplicate(LoopbackServer):
             raise ValueError(f"bad prediction_status {reply.prediction_status!r}")
         pid = self._new_id()
         wait = rec.headers.get("prefer", "").startswith("wait")
-        if self.latency_s:
-            with self.lock:
-                self.in_flight += 1
-                self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            try:
-                time.sleep(self.latency_s)
-            finally:
-                with self.lock:
-                    self.in_flight -= 1
         polls = reply.polls_before_done if wait else max(1, reply.polls_before_done)
         output = self._outputs(pid) if reply.output is _UNSET else reply.output
         pred = FakePrediction(id=pid, model=model, version=version, input=body["input"],
                               final_status=reply.prediction_status, polls_left=polls,
                               error=reply.error, output=output, created_at=_now())
+        if self.latency_s:
+            # the prediction runs for latency_s from the request's arrival; the fake's own work
+            # (parsing, rendering the output) happens within that time, as a server's would
+            with self.lock:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                time.sleep(max(0.0, rec.at + self.latency_s - time.monotonic()))
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
         if polls == 0:
             pred.finish()
         with self.lock:
