@@ -564,13 +564,16 @@ def header_lines() -> list[str]:
     return lines
 
 
-def freeze_startup_objects() -> None:
-    """Move every object alive now (modules, SDK types, templates, task definitions) to the
-    garbage collector's permanent generation (:func:`gc.freeze`).
+def freeze_live_objects() -> None:
+    """Move every object alive now to the garbage collector's permanent generation
+    (:func:`gc.freeze`).
 
-    They live until the process ends, so collecting them is wasted work: each full collection
-    during the run would traverse them, and so would the one at interpreter shutdown — about
-    0.2 s at the end of every ``doit`` once the SDKs are imported (measured: 0.17 s → 0.015 s).
+    Called after start-up (modules, SDK types, templates, task definitions: they live until the
+    process ends, so collecting them is wasted work, and each full collection during the run
+    would traverse them) and at the end of the run, before the interpreter's exit, whose final
+    collection would otherwise traverse everything the run made: about 0.1-0.2 s at the end of
+    every ``doit`` (measured on the makespan benchmark: 0.13 s -> 0.03 s). Objects that become
+    unreachable are still freed by reference counting; only cycles among frozen objects wait.
     """
     import gc
     gc.freeze()
@@ -604,7 +607,7 @@ def preload_sdks() -> None:
             (now if service in first else later)[spec.name] = spec
     for spec in now.values():
         registry.preload(spec)
-    freeze_startup_objects()  # the SDK's modules and models, imported just now
+    freeze_live_objects()  # the SDK's modules and models, imported just now
     rest = [spec for name, spec in later.items() if name not in now]
     if rest:
         def preload_rest() -> None:

@@ -62,10 +62,9 @@ class CloopsReporter:
         self.uptodate = 0
         self.uptodate_bundles: set[str] = set()  # stories whose bundle task was up to date
         self.runtime_errors: list[str] = []
-        # for story seals (cloops.seals): files of each story's tasks as they ended, and the
-        # stories whose build:<key> group succeeded this run
+        # for story seals (cloops.seals): files of each story's tasks as they ended; a story's
+        # seal is made when its build:<key> group succeeds and written at the end of the run
         self.files: dict[str, dict[str, list[int] | None]] = {}
-        self.built: list[str] = []
 
     # doit reporter protocol ------------------------------------------------
 
@@ -104,7 +103,7 @@ class CloopsReporter:
 
     def add_success(self, task):
         if task.name.startswith("build:"):
-            self.built.append(task.name.partition(":")[2])
+            self._seal_story(task.name.partition(":")[2])
         if task.actions:
             self._note_files(task)
         if not task.actions or task.name.startswith(HIDDEN_PREFIXES):
@@ -165,22 +164,27 @@ class CloopsReporter:
             except Exception as exc:  # never lose the summary over a status write
                 self.err.print(f"[red]could not update the status of {key}: {exc}[/red]")
 
-    def _seal(self) -> None:
-        """Seal the stories this run brought fully up to date."""
+    def _seal_story(self, key: str) -> None:
+        """Make the seal of a story whose ``build:<key>`` group succeeded (every task of it ran
+        or was up to date), now rather than at the end of the run."""
         from .engine import dry_mode, run_context
         book, sealed, inputs = run_context()
-        if book is None or dry_mode():
+        if book is None or dry_mode() or key not in inputs or key in sealed or \
+                key not in self.files:
             return
-        done = {}
-        for key in self.built:
-            if key in inputs and key not in sealed and key in self.files:
-                ref, item = inputs[key]
-                done[ref] = (item, self.files[key])
-        if done:
-            try:
-                book.seal(done)
-            except OSError as exc:  # a seal is an optimisation: never lose the summary over it
-                self.err.print(f"[yellow]could not record story seals: {exc}[/yellow]")
+        ref, item = inputs[key]
+        book.record(ref, item, self.files[key])
+
+    def _seal(self) -> None:
+        """Write the seals of the stories this run brought fully up to date."""
+        from .engine import run_context
+        book = run_context()[0]
+        if book is None:
+            return
+        try:
+            book.flush()
+        except OSError as exc:  # a seal is an optimisation: never lose the summary over it
+            self.err.print(f"[yellow]could not record story seals: {exc}[/yellow]")
 
     def complete_run(self):
         self._settle()
@@ -221,3 +225,5 @@ class CloopsReporter:
         from .engine import stale_completed_report
         for line in stale_completed_report():
             self.console.print(line)
+        from .engine import freeze_live_objects
+        freeze_live_objects()  # the run is over: the interpreter's exit need not traverse it

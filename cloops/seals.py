@@ -63,6 +63,7 @@ class SealBook:
         self.proj = proj
         self._records: dict[str, dict] = {}
         self._states: dict[str, str] = {}
+        self._pending: dict[str, dict[str, dict]] = {}  # seals made, not written yet
 
     def _path(self, template: str) -> Path:
         return self.proj.root / "build" / template / META_DIR / SEALS_FILE
@@ -96,28 +97,42 @@ class SealBook:
         join = os.path.join
         return all(file_stat(join(sdir, rel)) == st for rel, st in files.items())
 
-    def seal(self, stories: dict[StoryRef, tuple[Item, dict[str, list[int] | None]]]) -> int:
-        """Record seals: ``{ref: (backlog item, {path: stat when its task ended})}``, paths
-        relative to the project root (as doit names task files).
+    def record(self, ref: StoryRef, item: Item, stats: dict[str, list[int] | None]) -> bool:
+        """Make the seal of a story whose tasks all ended up to date (written by :meth:`flush`):
+        ``stats`` is ``{path relative to the project root (as doit names task files): stat when
+        its task ended}``.
 
         A story whose files changed since its tasks ended (an edit during the run) is not
-        sealed. Returns the number of stories sealed.
+        sealed; nor is one whose files change after this call: the seal would not match them.
+        Returns whether the story was recorded.
         """
-        by_template: dict[str, dict[str, dict]] = {}
-        root = self.proj.root
+        sdir = self.proj.story_dir(ref.template, ref.id)
+        prefix = os.path.relpath(sdir, self.proj.root) + os.sep
+        cut = len(prefix)
+        # kept relative to the story folder: shorter, and the folder is joined once
+        files = {rel[cut:] if rel.startswith(prefix) else
+                 os.path.relpath(self.proj.root / rel, sdir): st for rel, st in stats.items()}
+        files[f"{META_DIR}/locks.json"] = file_stat(sdir / META_DIR / "locks.json")
+        join = os.path.join
+        sdir_s = str(sdir)
+        if any(file_stat(join(sdir_s, rel)) != st for rel, st in files.items()):
+            return False
+        self._pending.setdefault(ref.template, {})[ref.id] = {
+            "state": self.state(ref.template), "input": item.input_digest, "files": files}
+        return True
+
+    def flush(self) -> int:
+        """Write the seals made by :meth:`record` (one write per template); returns how many."""
+        pending, self._pending = self._pending, {}
+        for template, new in pending.items():
+            self._update(template, lambda data, new=new: data.update(new))
+        return sum(len(v) for v in pending.values())
+
+    def seal(self, stories: dict[StoryRef, tuple[Item, dict[str, list[int] | None]]]) -> int:
+        """:meth:`record` each of ``{ref: (backlog item, stats)}`` and :meth:`flush`."""
         for ref, (item, stats) in stories.items():
-            sdir = self.proj.story_dir(ref.template, ref.id)
-            # kept relative to the story folder: shorter, and the folder is joined once
-            files = {os.path.relpath(root / rel, sdir): st for rel, st in stats.items()}
-            files[f"{META_DIR}/locks.json"] = file_stat(sdir / META_DIR / "locks.json")
-            if any(file_stat(sdir / rel) != st for rel, st in files.items()):
-                continue
-            by_template.setdefault(ref.template, {})[ref.id] = {
-                "state": self.state(ref.template), "input": item.input_digest,
-                "files": files}
-        for template, new in by_template.items():
-            self._update(template, lambda data: data.update(new))
-        return sum(len(v) for v in by_template.values())
+            self.record(ref, item, stats)
+        return self.flush()
 
     def drop(self, refs: Iterable[StoryRef] | None) -> None:
         """Forget the seals of ``refs`` (of every story when None)."""
