@@ -18,6 +18,7 @@ from typing import Any
 
 DURABLE = os.environ.get("CLOOPS_FSYNC", "").lower() in ("1", "true", "yes")
 _SEQ = itertools.count()
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -28,17 +29,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     which protects against power loss at a cost of milliseconds per target.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # unique per process, thread and write (tempfile.mkstemp's random names cost more than the
     # write of a small target); created like any file, so the umask decides its permissions
     tmp = path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}-{next(_SEQ)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        fd = os.open(tmp, _CREATE, 0o666)
+    except FileNotFoundError:  # the first write into this folder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, _CREATE, 0o666)
+    try:
+        try:
+            # os.write, not a file object: no buffer, isatty or seek calls for a one-shot write
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             if DURABLE:
-                fh.flush()
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -49,6 +49,8 @@ class CloopsReporter:
 
     def __init__(self, outstream, options):
         from rich.console import Console  # here, not at import: dodo.py's import stays cheap
+        from rich.text import Text
+        self._text = Text.assemble  # the per-task lines: styled spans, no markup to parse
         self.options = options or {}
         # the real stdout: doit wraps sys.stdout, and rich's broken-pipe handling needs fileno()
         self.console = Console(file=sys.__stdout__, highlight=False,
@@ -98,8 +100,9 @@ class CloopsReporter:
         if proj is None:
             return
         files = self.files.setdefault(_split(task.name)[1], {})
+        root, join = str(proj.root), os.path.join
         for f in (*task.targets, *task.file_dep):
-            files[f] = file_stat(proj.root / f)
+            files[f] = file_stat(join(root, f))
 
     def add_success(self, task):
         if task.name.startswith("build:"):
@@ -112,8 +115,9 @@ class CloopsReporter:
         self.ran.append(task.name)
         step, story = _split(task.name)
         dt = time.monotonic() - self.started.get(task.name, time.monotonic())
-        self.console.print(f"[green]✓[/green] {story}  [bold]{step}[/bold]  "
-                           f"[dim]({self.reasons.get(task.name, 'stale')}; {dt:.1f}s)[/dim]")
+        self.console.print(self._text(("✓", "green"), f" {story}  ", (step, "bold"), "  ",
+                                      (f"({self.reasons.get(task.name, 'stale')}; {dt:.1f}s)",
+                                       "dim")))
         for line in NOTES.pop(task.name, []):
             self.console.print(f"    [yellow]![/yellow] {line}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 import threading
 from contextlib import contextmanager
@@ -34,15 +35,21 @@ _thread_locks: dict[str, threading.Lock] = {}
 def story_lock(story_dir: Path) -> Iterator[None]:
     """Exclusive lock on a story's manifest across threads and processes."""
     meta = story_dir / META_DIR
-    meta.mkdir(parents=True, exist_ok=True)
     with _tlock:
         tl = _thread_locks.setdefault(str(meta), threading.Lock())
-    with tl, open(meta / "manifest.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with tl:
+        lock_file = meta / "manifest.lock"
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         try:
+            fd = os.open(lock_file, flags, 0o666)
+        except FileNotFoundError:  # the story's first lock
+            meta.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_file, flags, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def read_manifest(story_dir: Path) -> dict[str, dict]:
