@@ -33,11 +33,12 @@ def namespace(dodo_file: str) -> dict[str, Any]:
     ``ERROR: ...`` without a traceback and exits with status 2; nothing is written.
     Set ``CLOOPS_DEBUG=1`` for the traceback.
     """
-    from .engine import dodo_namespace, freeze_live_objects
+    from .engine import dodo_namespace, freeze_live_objects, relax_gc
     _stop_on_sigterm()
     try:
         ns = dodo_namespace(Path(dodo_file).resolve().parent)
         freeze_live_objects()
+        relax_gc()
         return ns
     except CloopsError as exc:
         if os.environ.get("CLOOPS_DEBUG"):

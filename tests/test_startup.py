@@ -41,3 +41,19 @@ def test_parse_argv():
 ])
 def test_selected_stories(argv, expected):
     assert sel(*argv) == expected
+
+
+def test_relax_gc_raises_the_young_threshold_and_keeps_a_higher_one():
+    import gc
+
+    from cloops.engine import GC_YOUNG_THRESHOLD, relax_gc
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        relax_gc()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 10, 10)
+        gc.set_threshold(GC_YOUNG_THRESHOLD * 5, 3, 4)
+        relax_gc()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD * 5, 3, 4)
+    finally:
+        gc.set_threshold(*saved)
