@@ -1,7 +1,8 @@
 """cloops' own doit commands (registered as doit plugins in ``pyproject.toml``).
 
 - ``doit report``: spend per template, story and step from the usage ledger (rich tables).
-- ``doit cache``: the response cache's size; ``--prune-days N`` deletes entries unused for N days.
+- ``doit cache``: the response cache's size; ``--prune-days N`` deletes entries unused for N days
+  (and the temp files of writes a killed run left).
 
 They read files under ``build/`` only: no task is loaded, nothing is built, nothing is called.
 """

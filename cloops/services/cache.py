@@ -21,6 +21,9 @@ from ..fileio import atomic_write_bytes, atomic_write_text, canonical_json, sha2
 from .base import ImageResult, LLMResult, Usage, VoiceResult
 
 
+TEMP_GRACE_S = 3600.0  # a temp file this old was left by a killed run, not one still writing
+
+
 def cache_key(service: str, backend: str, request_key: dict) -> str:
     """The cache address of a request (hex SHA-256)."""
     payload = {"service": service, "backend": backend, "request": request_key}
@@ -103,9 +106,14 @@ class ResponseCache:
                 pass
 
     def prune(self, *, older_than_s: float) -> tuple[int, int]:
-        """Delete entries not used for ``older_than_s`` seconds; return (entries, bytes) removed."""
+        """Delete entries not used for ``older_than_s`` seconds, and the temp files of writes a
+        killed run left behind (``.<name>.<pid>-<thread>-<n>.tmp``, see
+        :func:`cloops.fileio.atomic_write_bytes`) once they are :data:`TEMP_GRACE_S` old — a
+        write takes milliseconds, so none of a run still going is touched. Returns (entries,
+        bytes) removed; temp files count in the bytes only."""
         import time
-        cutoff = time.time() - older_than_s
+        now = time.time()
+        cutoff = now - older_than_s
         removed = freed = 0
         if not self.dir.is_dir():
             return 0, 0
@@ -122,6 +130,14 @@ class ResponseCache:
                 except FileNotFoundError:
                     pass
             removed += 1
+        for tmp in self.dir.glob("*/.*.tmp"):
+            try:
+                st = tmp.stat()
+                if st.st_mtime <= now - TEMP_GRACE_S:
+                    tmp.unlink()
+                    freed += st.st_size
+            except FileNotFoundError:
+                pass
         return removed, freed
 
     def stats(self) -> dict[str, Any]:

@@ -1,0 +1,50 @@
+"""The response cache's pruning: entries unused for N days, and temp files of killed writes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from cloops.services.base import ImageResult, LLMResult, Usage
+from cloops.services.cache import TEMP_GRACE_S, ResponseCache
+
+
+def age(path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_prune_removes_unused_entries_and_keeps_used_ones(tmp_path):
+    cache = ResponseCache(tmp_path / "cache")
+    cache.put_llm("aa" + "0" * 62, LLMResult(text="old", data=None, usage=Usage(), model="m"))
+    cache.put_image("bb" + "0" * 62, ImageResult(jpeg=b"\xff\xd8jpeg", width_px=2, height_px=1))
+    cache.put_llm("cc" + "0" * 62, LLMResult(text="new", data=None, usage=Usage(), model="m"))
+    for key, suffixes in (("aa", (".json",)), ("bb", (".json", ".jpg")), ("cc", (".json",))):
+        for suffix in suffixes:
+            age(cache._path(key + "0" * 62, suffix), 10 * 86400)
+    assert cache.get_llm("cc" + "0" * 62).text == "new"  # a hit marks it used now
+
+    removed, freed = cache.prune(older_than_s=7 * 86400)
+
+    assert removed == 2 and freed > 0
+    assert cache.get_llm("aa" + "0" * 62) is None and cache.get_image("bb" + "0" * 62) is None
+    assert not cache._path("bb" + "0" * 62, ".jpg").exists()
+    assert cache.get_llm("cc" + "0" * 62).text == "new"
+    assert cache.stats()["entries"] == 1
+
+
+def test_prune_sweeps_temp_files_of_killed_writes_but_not_fresh_ones(tmp_path):
+    cache = ResponseCache(tmp_path / "cache")
+    cache.put_llm("dd" + "0" * 62, LLMResult(text="kept", data=None, usage=Usage(), model="m"))
+    folder = cache._path("dd" + "0" * 62, ".json").parent
+    stale = folder / f".{'dd' + '0' * 62}.json.4242-1-7.tmp"   # left by a killed run
+    stale.write_bytes(b"half a")
+    age(stale, TEMP_GRACE_S + 60)
+    fresh = folder / f".{'ee' + '0' * 62}.json.4243-1-8.tmp"   # a run writing right now
+    fresh.write_bytes(b"being written")
+
+    removed, freed = cache.prune(older_than_s=30 * 86400)
+
+    assert (removed, freed) == (0, len(b"half a"))
+    assert not stale.exists() and fresh.exists()
+    assert cache.get_llm("dd" + "0" * 62).text == "kept"
