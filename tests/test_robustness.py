@@ -412,6 +412,7 @@ def test_sigterm_stops_and_the_next_run_redoes_nothing_finished(tmp_path, refere
         stopped = _kill_when_held(proj.start(env=env), gate, signal.SIGTERM, oa, rp)
         assert time.monotonic() - t0 < 30
         assert gate.dropped >= 1  # it stopped without waiting for its calls' answers
+        assert "Traceback" not in stopped.err and "stopped (signal 15)" in stopped.err, stopped.err
         done = ran_tasks(stopped)
         assert done and done < reference["tasks"], stopped.out + stopped.err
         rerun = proj.doit(env=env)
