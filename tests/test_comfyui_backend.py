@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import urllib.parse
 
 import pytest
 from PIL import Image
@@ -79,8 +78,7 @@ def test_prompt_size_and_seed_are_injected_and_the_image_is_a_jpeg(tmp_path):
     assert untouched == {k: v for k, v in WORKFLOW.items() if k not in ("3", "5", "7")}
     assert submit.body["client_id"] == backend.client_id
     assert len(history) == 2  # one empty answer, then the outputs
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(view.path).query, keep_blank_values=True)
-    assert query == {"filename": ["ComfyUI_00001_.png"], "subfolder": [""], "type": ["output"]}
+    assert view.query == {"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"}
     img = Image.open(io.BytesIO(result.jpeg))
     assert img.format == "JPEG"
     assert img.size == (result.width_px, result.height_px) == (40, 30)

@@ -22,12 +22,12 @@ Endpoints:
 
 from __future__ import annotations
 
-import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from .replicate_server import LoopbackServer, RecordedRequest, png_bytes
+from .loopback import LoopbackServer, RecordedRequest
+from .replicate_server import png_bytes
 
 __all__ = ["FakeComfyUI", "RecordedRequest"]
 
@@ -51,6 +51,8 @@ class FakeComfyUI(LoopbackServer):
         files: ``{filename: png bytes}`` of the images produced.
     """
 
+    thread_name = "fake-comfyui"
+
     def __init__(self, *, polls_before_done: int | None = 1,
                  image_size: tuple[int, int] = (40, 30)):
         super().__init__()
@@ -69,18 +71,16 @@ class FakeComfyUI(LoopbackServer):
         return self.root_url
 
     def handle(self, handler: BaseHTTPRequestHandler, rec: RecordedRequest) -> None:
-        parts = urllib.parse.urlsplit(rec.path)
-        path = parts.path
+        path = rec.path
         if rec.method == "POST" and path == "/prompt":
             return self._prompt(handler, rec)
         if rec.method == "GET" and path.startswith("/history/"):
             return self._history(handler, path[len("/history/"):])
         if rec.method == "GET" and path == "/view":
-            query = urllib.parse.parse_qs(parts.query)
-            name = (query.get("filename") or [""])[0]
+            name = rec.query.get("filename", "")
             with self.lock:
                 data = self.files.get(name)
-            if data is None or (query.get("type") or [""])[0] not in ("output", "temp", "input"):
+            if data is None or rec.query.get("type", "") not in ("output", "temp", "input"):
                 return self.send_bytes(handler, 404, b"404: Not Found", "text/plain")
             return self.send_bytes(handler, 200, data, "image/png")
         if rec.method == "POST" and path == "/queue":

@@ -27,17 +27,13 @@ the key sent, so "the key is never shown" tests are strict).
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
-import socket
 import struct
-import threading
-from collections import deque
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+
+from . import loopback
+from .loopback import Reply, ScriptedServer
 
 SECONDS_PER_CHAR = 0.02
 MIN_SECONDS = 0.2
@@ -55,33 +51,14 @@ _ERRORS = {
 }
 
 
-@dataclass
-class RecordedRequest:
-    """One request as received: ``headers`` keys are lower-case; ``query`` maps each query
-    parameter to its (last) value; ``body`` is the parsed JSON (None when empty or not JSON)."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    query: dict[str, str]
-    body: Any
-    raw: bytes = b""
+class RecordedRequest(loopback.RecordedRequest):
+    """One request as received (:class:`tests.fakes.loopback.RecordedRequest`), with the voice
+    it asks for."""
 
     @property
     def voice_id(self) -> str | None:
         match = _TTS_PATH.match(self.path)
         return match["voice"] if match else None
-
-
-@dataclass
-class Reply:
-    """A scripted reply (see :meth:`FakeElevenLabs.enqueue`)."""
-
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
-    drop: bool = False
 
 
 def error_body(status: int, message: str | None = None, code: str | None = None) -> dict:
@@ -127,70 +104,9 @@ def alignment_for(text: str, seconds: float) -> dict[str, list]:
 
 # ---------------------------------------------------------------- the server
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as httpx's connection pool expects
-    disable_nagle_algorithm = True  # else headers+body writes cost a 40 ms delayed ACK
-    server: "_Server"
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def _handle(self) -> None:
-        fake = self.server.fake
-        length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        path, _, qs = self.path.partition("?")
-        query = {k: v[-1] for k, v in parse_qs(qs, keep_blank_values=True).items()}
-        rec = RecordedRequest(self.command, path,
-                              {k.lower(): v for k, v in self.headers.items()}, query, body, raw)
-        reply = fake._record_and_pop(rec)
-        if reply.delay_s:
-            fake._stopping.wait(reply.delay_s)
-        if reply.drop:
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return
-        status, payload, headers = fake._render(rec, reply)
-        if isinstance(payload, bytes):
-            data, ctype = payload, headers.pop("content-type", "audio/mpeg")
-        else:
-            data, ctype = json.dumps(payload).encode(), "application/json"
-        try:
-            self.send_response(status)
-            self.send_header("content-type", ctype)
-            self.send_header("content-length", str(len(data)))
-            self.send_header("request-id", f"req_{fake.count}")
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-            self.close_connection = True
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: "FakeElevenLabs"
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that hangs up mid-reply is expected in fault tests
-
-
-class FakeElevenLabs:
-    """A scriptable fake ElevenLabs API on ``127.0.0.1`` (ephemeral port), in a background thread.
+class FakeElevenLabs(ScriptedServer):
+    """A scriptable fake ElevenLabs API on ``127.0.0.1`` (ephemeral port), in a background thread
+    (:class:`tests.fakes.loopback.ScriptedServer`).
 
     Args:
         api_key: the key the ``xi-api-key`` header must carry (401 otherwise); None accepts any.
@@ -203,41 +119,18 @@ class FakeElevenLabs:
     :meth:`stop`.
     """
 
+    record_class = RecordedRequest
+    bytes_content_type = "audio/mpeg"
+    thread_name = "fake-elevenlabs"
+
     def __init__(self, *, api_key: str | None = "test-elevenlabs-key", host: str = "127.0.0.1",
                  port: int = 0):
+        super().__init__(host=host, port=port)
         self.api_key = api_key
-        self._server = _Server((host, port), _Handler)
-        self._server.fake = self
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._queue: deque[Reply] = deque()
-        self._stopping = threading.Event()
-        self.requests: list[RecordedRequest] = []
-        host, port = self._server.server_address[:2]
-        self.base_url = f"http://{host}:{port}"
 
-    # lifecycle
-    def start(self) -> "FakeElevenLabs":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever,
-                                            kwargs={"poll_interval": 0.05}, daemon=True,
-                                            name="fake-elevenlabs")
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> "FakeElevenLabs":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+    @property
+    def base_url(self) -> str:
+        return self.root_url
 
     # scripting
     def enqueue(self, status: int = 200, body: Any = None, headers: dict[str, str] | None = None,
@@ -252,34 +145,13 @@ class FakeElevenLabs:
             delay_s: seconds to wait before answering (a slow reply; ``stop()`` cuts it short).
             drop: close the connection without any reply.
         """
-        with self._lock:
-            self._queue.append(Reply(status=status, body=body, headers=dict(headers or {}),
-                                     delay_s=delay_s, drop=drop))
+        self._script(Reply(status=status, body=body, headers=dict(headers or {}),
+                           delay_s=delay_s, drop=drop))
 
-    @property
-    def pending(self) -> int:
-        """How many scripted replies are still queued."""
-        with self._lock:
-            return len(self._queue)
+    def reply_headers(self, rec: RecordedRequest) -> dict[str, str]:
+        return {"request-id": f"req_{self.count}"}
 
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return len(self.requests)
-
-    @property
-    def last(self) -> RecordedRequest:
-        """The most recent request (IndexError when none)."""
-        with self._lock:
-            return self.requests[-1]
-
-    # internals (called from handler threads)
-    def _record_and_pop(self, rec: RecordedRequest) -> Reply:
-        with self._lock:
-            self.requests.append(rec)
-            return self._queue.popleft() if self._queue else Reply()
-
-    def _render(self, rec: RecordedRequest, reply: Reply) -> tuple[int, Any, dict[str, str]]:
+    def render(self, rec: RecordedRequest, reply: Reply) -> tuple[int, Any, dict[str, str]]:
         headers = dict(reply.headers)
         if reply.body is not None:
             return reply.status, reply.body, headers

@@ -20,49 +20,26 @@ Shapes follow openai-python 3.x ``types/responses/response.py`` and ``types/chat
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any, Callable
+
+from .loopback import RecordedRequest, Reply as _Reply, ScriptedServer
 
 RESPONSES_PATH = "/v1/responses"
 CHAT_PATH = "/v1/chat/completions"
 
 
 @dataclass
-class RecordedRequest:
-    """One request as received: ``headers`` keys are lower-case; ``body`` is the parsed JSON
-    (None when the body is empty or not JSON); ``raw`` the bytes."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-    raw: bytes = b""
-    status: int | None = None  # the status of the reply sent in full; None: not answered
-    at: float = field(default_factory=time.monotonic)  # when its request line arrived (monotonic)
-    reply: Any = None  # the JSON body of the reply sent (set with ``status``)
-
-
-@dataclass
-class Reply:
+class Reply(_Reply):
     """A scripted reply (see :meth:`FakeOpenAI.enqueue`)."""
 
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
-    drop: bool = False
     text: str | None = None
     refusal: str | None = None
     incomplete: str | None = None
     usage: dict[str, int] | None = None
     model: str | None = None
-    when: Any = None  # None, or a predicate on the RecordedRequest this reply is for
 
 
 _ERROR_TYPES = {
@@ -329,99 +306,22 @@ def distinct_text(path: str, req: dict, transform: Any = None) -> str:
 
 # ---------------------------------------------------------------- the server
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's connection pool expects
-    disable_nagle_algorithm = True  # else headers+body writes cost a 40 ms delayed ACK
-    server: "_Server"
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
-    def parse_request(self) -> bool:
-        self.arrived = time.monotonic()  # the request line is in: the call has begun
-        return super().parse_request()
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def _handle(self) -> None:
-        fake = self.server.fake
-        length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        path = self.path.split("?", 1)[0]
-        if fake.gate is not None and not fake.gate.admit():
-            return self._drop()
-        rec = RecordedRequest(self.command, path, {k.lower(): v for k, v in self.headers.items()},
-                              body, raw, at=self.arrived)
-        reply = fake._record_and_pop(rec)
-        with fake._lock:
-            fake.in_flight += 1
-            fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-        try:
-            # the reply is made first and sent delay_s / latency_s after the request arrived:
-            # the fake's own work happens within the model's think time, as a server's would
-            rendered = None if reply.drop else fake._render(rec, reply)
-            if reply.delay_s or fake.latency_s:
-                fake._stopping.wait(max(0.0, rec.at + (reply.delay_s or fake.latency_s)
-                                        - time.monotonic()))
-        finally:
-            with fake._lock:
-                fake.in_flight -= 1
-        if rendered is None:
-            return self._drop()
-        status, payload, headers = rendered
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.send_header("x-request-id", _new_id("req"))
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-            self.close_connection = True
-            return
-        with fake._lock:
-            rec.status, rec.reply = status, payload
-
-    def _drop(self) -> None:
-        """Close the connection without any reply."""
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: "FakeOpenAI"
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that hangs up mid-reply is expected in fault tests
-
-
-class FakeOpenAI:
-    """A scriptable fake OpenAI API on ``127.0.0.1`` (ephemeral port), in a background thread.
+class FakeOpenAI(ScriptedServer):
+    """A scriptable fake OpenAI API on ``127.0.0.1`` (ephemeral port), in a background thread
+    (:class:`tests.fakes.loopback.ScriptedServer`).
 
     Args:
         gate: a :class:`tests.fakes.gate.Gate` (shared with other fakes) that every request
             passes before it is handled, to hold requests at a chosen moment.
+        latency_s: every reply is sent this long after its request arrived (a model's think
+            time; the fake's own work happens within it).
+        responder: ``responder(path, body) -> str | None``: the output text for requests with
+            no queued reply (None: the default schema instance).
 
     Attributes:
         base_url: ``"http://127.0.0.1:PORT/v1"`` to pass to ``openai.OpenAI(base_url=...)``.
         requests: every :class:`RecordedRequest` received, in order (faults included); a
-            request's ``status`` is set once its reply was sent in full.
+            request's ``status`` (and ``reply``) is set once its reply was sent in full.
         answered: the requests whose reply was sent in full.
         count: ``len(requests)``.
 
@@ -429,49 +329,18 @@ class FakeOpenAI:
     :meth:`stop`.
     """
 
+    reply_class = Reply
+    bytes_content_type = "application/json"
+    thread_name = "fake-openai"
+
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, gate: Any = None,
                  latency_s: float = 0.0, responder: Any = None):
-        """``latency_s``: every reply is sent this long after its request arrived (a model's
-        think time; the fake's own work happens within it);
-        ``responder(path, body) -> str | None``: the output text for requests with no queued
-        reply (None: the default schema instance)."""
-        self.gate = gate
-        self.latency_s = latency_s
+        super().__init__(gate, host=host, port=port, latency_s=latency_s)
         self.responder = responder
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self._server = _Server((host, port), _Handler)
-        self._server.fake = self
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._queue: deque[Reply] = deque()
-        self._stopping = threading.Event()
-        self.requests: list[RecordedRequest] = []
-        host, port = self._server.server_address[:2]
-        self.base_url = f"http://{host}:{port}/v1"
 
-    # lifecycle
-    def start(self) -> "FakeOpenAI":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever,
-                                            kwargs={"poll_interval": 0.05}, daemon=True,
-                                            name="fake-openai")
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> "FakeOpenAI":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+    @property
+    def base_url(self) -> str:
+        return self.root_url + "/v1"
 
     # scripting
     def enqueue(self, status: int = 200, body: Any = None, headers: dict[str, str] | None = None,
@@ -500,50 +369,19 @@ class FakeOpenAI:
                 take the next reply queued without ``when``, or the default); lets a test aim a
                 fault at one call when tasks run in parallel.
         """
-        with self._lock:
-            self._queue.append(Reply(status=status, body=body, headers=dict(headers or {}),
-                                     delay_s=delay_s, drop=drop, text=text, refusal=refusal,
-                                     incomplete=incomplete, usage=usage, model=model,
-                                     when=when))
-
-    @property
-    def pending(self) -> int:
-        """How many scripted replies are still queued."""
-        with self._lock:
-            return len(self._queue)
-
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return len(self.requests)
+        self._script(Reply(status=status, body=body, headers=dict(headers or {}),
+                           delay_s=delay_s, drop=drop, text=text, refusal=refusal,
+                           incomplete=incomplete, usage=usage, model=model, when=when))
 
     def bodies(self, path: str | None = None) -> list[Any]:
         """The JSON bodies received (only those to ``path``, e.g. ``"/v1/responses"``, if given)."""
-        with self._lock:
+        with self.lock:
             return [r.body for r in self.requests if path is None or r.path == path]
 
-    @property
-    def answered(self) -> list[RecordedRequest]:
-        with self._lock:
-            return [r for r in self.requests if r.status is not None]
+    def reply_headers(self, rec: RecordedRequest) -> dict[str, str]:
+        return {"x-request-id": _new_id("req")}
 
-    @property
-    def last(self) -> RecordedRequest:
-        """The most recent request (IndexError when none)."""
-        with self._lock:
-            return self.requests[-1]
-
-    # internals (called from handler threads)
-    def _record_and_pop(self, rec: RecordedRequest) -> Reply:
-        with self._lock:
-            self.requests.append(rec)
-            for reply in self._queue:
-                if reply.when is None or reply.when(rec):
-                    self._queue.remove(reply)
-                    return reply
-            return Reply()
-
-    def _render(self, rec: RecordedRequest, reply: Reply) -> tuple[int, Any, dict[str, str]]:
+    def render(self, rec: RecordedRequest, reply: Reply) -> tuple[int, Any, dict[str, str]]:
         headers = dict(reply.headers)
         if reply.body is not None:
             return reply.status, reply.body, headers

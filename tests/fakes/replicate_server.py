@@ -29,18 +29,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import random
 import re
-import socket
 import string
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
+
+from .loopback import LoopbackServer, RecordedRequest
 
 DEFAULT_TOKEN = "r8_test_token"
 _UNSET: Any = object()
@@ -70,27 +69,6 @@ def png_bytes(size: tuple[int, int] = (32, 24), seed: str = "") -> bytes:
     out = io.BytesIO()
     img.save(out, format="PNG")
     return out.getvalue()
-
-
-@dataclass
-class RecordedRequest:
-    """One request as received.
-
-    Attributes:
-        method: ``"GET"``/``"POST"``.
-        path: the path with its query string.
-        headers: header names lower-cased (``headers["prefer"]``, ``headers["authorization"]``).
-        body: the parsed JSON body, None when empty or not JSON.
-        raw: the body bytes.
-    """
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-    raw: bytes = b""
-    status: int | None = None  # the status of the reply sent in full; None: not answered
-    at: float = field(default_factory=time.monotonic)  # when its request line arrived (monotonic)
 
 
 @dataclass
@@ -154,130 +132,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-class LoopbackServer:
-    """A ``ThreadingHTTPServer`` on 127.0.0.1 (ephemeral port) in a daemon thread.
-
-    Subclasses implement ``handle(handler, recorded) -> None`` and answer through
-    :meth:`send_json` / :meth:`send_bytes` / :meth:`drop`. Every request is appended to
-    ``requests`` (a list of :class:`RecordedRequest`) before it is handled.
-    """
-
-    def __init__(self, gate: Any = None) -> None:
-        self.gate = gate  # a tests.fakes.gate.Gate every request passes before it is handled
-        self.requests: list[RecordedRequest] = []
-        self.lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "server not started"
-        return self._server.server_address[1]
-
-    @property
-    def root_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def requests_to(self, prefix: str, method: str | None = None) -> list[RecordedRequest]:
-        """The recorded requests whose path starts with ``prefix`` (and have ``method``)."""
-        with self.lock:
-            return [r for r in self.requests if r.path.startswith(prefix)
-                    and (method is None or r.method == method)]
-
-    def start(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as httpx's connection pool expects
-            disable_nagle_algorithm = True  # else headers+body writes cost a 40 ms delayed ACK
-
-            def parse_request(self) -> bool:
-                self.arrived = time.monotonic()  # the request line is in: the call has begun
-                return super().parse_request()
-
-            def _dispatch(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = None
-                if fake.gate is not None and not fake.gate.admit():
-                    return fake.drop(self)
-                rec = RecordedRequest(self.command, self.path,
-                                      {k.lower(): v for k, v in self.headers.items()}, body, raw,
-                                      at=self.arrived)
-                with fake.lock:
-                    fake.requests.append(rec)
-                self._sent_status = None
-                fake.handle(self, rec)
-                if self._sent_status is not None:
-                    with fake.lock:
-                        rec.status = self._sent_status
-
-            def send_response(self, code, message=None):
-                self._sent_status = code
-                super().send_response(code, message)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _dispatch
-
-            def log_message(self, *args: Any) -> None:  # keep test output clean
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def handle(self, handler: BaseHTTPRequestHandler, rec: RecordedRequest) -> None:
-        raise NotImplementedError
-
-    # -- answering -----------------------------------------------------------------------------
-
-    @staticmethod
-    def send_bytes(handler: BaseHTTPRequestHandler, status: int, data: bytes,
-                   content_type: str, headers: dict[str, str] | None = None) -> None:
-        handler.send_response(status)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
-            handler.send_header(key, value)
-        handler.end_headers()
-        handler.wfile.write(data)
-
-    @classmethod
-    def send_json(cls, handler: BaseHTTPRequestHandler, status: int, body: Any,
-                  headers: dict[str, str] | None = None) -> None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        cls.send_bytes(handler, status, data, "application/json", headers)
-
-    @staticmethod
-    def drop(handler: BaseHTTPRequestHandler) -> None:
-        """Close the connection without any reply (the client sees a disconnect)."""
-        handler.close_connection = True
-        try:
-            handler.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
 class FakeReplicate(LoopbackServer):
-    """A scriptable fake of Replicate's prediction API.
+    """A scriptable fake of Replicate's prediction API
+    (:class:`tests.fakes.loopback.LoopbackServer`).
 
     Args:
         token: the only API token accepted (None: accept any request).
@@ -297,6 +154,8 @@ class FakeReplicate(LoopbackServer):
         predictions: ``{id: FakePrediction}`` of the predictions created.
         canceled: ids of predictions canceled through the API.
     """
+
+    thread_name = "fake-replicate"
 
     def __init__(self, *, token: str | None = DEFAULT_TOKEN, output_urls: str = "data",
                  output_count: int = 1, output_list: bool = True,
@@ -328,12 +187,6 @@ class FakeReplicate(LoopbackServer):
     @property
     def api_url(self) -> str:
         return self.root_url + "/v1"
-
-    @property
-    def answered(self) -> list[RecordedRequest]:
-        """The requests whose reply was sent in full."""
-        with self.lock:
-            return [r for r in self.requests if r.status is not None]
 
     @property
     def creates(self) -> list[RecordedRequest]:
