@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -48,3 +49,36 @@ def test_prune_sweeps_temp_files_of_killed_writes_but_not_fresh_ones(tmp_path):
     assert (removed, freed) == (0, len(b"half a"))
     assert not stale.exists() and fresh.exists()
     assert cache.get_llm("dd" + "0" * 62).text == "kept"
+
+
+def test_a_job_is_resumable_until_it_ends_or_is_too_old(tmp_path):
+    from cloops.services.cache import JOB_MAX_AGE_S, current_job, job_journal
+    cache = ResponseCache(tmp_path / "cache")
+    key = "ff" + "0" * 62
+    assert cache.job(key) is None
+    cache.start_job(key, "pred123")
+    assert cache.job(key) == "pred123"
+    assert cache.stats()["entries"] == 0  # a note of a job in flight is not an entry
+    assert cache.prune(older_than_s=0) == (0, 0)
+    assert cache.job(key) == "pred123"
+    cache.end_job(key)
+    assert cache.job(key) is None
+
+    cache.start_job(key, "pred456")
+    note = cache._job_path(key)
+    note.write_text(json.dumps({"id": "pred456", "at": time.time() - JOB_MAX_AGE_S - 60}))
+    assert cache.job(key) is None and not note.exists()  # its output would be deleted by now
+    note.parent.mkdir(parents=True, exist_ok=True)
+    note.write_text("not json")
+    assert cache.job(key) is None and not note.exists()
+    assert JOB_MAX_AGE_S < 3600  # Replicate deletes API predictions' outputs after an hour
+
+    # the journal a backend sees: the hub's call, else a no-op
+    assert current_job().resumable() is None
+    current_job().started("ignored")
+    with job_journal(cache, key):
+        current_job().started("pred789")
+        assert current_job().resumable() == "pred789"
+        current_job().ended()
+        assert current_job().resumable() is None
+    assert cache.job(key) is None

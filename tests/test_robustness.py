@@ -432,10 +432,9 @@ def test_sigterm_stops_and_the_next_run_redoes_nothing_finished(tmp_path, refere
     assert_no_secrets(proj, [stopped, rerun])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a prediction created before a kill is not resumed: the re-run creates (and pays for) "
-    "a second one; needs a journal of in-flight predictions in the hub/replicate backend"))
 def test_sigkill_while_polling_a_prediction_pays_once(proj):
+    """A prediction still running when the run is killed is resumed by the next run (its id
+    was noted in the job journal), not created and paid for again."""
     gate = Gate()
     oa, rp = fakes(gate)
     with oa, rp:
@@ -453,6 +452,14 @@ def test_sigkill_while_polling_a_prediction_pays_once(proj):
         assert run.rc == 0, run.out + run.err
         paid = [json.dumps(r.body, sort_keys=True) for r in rp.creates if r.status == 201]
         assert len(paid) == len(set(paid)), "a prediction was paid for twice"
+        slow = max(rp.predictions, key=lambda pid: rp.predictions[pid].polls
+                   + rp.predictions[pid].polls_left)  # the one scripted to run long
+        assert rp.predictions[slow].status == "succeeded"
+        # the killed run's poll was dropped at the gate (never recorded): a recorded poll of
+        # that prediction is the re-run resuming it
+        assert rp.requests_to(f"/v1/predictions/{slow}", "GET"), "the re-run did not resume it"
+        assert not list((proj.root / "build" / ".cloops").rglob("jobs/*.json")), \
+            "the job journal is empty once the prediction ended"
 
 
 # ---------------------------------------------------------------- 4. revert and re-roll

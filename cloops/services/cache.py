@@ -8,20 +8,32 @@ costs nothing.
 
 Layout: ``<dir>/<key[:2]>/<key>.json`` (LLM results) and ``<key>.jpg`` + ``<key>.json``
 (images, the JSON holding size and billing).
+
+The cache also keeps the **jobs in flight** (``<dir>/jobs/<key>.json``): a provider job that
+outlives its request (a Replicate prediction still running when the create call returns) is
+noted by request key until it ends, so a run killed while it runs resumes that job next time
+instead of paying for a second one (:func:`current_job`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..fileio import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
 from .base import ImageResult, LLMResult, Usage, VoiceResult
 
 
 TEMP_GRACE_S = 3600.0  # a temp file this old was left by a killed run, not one still writing
+# A job noted longer ago than this is not resumed: Replicate deletes the inputs and outputs of
+# predictions created through the API an hour after they are created (replicate.com/docs,
+# "Data retention"), so its output could no longer be downloaded.
+JOB_MAX_AGE_S = 3000.0
 
 
 def cache_key(service: str, backend: str, request_key: dict) -> str:
@@ -117,7 +129,7 @@ class ResponseCache:
         removed = freed = 0
         if not self.dir.is_dir():
             return 0, 0
-        for meta in self.dir.glob("*/*.json"):
+        for meta in self.dir.glob("??/*.json"):  # entries live in <key[:2]>/ folders
             try:
                 if meta.stat().st_mtime > cutoff:
                     continue
@@ -140,13 +152,91 @@ class ResponseCache:
                 pass
         return removed, freed
 
+    # -- jobs in flight ------------------------------------------------------------------------
+
+    def _job_path(self, key: str) -> Path:
+        return self.dir / "jobs" / f"{key}.json"
+
+    def job(self, key: str) -> str | None:
+        """The id of the provider job started for request ``key`` and not ended, if it was
+        noted less than :data:`JOB_MAX_AGE_S` ago (an older note is removed)."""
+        path = self._job_path(key)
+        try:
+            note = json.loads(path.read_text(encoding="utf-8"))
+            if time.time() - float(note["at"]) <= JOB_MAX_AGE_S:
+                return str(note["id"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable: as good as none
+        self.end_job(key)
+        return None
+
+    def start_job(self, key: str, job_id: str) -> None:
+        """Note that request ``key`` started provider job ``job_id``."""
+        atomic_write_text(self._job_path(key), json.dumps({"id": job_id, "at": time.time()}))
+
+    def end_job(self, key: str) -> None:
+        """Forget request ``key``'s job (it ended, or cannot be resumed)."""
+        try:
+            self._job_path(key).unlink()
+        except FileNotFoundError:
+            pass
+
     def stats(self) -> dict[str, Any]:
         """``{"entries": int, "bytes": int}``."""
         n = size = 0
         if self.dir.is_dir():
-            for root, _dirs, files in os.walk(self.dir):
+            for root, dirs, files in os.walk(self.dir):
+                if root == str(self.dir) and "jobs" in dirs:
+                    dirs.remove("jobs")  # notes of jobs in flight, not entries
                 for f in files:
                     if f.endswith(".json"):
                         n += 1
                     size += os.path.getsize(os.path.join(root, f))
         return {"entries": n, "bytes": size}
+
+
+class Job:
+    """The job journal of the call a backend is making (:func:`current_job`): ``resumable()``
+    before starting a job, ``started(job_id)`` once a job runs past its request, ``ended()`` once
+    it is terminal. Without a journal (offline backends, calls outside the hub) every method
+    does nothing."""
+
+    def __init__(self, cache: ResponseCache | None = None, key: str = ""):
+        self._cache = cache
+        self._key = key
+
+    def resumable(self) -> str | None:
+        """The id of a job this same request started in an earlier, interrupted run."""
+        return self._cache.job(self._key) if self._cache is not None else None
+
+    def started(self, job_id: str) -> None:
+        if self._cache is not None:
+            self._cache.start_job(self._key, job_id)
+
+    def ended(self) -> None:
+        if self._cache is not None:
+            self._cache.end_job(self._key)
+
+
+_NO_JOB = Job()
+_current = threading.local()
+
+
+@contextmanager
+def job_journal(cache: ResponseCache | None, key: str) -> Iterator[None]:
+    """Make ``cache``'s journal of request ``key`` the calling thread's :func:`current_job`
+    for the duration (the hub wraps each paid call in it)."""
+    previous = getattr(_current, "job", None)
+    _current.job = Job(cache, key) if cache is not None and key else None
+    try:
+        yield
+    finally:
+        _current.job = previous
+
+
+def current_job() -> Job:
+    """The job journal of the call the calling thread is making (a no-op one outside a hub
+    call)."""
+    return getattr(_current, "job", None) or _NO_JOB

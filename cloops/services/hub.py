@@ -20,7 +20,7 @@ from ..project import Project
 from . import registry
 from .base import (ImageRequest, ImageResult, LLMRequest, LLMResult, VoiceRequest,
                    VoiceResult)
-from .cache import ResponseCache, cache_key
+from .cache import ResponseCache, cache_key, job_journal
 
 
 
@@ -197,10 +197,15 @@ class ServiceHub:
                 section = {"llm": "llm", "image": "generation", "voice": "voice"}[service]
                 retries = getattr(self.proj.template(meta.template).config.engine, section).max_retries
                 try:
-                    result, rec.attempts = self._retrying(
-                        meta.template, self._limited(meta.template, service, lambda: call(backend),
-                                                     call_priority(meta.template, meta.story, meta.step)),
-                        0 if backend.offline else retries)
+                    # a job the provider runs past the request is noted under the request's key
+                    # (cloops.services.cache.current_job): a killed run's job is resumed, not
+                    # paid for twice
+                    with job_journal(cache, key):
+                        result, rec.attempts = self._retrying(
+                            meta.template, self._limited(
+                                meta.template, service, lambda: call(backend),
+                                call_priority(meta.template, meta.story, meta.step)),
+                            0 if backend.offline else retries)
                 except ServiceError as exc:
                     rec.error = str(exc)[:500]
                     rec.attempts = exc.attempts

@@ -46,6 +46,7 @@ from ..errors import (AuthError, PermanentServiceError, ServiceError,
 from ..imaging import to_jpeg
 from ..limits import service_done
 from .base import ImageRequest, ImageResult
+from .cache import current_job
 from .registry import BackendSpec, register
 from .wire import parse_retry_after, tls_context
 
@@ -171,7 +172,11 @@ class ReplicateBackend:
     def generate_image(self, request: ImageRequest) -> ImageResult:
         """Run one prediction and return its first output as JPEG.
 
-        Sends ``input = {"prompt": request.prompt, **request.params}`` unchanged.
+        Sends ``input = {"prompt": request.prompt, **request.params}`` unchanged. A prediction
+        still running when its create call returns is noted in the call's job journal
+        (:func:`cloops.services.cache.current_job`) until it is terminal: if the run is killed
+        meanwhile, the next run of the same request polls that prediction instead of paying
+        for a second one.
 
         Returns:
             :class:`ImageResult` with JPEG bytes, the pixel size, and ``images_billed`` = the
@@ -188,18 +193,45 @@ class ReplicateBackend:
         owner, model_name, version = parse_model_ref(request.model)
         payload = {"prompt": request.prompt, **request.params}
         wait = int(max(1, min(MAX_PREFER_WAIT_S, request.timeout_s)))
-        with self._mapped(request.model, "creating the prediction"):
-            if version:
-                prediction = self._client.predictions.create(version=version, input=payload,
-                                                             wait=wait)
-            else:
-                prediction = self._client.models.predictions.create(
-                    model=(owner, model_name), input=payload, wait=wait)
+        job = current_job()
+        prediction = self._resume(job, request)
+        if prediction is None:
+            with self._mapped(request.model, "creating the prediction"):
+                if version:
+                    prediction = self._client.predictions.create(version=version, input=payload,
+                                                                 wait=wait)
+                else:
+                    prediction = self._client.models.predictions.create(
+                        model=(owner, model_name), input=payload, wait=wait)
+            if prediction.status not in TERMINAL:
+                job.started(prediction.id)  # still running: a kill from here on resumes it
         self._wait(prediction, deadline, request)
+        job.ended()
         service_done()  # the prediction is terminal: the download below takes no Replicate slot
         return self._result(prediction, request)
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _resume(self, job: Any, request: ImageRequest) -> Any:
+        """The prediction an interrupted run created for this same request, if it can still
+        give its output (running or succeeded); None otherwise (and the note is dropped).
+
+        Raises:
+            TransientServiceError: Replicate could not be asked (the hub retries; creating a
+                second prediction meanwhile would pay twice).
+        """
+        pid = job.resumable()
+        if pid is None:
+            return None
+        try:
+            with self._mapped(request.model, f"resuming prediction {pid}"):
+                prediction = self._client.predictions.get(pid)
+        except PermanentServiceError:  # gone (404) or refused: start afresh
+            prediction = None
+        if prediction is None or prediction.status in ("failed", "canceled"):
+            job.ended()
+            return None
+        return prediction
 
     def _wait(self, prediction: Any, deadline: float, request: ImageRequest) -> None:
         """Poll until the prediction is terminal; cancel it and raise when the deadline passes.
@@ -211,6 +243,7 @@ class ReplicateBackend:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._cancel(prediction)
+                current_job().ended()
                 raise TransientServiceError(
                     f"Replicate prediction {prediction.id} ({request.model}) was still "
                     f"{prediction.status!r} after {request.timeout_s:g} s; canceled it. Fix: "
