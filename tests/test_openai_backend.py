@@ -328,9 +328,25 @@ def test_chat_factory_needs_base_url(srv):
     with pytest.raises(InputError, match="llm.baseUrl"):
         make_chat_backend(LLMConfig(), {"OPENAI_API_KEY": KEY})
     backend = make_chat_backend(LLMConfig(base_url=srv.base_url, max_retries=0),
+                                {"LLM_API_KEY": "sk-local-server"})
+    backend.complete(request())
+    assert srv.last.headers["authorization"] == "Bearer sk-local-server"
+
+
+def test_chat_never_sends_the_openai_key_to_another_server(srv):
+    """OPENAI_API_KEY goes to OpenAI's host only: a local or third-party server at llm.baseUrl
+    gets LLM_API_KEY, else a placeholder."""
+    from cloops.services.openai_backend import CHAT_PLACEHOLDER_KEY, chat_key
+    backend = make_chat_backend(LLMConfig(base_url=srv.base_url, max_retries=0),
                                 {"OPENAI_API_KEY": KEY})
     backend.complete(request())
-    assert srv.last.headers["authorization"] == f"Bearer {KEY}"
+    assert srv.last.headers["authorization"] == f"Bearer {CHAT_PLACEHOLDER_KEY}"
+    assert KEY not in json.dumps(srv.last.headers)
+    assert chat_key("https://api.openai.com/v1", {"OPENAI_API_KEY": KEY}) == KEY
+    assert chat_key("https://api.openai.com.evil.example/v1", {"OPENAI_API_KEY": KEY}) == \
+        CHAT_PLACEHOLDER_KEY
+    assert chat_key("https://api.openai.com/v1", {"OPENAI_API_KEY": KEY,
+                                                  "LLM_API_KEY": "sk-x"}) == "sk-x"
 
 
 def test_generator_honours_enum_bounds_and_refs():

@@ -45,6 +45,8 @@ KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CHAT_PLACEHOLDER_KEY = "not-needed"  # local Chat Completions servers ignore the key
+CHAT_KEY_ENV = "LLM_API_KEY"  # the key of the Chat Completions server at llm.baseUrl
+OPENAI_HOSTS = ("api.openai.com",)  # where OPENAI_API_KEY may be sent by openai-chat
 
 MISSING_KEY_MESSAGE = (f"{KEY_ENV} is not set: add it to the environment or to .env, "
                        "or set llm.backend to \"draft\" to build offline drafts.")
@@ -107,7 +109,8 @@ def convert_error(exc: BaseException, *, backend: str, base_url: str | None,
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
             what = ("rejected the API key" if status == 401
                     else "refused access with this API key")
-            fix = (f"check {KEY_ENV} (in the environment or .env): set it to a valid key"
+            fix = (f"check {CHAT_KEY_ENV if local else KEY_ENV} (in the environment or .env): "
+                   "set it to a valid key"
                    + (" for the server at llm.baseUrl" if local else
                       " from https://platform.openai.com/api-keys with access to the model")
                    + ", or set llm.backend to \"draft\" to build offline drafts")
@@ -527,7 +530,8 @@ def make_responses_backend(section: "LLMConfig", env: Mapping[str, str]) -> Open
 
 
 def make_chat_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAIChatBackend:
-    """Factory of ``openai-chat``: ``llm.baseUrl`` or ``OPENAI_BASE_URL`` is required.
+    """Factory of ``openai-chat``: ``llm.baseUrl`` or ``OPENAI_BASE_URL`` is required; the key is
+    :func:`chat_key`'s.
 
     Raises:
         InputError: no base URL is configured.
@@ -539,8 +543,22 @@ def make_chat_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAICha
                          fix="set llm.baseUrl to the server's OpenAI-compatible API root, e.g. "
                              "\"http://localhost:11434/v1\" (Ollama) or "
                              "\"http://localhost:8000/v1\" (vLLM), or set OPENAI_BASE_URL.")
-    return OpenAIChatBackend(base_url=base_url, api_key=env.get(KEY_ENV) or CHAT_PLACEHOLDER_KEY,
+    return OpenAIChatBackend(base_url=base_url, api_key=chat_key(base_url, env),
                              timeout_s=section.timeout_s, max_retries=0)  # cloops retries (hub)
+
+
+def chat_key(base_url: str, env: Mapping[str, str]) -> str:
+    """The key ``openai-chat`` sends to the server at ``base_url``: ``LLM_API_KEY``; else
+    ``OPENAI_API_KEY``, but only to OpenAI's own API host (:data:`OPENAI_HOSTS`) — an OpenAI
+    key is never sent to another server; else a placeholder (local servers ignore it)."""
+    import urllib.parse
+
+    if env.get(CHAT_KEY_ENV):
+        return env[CHAT_KEY_ENV]
+    host = (urllib.parse.urlsplit(base_url).hostname or "").lower()
+    if host in OPENAI_HOSTS and env.get(KEY_ENV):
+        return env[KEY_ENV]
+    return CHAT_PLACEHOLDER_KEY
 
 
 OPENAI_SPEC = register(BackendSpec(name="openai", service="llm", offline=False, imports=("openai",),
