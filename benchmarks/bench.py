@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO))
 
 FAKE_ENV = {"CLOOPS_PLUGINS": "tests.fakes.backends", "CLOOPS_LLM_BACKEND": "fake-llm",
             "CLOOPS_IMAGE_BACKEND": "fake-image", "PYTHONPATH": str(REPO)}
-SECRET_VARS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "REPLICATE_API_TOKEN", "REPLICATE_BASE_URL",
-               "ELEVENLABS_API_KEY", "COMFYUI_URL")
+SECRET_VARS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLM_API_KEY", "REPLICATE_API_TOKEN",
+               "REPLICATE_BASE_URL", "ELEVENLABS_API_KEY", "COMFYUI_URL")
 RUNNER = ("import resource, sys\n"
           "from doit.doit_cmd import DoitMain\n"
           "from doit.cmd_base import DodoTaskLoader\n"
