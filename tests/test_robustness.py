@@ -447,7 +447,24 @@ def test_sigkill_while_polling_a_prediction_pays_once(proj):
         while not rp.creates and time.monotonic() < deadline:
             time.sleep(0.01)
         gate.hold_after(0)
-        _kill_when_held(st, gate, signal.SIGKILL)
+        # kill "while polling": the create has answered and the run noted the prediction (it
+        # does so before its first poll; a kill before that note loses the id, as a kill during
+        # the create call itself would), a request is held, and every other paid answer is in
+        # the ledger (so its result is cached: what this test counts is the prediction alone)
+        jobs = proj.root / "build" / ".cloops" / "cache" / "jobs"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            answered = len(oa.answered) + len(rp.answered)
+            recorded = sum(not c["cache_hit"] for c in st.project.calls(st.run_id))
+            if list(jobs.glob("*.json")) and gate.held and answered == gate.admitted and \
+                    recorded >= len(paid_requests(oa, rp)) - 1:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the run never reached 'polling the noted prediction'")
+        os.kill(st.pid, signal.SIGKILL)
+        assert st.finish(timeout=30).rc == -signal.SIGKILL
+        gate.release(drop=True)
         run = proj.doit("build:noah-s-ark", env=env)
         assert run.rc == 0, run.out + run.err
         paid = [json.dumps(r.body, sort_keys=True) for r in rp.creates if r.status == 201]
