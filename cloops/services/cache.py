@@ -206,18 +206,23 @@ class Job:
     def __init__(self, cache: ResponseCache | None = None, key: str = ""):
         self._cache = cache
         self._key = key
+        self._noted = False  # a note exists (found or written): ended() must remove it
 
     def resumable(self) -> str | None:
         """The id of a job this same request started in an earlier, interrupted run."""
-        return self._cache.job(self._key) if self._cache is not None else None
+        job_id = self._cache.job(self._key) if self._cache is not None else None
+        self._noted = self._noted or job_id is not None
+        return job_id
 
     def started(self, job_id: str) -> None:
         if self._cache is not None:
             self._cache.start_job(self._key, job_id)
+            self._noted = True
 
     def ended(self) -> None:
-        if self._cache is not None:
+        if self._cache is not None and self._noted:
             self._cache.end_job(self._key)
+            self._noted = False
 
 
 _NO_JOB = Job()
