@@ -123,7 +123,6 @@ class ResponseCache:
         :func:`cloops.fileio.atomic_write_bytes`) once they are :data:`TEMP_GRACE_S` old — a
         write takes milliseconds, so none of a run still going is touched. Returns (entries,
         bytes) removed; temp files count in the bytes only."""
-        import time
         now = time.time()
         cutoff = now - older_than_s
         removed = freed = 0

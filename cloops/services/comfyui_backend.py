@@ -236,7 +236,6 @@ class ComfyUIBackend:
         self._http.close()
 
 
-
 def _first_image(entry: dict) -> dict | None:
     images = [img for node in (entry.get("outputs") or {}).values()
               for img in (node.get("images") or []) if isinstance(img, dict)]

@@ -266,7 +266,6 @@ class _SDKBackend:
         return cls(_scrub(message, self._api_key), service="llm", backend=self.name, **kw)
 
 
-
 class OpenAIResponsesBackend(_SDKBackend):
     """LLM backend on the OpenAI Responses API (``POST {base_url}/responses``).
 

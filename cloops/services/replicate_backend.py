@@ -46,7 +46,7 @@ from ..errors import (AuthError, PermanentServiceError, ServiceError,
 from ..imaging import to_jpeg
 from ..limits import service_done
 from .base import ImageRequest, ImageResult
-from .cache import current_job
+from .cache import Job, current_job
 from .registry import BackendSpec, register
 from .wire import parse_retry_after, tls_context
 
@@ -205,14 +205,14 @@ class ReplicateBackend:
                         model=(owner, model_name), input=payload, wait=wait)
             if prediction.status not in TERMINAL:
                 job.started(prediction.id)  # still running: a kill from here on resumes it
-        self._wait(prediction, deadline, request)
+        self._wait(prediction, deadline, request, job)
         job.ended()
         service_done()  # the prediction is terminal: the download below takes no Replicate slot
         return self._result(prediction, request)
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _resume(self, job: Any, request: ImageRequest) -> Any:
+    def _resume(self, job: Job, request: ImageRequest) -> Any:
         """The prediction an interrupted run created for this same request, if it can still
         give its output (running or succeeded); None otherwise (and the note is dropped).
 
@@ -233,8 +233,9 @@ class ReplicateBackend:
             return None
         return prediction
 
-    def _wait(self, prediction: Any, deadline: float, request: ImageRequest) -> None:
-        """Poll until the prediction is terminal; cancel it and raise when the deadline passes.
+    def _wait(self, prediction: Any, deadline: float, request: ImageRequest, job: Job) -> None:
+        """Poll until the prediction is terminal; cancel it (and end its ``job`` note) and raise
+        when the deadline passes.
 
         A failed poll (429/5xx/dropped connection) is retried until the deadline rather than
         raised: raising would make the caller create, and pay for, a second prediction.
@@ -243,7 +244,7 @@ class ReplicateBackend:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._cancel(prediction)
-                current_job().ended()
+                job.ended()
                 raise TransientServiceError(
                     f"Replicate prediction {prediction.id} ({request.model}) was still "
                     f"{prediction.status!r} after {request.timeout_s:g} s; canceled it. Fix: "
@@ -392,7 +393,6 @@ class _ErrorMapper:
         if converted is None:
             return False
         raise converted from exc
-
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
