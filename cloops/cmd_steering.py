@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import steering
+from .console import make_console
 from .errors import CloopsError, InputError
 from .locks import is_locked, lock, read_locks, unlock
 from .project import BUILD_DIR
@@ -45,7 +46,7 @@ _JSON = {"name": "as_json", "long": "json", "type": bool, "default": False,
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    return make_console(soft_wrap=True)
 
 
 def _user_errors(fn):

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from doit.cmd_base import Command
-from rich.console import Console
 from rich.table import Table
 
+from .console import make_console
 from .ledger import LEDGER_FILE, connect
 
 _GROUPS = {"template": ["template"], "story": ["template", "story"], "step": ["template", "step"]}
@@ -83,7 +83,7 @@ class Report(Command):
         if params["as_json"]:
             print(json.dumps(data, indent=2))
             return 0
-        console = Console(highlight=False)
+        console = make_console()
         if not any(data.values()):
             console.print("No calls recorded yet (build/.cloops/ledger.sqlite is empty).")
             return 0

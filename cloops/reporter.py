@@ -48,14 +48,14 @@ class CloopsReporter:
     desc = "cloops: rich progress and an end-of-run summary"
 
     def __init__(self, outstream, options):
-        from rich.console import Console  # here, not at import: dodo.py's import stays cheap
-        from rich.text import Text
+        from rich.text import Text  # here, not at import: dodo.py's import stays cheap
+
+        from .console import make_console
         self._text = Text.assemble  # the per-task lines: styled spans, no markup to parse
         self.options = options or {}
         # the real stdout: doit wraps sys.stdout, and rich's broken-pipe handling needs fileno()
-        self.console = Console(file=sys.__stdout__, highlight=False,
-                               soft_wrap=True, force_terminal=None)
-        self.err = Console(file=sys.__stderr__, highlight=False, soft_wrap=True)
+        self.console = make_console(sys.__stdout__, soft_wrap=True)
+        self.err = make_console(sys.__stderr__, soft_wrap=True)
         self.t0 = time.monotonic()
         self.started: dict[str, float] = {}
         self.reasons: dict[str, str] = {}
