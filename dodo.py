@@ -3,6 +3,6 @@
 All the logic is in the cloops package; see README.md.
 """
 
-from cloops.dodo_entry import namespace
+from cloops.run.dodo import namespace
 
 globals().update(namespace(__file__))

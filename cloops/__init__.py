@@ -1,18 +1,20 @@
 """cloops: turn a backlog of story ideas into finished content bundles, as a doit build.
 
-Package map (one module per concept):
+The package is cut in layers; each imports only the layers below it (checked by import-linter,
+``pyproject.toml`` ``[tool.importlinter]``, in ``tests/test_layers.py``):
 
-- ``errors``     the ``CloopsError`` hierarchy (user errors print without a traceback)
-- ``fileio``     atomic writes and content hashes
-- ``config``     template ``config.json`` models (pydantic) and dotted-path lookup
-- ``prompts``    ``{a.b}`` variable discovery and injection into system prompts
-- ``steps``      the declarations a template's ``workflow.py`` uses (LLMStep, ImageStep, ...)
-- ``template``   template discovery and loading
-- ``backlog``    the backlog datasource (status writes are atomic and locked)
-- ``services``   LLM and image backends behind small protocols, the response cache
-- ``engine``     turns a template's steps into doit tasks; the task actions
-- ``reporter``   rich progress and the end-of-run summary
-- ``ledger``     every call recorded in SQLite under ``build/``
+- ``steer``     steering by hand: addressing targets, history, takes, locks, status, spend
+                reports, and the doit commands for them
+- ``run``       one doit run: story selection, task actions, the service hub (response cache,
+                limits, retries, ledger), dispatch order, the reporter, the ``dodo.py`` entry
+- ``graph``     steps and their kinds (which own their run), the artifact graph of a template,
+                task creation, targets, locks, completion records, story seals
+- ``data``      the project, backlogs, templates, their validated config, prompts, schemas
+- ``services``  the drivers: requests, results, the backend registry, the response cache and
+                the backends, each converting its SDK's errors into ours
+- ``core``      errors, atomic file IO and hashes, the console
+
+``cloops.steps`` is the face template authors import in ``workflow.py``; no layer imports it.
 """
 
 __version__ = "0.1.0"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cloops import backlog as backlog_mod
-from cloops.backlog import load_backlog, set_status
-from cloops.errors import InputError
-from cloops.fileio import sha256_json
+from cloops.data import backlog as backlog_mod
+from cloops.data.backlog import load_backlog, set_status
+from cloops.core.errors import InputError
+from cloops.core.fileio import sha256_json
 
 SHOWN = "backlogs/comic-books-standard.json"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cloops.errors import InputError
-from cloops.prompts import render, variables
+from cloops.core.errors import InputError
+from cloops.data.prompts import render, variables
 
 TEMPLATE = "comic-books-standard"
 CONFIG = f"templates/{TEMPLATE}/config.json"

@@ -9,8 +9,8 @@ import json
 import pytest
 from PIL import Image
 
-from cloops.config import GenerationConfig
-from cloops.errors import InputError, PermanentServiceError, TransientServiceError
+from cloops.data.config import GenerationConfig
+from cloops.core.errors import InputError, PermanentServiceError, TransientServiceError
 from cloops.services import registry
 from cloops.services.base import ImageBackend, ImageRequest
 from cloops.services.comfyui_backend import ComfyUIBackend, create_backend, inject

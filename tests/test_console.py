@@ -6,7 +6,7 @@ import io
 
 from rich.table import Table
 
-from cloops.console import LOG_WIDTH, make_console
+from cloops.core.console import LOG_WIDTH, make_console
 
 
 def summary_table() -> Table:

@@ -1,10 +1,10 @@
-"""The order ready tasks are dispatched in (cloops.dispatch): oldest story, deepest step first."""
+"""The order ready tasks are dispatched in (cloops.run.dispatch): oldest story, deepest step first."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from cloops.dispatch import ReadyQueue, task_priority
+from cloops.run.dispatch import ReadyQueue, task_priority
 from conftest import REPO
 
 FAKE = {"CLOOPS_PLUGINS": "tests.fakes.backends", "CLOOPS_LLM_BACKEND": "fake-llm",

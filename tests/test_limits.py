@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from cloops.limits import RateLimiter, ServiceLimiter
+from cloops.run.limits import RateLimiter, ServiceLimiter
 
 
 class FakeClock:
@@ -149,7 +149,7 @@ def test_waiting_callers_are_counted_and_saturation_follows():
 def test_service_done_frees_the_slot_before_the_call_returns():
     """A Replicate prediction stops counting once terminal: the next one may start while the
     first call is still downloading its output."""
-    from cloops.limits import service_done
+    from cloops.services.base import service_done
     lim = ServiceLimiter(1, None)
     downloading = threading.Event()
     second_started = threading.Event()
@@ -180,7 +180,7 @@ def test_service_done_frees_the_slot_before_the_call_returns():
 
 def test_a_freed_slot_goes_to_the_waiting_call_with_the_best_priority():
     """With the service at its limit, the call leading soonest to a finished story goes first
-    (cloops.dispatch's order), not whichever thread the OS wakes."""
+    (cloops.run.dispatch's order), not whichever thread the OS wakes."""
     lim = ServiceLimiter(1, None)
     order: list[str] = []
     hold = threading.Event()

@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
-from cloops.config import LLMConfig
-from cloops.errors import (AuthError, IncompleteError, InputError, OutputInvalidError,
+from cloops.data.config import LLMConfig
+from cloops.core.errors import (AuthError, IncompleteError, InputError, OutputInvalidError,
                            PermanentServiceError, RefusalError, TransientServiceError)
 from cloops.services import registry
 from cloops.services.base import LLMBackend, LLMRequest

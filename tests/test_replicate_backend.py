@@ -10,8 +10,8 @@ import sys
 import pytest
 from PIL import Image
 
-from cloops.config import GenerationConfig
-from cloops.errors import AuthError, PermanentServiceError, TransientServiceError
+from cloops.data.config import GenerationConfig
+from cloops.core.errors import AuthError, PermanentServiceError, TransientServiceError
 from cloops.services import registry
 from cloops.services.base import ImageBackend, ImageRequest
 from cloops.services.replicate_backend import (ReplicateBackend, create_backend,

@@ -1,4 +1,4 @@
-"""Story seals (cloops.seals): a fully built, unchanged story is checked in one comparison.
+"""Story seals (cloops.graph.seals): a fully built, unchanged story is checked in one comparison.
 
 The contract does not move: every change that makes a task stale breaks the seal (the story is
 then checked task by task and rebuilds exactly what it did before), nothing is rebuilt because
@@ -12,9 +12,9 @@ import os
 
 import pytest
 
-from cloops.backlog import Item
-from cloops.project import StoryRef, load_project, reset
-from cloops.seals import SealBook, file_stat
+from cloops.data.backlog import Item
+from cloops.data.project import StoryRef, load_project, reset
+from cloops.graph.seals import SealBook, file_stat
 from conftest import REPO
 
 FAKE = {"CLOOPS_PLUGINS": "tests.fakes.backends", "CLOOPS_LLM_BACKEND": "fake-llm",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cloops.backlog import Backlog, Item
-from cloops.engine import parse_argv, selected_stories
+from cloops.data.backlog import Backlog, Item
+from cloops.run.selection import parse_argv, selected_stories
 
 STD = Backlog(Path("backlogs/comic-books-standard.json"), "comic-books-standard", [
     Item("noah-s-ark", "completed", {}), Item("ruth", "pending", {}), Item("jonah", "failed", {})])
@@ -46,7 +46,7 @@ def test_selected_stories(argv, expected):
 def test_relax_gc_raises_the_young_threshold_and_keeps_a_higher_one():
     import gc
 
-    from cloops.engine import GC_YOUNG_THRESHOLD, relax_gc
+    from cloops.run.tuning import GC_YOUNG_THRESHOLD, relax_gc
     saved = gc.get_threshold()
     try:
         gc.set_threshold(700, 10, 10)

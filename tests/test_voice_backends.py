@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from cloops.config import VoiceConfig
-from cloops.errors import AuthError, InputError, PermanentServiceError, TransientServiceError
+from cloops.data.config import VoiceConfig
+from cloops.core.errors import AuthError, InputError, PermanentServiceError, TransientServiceError
 from cloops.services import registry
 from cloops.services.base import VoiceBackend, VoiceRequest
 from cloops.services.elevenlabs_backend import (ElevenLabsBackend, create_backend,

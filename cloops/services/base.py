@@ -8,8 +8,10 @@ service (``draft``, ``annotations`` for backends that do not use them).
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 REASONING_EFFORTS = ("none", "low", "medium", "high")  # gpt-5.1; source: OpenAI GPT-5.1 docs
 VERBOSITIES = ("low", "medium", "high")
@@ -221,3 +223,36 @@ class VoiceBackend(Protocol):
     def synthesize(self, request: VoiceRequest) -> VoiceResult:
         """Return the track. Raises :class:`cloops.errors.ServiceError`."""
         ...
+
+
+# ---------------------------------------------------------------- the end of a provider's part
+
+_slot = threading.local()
+
+
+@contextmanager
+def service_slot(release: Callable[[], None]) -> Iterator[None]:
+    """Make ``release`` what :func:`service_done` calls in this thread while the block runs.
+
+    The caller's limiter (:class:`cloops.run.limits.ServiceLimiter`) holds a slot of the
+    provider's concurrency limit around a backend call and hands its release here, so the
+    backend can end the slot early without knowing who limits it.
+    """
+    outer = getattr(_slot, "release", None)
+    _slot.release = release
+    try:
+        yield
+    finally:
+        _slot.release = outer
+
+
+def service_done() -> None:
+    """End the calling thread's current service slot now (no-op outside a slot, or when ended).
+
+    For backends whose call has a tail the provider's limit does not cover: a Replicate
+    prediction counts against the concurrency limit until it is terminal, not while its output
+    file downloads from the delivery CDN, so the next prediction may start then.
+    """
+    release = getattr(_slot, "release", None)
+    if release is not None:
+        release()

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..fileio import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
+from ..core.fileio import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
 from .base import ImageResult, LLMResult, Usage, VoiceResult
 
 

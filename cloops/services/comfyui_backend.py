@@ -33,8 +33,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import InputError, PermanentServiceError, ServiceError, TransientServiceError
-from ..imaging import to_jpeg
+from ..core.errors import InputError, PermanentServiceError, ServiceError, TransientServiceError
+from .imaging import to_jpeg
 from .base import ImageRequest, ImageResult
 from .registry import BackendSpec, register
 from .wire import tls_context

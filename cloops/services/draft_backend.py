@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from ..errors import PermanentServiceError
+from ..core.errors import PermanentServiceError
 from .base import LLMRequest, LLMResult
 from .registry import BackendSpec, register
 

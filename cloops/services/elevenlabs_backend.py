@@ -52,7 +52,7 @@ import io
 import threading
 from typing import Any, Mapping, Sequence
 
-from ..errors import (AuthError, InputError, PermanentServiceError, ServiceError,
+from ..core.errors import (AuthError, InputError, PermanentServiceError, ServiceError,
                       TransientServiceError)
 from .base import VoiceRequest, VoiceResult
 from .registry import BackendSpec, register

@@ -30,16 +30,14 @@ from __future__ import annotations
 import json
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
-from ..errors import (AuthError, IncompleteError, InputError, OutputInvalidError,
+from ..core.errors import (AuthError, IncompleteError, InputError, OutputInvalidError,
                       PermanentServiceError, RefusalError, ServiceError, TransientServiceError)
 from .base import LLMRequest, LLMResult, Usage
 from .registry import BackendSpec, register
 from .wire import retry_after_s, scrub, tls_context
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config import LLMConfig
 
 KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
@@ -511,11 +509,11 @@ def _chat_usage(usage: Any) -> Usage:
                  reasoning_tokens=_int(getattr(details, "reasoning_tokens", 0)))
 
 
-def _base_url(section: "LLMConfig", env: Mapping[str, str]) -> str | None:
+def _base_url(section: Any, env: Mapping[str, str]) -> str | None:
     return section.base_url or env.get(BASE_URL_ENV) or None
 
 
-def make_responses_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAIResponsesBackend:
+def make_responses_backend(section: Any, env: Mapping[str, str]) -> OpenAIResponsesBackend:
     """Factory of ``openai``: the key from ``env["OPENAI_API_KEY"]``.
 
     Raises:
@@ -528,7 +526,7 @@ def make_responses_backend(section: "LLMConfig", env: Mapping[str, str]) -> Open
                                   timeout_s=section.timeout_s, max_retries=0)  # cloops retries (hub)
 
 
-def make_chat_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAIChatBackend:
+def make_chat_backend(section: Any, env: Mapping[str, str]) -> OpenAIChatBackend:
     """Factory of ``openai-chat``: ``llm.baseUrl`` or ``OPENAI_BASE_URL`` is required; the key is
     :func:`chat_key`'s.
 

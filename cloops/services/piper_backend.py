@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import InputError, PermanentServiceError
+from ..core.errors import InputError, PermanentServiceError
 from .base import VoiceRequest, VoiceResult
 from .registry import BackendSpec, register
 

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from ..errors import InputError
+from ..core.errors import InputError
 
 SERVICES = ("llm", "image", "voice")
 

@@ -41,11 +41,10 @@ import time
 import urllib.parse
 from typing import Any, Mapping
 
-from ..errors import (AuthError, PermanentServiceError, ServiceError,
+from ..core.errors import (AuthError, PermanentServiceError, ServiceError,
                       TransientServiceError)
-from ..imaging import to_jpeg
-from ..limits import service_done
-from .base import ImageRequest, ImageResult
+from .imaging import to_jpeg
+from .base import ImageRequest, ImageResult, service_done
 from .cache import Job, current_job
 from .registry import BackendSpec, register
 from .wire import parse_retry_after, tls_context

@@ -32,7 +32,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..imaging import dimensions_for
+from .imaging import dimensions_for
 from .base import ImageRequest, ImageResult
 from .registry import BackendSpec, register
 

@@ -18,7 +18,6 @@ hand-editable. Offline drafts are built from the story input by the ``draft_*`` 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 

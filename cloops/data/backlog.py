@@ -1,0 +1,432 @@
+"""The backlog datasource: ``backlogs/<template>.json``.
+
+Layer: **data**.
+
+Shape (the seed spec's)::
+
+    {"templateId": "comic-books-standard",
+     "items": [{"id": "noah-s-ark", "status": "pending",
+                "input": {"title": ..., "summary": ..., "keyMoments": [...]},
+                "completedAt": null, "error": null}]}
+
+Status moves ``pending → in_progress → completed | failed``. Status writes re-read the file under
+an exclusive lock, change only that item's ``status``/``completedAt``/``error`` and replace the
+file atomically, so two tasks finishing at once never lose each other's write and a kill never
+leaves half a backlog. The backlog is never a doit ``file_dep``: a status write triggers nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import pickle
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import parse_json
+from ..core.errors import InputError
+from ..core.fileio import atomic_write_bytes, atomic_write_text, dump_json, sha256_bytes, sha256_json
+
+STATUSES = ("pending", "in_progress", "completed", "failed")
+SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+BACKLOGS_DIR = "backlogs"
+LOCK_DIR = "build/.cloops/locks"
+
+
+class Item:
+    """One backlog item (read-only once loaded).
+
+    Attributes:
+        id: slug ``[a-z0-9-]+``; the story's folder name.
+        status: one of ``STATUSES``.
+        input: ``{"title": str, "summary": str, "keyMoments": [str, ...], ...}``; extra keys
+            (e.g. ``reference``, the scripture passage) are kept and offered to steps. Items
+            loaded from a backlog index keep it as canonical JSON text until first read.
+        completed_at: ISO-8601 UTC time of completion or None.
+        error: the last failure's message or None.
+        input_digest: the first 16 hex digits of the SHA-256 of the input's canonical JSON
+            (what story seals and completed-story records compare).
+    """
+
+    __slots__ = ("id", "status", "completed_at", "error", "_input", "_text", "_digest")
+
+    def __init__(self, id: str, status: str, input: dict | None = None,
+                 completed_at: str | None = None, error: str | None = None, *,
+                 input_text: str | None = None, input_digest: str | None = None):
+        self.id = id
+        self.status = status
+        self.completed_at = completed_at
+        self.error = error
+        self._input = input
+        self._text = input_text
+        self._digest = input_digest
+
+    @property
+    def input(self) -> dict:
+        if self._input is None:
+            self._input = json.loads(self._text) if self._text is not None else {}
+        return self._input
+
+    @property
+    def input_digest(self) -> str:
+        if self._digest is None:
+            self._digest = sha256_json(self.input)[:16]
+        return self._digest
+
+    def _key(self) -> tuple:
+        return (self.id, self.status, self.input, self.completed_at, self.error)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Item) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # input is a dict: not hashable
+
+    def __repr__(self) -> str:
+        return f"Item(id={self.id!r}, status={self.status!r})"
+
+
+@dataclass
+class Backlog:
+    """A backlog file and its validated items (in file order)."""
+
+    path: Path
+    template: str
+    items: list[Item]
+    _by_id: dict[str, Item] | None = field(default=None, repr=False, compare=False)
+
+    def get(self, item_id: str) -> Item | None:
+        if self._by_id is None:
+            self._by_id = {it.id: it for it in self.items}
+        return self._by_id.get(item_id)
+
+
+def validate_item(raw: Any, where: str, file: str) -> Item:
+    """Validate one backlog item (``where`` is its field path, e.g. ``items[3]``).
+
+    Raises:
+        InputError: naming the file and field.
+    """
+    if not isinstance(raw, dict):
+        raise InputError("must be an object.", file=file, field=where)
+    item_id = raw.get("id")
+    if not isinstance(item_id, str) or not SLUG.fullmatch(item_id):
+        raise InputError(f"id {item_id!r} is not a slug.", file=file, field=f"{where}.id",
+                         fix="use lowercase letters, digits and single '-' only, e.g. "
+                             "\"noah-s-ark\".")
+    status = raw.get("status", "pending")
+    if status not in STATUSES:
+        raise InputError(f"status {status!r} is not one of {', '.join(STATUSES)}.", file=file,
+                         field=f"{where}.status", fix="set it to \"pending\".")
+    inp = raw.get("input")
+    if not isinstance(inp, dict):
+        raise InputError("is missing or not an object.", file=file, field=f"{where}.input",
+                         fix="add \"input\": {\"title\", \"summary\", \"keyMoments\"}.")
+    for key, kind in (("title", str), ("summary", str), ("keyMoments", list)):
+        value = inp.get(key)
+        if value is None:
+            raise InputError("is missing.", file=file, field=f"{where}.input.{key}",
+                             fix=f"add the story's {key}.")
+        if not isinstance(value, kind) or (kind is str and not value.strip()):
+            raise InputError(f"must be a non-empty {'string' if kind is str else 'list'}.",
+                             file=file, field=f"{where}.input.{key}")
+    if not inp["keyMoments"] or not all(isinstance(m, str) and m.strip() for m in inp["keyMoments"]):
+        raise InputError("must be a non-empty list of non-empty strings.", file=file,
+                         field=f"{where}.input.keyMoments")
+    return Item(id=item_id, status=status, input=inp, completed_at=raw.get("completedAt"),
+                error=raw.get("error"))
+
+
+INDEX_DIR = "build/.cloops/backlogs"
+INDEX_FORMAT = 1
+
+
+def _index_path(root: Path, shown: str) -> Path:
+    return root / INDEX_DIR / (shown.replace("/", "__") + ".pickle")
+
+
+def _read_index(root: Path, shown: str) -> dict | None:
+    try:
+        with open(_index_path(root, shown), "rb") as fh:
+            data = pickle.load(fh)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == INDEX_FORMAT else None
+
+
+def _write_index(root: Path, shown: str, digest: str, template: str, rows: list[tuple]) -> None:
+    """Keep the validated content of backlog ``shown`` (whose file has SHA-256 ``digest``):
+    ``rows`` are ``(id, status, completedAt, error, input as JSON text, input digest)``."""
+    if not ((root / "build").is_dir() or (root / "dodo.py").is_file()):
+        return  # not a project folder: leave no trace
+    atomic_write_bytes(_index_path(root, shown), pickle.dumps(
+        {"format": INDEX_FORMAT, "digest": digest, "template": template, "rows": rows},
+        protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _row(it: Item) -> tuple:
+    # the input's own key order is kept (prompts may show it); the digest is of canonical JSON
+    text = json.dumps(it.input, ensure_ascii=False, separators=(",", ":"))
+    return (it.id, it.status, it.completed_at, it.error, text, it.input_digest)
+
+
+def load_backlog(path: Path, *, shown: str | None = None, root: Path | None = None) -> Backlog:
+    """Read and validate a JSON backlog.
+
+    With ``root`` (the project folder), a validated backlog is kept as an index in
+    ``build/.cloops/backlogs/`` under the SHA-256 of the file's bytes; while the file is
+    unchanged the index is read instead (no JSON parsing or validation of 10,000 items, and each
+    story's input is decoded only when a task needs it), so ``doit build:<id>`` costs about the
+    same whatever the backlog's size. Any edit changes the digest and the file is read and
+    validated in full.
+
+    Raises:
+        InputError: invalid JSON (with line/column), missing ``templateId``/``items``, an item
+            that is not valid, or a duplicate id.
+    """
+    shown = shown or str(path)
+    try:
+        raw_bytes = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError("does not exist.", file=shown) from None
+    digest = sha256_bytes(raw_bytes)
+    if root is not None:
+        idx = _read_index(root, shown)
+        if idx is not None and idx.get("digest") == digest:
+            items = [Item(r[0], r[1], None, r[2], r[3], input_text=r[4], input_digest=r[5])
+                     for r in idx["rows"]]
+            return Backlog(path=Path(path), template=idx["template"], items=items)
+    data = parse_json(raw_bytes, shown)
+    if not isinstance(data, dict):
+        raise InputError("must be a JSON object with \"templateId\" and \"items\".", file=shown)
+    template = data.get("templateId")
+    if not isinstance(template, str) or not template:
+        raise InputError("is missing.", file=shown, field="templateId",
+                         fix="set it to the template folder name, e.g. \"comic-books-standard\".")
+    items_raw = data.get("items")
+    if not isinstance(items_raw, list):
+        raise InputError("is missing or not a list.", file=shown, field="items")
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(items_raw):
+        item = validate_item(raw, f"items[{i}]", shown)
+        if item.id in seen:
+            raise InputError(f"duplicate id {item.id!r} (also items[{seen[item.id]}]).",
+                             file=shown, field=f"items[{i}].id",
+                             fix="give every story a unique id.")
+        seen[item.id] = i
+        items.append(item)
+    if root is not None:
+        try:
+            _write_index(root, shown, digest, template, [_row(it) for it in items])
+        except OSError:
+            pass  # an index is an optimisation: the backlog itself was read
+    return Backlog(path=Path(path), template=template, items=items)
+
+
+def load_csv_backlog(path: Path, *, shown: str | None = None) -> Backlog:
+    """Read and validate a CSV backlog (see :mod:`cloops.csv_backlog`); the template is the
+    file's stem.
+
+    Raises:
+        InputError: a malformed row (naming its line), a missing column, an invalid or duplicate id.
+    """
+    from . import csv_backlog
+    shown = shown or str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"is not UTF-8 text ({exc.reason}).", file=shown,
+                         fix="save it as UTF-8 CSV.") from None
+    _header, rows, _dialect = csv_backlog.parse(text, shown)
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    for row in rows:
+        where = f"line {row.first + 1}"
+        item = validate_item(csv_backlog.to_item_dict(row), where, shown)
+        if item.id in seen:
+            raise InputError(f"duplicate id {item.id!r} (also line {seen[item.id]}).", file=shown,
+                             field=f"{where}.id", fix="give every story a unique id.")
+        seen[item.id] = row.first + 1
+        items.append(item)
+    return Backlog(path=Path(path), template=Path(path).stem, items=items)
+
+
+def discover(root: Path) -> list[Backlog]:
+    """Load every ``backlogs/*.json`` and ``backlogs/*.csv`` under ``root`` (by file name)."""
+    bdir = root / BACKLOGS_DIR
+    if not bdir.is_dir():
+        return []
+    out = []
+    for p in sorted([*bdir.glob("*.json"), *bdir.glob("*.csv")]):
+        shown = str(p.relative_to(root))
+        out.append(load_csv_backlog(p, shown=shown) if p.suffix == ".csv"
+                   else load_backlog(p, shown=shown, root=root))
+    return out
+
+
+@contextmanager
+def _locked(root: Path, path: Path) -> Iterator[None]:
+    lock_dir = root / LOCK_DIR
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{path.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def set_status(root: Path, path: Path, item_id: str, status: str, *,
+               error: str | None = None) -> bool:
+    """Set one item's status (and ``completedAt``/``error``); return True if the file changed.
+
+    Only that item's status fields change; every other byte of meaning (other items, key order,
+    extra fields) is kept. A file that no longer parses is left untouched.
+
+    Raises:
+        InputError: the backlog became invalid JSON, or the id is gone.
+    """
+    if status not in STATUSES:
+        raise ValueError(status)
+    if Path(path).suffix == ".csv":
+        from .csv_backlog import set_row_status
+        with _locked(root, path):
+            return set_row_status(Path(path), item_id, status,
+                                  now_iso() if status == "completed" else None,
+                                  error if status == "failed" else None,
+                                  set_completed=status == "completed", shown=str(path))
+    with _locked(root, path):
+        try:
+            before_text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError("does not exist.", file=str(path)) from None
+        data = parse_json(before_text, str(path))
+        for index, raw in enumerate(data.get("items", [])):
+            if isinstance(raw, dict) and raw.get("id") == item_id:
+                before = (raw.get("status"), raw.get("completedAt"), raw.get("error"))
+                raw["status"] = status
+                if status == "completed":
+                    raw["completedAt"] = now_iso()
+                    raw["error"] = None
+                elif status == "failed":
+                    raw["error"] = error
+                elif status == "pending":
+                    raw["error"] = None
+                if (raw.get("status"), raw.get("completedAt"), raw.get("error")) == before:
+                    return False
+                text = splice_item(before_text, index, raw)
+                if text is None:  # a layout the splice does not follow: write it all anew
+                    text = dump_json(data)
+                atomic_write_text(path, text)
+                _reindex(Path(root), Path(path), before_text, text, item_id, raw)
+                return True
+    raise InputError(f"story {item_id!r} is no longer in the backlog.", file=str(path))
+
+
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def splice_item(text: str, index: int, item: dict) -> str | None:
+    """``text`` (a backlog's JSON) with ``items[index]`` replaced by ``item``, every other
+    byte kept; None when the text is not an object with an ``items`` array of that length.
+
+    Rewriting a whole 10,000-item backlog for each status change costs a second of JSON
+    encoding per write; this finds the item's span with the C scanner and re-encodes only it,
+    indented like the line it starts on.
+    """
+    def ws(pos: int) -> int:
+        return _WS.match(text, pos).end()
+
+    try:
+        pos = ws(0)
+        if text[pos] != "{":
+            return None
+        pos = ws(pos + 1)
+        while text[pos] != "}":
+            key, pos = _DECODER.raw_decode(text, pos)
+            pos = ws(pos)
+            if text[pos] != ":":
+                return None
+            pos = ws(pos + 1)
+            if key == "items" and text[pos] == "[":
+                pos = ws(pos + 1)
+                for i in range(index + 1):
+                    start = pos
+                    _value, end = _DECODER.raw_decode(text, pos)
+                    if i == index:
+                        return _respliced(text, start, end, item)
+                    pos = ws(end)
+                    if text[pos] != ",":
+                        return None
+                    pos = ws(pos + 1)
+                return None
+            _value, pos = _DECODER.raw_decode(text, pos)
+            pos = ws(pos)
+            if text[pos] == ",":
+                pos = ws(pos + 1)
+        return None
+    except (IndexError, ValueError):
+        return None
+
+
+def _respliced(text: str, start: int, end: int, item: dict) -> str:
+    old = text[start:end]
+    if "\n" not in old:
+        new = json.dumps(item, ensure_ascii=False)
+    else:
+        line_start = text.rfind("\n", 0, start) + 1
+        base = text[line_start:start] if not text[line_start:start].strip() else ""
+        second = old.split("\n", 1)[1]
+        lead = second[:len(second) - len(second.lstrip(" \t"))]
+        unit = lead[len(base):] if lead.startswith(base) and len(lead) > len(base) else "  "
+        new = json.dumps(item, indent=unit, ensure_ascii=False).replace("\n", "\n" + base)
+    return text[:start] + new + text[end:]
+
+
+def _reindex(root: Path, path: Path, before: str, after: str, item_id: str, raw: dict) -> None:
+    """After a status write: a backlog that was valid stays valid, so its index is carried over
+    to the new content with that item's status fields changed (instead of a full re-read)."""
+    try:
+        shown = str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return
+    idx = _read_index(root, shown)
+    if idx is None or idx.get("digest") != sha256_bytes(before.encode("utf-8")):
+        return
+    rows = [(r[0], raw.get("status"), raw.get("completedAt"), raw.get("error"), *r[4:])
+            if r[0] == item_id else r for r in idx["rows"]]
+    try:
+        _write_index(root, shown, sha256_bytes(after.encode("utf-8")), idx["template"], rows)
+    except OSError:
+        pass
+
+
+def seed_items(stories: list[dict]) -> list[dict]:
+    """Turn ``data/bible-stories.json`` entries into pending backlog items."""
+    out = []
+    for s in stories:
+        inp = {"title": s["title"], "summary": s["summary"], "keyMoments": list(s["keyMoments"])}
+        if s.get("reference"):
+            inp["reference"] = s["reference"]
+        out.append({"id": s["id"], "status": "pending", "input": inp, "completedAt": None,
+                    "error": None})
+    return out
+
+
+def to_json(template: str, items: list[dict]) -> str:
+    return dump_json({"templateId": template, "items": items})
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance helper
+    import sys
+    src, template = sys.argv[1], sys.argv[2]
+    print(to_json(template, seed_items(json.load(open(src))["items"])), end="")

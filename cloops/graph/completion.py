@@ -1,0 +1,105 @@
+"""Completed stories made stale by a change — found without loading their tasks.
+
+Layer: **graph**.
+
+A bare ``doit`` does not rebuild completed stories (rebuilding 500 published stories because a
+prompt changed is an expensive surprise); it reports them. To keep start-up independent of how
+many stories are finished, a completion records two digests per story in
+``build/<template>/.cloops/completed.json``: the template's state (every step's prompt files,
+config values, model settings and backends — :func:`template_state`) and the story's input.
+The template states themselves are kept once each, by digest, so a report can say what changed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..core.fileio import atomic_write_json, sha256_json
+from ..data.project import Project, StoryRef
+from .engine import step_values
+from .plan import plan_of
+from .steps import ItemInput, PartInput, StoryValue
+from .targets import story_lock
+
+STATE_DIR = ".cloops"
+
+
+def template_state(proj: Project, tpl) -> dict[str, str]:
+    """Every story-independent input of every step: ``{"<step>: <input name>": value}``."""
+    state: dict[str, str] = {}
+    ref = StoryRef(tpl.name, "-", "")
+    for step in tpl.steps:
+        skip = set()
+        for inp in step.inputs.values():
+            if isinstance(inp, StoryValue):
+                skip.add(f"story {inp.field or 'input'}")
+            elif isinstance(inp, PartInput):
+                skip.add(f"{inp.path} {inp.key}")
+            elif isinstance(inp, ItemInput):
+                skip.add(f"{plan_of(tpl).foreach_source} item None")
+        for k, v in step_values(proj, tpl, step, ref, {}, None, None).items():
+            if k not in skip and k != "annotations":
+                state[f"{step.name}: {k}"] = v
+    return state
+
+
+def _tdir(proj: Project, template: str) -> Path:
+    return proj.root / "build" / template / STATE_DIR
+
+
+def record_completed(proj: Project, template: str, story_id: str, story_input: dict) -> None:
+    """Remember the state a story was completed in."""
+    tpl = proj.template(template)
+    state = template_state(proj, tpl)
+    tsig = sha256_json(state)[:16]
+    tdir = _tdir(proj, template)
+    states = tdir / "template-states" / f"{tsig}.json"
+    with story_lock(tdir.parent):
+        if not states.exists():
+            atomic_write_json(states, state)
+        path = tdir / "completed.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            data = {}
+        data[story_id] = {"template": tsig, "input": sha256_json(story_input)[:16]}
+        atomic_write_json(path, data)
+
+
+def stale_completed(proj: Project) -> list[tuple[str, str]]:
+    """``[(story key, reason)]`` for completed stories that a change has made stale."""
+    out: list[tuple[str, str]] = []
+    for b in proj.backlogs:
+        done = [it for it in b.items if it.status == "completed"]
+        if not done:
+            continue
+        tdir = _tdir(proj, b.template)
+        try:
+            records = json.loads((tdir / "completed.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        state = template_state(proj, proj.template(b.template))
+        tsig = sha256_json(state)[:16]
+        explained: dict[str, str] = {}
+        for it in done:
+            rec = records.get(it.id)
+            if rec is None:
+                continue  # completed before cloops recorded it: nothing to compare
+            reasons = []
+            if rec.get("template") != tsig:
+                old = rec.get("template")
+                if old not in explained:
+                    try:
+                        before = json.loads((tdir / "template-states" / f"{old}.json").read_text())
+                    except (FileNotFoundError, json.JSONDecodeError):
+                        before = {}
+                    changed = sorted(k for k in set(before) | set(state) if before.get(k) != state.get(k))
+                    explained[old] = "changed " + ", ".join(changed[:4]) + (
+                        f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+                reasons.append(explained[old])
+            if rec.get("input") != it.input_digest:
+                reasons.append("story input changed")
+            if reasons:
+                out.append((f"{b.template}/{it.id}", "; ".join(reasons)))
+    return out

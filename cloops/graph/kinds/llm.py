@@ -1,0 +1,194 @@
+"""The ``llm`` step kind: one structured (or text) answer of the LLM service per task.
+
+Layer: **graph**. The call goes through :class:`cloops.graph.steps.Services` (the run layer's
+hub); offline, the draft backend answers with the step's ``draft``.
+
+The answer is validated — the strict JSON schema, then the step's own ``validate`` — and an
+invalid one is asked again with the errors (``llm.schemaRetries`` times; the
+validate → re-ask loop of *instructor*); an invalid answer is never cached.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ...core.errors import InputError, OutputInvalidError
+from ...data import prompts as prompt_vars
+from ...data.schemas import check_schema, strict_schema_problems
+from ...services.base import LLMRequest
+from ..steps import DepContext, Fn, Step, StepContext, StepRun, short_value, step_kind
+
+
+@step_kind("llm")
+@dataclass(frozen=True)
+class LLMStep(Step):
+    """A call to the LLM service.
+
+    Attributes:
+        system_prompt: file under ``system-prompts/``.
+        user: ``user(inputs, ctx) -> str``, the user message.
+        schema: file under ``schemas/`` for a strict structured output, or None for text.
+        knowledge: files appended to the system prompt inside ``<knowledge>`` tags.
+        draft: ``draft(inputs, ctx) -> output`` for the offline backend: must be schema-valid.
+        validate: ``validate(data, inputs, ctx) -> list[str]`` extra checks beyond the schema
+            (e.g. page count within config); errors are sent back to the model to fix.
+        write: ``write(data, inputs, ctx) -> str | bytes | dict`` what the target holds; default:
+            the text, or the JSON data pretty-printed.
+        settings: key under ``llm.steps`` for model/reasoning/verbosity overrides (default: name).
+    """
+
+    service = "llm"
+
+    system_prompt: str = ""
+    user: Fn | None = None
+    schema: str | None = None
+    knowledge: tuple[str, ...] = ()
+    draft: Fn | None = None
+    validate: Callable[[Any, dict, StepContext], list[str]] | None = None
+    write: Callable[[Any, dict, StepContext], Any] | None = None
+    settings: str | None = None
+
+    # ------------------------------------------------------------ graph
+
+    def template_files(self, tpl) -> list[str]:
+        files = [f"system-prompts/{self.system_prompt}"]
+        files += [f"knowledge/{k}" for k in self.knowledge]
+        if self.schema:
+            files.append(f"schemas/{self.schema}")
+        return files
+
+    def prompt_variables(self, tpl) -> list[str]:
+        return prompt_vars.variables(tpl.text(f"system-prompts/{self.system_prompt}"))
+
+    def llm_settings(self, tpl) -> dict[str, Any]:
+        """Model, reasoning effort and verbosity (``llm.steps.<settings or name>`` over ``llm``)."""
+        return tpl.llm_settings(self.settings or self.name)
+
+    def dependency_values(self, deps: DepContext) -> dict[str, str]:
+        return {f"llm {k}": short_value(v) for k, v in self.llm_settings(deps.template).items()}
+
+    def system_text(self, tpl) -> str:
+        """The rendered system prompt with the knowledge files appended (cached per template).
+
+        Raises:
+            InputError: unknown prompt variable (names the prompt file and the variable).
+        """
+        key = ("llm system", self.name)
+        if key not in tpl.memo:
+            text = tpl.render(f"system-prompts/{self.system_prompt}")
+            for k in self.knowledge:
+                text += f"\n\n<knowledge>\n{tpl.text('knowledge/' + k).strip()}\n</knowledge>\n"
+            tpl.memo[key] = text
+        return tpl.memo[key]
+
+    def schema_of(self, tpl) -> dict | None:
+        """The step's JSON schema, parsed, or None for a text answer."""
+        return json.loads(tpl.text(f"schemas/{self.schema}")) if self.schema else None
+
+    def check(self, tpl) -> None:
+        wf = str(tpl.dir / "workflow.py")
+        if self.user is None:
+            raise InputError(f"LLM step {self.name!r} has no user message function.", file=wf,
+                             fix="pass user=<function(inputs, ctx) -> str>.")
+        self.system_text(tpl)  # renders: an unknown variable fails here, at load
+        schema = self.schema_of(tpl)
+        if schema is not None:
+            rel = f"schemas/{self.schema}"
+            check_schema(tpl, rel, schema)
+            problems = strict_schema_problems(schema)
+            if problems:
+                raise InputError(f"is not a strict structured-output schema: {problems[0]}.",
+                                 file=tpl.shown(rel),
+                                 fix="list every property in 'required' and set "
+                                     "'additionalProperties': false on every object.")
+
+    # ------------------------------------------------------------ run
+
+    def execute(self, job: StepRun) -> None:
+        data, made_by, offline = self.answer(job)
+        out = self.write(data, job.inputs, job.ctx) if self.write else data
+        job.write(job.rel, out, made_by=made_by, offline=offline)
+
+    def answer(self, job: StepRun) -> tuple[Any, str, bool]:
+        """Call the LLM, validate, re-ask with the errors when invalid.
+
+        Returns ``(output, made_by, offline)``: the parsed data (schema) or the text.
+
+        Raises:
+            OutputInvalidError: still invalid after ``1 + llm.schemaRetries`` attempts; carries
+                the attempts, the last raw output and the summed usage.
+            ServiceError: the call failed.
+        """
+        tpl, inputs, ctx = job.template, job.inputs, job.ctx
+        backend = job.services.backend("llm")
+        settings = self.llm_settings(tpl)
+        schema = self.schema_of(tpl)
+        user = self.user(inputs, ctx)
+        draft = self.draft(inputs, ctx) if self.draft else None  # only offline backends use it
+        llm_cfg = tpl.config.engine.llm
+        tries = 1 + (0 if backend.offline else llm_cfg.schema_retries)
+        feedback = ""
+        last = first = None
+        usage_total = [0, 0, 0]
+        errors: list[str] = []
+
+        def valid(result) -> bool:  # an invalid answer is never cached: it is asked again
+            return not validate_output(schema, result.data if schema else result.text, self,
+                                       inputs, ctx)
+
+        for _attempt in range(1, tries + 1):
+            req = LLMRequest(system=self.system_text(tpl), user=user + feedback,
+                             model=settings["model"], reasoning=settings["reasoning"],
+                             verbosity=settings["verbosity"], schema=schema,
+                             schema_name=(self.schema or self.name).removesuffix(".json"),
+                             timeout_s=llm_cfg.timeout_s, draft=draft)
+            first = first or req
+            last = job.services.complete(req, accept=valid)
+            u = last.usage
+            usage_total = [usage_total[0] + u.input_tokens, usage_total[1] + u.output_tokens,
+                           usage_total[2] + u.reasoning_tokens]
+            errors = validate_output(schema, last.data if schema else last.text, self, inputs, ctx)
+            if not errors:
+                if req is not first:
+                    job.services.remember(first, last)
+                return (last.data if schema else last.text), f"{backend.name} {req.model}", \
+                    backend.offline
+            feedback = ("\n\nYour previous answer was invalid. Validation errors found:\n- "
+                        + "\n- ".join(errors) + "\nFix the errors and answer again in full.")
+        raise OutputInvalidError(
+            f"the {backend.name} output for step '{self.name}' is still invalid after {tries} "
+            f"attempt(s): {'; '.join(errors)}. Last raw output: {(last.text or '')[:300]!r}. "
+            f"Usage: {usage_total[0]} input / {usage_total[1]} output tokens.",
+            service="llm", backend=backend.name, raw_output=last.text if last else None,
+            usage=usage_total, attempts=tries)
+
+
+_VALIDATORS: dict[str, Any] = {}
+
+
+def _validator(schema: dict):
+    """A compiled validator per schema (building one per call costs more than the check)."""
+    key = json.dumps(schema, sort_keys=True)
+    v = _VALIDATORS.get(key)
+    if v is None:
+        import jsonschema
+        v = _VALIDATORS[key] = jsonschema.Draft202012Validator(schema)
+    return v
+
+
+def validate_output(schema: dict | None, data: Any, step: LLMStep, inputs: dict,
+                    ctx: StepContext) -> list[str]:
+    """Schema errors plus the step's own checks, as sentences for the model (empty = valid)."""
+    errors: list[str] = []
+    if schema is not None:
+        v = _validator(schema)
+        for err in sorted(v.iter_errors(data), key=lambda e: list(e.path))[:10]:
+            where = "/".join(str(p) for p in err.path) or "(root)"
+            errors.append(f"{where}: {err.message}")
+    elif not str(data).strip():
+        errors.append("the answer is empty")
+    if not errors and step.validate is not None:
+        errors += step.validate(data, inputs, ctx)
+    return errors

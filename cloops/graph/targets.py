@@ -1,0 +1,238 @@
+"""Writing targets without losing anything a person wrote.
+
+Layer: **graph**.
+
+Every story folder has ``.cloops/manifest.json``: for each target, the SHA-256 of the bytes
+cloops last wrote and what made them (backend, model, offline or not). A target whose bytes
+differ from that record was edited by hand. Before any target is overwritten, its previous
+version — hand edit, generated or restored — is copied to
+``.cloops/history/<target>/<stamp>-<why><ext>`` (:func:`list_versions` reads them back), and the
+build output says so. ``doit restore`` puts a version back as an edit: it is recorded in
+``.cloops/restored.json``, never in the manifest, so the build treats it as a hand edit.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from ..core.fileio import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+
+META_DIR = ".cloops"
+RESTORED_FILE = "restored.json"
+REASONS = ("hand-edit", "generated", "restored")
+_tlock = threading.Lock()
+_thread_locks: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def story_lock(story_dir: Path) -> Iterator[None]:
+    """Exclusive lock on a story's manifest across threads and processes."""
+    meta = story_dir / META_DIR
+    with _tlock:
+        tl = _thread_locks.setdefault(str(meta), threading.Lock())
+    with tl:
+        lock_file = meta / "manifest.lock"
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(lock_file, flags, 0o666)
+        except FileNotFoundError:  # the story's first lock
+            meta.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_file, flags, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+            yield
+        finally:
+            os.close(fd)
+
+
+def read_manifest(story_dir: Path) -> dict[str, dict]:
+    try:
+        return json.loads((story_dir / META_DIR / "manifest.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What :func:`write_target` did.
+
+    Attributes:
+        changed: the bytes on disk changed.
+        kept: path of the previous version saved to history, or None.
+        hand_edit: the previous version was a hand edit.
+    """
+
+    changed: bool
+    kept: Path | None = None
+    hand_edit: bool = False
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def is_hand_edited(story_dir: Path, rel: str, manifest: dict | None = None) -> bool:
+    """True when the file exists and differs from what cloops last wrote (or was never written)."""
+    path = story_dir / rel
+    current = sha256_file(path)
+    if current is None:
+        return False
+    rec = (manifest if manifest is not None else read_manifest(story_dir)).get(rel)
+    return rec is None or rec.get("sha256") != current
+
+
+def read_restored(story_dir: Path) -> dict[str, dict]:
+    """``{rel: {"sha256", "from", "at"}}``: the versions ``doit restore`` put back."""
+    try:
+        return json.loads((story_dir / META_DIR / RESTORED_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def version_reason(story_dir: Path, rel: str, manifest: dict | None = None,
+                   current: str | None = None) -> str | None:
+    """Why the file of ``rel`` holds what it holds: ``"generated"`` (the bytes cloops last
+    wrote), ``"restored"`` (put back by ``doit restore``) or ``"hand-edit"``; None when absent.
+
+    ``current``: the file's SHA-256 when the caller has it already.
+    """
+    current = current or sha256_file(story_dir / rel)
+    if current is None:
+        return None
+    rec = (manifest if manifest is not None else read_manifest(story_dir)).get(rel)
+    if rec is not None and rec.get("sha256") == current:
+        return "generated"
+    if read_restored(story_dir).get(rel, {}).get("sha256") == current:
+        return "restored"
+    return "hand-edit"
+
+
+def keep_version(story_dir: Path, rel: str, *, reason: str) -> Path:
+    """Copy the current ``rel`` into its history folder; return the copy's path."""
+    src = story_dir / rel
+    hist = story_dir / META_DIR / "history" / rel
+    hist.mkdir(parents=True, exist_ok=True)
+    dest = hist / f"{_stamp()}-{reason}{src.suffix}"
+    shutil.copy2(src, dest)
+    return dest
+
+
+def write_target(story_dir: Path, rel: str, data: bytes, *, made_by: str,
+                 offline: bool) -> WriteOutcome:
+    """Write target ``rel`` of a story atomically, keeping its previous version first.
+
+    ``made_by`` is recorded in the manifest (``"openai gpt-5.1"``, ``"draft"``, ``"assembled"``).
+    Identical bytes are not rewritten (the file's mtime is kept).
+    """
+    with story_lock(story_dir):
+        manifest = read_manifest(story_dir)
+        path = story_dir / rel
+        new_sha = sha256_bytes(data)
+        current = sha256_file(path)
+        kept = None
+        hand = False
+        if current is not None and current != new_sha:
+            reason = version_reason(story_dir, rel, manifest, current)
+            hand = reason != "generated"  # a restored version is an edit too
+            kept = keep_version(story_dir, rel, reason=reason)
+        if current != new_sha:
+            atomic_write_bytes(path, data)
+        manifest[rel] = {"sha256": new_sha, "madeBy": made_by, "offline": offline,
+                         "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        atomic_write_json(story_dir / META_DIR / "manifest.json", manifest)
+        return WriteOutcome(changed=current != new_sha, kept=kept, hand_edit=hand)
+
+
+def remove_target(story_dir: Path, rel: str) -> Path | None:
+    """Delete target ``rel`` (for ``doit clean``); a hand-edited one is first kept in history.
+
+    Returns the history copy of a hand edit, or None.
+    """
+    path = story_dir / rel
+    kept = None
+    with story_lock(story_dir):
+        manifest = read_manifest(story_dir)
+        if path.is_file():
+            if is_hand_edited(story_dir, rel, manifest):
+                kept = keep_version(story_dir, rel,
+                                    reason=version_reason(story_dir, rel, manifest) or "hand-edit")
+            path.unlink()
+            parent = path.parent
+            while parent != story_dir and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+        if manifest.pop(rel, None) is not None:
+            atomic_write_json(story_dir / META_DIR / "manifest.json", manifest)
+    return kept
+
+
+@dataclass(frozen=True)
+class Version:
+    """One kept version of a target (a file under ``.cloops/history/<rel>/``).
+
+    Attributes:
+        path: the kept copy.
+        at: when it was kept, UTC, ISO 8601 (``2025-05-01T12:00:00.123456Z``).
+        reason: why it was kept as it was: ``hand-edit``, ``generated`` or ``restored``.
+        size: bytes.
+    """
+
+    path: Path
+    at: str
+    reason: str
+    size: int
+
+
+def list_versions(story_dir: Path, rel: str) -> list[Version]:
+    """The kept versions of target ``rel``, oldest first (the current file is not among them)."""
+    hist = story_dir / META_DIR / "history" / rel
+    if not hist.is_dir():
+        return []
+    ext = Path(rel).suffix
+    out: list[Version] = []
+    for p in sorted(hist.iterdir()):
+        if not p.is_file():
+            continue
+        stamp, _, rest = p.name.partition("-")
+        reason = rest[:-len(ext)] if ext and rest.endswith(ext) else rest
+        try:
+            at = datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").isoformat() + "Z"
+        except ValueError:
+            at = stamp
+        out.append(Version(path=p, at=at, reason=reason, size=p.stat().st_size))
+    return out
+
+
+def restore_version(story_dir: Path, rel: str, data: bytes, *, source: str) -> Path | None:
+    """Put ``data`` (a kept version) back as target ``rel``, keeping the current file first.
+
+    The write is an edit, not a generation: the manifest is left as it is (so the bytes count
+    as a hand edit and what is downstream rebuilds from them) and ``restored.json`` records
+    ``source`` (which version came back). Returns the history copy of the replaced file, or None
+    when there was none or it already held ``data``.
+    """
+    with story_lock(story_dir):
+        path = story_dir / rel
+        new_sha = sha256_bytes(data)
+        current = sha256_file(path)
+        if current == new_sha:
+            return None
+        kept = None
+        if current is not None:
+            kept = keep_version(story_dir, rel,
+                                reason=version_reason(story_dir, rel, None, current) or "hand-edit")
+        atomic_write_bytes(path, data)
+        restored = read_restored(story_dir)
+        restored[rel] = {"sha256": new_sha, "from": source,
+                         "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        atomic_write_json(story_dir / META_DIR / RESTORED_FILE, restored)
+        return kept

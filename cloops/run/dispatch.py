@@ -1,0 +1,157 @@
+"""The order doit dispatches ready tasks in: oldest story first, deepest step first.
+
+Layer: **run**.
+
+doit keeps the tasks whose dependencies are done in a FIFO queue (``TaskDispatcher.ready``,
+doit 0.37 ``control.py``) and has no hook to order it (pydoit#130, #162 ask for resource
+pools; nothing schedules by priority). With 100 stories, FIFO is breadth-first: every story's
+narrative, then every story's page plan, and only then the first image prompt — the image
+service, the slowest and the one with the tightest limit, sits idle for seconds while the
+LLM works through the whole backlog's first steps. It also means no story is finished until
+nearly all are.
+
+:func:`install` replaces that queue, for this process, with a priority queue ordered by
+``(story's position in the run, -depth of the step, page number)``: a ready task of an earlier
+story goes first, and within a story the step deepest in the artifact graph (image before
+prompt before page plan) does. Which tasks are ready, and so what may run, is doit's decision
+as before: only the order among ready tasks changes. The effect is depth-first: the first
+images start as soon as the first story's prompts exist, the image service then stays busy
+while later stories' text is written, and bundles are finished in backlog order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Any, Callable
+
+Priority = tuple[int, int, int]
+
+
+def task_priority(story_index: dict[str, int], depth: dict[str, dict[str, int]]
+                  ) -> Callable[[str], Priority]:
+    """A key for task names (smaller runs first).
+
+    ``story_index``: ``{"<template>/<id>": position}``; ``depth``: ``{template: {step: depth}}``
+    (:attr:`cloops.graph.plan.Plan.depth`). Tasks that are not one story's (``pending``,
+    ``build:<id>`` over templates) come first: they only lead doit to the tasks.
+    """
+    def key(name: str) -> Priority:
+        step, _, rest = name.partition(":")
+        parts = rest.split("/")
+        skey = "/".join(parts[:2])
+        idx = story_index.get(skey)
+        if idx is None:
+            return (-1, 0, 0)
+        n = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
+        if step == "expand":
+            return (idx, -1000, 0)  # creates the story's page tasks: cheap, and unlocks them
+        steps = depth.get(parts[0], {})
+        if step not in steps:
+            return (idx, 1000, 0)   # the story's groups (build:, dry:) and checks
+        return (idx, -steps[step], n)
+    return key
+
+
+class ReadyQueue:
+    """The ``deque`` interface doit's dispatcher uses on ``ready`` (``append``, ``popleft``,
+    truth value, ``len``), ordered by ``key(node.task.name)``; equal keys in arrival order.
+
+    ``saturated(name)``, when given, says that the service a task would call already has a
+    full queue of callers waiting (:meth:`cloops.run.limits.ServiceLimiter.saturated`): such a task
+    is passed over for the best one that is not (a worker thread given to an image task only to
+    wait would starve the prompts that feed the image service). When every ready task is
+    passed over, the best one is returned anyway: doit always gets a task when one is ready.
+    """
+
+    LOOKAHEAD = 256  # ready tasks examined at most for one pop
+
+    def __init__(self, key: Callable[[str], Priority],
+                 saturated: Callable[[str], bool] | None = None):
+        self._key = key
+        self._saturated = saturated
+        self._heap: list = []
+        self._seq = itertools.count()
+
+    def append(self, node) -> None:
+        heapq.heappush(self._heap, (self._key(node.task.name), next(self._seq), node))
+
+    def popleft(self):
+        if self._saturated is None or not self._saturated(self._heap[0][2].task.name):
+            return heapq.heappop(self._heap)[2]
+        skipped = [heapq.heappop(self._heap)]
+        chosen = None
+        while self._heap and len(skipped) < self.LOOKAHEAD:
+            entry = heapq.heappop(self._heap)
+            if not self._saturated(entry[2].task.name):
+                chosen = entry
+                break
+            skipped.append(entry)
+        if chosen is None:
+            chosen = skipped.pop(0)
+        for entry in skipped:
+            heapq.heappush(self._heap, entry)
+        return chosen[2]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+
+def service_saturation(proj, limiter: Callable[[str, str], Any]) -> Callable[[str], bool]:
+    """``saturated(task name)`` for a project: true when the task's step calls a service whose
+    limiter already has a full queue of callers waiting (False for steps that call nothing).
+
+    ``limiter(template, service)`` gives the :class:`cloops.run.limits.ServiceLimiter` of the
+    backend serving that service (:meth:`cloops.run.hub.ServiceHub.limiter`)."""
+    services = {b.template: {s.name: s.service for s in proj.template(b.template).steps
+                             if s.service} for b in proj.backlogs}
+    limiters: dict = {}
+
+    def saturated(name: str) -> bool:
+        step, _, rest = name.partition(":")
+        template = rest.split("/", 1)[0]
+        service = services.get(template, {}).get(step)
+        if service is None:
+            return False
+        lim = limiters.get((template, service))
+        if lim is None:
+            lim = limiters[(template, service)] = limiter(template, service)
+        return lim.saturated()
+    return saturated
+
+
+_KEY: list[Callable[[str], Priority]] = []
+
+
+def call_priority(template: str, story: str, step: str) -> Priority | tuple:
+    """The priority of a service call made by a step of a story (the same order as tasks:
+    :func:`task_priority`), for :class:`cloops.run.limits.PrioritySlots`; ``()`` (first come, first
+    served) when no order was installed."""
+    return _KEY[0](f"{step}:{template}/{story}") if _KEY else ()
+
+
+def install(key: Callable[[str], Priority],
+            saturated: Callable[[str], bool] | None = None) -> None:
+    """Make doit's task dispatchers in this process use a :class:`ReadyQueue` ordered by ``key``
+    (and passing over tasks for which ``saturated(task name)`` is true while others are ready).
+
+    doit creates its ``TaskDispatcher`` after loading ``dodo.py`` (``TaskControl.task_dispatcher``
+    looks the class up in ``doit.control`` when called), so installing from the dodo file takes
+    effect for that run. Calling again replaces the key.
+    """
+    import doit.control as control
+
+    _KEY[:] = [key]
+
+    base = getattr(control, "_cloops_base_dispatcher", control.TaskDispatcher)
+    control._cloops_base_dispatcher = base
+
+    class PriorityDispatcher(base):  # type: ignore[misc, valid-type]
+        def __init__(self, tasks, targets, selected_tasks):
+            super().__init__(tasks, targets, selected_tasks)
+            self.ready = ReadyQueue(key, saturated)  # read by the generator when first stepped
+
+    control.TaskDispatcher = PriorityDispatcher

@@ -1,0 +1,139 @@
+"""What ``dodo.py`` imports: the run's doit namespace — task creators, ``DOIT_CONFIG`` with
+cloops' reporter and dispatch order — or a clean error and exit code 2.
+
+Layer: **run**. The top of the run layer: it selects the stories a command line needs
+(:mod:`cloops.run.selection`), skips the sealed ones (:mod:`cloops.graph.seals`), has the engine
+make their tasks with this layer's actions (:mod:`cloops.graph.engine`,
+:mod:`cloops.run.execute`), installs the dispatch order and tunes the process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import CloopsError
+from ..data.project import StoryRef, load_project
+from ..graph.engine import Actions, story_tasks
+from ..graph.plan import plan_of
+from ..graph.seals import SealBook
+from .context import RunState, begin
+from .dispatch import install, service_saturation, task_priority
+from .execute import mark_failed, run_task
+from .hub import hub_for
+from .reporter import CloopsReporter
+from .selection import dry_mode, parse_argv, selected_stories
+from .tuning import freeze_live_objects, relax_gc
+
+DEFAULT_JOBS = 24  # doit worker threads; `doit -n 1` runs one task at a time
+ACTIONS = Actions(run=run_task, fail=mark_failed)
+
+
+def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
+    """Everything ``dodo.py`` exposes: ``DOIT_CONFIG`` and the task creators.
+
+    Raises:
+        InputError: invalid backlog/template/config (``dodo.py`` prints it and exits 2).
+    """
+    proj = load_project(root)
+    command, names, always = parse_argv(sys.argv[1:])
+    wanted = selected_stories(proj.backlogs, command, names)
+    stories: list[tuple[StoryRef, Any]] = []
+    for b in proj.backlogs:
+        path = str(b.path)
+        prefix = b.template + "/"
+        stories += [(StoryRef(b.template, it.id, path), it) for it in b.items  # backlog order
+                    if wanted is None or prefix + it.id in wanted]
+
+    book = SealBook(proj)
+    sealed: set[str] = set()
+    if command in ("forget", "ignore", "clean"):
+        # the tasks of these stories must really be checked (and run) next time
+        book.drop(None if wanted is None else [r for r, _ in stories])
+    elif command == "run" and not always:
+        sealed = {r.key for r, it in stories if book.is_sealed(r, it)}
+    dry = dry_mode()
+    begin(RunState(project=proj, seals=book, sealed=sealed,
+                   items={r.key: (r, it) for r, it in stories}, dry=dry))
+    checked = [(r, it) for r, it in stories if r.key not in sealed]
+
+    # ready tasks run oldest story first, deepest step first (cloops.run.dispatch)
+    install(task_priority({r.key: i for i, (r, _) in enumerate(checked)},
+                          {b.template: plan_of(proj.template(b.template)).depth
+                           for b in proj.backlogs}),
+            service_saturation(proj, lambda t, s: hub_for(proj).limiter(t, s)))
+
+    ns = story_tasks(proj, stories, sealed, ACTIONS, dry)
+    ns["DOIT_CONFIG"] = {
+        "default_tasks": ["pending"],
+        "continue": True,
+        # tasks wait on the network: run them in threads; each service's own limits (config
+        # concurrency / requestsPerMinute) decide how many calls are in flight
+        "num_process": int(os.environ.get("CLOOPS_JOBS", DEFAULT_JOBS)),
+        "par_type": "thread",
+        "cleandep": True,       # doit clean build:<id> cleans the story's tasks
+        "cleanforget": True,    # and forgets their state
+        "reporter": CloopsReporter,
+        "dep_file": str(proj.root / "build" / ".cloops" / "doit-state.db"),
+        "backend": "sqlite3",
+        "verbosity": 1,
+    }
+    (proj.root / "build" / ".cloops").mkdir(parents=True, exist_ok=True)
+    return ns
+
+
+EXIT_USER_ERROR = 2
+
+
+STOPPED_MESSAGE = ("stopped ({why}): the state of every task that finished is saved; run the "
+                   "same command again to go on (calls already answered come from the response "
+                   "cache).")
+
+
+def _stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, as Ctrl-C, so doit's runner stops and saves the
+    state of every finished task (pydoit#463: state is saved only when a run ends); and end a
+    run stopped either way with one line on stderr instead of the interpreter's traceback of
+    the interrupt (``CLOOPS_DEBUG=1`` keeps the traceback)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+    if getattr(sys.excepthook, "cloops", False):
+        return  # installed by an earlier load in this process
+    previous = sys.excepthook
+
+    def excepthook(exc_type, exc, tb):
+        if issubclass(exc_type, KeyboardInterrupt) and not os.environ.get("CLOOPS_DEBUG"):
+            print(STOPPED_MESSAGE.format(why=str(exc) or "Ctrl-C"), file=sys.stderr)
+            return
+        previous(exc_type, exc, tb)
+    excepthook.cloops = True  # type: ignore[attr-defined]
+    sys.excepthook = excepthook
+
+
+def namespace(dodo_file: str) -> dict[str, Any]:
+    """Return ``dodo.py``'s namespace for the project holding ``dodo_file``.
+
+    A :class:`CloopsError` (bad backlog, config, template, prompt) is printed as
+    ``ERROR: ...`` without a traceback and exits with status 2; nothing is written.
+    Set ``CLOOPS_DEBUG=1`` for the traceback.
+    """
+    _stop_on_sigterm()
+    try:
+        ns = dodo_namespace(Path(dodo_file).resolve().parent)
+        freeze_live_objects()
+        relax_gc()
+        return ns
+    except CloopsError as exc:
+        if os.environ.get("CLOOPS_DEBUG"):
+            raise
+        print(f"ERROR: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None

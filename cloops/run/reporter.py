@@ -1,0 +1,242 @@
+"""What a person sees during ``doit``: per story, what ran and why; a summary at the end.
+
+Layer: **run**.
+
+A doit reporter (``DOIT_CONFIG["reporter"]``). Every task that runs gets one line when it ends:
+its story, step, why it was stale and what it cost; hand edits kept in history and drafts left
+pending are said. The run ends with a table: stories built / failed / up to date, and calls per
+service (made, cache hits, tokens, images, cost).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from ..core.console import make_console
+from ..graph.engine import Inputs
+from ..graph.seals import file_stat
+from .context import current, current_project, run_context
+from .execute import NOTES, settle_story
+from .summary import header_lines, stale_completed_report, summary_rows
+from .tuning import freeze_live_objects, preload_sdks
+
+HIDDEN_PREFIXES = ("build:", "expand:", "pending")
+
+
+def _split(name: str) -> tuple[str, str]:
+    """``prompt:comic-books-standard/noah-s-ark/3`` → (``prompt 3``, ``comic-books-standard/noah-s-ark``)."""
+    step, _, rest = name.partition(":")
+    parts = rest.split("/")
+    if len(parts) >= 3:
+        return f"{step} {parts[2]}", "/".join(parts[:2])
+    return step, rest
+
+
+def stale_reason(task) -> str:
+    """Why doit decided to run ``task`` (from cloops' Inputs checker and doit's file checks)."""
+    reasons: list[str] = []
+    for utd, _args, _kw in getattr(task, "uptodate", []):
+        if isinstance(utd, Inputs) and utd.changed:
+            reasons += utd.changed
+    if not reasons:
+        missing = [t for t in task.targets if not os.path.exists(t)]
+        if missing:
+            reasons.append("missing " + ", ".join(os.path.basename(m) for m in missing[:3]))
+    if not reasons and getattr(task, "dep_changed", None):
+        reasons.append("changed " + ", ".join(sorted(os.path.relpath(d) if os.path.isabs(d) else
+                                                     d.split("/", 3)[-1] for d in task.dep_changed)[:3]))
+    return "; ".join(reasons[:4]) or "stale"
+
+
+class CloopsReporter:
+    """doit reporter printing with rich (plain text when not a terminal)."""
+
+    desc = "cloops: rich progress and an end-of-run summary"
+
+    def __init__(self, outstream, options):
+        from rich.text import Text  # here, not at import: dodo.py's import stays cheap
+
+        self._text = Text.assemble  # the per-task lines: styled spans, no markup to parse
+        self.options = options or {}
+        # the real stdout: doit wraps sys.stdout, and rich's broken-pipe handling needs fileno()
+        self.console = make_console(sys.__stdout__, soft_wrap=True)
+        self.err = make_console(sys.__stderr__, soft_wrap=True)
+        self.t0 = time.monotonic()
+        self.started: dict[str, float] = {}
+        self.reasons: dict[str, str] = {}
+        self.ran: list[str] = []
+        self.failed: dict[str, str] = {}
+        self.uptodate = 0
+        self.uptodate_bundles: set[str] = set()  # stories whose bundle task was up to date
+        self._finishing: dict[tuple[str, str], bool] = {}
+        self.runtime_errors: list[str] = []
+        # for story seals (cloops.graph.seals): files of each story's tasks as they ended; a story's
+        # seal is made when its build:<key> group succeeds and written at the end of the run
+        self.files: dict[str, dict[str, list[int] | None]] = {}
+
+    # doit reporter protocol ------------------------------------------------
+
+    def initialize(self, tasks, selected_tasks):
+        for line in header_lines():
+            self.console.print(line)
+        preload_sdks()
+
+    def get_status(self, task):
+        pass
+
+    def execute_task(self, task):
+        if task.actions and not task.name.startswith(HIDDEN_PREFIXES):
+            self.started[task.name] = time.monotonic()
+            self.reasons[task.name] = stale_reason(task)
+
+    def add_failure(self, task, fail):
+        if task.name.startswith(HIDDEN_PREFIXES):
+            return
+        msg = fail.get_msg().strip() if hasattr(fail, "get_msg") else str(fail)
+        self.failed[task.name] = msg
+        step, story = _split(task.name)
+        self.console.print(f"[red]✗ {story}  {step}[/red]  {msg.splitlines()[-1] if msg else ''}")
+
+    def _finishes(self, name: str) -> bool:
+        """True when task ``name`` is of a step that finishes its story (the bundle)."""
+        step = name.partition(":")[0]
+        key = _split(name)[1]
+        template = key.split("/")[0]
+        found = self._finishing.get((template, step))
+        if found is None:
+            proj = current_project()
+            try:
+                found = bool(proj and proj.template(template).step(step).finishes_story)
+            except KeyError:  # a group or check task
+                found = False
+            self._finishing[(template, step)] = found
+        return found
+
+    def _note_files(self, task) -> None:
+        """Remember the stat of a finished (or up-to-date) task's files, for its story's seal."""
+        proj = current_project()
+        if proj is None:
+            return
+        files = self.files.setdefault(_split(task.name)[1], {})
+        root, join = str(proj.root), os.path.join
+        for f in (*task.targets, *task.file_dep):
+            files[f] = file_stat(join(root, f))
+
+    def add_success(self, task):
+        if task.name.startswith("build:"):
+            self._seal_story(task.name.partition(":")[2])
+        if task.actions:
+            self._note_files(task)
+        if not task.actions or task.name.startswith(HIDDEN_PREFIXES):
+            return
+        self.ran.append(task.name)
+        step, story = _split(task.name)
+        dt = time.monotonic() - self.started.get(task.name, time.monotonic())
+        self.console.print(self._text(("✓", "green"), f" {story}  ", (step, "bold"), "  ",
+                                      (f"({self.reasons.get(task.name, 'stale')}; {dt:.1f}s)",
+                                       "dim")))
+        for line in NOTES.pop(task.name, []):
+            self.console.print(f"    [yellow]![/yellow] {line}")
+
+    def skip_uptodate(self, task):
+        if task.actions:
+            self.uptodate += 1
+            self._note_files(task)
+            if self._finishes(task.name):
+                self.uptodate_bundles.add(_split(task.name)[1])
+            for utd, _a, _k in getattr(task, "uptodate", []):
+                if isinstance(utd, Inputs) and utd.locked:
+                    step, story = _split(task.name)
+                    self.console.print(f"[yellow]🔒 {story}  {step}[/yellow]  locked, stale "
+                                       f"(not rebuilt): {', '.join(utd.changed or [])}")
+
+    def skip_ignore(self, task):
+        pass
+
+    def cleanup_error(self, exception):
+        self.err.print(f"[red]cleanup error:[/red] {exception.get_msg()}")
+
+    def runtime_error(self, msg):
+        self.runtime_errors.append(msg)
+        self.err.print(f"[red]ERROR:[/red] {msg}")
+
+    def teardown_task(self, task):
+        pass
+
+    def _settle(self) -> None:
+        """Stories whose tasks ran without failure but whose bundle was up to date (a story
+        whose bundle was never reached — a run stopped by SIGTERM/Ctrl-C, or one task asked
+        for — is left as it is)."""
+        proj = current_project()
+        if proj is None or current().dry:
+            return
+        touched = {_split(n)[1] for n in self.ran}
+        failed = {_split(n)[1] for n in self.failed}
+        bundled = {_split(n)[1] for n in self.ran if self._finishes(n)}
+        settle = sorted((touched - failed - bundled) & self.uptodate_bundles)
+        for key in settle:
+            template, _, sid = key.partition("/")
+            try:
+                settle_story(proj, template, sid)
+            except Exception as exc:  # never lose the summary over a status write
+                self.err.print(f"[red]could not update the status of {key}: {exc}[/red]")
+
+    def _seal_story(self, key: str) -> None:
+        """Make the seal of a story whose ``build:<key>`` group succeeded (every task of it ran
+        or was up to date), now rather than at the end of the run."""
+        book, sealed, inputs = run_context()
+        if book is None or current().dry or key not in inputs or key in sealed or \
+                key not in self.files:
+            return
+        ref, item = inputs[key]
+        book.record(ref, item, self.files[key])
+
+    def _seal(self) -> None:
+        """Write the seals of the stories this run brought fully up to date."""
+        book = run_context()[0]
+        if book is None:
+            return
+        try:
+            book.flush()
+        except OSError as exc:  # a seal is an optimisation: never lose the summary over it
+            self.err.print(f"[yellow]could not record story seals: {exc}[/yellow]")
+
+    def complete_run(self):
+        self._settle()
+        self._seal()
+        was_sealed = len(run_context()[1])  # stories not checked task by task
+        stories = {(_split(n)[1]) for n in self.ran}
+        failed_stories = sorted({_split(n)[1] for n in self.failed})
+        self.console.print()
+        sealed_note = (f"{was_sealed} stories up to date as sealed (every input and file as at "
+                       f"their last complete build); " if was_sealed else "")
+        if not self.ran and not self.failed:
+            self.console.print(f"[bold]Nothing to do:[/bold] {sealed_note}{self.uptodate} "
+                               "targets up to date; no service was called.")
+        else:
+            self.console.print(
+                f"[bold]{len(self.ran)} tasks ran[/bold] for {len(stories)} stories; "
+                f"{sealed_note}{self.uptodate} targets up to date; "
+                f"{len(failed_stories)} stories failed ({time.monotonic() - self.t0:.1f}s).")
+        rows = summary_rows()
+        if rows:
+            from rich.table import Table
+            table = Table(title="Calls this run", title_justify="left")
+            for col in ("service", "backend", "calls", "cache hits", "retries", "tokens in/out",
+                        "images", "cost USD", "saved USD"):
+                table.add_column(col, justify="right" if col not in ("service", "backend") else "left")
+            for r in rows:
+                table.add_row(*[str(x) for x in r])
+            self.console.print(table)
+            spent = sum(float(r[7]) for r in rows)
+            saved = sum(float(r[8]) for r in rows)
+            self.console.print(f"Spent ${spent:.4f} this run; the response cache saved ${saved:.4f}. "
+                               "`doit report` shows spend per story and step.")
+        for name in failed_stories:
+            msgs = [m for t, m in self.failed.items() if _split(t)[1] == name]
+            self.err.print(f"[red]FAILED[/red] {name}: {msgs[0].splitlines()[-1] if msgs else ''}")
+        for line in stale_completed_report():
+            self.console.print(line)
+        freeze_live_objects()  # the run is over: the interpreter's exit need not traverse it

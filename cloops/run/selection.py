@@ -1,0 +1,97 @@
+"""Which stories a doit command line needs, and whether it is a dry run.
+
+Layer: **run**. Start-up must not grow with finished work: a bare ``doit`` loads the tasks of the
+stories that are not completed, ``doit build:<id>`` those of one story.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def dry_mode() -> bool:
+    """True for a dry run: ``doit dry`` / ``doit dry:<id>`` or ``CLOOPS_DRY=1``.
+
+    A dry run builds everything up to the image prompts and calls no image or voice service:
+    the tasks of media steps (and of what reads their output) are not created at all.
+    """
+    if os.environ.get("CLOOPS_DRY", "").lower() in ("1", "true", "yes"):
+        return True
+    return any(a == "dry" or a.startswith("dry:") for a in sys.argv[1:])
+
+
+DOIT_COMMANDS = {"list", "info", "clean", "forget", "ignore", "dumpdb", "strace", "auto",
+                 "tabcompletion", "help", "reset-dep", "run"}
+
+
+_VALUE_OPTIONS = {"-n", "--process", "-P", "--parallel-type", "-v", "--verbosity", "-f",
+                  "--file", "-d", "--dir", "-k", "--seek-file", "--reporter", "--dep-file",
+                  "--db-file", "--backend", "--output-file", "-o", "--check_file_uptodate",
+                  "--codec-cls", "--pdb", "--by", "--run", "--prune-days", "--dir"}
+
+
+def parse_argv(argv: list[str]) -> tuple[str, list[str], bool]:
+    """``(doit command, task names, always execute)`` of a doit command line.
+
+    ``doit build:x -n 4`` → ``("run", ["build:x"], False)``; ``doit info build:x`` →
+    ``("info", ["build:x"], False)``; cloops' own commands (``status``, ``lock``...) come back
+    with their name as the command.
+    """
+    args: list[str] = []
+    skip = False
+    always = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _VALUE_OPTIONS:
+            skip = True  # the next word is this option's value, not a task
+        elif a in ("-a", "--always-execute"):
+            always = True
+        elif not a.startswith("-"):
+            args.append(a)
+    command = "run"
+    if args and (args[0] in DOIT_COMMANDS or "=" not in args[0] and ":" not in args[0]
+                 and args[0] not in ("build", "dry", "pending") and not args[0].startswith("expand")):
+        command, args = args[0], args[1:]
+    # option values (doit -n 4) and var=value pairs are not task names
+    return command, [a for a in args if not a.isdigit() and "=" not in a], always
+
+
+def selected_stories(backlogs: list, command: str, args: list[str]) -> set[str] | None:
+    """The story keys (``<template>/<id>``) whose tasks this doit invocation needs, or None for
+    all of them. ``backlogs``: the project's :class:`~cloops.data.backlog.Backlog` list.
+
+    Start-up must not grow with finished work: a bare ``doit`` (the ``pending`` default) needs
+    only the stories that are not completed, and ``doit build:<id>`` only that story (found by
+    id, without walking the backlog). Any task name not understood here selects every story
+    (doit then finds it, or says it does not exist).
+    """
+    if command not in ("run", "info", "clean", "forget", "ignore", "list", "strace"):
+        return None  # cloops' own commands (status, lock, ...) and doit's others: everything
+
+    def pending() -> set[str]:
+        return {f"{b.template}/{it.id}" for b in backlogs for it in b.items
+                if it.status != "completed"}
+
+    if not args:
+        return pending() if command == "run" else None
+    keys: set[str] = set()
+    for a in args:
+        base, _, rest = a.partition(":")
+        if base in ("pending", "dry") and not rest:
+            keys |= pending()
+            continue
+        if not rest:
+            return None  # a whole group (e.g. `build`) or a name we do not know
+        parts = rest.split("/")
+        if len(parts) >= 2 and any(b.template == parts[0] and b.get(parts[1]) for b in backlogs):
+            keys.add("/".join(parts[:2]))
+            continue
+        found = {f"{b.template}/{rest}" for b in backlogs if b.get(rest) is not None}
+        if not found:
+            return None
+        keys |= found
+    return keys
+
+

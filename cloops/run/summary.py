@@ -1,0 +1,80 @@
+"""What a run says before and after its tasks: the header (which backend serves each
+service, loudly when offline), the calls table and the completed stories a change made stale.
+
+Layer: **run**.
+"""
+
+from __future__ import annotations
+
+from ..graph.completion import stale_completed
+from ..services import registry
+from .context import current_project
+from .hub import existing_hub
+
+
+def header_lines() -> list[str]:
+    """The run header: which backend serves each service, loudly when offline."""
+    proj = current_project()
+    if proj is None:
+        return []
+    lines = []
+    for b in proj.backlogs:
+        pending = sum(1 for it in b.items if it.status != "completed")
+        parts = []
+        tpl = proj.template(b.template)
+        services = sorted({s.service for s in tpl.steps if s.service})
+        for service in services:
+            r = proj.resolved(b.template, service)
+            style = "bold yellow" if r.spec.offline else "bold green"
+            parts.append(f"{service}: [{style}]{r.spec.name}[/{style}] ({r.reason})")
+        lines.append(f"[bold]{b.template}[/bold]: {pending} of {len(b.items)} stories not "
+                     f"completed · " + " · ".join(parts))
+        offline = [s for s in services if proj.resolved(b.template, s).spec.offline]
+        if offline:
+            keys = [spec.key_env[0] for s in offline
+                    for spec in sorted(registry.backends(s).values(), key=lambda x: x.auto_rank)[:1]
+                    if spec.key_env]
+            lines.append("  [yellow]OFFLINE backends in use: outputs are drafts and stories stay "
+                         f"pending. Set {' / '.join(keys)} (or .env) to build for real.[/yellow]")
+    return lines
+
+
+def summary_rows() -> list[tuple]:
+    """Per (service, backend) totals of this run's calls, from the ledger:
+    ``(service, backend, calls, cache hits, retries, "in/out" tokens, images, cost, saved)``."""
+    proj = current_project()
+    if proj is None:
+        return []
+    hub = existing_hub(proj)
+    if hub is None:
+        return []
+    agg: dict[tuple[str, str], list] = {}
+    for c in hub.ledger.calls():
+        a = agg.setdefault((c["service"], c["backend"]), [0, 0, 0, 0, 0, 0, 0.0, 0.0])
+        a[1 if c["cache_hit"] else 0] += 1
+        a[2] += (c["attempts"] or 1) - 1
+        a[3] += c["input_tokens"] or 0
+        a[4] += c["output_tokens"] or 0
+        a[5] += c["images"] or 0
+        a[6] += c["cost_usd"] or 0.0
+        a[7] += c["saved_usd"] or 0.0
+    return [(svc, be, a[0], a[1], a[2], f"{a[3]:,}/{a[4]:,}", a[5], f"{a[6]:.4f}", f"{a[7]:.4f}")
+            for (svc, be), a in sorted(agg.items())]
+
+
+def stale_completed_report() -> list[str]:
+    """Lines naming completed stories that a change made stale (they are not rebuilt by
+    a bare ``doit``; ``doit build:<id>`` rebuilds one)."""
+    proj = current_project()
+    if proj is None:
+        return []
+    stale = stale_completed(proj)
+    if not stale:
+        return []
+    lines = [f"[yellow]{len(stale)} completed stories are stale and were not rebuilt[/yellow] "
+             "(run `doit build:<id>` to rebuild one):"]
+    for key, reasons in stale[:20]:
+        lines.append(f"  {key}: {reasons}")
+    if len(stale) > 20:
+        lines.append(f"  … and {len(stale) - 20} more")
+    return lines

@@ -1,0 +1,139 @@
+"""cloops' own doit commands (registered as doit plugins in ``pyproject.toml``).
+
+Layer: **steer**.
+
+- ``doit report``: spend per template, story and step from the usage ledger (rich tables).
+- ``doit cache``: the response cache's size; ``--prune-days N`` deletes entries unused for N days
+  (and the temp files of writes a killed run left).
+
+They read files under ``build/`` only: no task is loaded, nothing is built, nothing is called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+from doit.cmd_base import Command
+from rich.table import Table
+
+from ..core.console import make_console
+from ..run.ledger import LEDGER_FILE, connect
+
+_GROUPS = {"template": ["template"], "story": ["template", "story"], "step": ["template", "step"]}
+
+
+def spend(root: Path, by: str, *, run: str | None = None) -> list[dict]:
+    """Totals of the ledger grouped ``by`` template, story or step.
+
+    Returns rows ``{template, [story|step], calls, cache_hits, retries, input_tokens,
+    output_tokens, reasoning_tokens, images, cost_usd, saved_usd}`` (cost in US dollars),
+    most expensive first. ``run``: only that run id (``"last"`` for the latest run).
+    """
+    path = root / LEDGER_FILE
+    if not path.exists():
+        return []
+    cols = _GROUPS[by]
+    con = connect(path)
+    con.row_factory = sqlite3.Row
+    try:
+        where, args = "", []
+        if run == "last":
+            where = "WHERE run_id = (SELECT run_id FROM calls ORDER BY id DESC LIMIT 1)"
+        elif run:
+            where, args = "WHERE run_id = ?", [run]
+        sql = (f"SELECT {', '.join(cols)}, SUM(1 - cache_hit) AS calls, SUM(cache_hit) AS cache_hits, "
+               "SUM(attempts - 1) AS retries, SUM(input_tokens) AS input_tokens, "
+               "SUM(output_tokens) AS output_tokens, SUM(reasoning_tokens) AS reasoning_tokens, "
+               "SUM(images) AS images, SUM(cost_usd) AS cost_usd, SUM(saved_usd) AS saved_usd "
+               f"FROM calls {where} GROUP BY {', '.join(cols)} ORDER BY cost_usd DESC, {', '.join(cols)}")
+        return [dict(r) for r in con.execute(sql, args)]
+    finally:
+        con.close()
+
+
+class Report(Command):
+    """``doit report [--by template|story|step] [--run last|<id>] [--json]``."""
+
+    name = "report"
+    doc_purpose = "print what the builds spent, per template, story and step (usage ledger)"
+    doc_usage = "[--by template|story|step] [--run last|RUN_ID] [--json]"
+    doc_description = ("Reads build/.cloops/ledger.sqlite. Costs come from the price table in "
+                       "each template's config (prices.<model>); cache hits cost nothing and are "
+                       "counted as saved.")
+    cmd_options = (
+        {"name": "by", "long": "by", "type": str, "default": "",
+         "help": "one table: template, story or step (default: all three)"},
+        {"name": "run", "long": "run", "type": str, "default": "",
+         "help": "only one run: 'last' or a run id (default: every run)"},
+        {"name": "as_json", "long": "json", "type": bool, "default": False,
+         "help": "print JSON for scripts"},
+    )
+
+    def execute(self, params, args):
+        root = Path(os.getcwd())
+        groups = [params["by"]] if params["by"] else ["template", "story", "step"]
+        for g in groups:
+            if g not in _GROUPS:
+                print(f"ERROR: --by {g!r}: use template, story or step.", file=sys.stderr)
+                return 2
+        run = params["run"] or None
+        data = {g: spend(root, g, run=run) for g in groups}
+        if params["as_json"]:
+            print(json.dumps(data, indent=2))
+            return 0
+        console = make_console()
+        if not any(data.values()):
+            console.print("No calls recorded yet (build/.cloops/ledger.sqlite is empty).")
+            return 0
+        for g in groups:
+            table = Table(title=f"Spend per {g}" + (f" (run {run})" if run else ""),
+                          title_justify="left")
+            for c in _GROUPS[g]:
+                table.add_column(c)
+            for c in ("calls", "cache hits", "retries", "tokens in/out (reasoning)", "images",
+                      "cost USD", "saved USD"):
+                table.add_column(c, justify="right")
+            tot = [0, 0, 0, 0, 0, 0, 0, 0.0, 0.0]
+            for r in data[g]:
+                table.add_row(*[str(r[c]) for c in _GROUPS[g]], str(r["calls"]),
+                              str(r["cache_hits"]), str(r["retries"]),
+                              f"{r['input_tokens']:,}/{r['output_tokens']:,} ({r['reasoning_tokens']:,})",
+                              str(r["images"]), f"{r['cost_usd']:.4f}", f"{r['saved_usd']:.4f}")
+                for i, k in enumerate(("calls", "cache_hits", "retries", "input_tokens",
+                                       "output_tokens", "reasoning_tokens", "images",
+                                       "cost_usd", "saved_usd")):
+                    tot[i] += r[k] or 0
+            table.add_section()
+            table.add_row("total", *([""] * (len(_GROUPS[g]) - 1)), str(tot[0]), str(tot[1]),
+                          str(tot[2]), f"{tot[3]:,}/{tot[4]:,} ({tot[5]:,})", str(tot[6]),
+                          f"{tot[7]:.4f}", f"{tot[8]:.4f}")
+            console.print(table)
+        return 0
+
+
+class Cache(Command):
+    """``doit cache [--prune-days N] [--dir DIR]``."""
+
+    name = "cache"
+    doc_purpose = "show the response cache's size, or prune entries unused for N days"
+    doc_usage = "[--prune-days N] [--dir DIR]"
+    cmd_options = (
+        {"name": "prune_days", "long": "prune-days", "type": float, "default": -1.0,
+         "help": "delete entries not used (hit or written) for this many days; 0 empties it"},
+        {"name": "dir", "long": "dir", "type": str, "default": "build/.cloops/cache",
+         "help": "the cache folder (config cache.dir)"},
+    )
+
+    def execute(self, params, args):
+        from ..services.cache import ResponseCache
+        cache = ResponseCache(Path(params["dir"]))
+        if params["prune_days"] >= 0:
+            removed, freed = cache.prune(older_than_s=params["prune_days"] * 86400)
+            print(f"pruned {removed} cache entries, {freed / 1e6:.1f} MB freed")
+        st = cache.stats()
+        print(f"response cache {cache.dir}: {st['entries']} entries, {st['bytes'] / 1e6:.1f} MB")
+        return 0
