@@ -21,14 +21,37 @@ from ..graph.plan import plan_of
 from ..graph.seals import SealBook
 from .context import RunState, begin
 from .dispatch import install, service_saturation, task_priority
-from .execute import mark_failed, run_task
-from .hub import hub_for
 from .reporter import CloopsReporter
 from .selection import dry_mode, parse_argv, selected_stories
 from .tuning import freeze_live_objects, relax_gc
 
 DEFAULT_JOBS = 24  # doit worker threads; `doit -n 1` runs one task at a time
-ACTIONS = Actions(run=run_task, fail=mark_failed)
+
+
+# The tasks' actions import the task runner (and with it the hub, the ledger, the response
+# cache) when the first task runs: a run with nothing to do never pays for those imports.
+def run_task(root: str, template: str, story_id: str, step_name: str, n: int | None,
+             count: int | None):
+    """The action of every step task: :func:`cloops.run.execute.run_task`."""
+    from .execute import run_task as run
+    return run(root, template, story_id, step_name, n, count)
+
+
+def fail_story(root: str, template: str, story_id: str, message: str):
+    """The action of a story whose fan-out file cannot be read:
+    :func:`cloops.run.execute.mark_failed`."""
+    from .execute import mark_failed
+    return mark_failed(root, template, story_id, message)
+
+
+ACTIONS = Actions(run=run_task, fail=fail_story)
+
+
+def _limiter(proj):
+    def limiter(template: str, service: str):
+        from .hub import hub_for
+        return hub_for(proj).limiter(template, service)
+    return limiter
 
 
 def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
@@ -63,7 +86,7 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
     install(task_priority({r.key: i for i, (r, _) in enumerate(checked)},
                           {b.template: plan_of(proj.template(b.template)).depth
                            for b in proj.backlogs}),
-            service_saturation(proj, lambda t, s: hub_for(proj).limiter(t, s)))
+            service_saturation(proj, _limiter(proj)))
 
     ns = story_tasks(proj, stories, sealed, ACTIONS, dry)
     ns["DOIT_CONFIG"] = {

@@ -18,7 +18,6 @@ from ..core.console import make_console
 from ..graph.engine import Inputs
 from ..graph.seals import file_stat
 from .context import current, current_project, run_context
-from .execute import NOTES, settle_story
 from .summary import header_lines, stale_completed_report, summary_rows
 from .tuning import freeze_live_objects, preload_sdks
 
@@ -137,6 +136,7 @@ class CloopsReporter:
         self.console.print(self._text(("✓", "green"), f" {story}  ", (step, "bold"), "  ",
                                       (f"({self.reasons.get(task.name, 'stale')}; {dt:.1f}s)",
                                        "dim")))
+        from .execute import NOTES  # imported by the first task that ran
         for line in NOTES.pop(task.name, []):
             self.console.print(f"    [yellow]![/yellow] {line}")
 
@@ -176,6 +176,8 @@ class CloopsReporter:
         failed = {_split(n)[1] for n in self.failed}
         bundled = {_split(n)[1] for n in self.ran if self._finishes(n)}
         settle = sorted((touched - failed - bundled) & self.uptodate_bundles)
+        if settle:
+            from .execute import settle_story
         for key in settle:
             template, _, sid = key.partition("/")
             try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from ..graph.completion import stale_completed
 from ..services import registry
 from .context import current_project
-from .hub import existing_hub
 
 
 def header_lines() -> list[str]:
@@ -45,6 +44,7 @@ def summary_rows() -> list[tuple]:
     proj = current_project()
     if proj is None:
         return []
+    from .hub import existing_hub  # made by the first call; none when nothing ran
     hub = existing_hub(proj)
     if hub is None:
         return []
