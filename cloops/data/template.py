@@ -114,6 +114,28 @@ class Template:
                                                 file=self.shown(rel))
         return self.memo[key]
 
+    def collection(self, name: str) -> dict[str, Any]:
+        """The template's JSON files under ``<name>/``, by file stem, along the search path
+        (the template's own over its base's): ``collection("cast")`` is the cast library.
+
+        Raises:
+            InputError: a file is not valid JSON (names it).
+        """
+        key = ("collection", name)
+        if key not in self.memo:
+            found: dict[str, Any] = {}
+            for folder in reversed(self.search_path):  # bases first, own last: own wins
+                sub = folder / name
+                if sub.is_dir():
+                    for path in sorted(sub.glob("*.json")):
+                        try:
+                            shown = str(path.relative_to(self.dir.parent.parent))
+                        except ValueError:
+                            shown = str(path)
+                        found[path.stem] = read_json(path, shown)
+            self.memo[key] = found
+        return self.memo[key]
+
     def llm_settings(self, key: str) -> dict[str, Any]:
         """Model, reasoning effort and verbosity for the LLM steps whose settings key is
         ``key`` (``llm.steps.<key>`` over ``llm``)."""

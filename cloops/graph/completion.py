@@ -18,8 +18,7 @@ from pathlib import Path
 from ..core.fileio import atomic_write_json, sha256_json
 from ..data.project import Project, StoryRef
 from .engine import step_values
-from .plan import plan_of
-from .steps import ItemInput, PartInput, StoryValue
+from .steps import ItemInput, PartInput, StoryValue, ViewInput
 from .targets import story_lock
 
 STATE_DIR = ".cloops"
@@ -31,13 +30,15 @@ def template_state(proj: Project, tpl) -> dict[str, str]:
     ref = StoryRef(tpl.name, "-", "")
     for step in tpl.steps:
         skip = set()
-        for inp in step.inputs.values():
+        for name, inp in step.inputs.items():
             if isinstance(inp, StoryValue):
                 skip.add(f"story {inp.field or 'input'}")
             elif isinstance(inp, PartInput):
                 skip.add(f"{inp.path} {inp.key}")
+            elif isinstance(inp, ViewInput):
+                skip.add(f"{inp.path} view {name}")
             elif isinstance(inp, ItemInput):
-                skip.add(f"{plan_of(tpl).foreach_source} item None")
+                skip.add(f"{step.foreach.source if step.foreach else '-'} item None")
         for k, v in step_values(proj, tpl, step, ref, {}, None, None).items():
             if k not in skip and k != "annotations":
                 state[f"{step.name}: {k}"] = v

@@ -4,9 +4,11 @@ Layer: **graph**. Per story (``<template>/<id>``):
 
 - static steps (those that do not depend on the fan-out file) become tasks at load time:
   ``narrative:<key>``, ``pages:<key>``;
-- a delayed task creator ``expand:<key>`` runs once the fan-out file (``pages.json``) is up to
-  date and creates the rest: ``prompt:<key>/<n>``, ``image:<key>/<n>``, ``story-data:<key>``...
-  (``doit list``/``info`` run it at load; it copes with a missing ``pages.json``);
+- for each file the steps fan out over (``pages.json`` by page, ``cast.json`` by character), a
+  delayed task creator ``expand-<file>:<key>`` runs once the step writing it ran and creates
+  the tasks that need it: ``prompt:<key>/<n>``, ``image:<key>/<n>``, ``sheet:<key>/<id>``,
+  ``story-data:<key>``... (``doit list``/``info`` run them at load; they cope with a missing
+  file);
 - ``build:<key>`` (and ``build:<id>``) groups them; ``pending`` groups the stories that are not
   ``completed`` and is the default task; ``dry:<key>`` groups what a dry run builds.
 
@@ -22,6 +24,8 @@ The tasks' actions are the run layer's (:class:`Actions`): this module only decl
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -32,8 +36,9 @@ from ..core.errors import InputError
 from ..data.project import Project, StoryRef
 from ..data.template import Template
 from .locks import is_locked, mark_stale
-from .plan import Plan, plan_of
-from .steps import DepContext, ItemInput, PartInput, Step, StepContext, StoryValue, short_value
+from .plan import Plan, plan_of, value_paths
+from .steps import (DepContext, ItemInput, Key, PartInput, Step, StepContext, StoryValue,
+                    ViewInput, short_value)
 from .targets import remove_target
 
 INPUTS_KEY = "_cloops_inputs"
@@ -48,12 +53,20 @@ class Inputs:
     and ``doit info`` can say why.
     """
 
-    def __init__(self, values: dict[str, str], story_dir: str = "", rel: str = ""):
-        self.values = values
+    def __init__(self, values: dict[str, str] | Callable[[], dict[str, str]],
+                 story_dir: str = "", rel: str = ""):
+        self._values = values
         self.story_dir = story_dir
         self.rel = rel
         self.changed: list[str] | None = None
         self.locked = False
+
+    @property
+    def values(self) -> dict[str, str]:
+        """The values, taken on first use (a callable given is called then, once)."""
+        if callable(self._values):
+            self._values = self._values()
+        return self._values
 
     def configure_task(self, task) -> None:
         task.value_savers.append(lambda: {INPUTS_KEY: self.values})
@@ -97,90 +110,194 @@ class Actions:
     fail: Callable[..., Any]
 
 
-def task_name(step: Step, story: StoryRef, n: int | None) -> str:
-    """``<step>:<template>/<id>[/<n>]``."""
+def task_name(step: Step, story: StoryRef, n: Key | None) -> str:
+    """``<step>:<template>/<id>[/<n or item id>]``."""
     return f"{step.name}:{story.key}" + (f"/{n}" if n is not None else "")
 
 
-class Fanout:
-    """The fan-out file's items for one story, read once (``None`` when it does not exist yet)."""
+def creator_name(source: str, story: StoryRef) -> str:
+    """The delayed task creator of a story's fan-out over ``source``: ``expand-pages:<key>``."""
+    stem = source.rsplit(".", 1)[0].replace("/", "-")
+    return f"expand-{stem}:{story.key}"
+
+
+def check_name(source: str, story: StoryRef) -> str:
+    """The task that fails a story whose fan-out source cannot be read: ``check-pages:<key>``."""
+    return "check" + creator_name(source, story)[len("expand"):]
+
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+class Sources:
+    """The JSON artifacts one story's tasks read values from or fan out over.
+
+    Each file is parsed once per content (re-read when its size or mtime changes: a task of
+    this run may rewrite it before a later task's values are taken). A file that does not
+    exist yet has no data and no items.
+    """
 
     def __init__(self, tpl: Template, story_dir: Path):
-        self.items: list | None = None
-        self.data: Any = None
-        self.error: str | None = None  # the file exists but cannot be fanned out (a bad hand edit)
-        plan = plan_of(tpl)
-        src = plan.foreach_source
-        if not src:
-            return
-        path = story_dir / src
+        self.tpl = tpl
+        self.dir = story_dir
+        self._cache: dict[str, tuple[Any, Any, str | None]] = {}
+
+    def _load(self, path: str) -> tuple[Any, str | None]:
+        full = self.dir / path
         try:
-            self.data = json.loads(path.read_text(encoding="utf-8"))
+            st = os.stat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            return None, None
+        stamp = (st.st_size, st.st_mtime_ns)
+        hit = self._cache.get(path)
+        if hit is not None and hit[0] == stamp:
+            return hit[1], hit[2]
+        data, error = None, None
+        try:
+            data = json.loads(full.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return
+            return None, None
         except json.JSONDecodeError as exc:
-            self.error = str(InputError(
+            error = str(InputError(
                 f"is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
-                file=str(path), fix="correct your edit (it is kept as you wrote it), or delete "
+                file=str(full), fix="correct your edit (it is kept as you wrote it), or delete "
                                     "the file to have it regenerated."))
-            return
-        key = plan.foreach_key
-        items = self.data.get(key) if isinstance(self.data, dict) else None
-        if isinstance(items, list) and all(isinstance(i, dict) for i in items):
-            self.items = items
-        else:
-            self.error = str(InputError(f"has no list of objects at '{key}'.", file=str(path),
-                                        field=key, fix="correct your edit, or delete the file "
-                                                       "to have it regenerated."))
+        self._cache[path] = (stamp, data, error)
+        return data, error
+
+    def data(self, path: str) -> Any:
+        """The parsed JSON of ``path`` (relative to the story folder), or None."""
+        return self._load(path)[0]
+
+    def error(self, path: str) -> str | None:
+        """Why ``path`` cannot be used (bad JSON, or for a fan-out source no list of objects at
+        its key, or ids that are not unique slugs), or None."""
+        data, error = self._load(path)
+        if error is not None or data is None:
+            return error
+        fan = plan_of(self.tpl).fanouts.get(path)
+        if fan is None:
+            return None
+        full = str(self.dir / path)
+        items = data.get(fan.key) if isinstance(data, dict) else None
+        if not (isinstance(items, list) and all(isinstance(i, dict) for i in items)):
+            return str(InputError(f"has no list of objects at '{fan.key}'.", file=full,
+                                  field=fan.key, fix="correct your edit, or delete the file to "
+                                                     "have it regenerated."))
+        if fan.by == "id":
+            ids = [i.get("id") for i in items]
+            bad = next((i for i in ids if not isinstance(i, str) or not _SLUG.match(i)), None)
+            if bad is not None or len(set(ids)) != len(ids):
+                what = (f"id {bad!r} is not a slug ([a-z0-9-])" if bad is not None or None in ids
+                        else "two entries share an id")
+                return str(InputError(f"{what}.", file=full, field=f"{fan.key}[].id",
+                                      fix="give every entry a unique id of lowercase letters, "
+                                          "digits and dashes."))
+        return None
+
+    def require(self, paths: list[str]) -> None:
+        """Raise the error of the first of ``paths`` that exists but cannot be used: a step
+        must not run on values of a file a person broke (it is kept as they wrote it).
+
+        Raises:
+            InputError: naming the file and the fix.
+        """
+        for path in paths:
+            error = self.error(path)
+            if error is not None:
+                raise InputError(error)
+
+    def items(self, source: str) -> list[dict] | None:
+        """The fan-out's items, or None when the file is missing or unusable."""
+        if self.error(source) is not None:
+            return None
+        data = self.data(source)
+        return None if data is None else data[plan_of(self.tpl).fanouts[source].key]
+
+    def keys(self, source: str | None) -> list[Key]:
+        """The fan-out's keys: 1..count, or the items' ids (empty when not known yet)."""
+        items = self.items(source) if source else None
+        if not items:
+            return []
+        if plan_of(self.tpl).fanouts[source].by == "id":
+            return [i["id"] for i in items]
+        return list(range(1, len(items) + 1))
+
+    def item(self, source: str, key: Key | None) -> dict | None:
+        """One item by its key (number or id), or None."""
+        items = self.items(source)
+        if not items or key is None:
+            return None
+        if isinstance(key, int):
+            return items[key - 1] if 1 <= key <= len(items) else None
+        return next((i for i in items if i.get("id") == key), None)
+
+    def keys_of(self, placeholder: str | None) -> list[Key]:
+        """The keys of the fan-out ``placeholder`` (``{n}``, ``{id}``) stands for."""
+        return self.keys(plan_of(self.tpl).source_of(placeholder) if placeholder else None)
 
 
-def value_inputs(tpl: Template, step: Step, story_input: dict, n: int | None,
-                 fan: Fanout | None) -> dict[str, Any]:
-    """The step's value inputs (story fields, item, parts) — no files."""
+def step_context(tpl: Template, step: Step, story_id: str, story_input: dict, n: Key | None,
+                 sources: Sources | None, story_dir: Path | None) -> StepContext:
+    """The :class:`StepContext` of one task (``count``: the items of its own fan-out)."""
+    count = None
+    if step.foreach is not None and sources is not None:
+        count = len(sources.keys(step.foreach.source)) or None
+    return StepContext(template=tpl.name, story_id=story_id, story=story_input,
+                       config=tpl.config, n=n, count=count, story_dir=story_dir,
+                       collection=tpl.collection)
+
+
+def value_inputs(tpl: Template, step: Step, story_input: dict, n: Key | None,
+                 sources: Sources | None, ctx: StepContext | None = None) -> dict[str, Any]:
+    """The step's value inputs (story fields, item, parts, views) — no files."""
     out: dict[str, Any] = {}
+    views = []
     for name, inp in step.inputs.items():
         if isinstance(inp, StoryValue):
             out[name] = story_input if inp.field is None else story_input.get(inp.field)
         elif isinstance(inp, ItemInput):
-            out[name] = fan.items[n - 1] if fan and fan.items and n else None
+            out[name] = sources.item(step.foreach.source, n) if sources and step.foreach else None
         elif isinstance(inp, PartInput):
-            data = fan.data if fan else None
+            data = sources.data(inp.path) if sources else None
             out[name] = data.get(inp.key) if isinstance(data, dict) else None
+        elif isinstance(inp, ViewInput):
+            views.append((name, inp))
+    if views:
+        ctx = ctx or step_context(tpl, step, "", story_input, n, sources, None)
+        plain = dict(out)
+        for name, inp in views:
+            data = sources.data(inp.path) if sources else None
+            out[name] = None if data is None else inp.fn(data, plain, ctx)
     return out
 
 
 def step_values(proj: Project, tpl: Template, step: Step, story: StoryRef, item_input: dict,
-                n: int | None, fan: Fanout | None) -> dict[str, str]:
+                n: Key | None, sources: Sources | None) -> dict[str, str]:
     """Every non-file input of one task, by name, as short strings (see :class:`Inputs`)."""
-    plan = plan_of(tpl)
     values: dict[str, str] = {"step version": str(step.version)}
     for rel in step.template_files(tpl):
         values[f"file {rel}"] = tpl.digest(rel)
     for path in step.config_paths(tpl):
         values[f"config {path}"] = short_value(tpl.config.get(path))
-    for inp in step.inputs.values():
+    ctx = step_context(tpl, step, story.id, item_input, n, sources, None)
+    have = value_inputs(tpl, step, item_input, n, sources, ctx)
+    for name, inp in step.inputs.items():
         if isinstance(inp, StoryValue):
-            v = item_input if inp.field is None else item_input.get(inp.field)
-            values[f"story {inp.field or 'input'}"] = short_value(v)
+            values[f"story {inp.field or 'input'}"] = short_value(have[name])
         elif isinstance(inp, ItemInput):
-            it = fan.items[n - 1] if fan and fan.items and n else None
-            values[f"{plan.foreach_source} item {n}"] = short_value(it)
+            values[f"{step.foreach.source if step.foreach else '-'} item {n}"] = \
+                short_value(have[name])
         elif isinstance(inp, PartInput):
-            data = fan.data if fan and inp.path == plan.foreach_source else None
-            v = data.get(inp.key) if isinstance(data, dict) else None
-            values[f"{inp.path} {inp.key}"] = short_value(v)
+            values[f"{inp.path} {inp.key}"] = short_value(have[name])
+        elif isinstance(inp, ViewInput):
+            values[f"{inp.path} view {name}"] = short_value(have[name])
     spec = None
     if step.service:
         spec = proj.resolved(tpl.name, step.service).spec
         values[f"{step.service} backend"] = spec.name
-
-    def values_now() -> tuple[dict, StepContext]:
-        ctx = StepContext(template=tpl.name, story_id=story.id, story=item_input,
-                          config=tpl.config, n=n,
-                          count=len(fan.items) if fan and fan.items else None, story_dir=None)
-        return value_inputs(tpl, step, item_input, n, fan), ctx
-
-    values.update(step.dependency_values(DepContext(tpl, spec, values_now)))
+    keys = sources.keys_of if sources is not None else (lambda ph: [])
+    values.update(step.dependency_values(DepContext(tpl, spec, n, keys, lambda: (have, ctx))))
     return values
 
 
@@ -190,22 +307,35 @@ def _producer_task(plan: Plan, story: StoryRef, path: str) -> str | None:
 
 
 def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_input: dict,
-              n: int | None, count: int | None, fan: Fanout | None, actions: Actions) -> dict:
-    """The doit task dict for one step of one story (``n``: foreach index)."""
+              n: Key | None, sources: Sources | None, actions: Actions) -> dict:
+    """The doit task dict for one step of one story (``n``: foreach key).
+
+    Its value dependencies are taken when doit checks whether the task is up to date (after
+    the tasks it depends on ran), not when it is made: a task made before ``cast.json`` is
+    rewritten in this run sees the new file.
+    """
     plan = plan_of(tpl)
     sdir = proj.story_dir(tpl.name, story.id)
     rel_root = sdir.relative_to(proj.root)
-    deps, outs = step.task_files(n, count)
+    keys = sources.keys_of if sources is not None else (lambda ph: [])
+
+    def values_now() -> tuple[dict, StepContext]:
+        ctx = step_context(tpl, step, story.id, story_input, n, sources, None)
+        return value_inputs(tpl, step, story_input, n, sources, ctx), ctx
+
+    deps, outs = step.task_files(DepContext(tpl, None, n, keys, values_now))
     file_dep = [str(rel_root / d) for d in deps]
     targets = [str(rel_root / t) for t in outs]
     task_dep: list[str] = []
-    for inp in step.inputs.values():
-        if isinstance(inp, (PartInput, ItemInput)):
-            src = inp.path if isinstance(inp, PartInput) else plan.foreach_source
-            prod = _producer_task(plan, story, src)
-            if prod and prod not in task_dep:
-                task_dep.append(prod)
-    values = step_values(proj, tpl, step, story, story_input, n, fan)
+    for src in value_paths(step, step.foreach.source if step.foreach else None):
+        prod = _producer_task(plan, story, src)
+        if prod and prod not in task_dep:
+            task_dep.append(prod)
+    creator = plan.creator.get(step.name)
+    for src in plan.needs.get(step.name, []):
+        if src != creator:  # its tasks need another fan-out's tasks: wait for all of them
+            task_dep.append(creator_name(src, story))
+    count = len(sources.keys(step.foreach.source)) if sources and step.foreach else None
     label = f"{story.key}" + (f" #{n}" if n is not None else "")
     return {
         "basename": task_name(step, story, n),
@@ -214,7 +344,8 @@ def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_i
         "file_dep": file_dep,
         "task_dep": task_dep,
         "targets": targets,
-        "uptodate": [Inputs(values, str(sdir), outs[0])],
+        "uptodate": [Inputs(lambda: step_values(proj, tpl, step, story, story_input, n, sources),
+                            str(sdir), outs[0])],
         "clean": [(clean_task, [str(sdir), outs])],
         "verbosity": 1,
     }
@@ -237,60 +368,61 @@ def wanted_steps(tpl: Template, dry: bool) -> list[Step]:
 
 def static_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: dict,
                  actions: Actions, dry: bool) -> Iterator[dict]:
-    """The tasks of a story's steps that do not need the fan-out file."""
-    dynamic = plan_of(tpl).dynamic
+    """The tasks of a story's steps that need no fan-out source to be made."""
+    plan = plan_of(tpl)
+    sources = Sources(tpl, proj.story_dir(tpl.name, story.id))
     for step in wanted_steps(tpl, dry):
-        if step.name not in dynamic:
-            yield make_task(proj, tpl, step, story, story_input, None, None, None, actions)
+        if step.name not in plan.dynamic:
+            yield make_task(proj, tpl, step, story, story_input, None, sources, actions)
 
 
 def dynamic_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: dict,
-                  actions: Actions, dry: bool) -> Iterator[dict]:
-    """Tasks that need the fan-out file; none (but the group) when it does not exist yet."""
+                  source: str, actions: Actions, dry: bool) -> Iterator[dict]:
+    """The tasks the creator of ``source`` makes: those of the steps made once it exists
+    (:attr:`Plan.creator`); none but the group when it does not exist yet."""
     plan = plan_of(tpl)
-    fan = Fanout(tpl, proj.story_dir(tpl.name, story.id))
+    sources = Sources(tpl, proj.story_dir(tpl.name, story.id))
+    steps = [s for s in wanted_steps(tpl, dry) if plan.creator.get(s.name) == source]
     names: list[str] = []
-    if fan.error is not None:
-        # no per-item task can be made: one task that fails the story with the reason
-        name = f"check:{story.key}"
+    errors = {src: sources.error(src) for s in steps for src in plan.needs[s.name]}
+    errors = {src: e for src, e in errors.items() if e}
+    if errors:
+        # no task that needs an unreadable file can be made: one that fails the story
+        name = check_name(source, story)
         names.append(name)
-        yield {"basename": name, "doc": f"{plan.foreach_source} of {story.key} is unreadable",
+        bad = next(iter(errors))
+        yield {"basename": name, "doc": f"{bad} of {story.key} is unreadable",
                "actions": [(actions.fail, [str(proj.root), tpl.name, story.id,
-                                           f"{story.key}: {fan.error}"])],
+                                           f"{story.key}: {errors[bad]}"])],
                "verbosity": 1}
-    elif fan.items is not None:
-        count = len(fan.items)
-        for step in wanted_steps(tpl, dry):
-            if step.name not in plan.dynamic:
-                continue
-            for n in (range(1, count + 1) if step.foreach else [None]):
-                t = make_task(proj, tpl, step, story, story_input, n, count, fan, actions)
+    elif sources.items(source) is not None:
+        for step in steps:
+            if not all(sources.items(src) is not None for src in plan.needs[step.name]):
+                continue  # another file it fans out over is not written yet (doit list)
+            for n in (sources.keys(step.foreach.source) if step.foreach else [None]):
+                t = make_task(proj, tpl, step, story, story_input, n, sources, actions)
                 names.append(t["basename"])
                 yield t
-    yield {"basename": f"expand:{story.key}", "actions": None, "task_dep": names,
-           "doc": f"per-item tasks of {story.key}"}
+    yield {"basename": creator_name(source, story), "actions": None, "task_dep": names,
+           "doc": f"tasks of {story.key} per item of {source}"}
 
 
 def delayed_creator(proj: Project, tpl: Template, story: StoryRef, story_input: dict,
-                    actions: Actions, dry: bool):
-    """The ``expand:<key>`` task creator: run by doit once the fan-out file's producer ran."""
+                    source: str, actions: Actions, dry: bool):
+    """The creator of a story's tasks per item of ``source``: run by doit once the step that
+    writes ``source`` ran."""
     def creator():
-        yield from dynamic_tasks(proj, tpl, story, story_input, actions, dry)
-    creator.__doc__ = f"per-item tasks of {story.key}"
-    plan = plan_of(tpl)
-    src = plan.foreach_source
-    executed = _producer_task(plan, story, src) if src else None
-    return create_after(executed=executed)(creator)
+        yield from dynamic_tasks(proj, tpl, story, story_input, source, actions, dry)
+    creator.__doc__ = f"tasks of {story.key} per item of {source}"
+    return create_after(executed=_producer_task(plan_of(tpl), story, source))(creator)
 
 
 def group_deps(tpl: Template, story: StoryRef, *, dry: bool) -> list[str]:
     """The tasks a story's ``build:<key>`` (or ``dry:<key>``) group waits for: its static
-    steps and, when it fans out, ``expand:<key>``."""
+    steps and the creator of each fan-out."""
     plan = plan_of(tpl)
     deps = [task_name(s, story, None) for s in wanted_steps(tpl, dry) if s.name not in plan.dynamic]
-    if plan.dynamic:
-        deps.append(f"expand:{story.key}")
-    return deps
+    return deps + [creator_name(src, story) for src in plan.fanouts]
 
 
 def story_tasks(proj: Project, stories: list[tuple[StoryRef, Any]], sealed: set[str],
@@ -298,7 +430,7 @@ def story_tasks(proj: Project, stories: list[tuple[StoryRef, Any]], sealed: set[
     """doit task creators for ``stories`` (``[(ref, backlog item)]``, in backlog order).
 
     Returns ``{name: creator}`` for a dodo namespace: ``task_steps`` (every static task),
-    ``task_expand:<key>`` (one delayed creator per story that fans out), ``task_build``,
+    ``task_expand-<source>:<key>`` (a delayed creator per story and fan-out), ``task_build``,
     ``task_pending`` and ``task_dry``. Stories whose keys are in ``sealed`` (up to date as
     recorded: :mod:`cloops.graph.seals`) get empty groups and no step tasks.
     """
@@ -313,8 +445,9 @@ def story_tasks(proj: Project, stories: list[tuple[StoryRef, Any]], sealed: set[
 
     for ref, it in checked:
         tpl = proj.template(ref.template)
-        if plan_of(tpl).dynamic:
-            ns[f"task_expand:{ref.key}"] = delayed_creator(proj, tpl, ref, it.input, actions, dry)
+        for source in plan_of(tpl).fanouts:
+            ns[f"task_{creator_name(source, ref)}"] = delayed_creator(
+                proj, tpl, ref, it.input, source, actions, dry)
 
     def task_build():
         """bring one story up to date whatever its status: doit build:<id>"""

@@ -80,9 +80,25 @@ class PartInput:
 
 @dataclass(frozen=True)
 class EachInput:
-    """Every file ``pattern`` for n = 1..item count (``images/{n}.jpg``) — ``file_dep`` on all."""
+    """Every file ``pattern`` for each item of the fan-out its placeholder names
+    (``images/{n}.jpg`` for every page, ``cast/{id}.jpg`` for every character) — ``file_dep``
+    on all."""
 
     pattern: str
+
+
+@dataclass(frozen=True)
+class ViewInput:
+    """A view of a JSON artifact — a value dependency on ``fn(data, inputs, ctx)`` only.
+
+    ``data`` is the parsed file, ``inputs`` the step's other value inputs (story fields, the
+    foreach item, parts), ``ctx`` its :class:`StepContext`. The task is stale only when what
+    ``fn`` returns changes: a page prompt that views the appearance of the characters on its
+    page is not stale when another character's appearance is edited.
+    """
+
+    path: str
+    fn: Callable[[Any, dict, "StepContext"], Any]
 
 
 def story(field: str | None = None) -> StoryValue:
@@ -110,15 +126,37 @@ def each(pattern: str) -> EachInput:
     return EachInput(pattern)
 
 
-Input = StoryValue | FileInput | ItemInput | PartInput | EachInput
+def view(path: str, fn: Callable[[Any, dict, "StepContext"], Any]) -> ViewInput:
+    """Depend on ``fn(data of path, inputs, ctx)`` only, e.g. the cast entries on one page."""
+    return ViewInput(path, fn)
+
+
+Input = StoryValue | FileInput | ItemInput | PartInput | EachInput | ViewInput
+
+PLACEHOLDERS = {"n": "{n}", "id": "{id}"}
 
 
 @dataclass(frozen=True)
 class ForEach:
-    """Fan out: one task per element of ``source``'s list at ``key`` (``{n}`` is 1-based)."""
+    """Fan out: one task per element of ``source``'s list at ``key``.
+
+    ``by="n"``: tasks are numbered from 1 and ``{n}`` in paths is the number (pages);
+    ``by="id"``: each element's ``id`` (a slug, unique in the list) names its task and ``{id}``
+    in paths (characters: ``cast/{id}.jpg``).
+    """
 
     source: str
     key: str
+    by: str = "n"
+
+    def __post_init__(self):
+        if self.by not in PLACEHOLDERS:
+            raise ValueError(f"ForEach(by={self.by!r}): use 'n' (numbered) or 'id'")
+
+    @property
+    def placeholder(self) -> str:
+        """``{n}`` or ``{id}``: what stands for the item in this fan-out's paths."""
+        return PLACEHOLDERS[self.by]
 
 
 def short_value(value: Any) -> str:
@@ -131,9 +169,20 @@ def short_value(value: Any) -> str:
     return "sha256:" + sha256_json(value)[:16]
 
 
-def expand(pattern: str, n: int | None) -> str:
-    """``pattern`` with ``{n}`` replaced by the foreach index (unchanged when ``n`` is None)."""
-    return pattern.replace("{n}", str(n)) if n is not None else pattern
+Key = int | str  # a foreach item's key: its number (``{n}``) or its id (``{id}``)
+
+
+def expand(pattern: str, n: Key | None) -> str:
+    """``pattern`` with the item's key in place: ``{n}`` for a number, ``{id}`` for an id
+    (unchanged when ``n`` is None)."""
+    if n is None:
+        return pattern
+    return pattern.replace("{n}" if isinstance(n, int) else "{id}", str(n))
+
+
+def placeholder_of(pattern: str) -> str | None:
+    """The fan-out placeholder a path pattern holds (``{n}``, ``{id}``), or None."""
+    return next((p for p in PLACEHOLDERS.values() if p in pattern), None)
 
 
 # ---------------------------------------------------------------- context
@@ -149,19 +198,23 @@ class StepContext:
         story: the backlog item's input (title, summary, keyMoments, ...).
         config: the template's :class:`cloops.data.config.TemplateConfig`
             (``ctx.config.get("style.artStyle")``).
-        n: the 1-based foreach index, or None.
-        count: the number of foreach items (e.g. pages), or None.
+        n: the foreach item's key — its 1-based number, or its id for a fan-out by id — or
+            None.
+        count: the number of items of the step's fan-out (e.g. pages), or None.
         story_dir: the story's build folder (``pathlib.Path``; None while dependencies are
             computed, before any run).
+        collection: ``collection(name) -> {stem: data}``: the template's JSON files under
+            ``<name>/`` (own over its base's), e.g. the cast library ``collection("cast")``.
     """
 
     template: str
     story_id: str
     story: dict
     config: Any
-    n: int | None
+    n: Key | None
     count: int | None
     story_dir: Any
+    collection: Callable[[str], dict] | None = None
 
 
 Fn = Callable[[dict, StepContext], Any]
@@ -202,6 +255,7 @@ class StepRun:
         ctx: the :class:`StepContext`.
         services: the service calls bound to this task.
         rel: the step's main target, ``{n}`` expanded (``images/2.jpg``).
+        keys: ``keys(placeholder) -> [key, ...]``: the items of a fan-out in this story.
         write: ``write(rel, data, made_by=..., offline=...)`` writes one target atomically,
             keeping a hand-edited file in history first. ``data``: ``bytes``, ``str`` (a
             trailing newline is added) or JSON-able data (pretty-printed JSON); ``made_by``:
@@ -215,6 +269,7 @@ class StepRun:
     services: Services
     rel: str
     write: Callable[..., None]
+    keys: Callable[[str], list] = lambda placeholder: []
 
     @property
     def story_dir(self) -> Path:
@@ -223,18 +278,23 @@ class StepRun:
 
 @dataclass
 class DepContext:
-    """What :meth:`Step.dependency_values` may use.
+    """What :meth:`Step.task_files` and :meth:`Step.dependency_values` may use.
 
     Attributes:
         template: the :class:`cloops.data.template.Template`.
         backend: the registered :class:`~cloops.services.registry.BackendSpec` serving the
             step's service (``name``, ``offline``), or None for a step that calls none.
+        n: the task's foreach key (number or id), or None.
+        keys: ``keys(placeholder) -> [key, ...]``: the keys of the fan-out ``{n}`` / ``{id}``
+            stands for in this story (empty before its source exists).
         values: ``values() -> (inputs, ctx)``: the step's value inputs (story fields, item,
-            parts; no files) and a context without a story folder, computed on demand.
+            parts, views; no files) and a context without a story folder, computed on demand.
     """
 
     template: Any
     backend: Any
+    n: Key | None
+    keys: Callable[[str], list]
     values: Callable[[], tuple[dict, StepContext]]
 
 
@@ -308,15 +368,22 @@ class Step:
         """Every path pattern the step writes, ``{n}`` for the item (``images/{n}.jpg``)."""
         return [self.target, *self.also]
 
-    def task_files(self, n: int | None, count: int | None) -> tuple[list[str], list[str]]:
+    def files_need_values(self) -> bool:
+        """True when :meth:`task_files` reads ``deps.values()`` (which files a task depends
+        on follows from values, e.g. the reference sheets of the characters on a page): the
+        engine then makes its tasks once the JSON files those values come from exist."""
+        return False
+
+    def task_files(self, deps: DepContext) -> tuple[list[str], list[str]]:
         """``(file_dep, targets)`` of one task, as paths relative to the story folder."""
-        deps: list[str] = []
+        files: list[str] = []
         for inp in self.inputs.values():
             if isinstance(inp, FileInput):
-                deps.append(expand(inp.path, n))
+                files.append(expand(inp.path, deps.n))
             elif isinstance(inp, EachInput):
-                deps += [expand(inp.pattern, i) for i in range(1, (count or 0) + 1)]
-        return deps, [expand(t, n) for t in (self.target, *self.also)]
+                ph = placeholder_of(inp.pattern)
+                files += [expand(inp.pattern, k) for k in deps.keys(ph)] if ph else [inp.pattern]
+        return files, [expand(t, deps.n) for t in (self.target, *self.also)]
 
     def dependency_values(self, deps: DepContext) -> dict[str, str]:
         """Values besides inputs, prompts and config that the output depends on, by name

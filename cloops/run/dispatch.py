@@ -44,7 +44,7 @@ def task_priority(story_index: dict[str, int], depth: dict[str, dict[str, int]]
         if idx is None:
             return (-1, 0, 0)
         n = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
-        if step == "expand":
+        if step.startswith("expand"):
             return (idx, -1000, 0)  # creates the story's page tasks: cheap, and unlocks them
         steps = depth.get(parts[0], {})
         if step not in steps:

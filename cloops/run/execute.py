@@ -27,10 +27,11 @@ from ..data import backlog as backlog_mod
 from ..data.project import Project, load_project
 from ..data.template import Template
 from ..graph.completion import record_completed
-from ..graph.engine import Fanout, value_inputs
+from ..graph.engine import Sources, step_context, value_inputs
 from ..graph.locks import is_locked, mark_stale
-from ..graph.plan import plan_of
-from ..graph.steps import EachInput, FileInput, Step, StepContext, StepRun, expand
+from ..graph.plan import value_paths
+from ..graph.steps import (EachInput, FileInput, Key, Step, StepContext, StepRun, expand,
+                           placeholder_of)
 from ..graph.targets import read_manifest, write_target
 from .context import current
 from .hub import CallMeta, TaskServices, hub_for
@@ -68,14 +69,14 @@ def _mark_started(proj: Project, template: str, story_id: str) -> None:
 
 
 def read_inputs(tpl: Template, step: Step, story_dir: Path, story_input: dict,
-                n: int | None, count: int | None, fan: Fanout | None) -> dict[str, Any]:
+                n: Key | None, sources: Sources, ctx: StepContext) -> dict[str, Any]:
     """All inputs of a step: files read (``.json`` parsed, ``.md``/``.txt`` as text, others as
-    their path), values from the story and the fan-out file.
+    their path), values from the story and the JSON artifacts it reads values of.
 
     Raises:
         InputError: a ``.json`` input is not valid JSON (names the file and the fix).
     """
-    inputs = value_inputs(tpl, step, story_input, n, fan)
+    inputs = value_inputs(tpl, step, story_input, n, sources, ctx)
     for name, inp in step.inputs.items():
         if isinstance(inp, FileInput):
             rel = expand(inp.path, n)
@@ -92,7 +93,8 @@ def read_inputs(tpl: Template, step: Step, story_dir: Path, story_input: dict,
             else:
                 inputs[name] = str(path)
         elif isinstance(inp, EachInput):
-            inputs[name] = [expand(inp.pattern, i) for i in range(1, (count or 0) + 1)]
+            inputs[name] = [expand(inp.pattern, k)
+                            for k in sources.keys_of(placeholder_of(inp.pattern))]
     return inputs
 
 
@@ -110,7 +112,7 @@ def mark_failed(root: Path | str, template: str, story_id: str, message: str) ->
     return TaskFailed(message)
 
 
-def run_task(root: str, template: str, story_id: str, step_name: str, n: int | None,
+def run_task(root: str, template: str, story_id: str, step_name: str, n: Key | None,
              count: int | None):
     """doit action of every step task (module-level so process mode can pickle it).
 
@@ -130,7 +132,7 @@ def run_task(root: str, template: str, story_id: str, step_name: str, n: int | N
         return None
     try:
         _mark_started(proj, template, story_id)
-        _run(proj, tpl, step, item.input, story_id, n, count, tname)
+        _run(proj, tpl, step, item.input, story_id, n, tname)
         if step.finishes_story:
             finish_story(proj, tpl, story_id, tname)
     except CloopsError as exc:
@@ -153,14 +155,12 @@ def run_task(root: str, template: str, story_id: str, step_name: str, n: int | N
 
 
 def _run(proj: Project, tpl: Template, step: Step, story_input: dict, story_id: str,
-         n: int | None, count: int | None, tname: str) -> None:
+         n: Key | None, tname: str) -> None:
     sdir = proj.story_dir(tpl.name, story_id)
-    fan = Fanout(tpl, sdir) if step.name in plan_of(tpl).dynamic else None
-    if fan is not None and fan.items is not None:
-        count = len(fan.items)
-    ctx = StepContext(template=tpl.name, story_id=story_id, story=story_input, config=tpl.config,
-                      n=n, count=count, story_dir=sdir)
-    inputs = read_inputs(tpl, step, sdir, story_input, n, count, fan)
+    sources = Sources(tpl, sdir)
+    sources.require(value_paths(step, step.foreach.source if step.foreach else None))
+    ctx = step_context(tpl, step, story_id, story_input, n, sources, sdir)
+    inputs = read_inputs(tpl, step, sdir, story_input, n, sources, ctx)
     rel = expand(step.target, n)
     reroll = tname in {t.strip() for t in os.environ.get("CLOOPS_REROLL", "").split(",")}
     meta = CallMeta(template=tpl.name, story=story_id, step=step.name, target=rel, reroll=reroll)
@@ -169,7 +169,8 @@ def _run(proj: Project, tpl: Template, step: Step, story_input: dict, story_id: 
         _write(sdir, target, data, made_by=made_by, offline=offline, task=tname)
 
     step.execute(StepRun(step=step, template=tpl, inputs=inputs, ctx=ctx,
-                         services=TaskServices(hub_for(proj), meta), rel=rel, write=write))
+                         services=TaskServices(hub_for(proj), meta), rel=rel, write=write,
+                         keys=sources.keys_of))
 
 
 def _encode(out: Any) -> bytes:

@@ -21,7 +21,7 @@ from .context import current, current_project, run_context
 from .summary import header_lines, stale_completed_report, summary_rows
 from .tuning import freeze_live_objects, preload_sdks
 
-HIDDEN_PREFIXES = ("build:", "expand:", "pending")
+HIDDEN_PREFIXES = ("build:", "expand", "pending")
 
 
 def _split(name: str) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..core.errors import InputError
 from ..data.project import BUILD_DIR, Project, StoryRef
 from ..graph.engine import task_name
-from ..graph.steps import Step, expand
+from ..graph.steps import Key, Step, expand
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Address:
     story_dir: Path
     rel: str | None = None
     step: Step | None = None
-    n: int | None = None
+    n: Key | None = None
 
     @property
     def key(self) -> str:
@@ -72,7 +72,8 @@ class Address:
 
 
 def _pattern(pattern: str) -> re.Pattern:
-    return re.compile(re.escape(pattern).replace(r"\{n\}", r"([1-9][0-9]*)") + r"\Z")
+    return re.compile(re.escape(pattern).replace(r"\{n\}", r"([1-9][0-9]*)")
+                      .replace(r"\{id\}", r"([a-z0-9][a-z0-9-]*)") + r"\Z")
 
 
 def step_patterns(step: Step) -> list[str]:
@@ -80,13 +81,16 @@ def step_patterns(step: Step) -> list[str]:
     return step.target_patterns()
 
 
-def match_target(proj: Project, template: str, rel: str) -> tuple[Step, int | None] | None:
-    """The step of ``template`` whose target patterns match ``rel``, and the page number."""
+def match_target(proj: Project, template: str, rel: str) -> tuple[Step, Key | None] | None:
+    """The step of ``template`` whose target patterns match ``rel``, and the item key (page
+    number or id)."""
     for step in proj.template(template).steps:
         for pat in step_patterns(step):
             m = _pattern(pat).match(rel)
             if m:
-                return step, (int(m.group(1)) if m.groups() else None)
+                if not m.groups():
+                    return step, None
+                return step, int(m.group(1)) if "{n}" in pat else m.group(1)
     return None
 
 

@@ -33,9 +33,9 @@ def story_tasks(tasks: dict, key: str) -> list:
     out = []
     for name, task in tasks.items():
         base, _, rest = name.partition(":")
-        if base in GROUP_TASKS or not task.actions:
+        if base.startswith(GROUP_TASKS) or not task.actions:
             continue
-        if rest == key or (rest.startswith(key + "/") and rest[len(key) + 1:].isdigit()):
+        if rest == key or (rest.startswith(key + "/") and "/" not in rest[len(key) + 1:]):
             out.append(task)
     return out
 
@@ -66,7 +66,7 @@ def _direct_reasons(proj: Project, sdir: Path, task, status, inputs: Inputs | No
     r = status.reasons
     if r.get("has_no_dependencies"):
         out.append(f"{task.doc}: the story fails until it is corrected (doit history / "
-                   "restore bring back a good version)" if task.name.startswith("check:")
+                   "restore bring back a good version)" if task.name.startswith("check")
                    else task.doc or "it always runs")
     out += [f"missing {_rel(proj, sdir, t)}" for t in r.get("missing_target", [])]
     out += [f"missing input {_rel(proj, sdir, d)}" for d in r.get("missing_file_dep", [])]
@@ -107,10 +107,10 @@ def story_status(proj: Project, template: str, story_id: str, tasks: dict,
     tpl = proj.template(template)
     order = {s.name: i for i, s in enumerate(tpl.steps)}
 
-    def place(task) -> tuple[int, int]:
+    def place(task) -> tuple[int, int, str]:
         base, _, rest = task.name.partition(":")
         tail = rest[len(key) + 1:]
-        return order.get(base, -1), int(tail) if tail.isdigit() else 0
+        return order.get(base, -1), int(tail) if tail.isdigit() else 0, tail
 
     mine = sorted(story_tasks(tasks, key), key=place)  # the template's step order
 
@@ -163,7 +163,7 @@ def story_status(proj: Project, template: str, story_id: str, tasks: dict,
     fan = plan_of(tpl).foreach_source
 
     def shown(task) -> str:
-        if not task.targets:  # check:<key>: the fan-out file cannot be read
+        if not task.targets:  # check-<file>:<key>: a fan-out file cannot be read
             return fan or task.name
         rel = lock_rel(task) or ""
         return rel.split("/")[0] if copies(task) else rel

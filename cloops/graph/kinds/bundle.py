@@ -9,7 +9,9 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 
-from ..steps import Step, StepRun, expand, step_kind
+from typing import Callable
+
+from ..steps import DepContext, Step, StepRun, expand, placeholder_of, step_kind
 
 
 @step_kind("bundle")
@@ -19,8 +21,8 @@ class BundleStep(Step):
 
     Attributes:
         target: the bundle folder (``bundle``).
-        files: bundle file name → source file in the story folder; ``{n}`` in both expands over
-            the foreach items (``{"{n}.jpg": "images/{n}.jpg"}``).
+        files: bundle file name → source file in the story folder; ``{n}`` (or ``{id}``) in
+            both expands over the items of that fan-out (``{"{n}.jpg": "images/{n}.jpg"}``).
     """
 
     finishes_story = True
@@ -34,19 +36,20 @@ class BundleStep(Step):
     def target_patterns(self) -> list[str]:
         return [self.target] + [f"{self.target}/{dest}" for dest in self.files]
 
-    def copied(self, count: int | None) -> dict[str, str]:
-        """Bundle file name → source path in the story folder, ``{n}`` expanded for
-        n = 1..``count``."""
+    def copied(self, keys: Callable[[str], list]) -> dict[str, str]:
+        """Bundle file name → source path in the story folder, placeholders expanded over the
+        keys of their fan-out (``keys(placeholder)``)."""
         wanted: dict[str, str] = {}
         for dest, src in self.files.items():
-            for i in (range(1, (count or 0) + 1) if "{n}" in dest else [None]):
-                wanted[expand(dest, i)] = expand(src, i)
+            ph = placeholder_of(dest)
+            for k in (keys(ph) if ph else [None]):
+                wanted[expand(dest, k)] = expand(src, k)
         return wanted
 
-    def task_files(self, n: int | None, count: int | None) -> tuple[list[str], list[str]]:
-        deps, _ = super().task_files(n, count)
-        wanted = self.copied(count)
-        return deps + list(wanted.values()), [f"{self.target}/{dest}" for dest in wanted]
+    def task_files(self, deps: DepContext) -> tuple[list[str], list[str]]:
+        files, _ = super().task_files(deps)
+        wanted = self.copied(deps.keys)
+        return files + list(wanted.values()), [f"{self.target}/{dest}" for dest in wanted]
 
     def execute(self, job: StepRun) -> None:
         sdir = job.story_dir
@@ -54,7 +57,7 @@ class BundleStep(Step):
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        for dest, src in self.copied(job.ctx.count).items():
+        for dest, src in self.copied(job.keys).items():
             shutil.copy2(sdir / src, tmp / dest)
         # swap in whole: the bundle holds the deliverables and nothing else, never half of them
         old = sdir / f".{self.target}.old"
