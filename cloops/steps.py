@@ -11,11 +11,13 @@ group ``cloops.step_kinds``, or ``CLOOPS_PLUGINS``).
 """
 
 from .graph.kinds import AssembleStep, BundleStep, ImageStep, LLMStep, VoiceStep
-from .graph.steps import (DepContext, EachInput, FileInput, ForEach, ItemInput, PartInput,
-                          Services, Step, StepContext, StepRun, StoryValue, derive, each, expand,
-                          file, item, part, short_value, step_kind, story)
+from .graph.steps import (CollectionInput, DepContext, EachInput, FileInput, ForEach, ItemInput,
+                          PartInput, Services, Step, StepContext, StepRun, StoryValue, ViewInput,
+                          collection, derive, each, expand, file, item, part, short_value,
+                          step_kind, story, view)
 
-__all__ = ["AssembleStep", "BundleStep", "DepContext", "EachInput", "FileInput", "ForEach",
-           "ImageStep", "ItemInput", "LLMStep", "PartInput", "Services", "Step", "StepContext",
-           "StepRun", "StoryValue", "VoiceStep", "derive", "each", "expand", "file", "item",
-           "part", "short_value", "step_kind", "story"]
+__all__ = ["AssembleStep", "BundleStep", "CollectionInput", "DepContext", "EachInput",
+           "FileInput", "ForEach", "ImageStep", "ItemInput", "LLMStep", "PartInput", "Services",
+           "Step", "StepContext", "StepRun", "StoryValue", "ViewInput", "VoiceStep", "collection",
+           "derive", "each", "expand", "file", "item", "part", "short_value", "step_kind",
+           "story", "view"]

@@ -56,7 +56,10 @@ def test_a_serial_build_finishes_each_story_before_starting_the_next(project):
     order = [c["story"] for c in run.calls]
     assert order == sorted(order, key=["noah-s-ark", "david-and-goliath"].index)
     calls = [(c["step"], c["target"]) for c in run.calls if c["story"] == "noah-s-ark"]
-    assert [s for s, _ in calls[:2]] == ["narrative", "pages"]
+    # the characters' sheets, which every page image waits for, come right after the cast
+    sheets = sum(1 for s, _ in calls if s == "sheet")
+    assert [s for s, _ in calls[:2 + sheets + 1]] == ["narrative", "cast"] + ["sheet"] * sheets + [
+        "pages"]
     # depth first: each page's image right after its prompt, before the next page's prompt
     for i, (step, target) in enumerate(calls):
         if step == "prompt":

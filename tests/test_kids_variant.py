@@ -67,10 +67,11 @@ def test_variant_rebuild_rules(both_templates):
     data = json.loads((project.story_dir("noah-s-ark", KIDS) / "bundle" / "story-data.json").read_text())
     assert data["pages"][0]["audioEndS"] > 0
 
-    # the kids art style: kids prompts and images only, nothing of the standard template
+    # the kids art style: kids prompts, sheets and images only, nothing of the standard template
     project.edit_config(lambda c: c["style"].update(artStyle="crayon drawing"), KIDS)
     run = project.doit("build:noah-s-ark", "build:david-and-goliath", env=FAKE)
-    assert {c["step"] for c in by(run, KIDS)} == {"prompt", "image", "thumbnail-prompt", "thumbnail"}
+    assert {c["step"] for c in by(run, KIDS)} == {"sheet", "prompt", "image", "thumbnail-prompt",
+                                                  "thumbnail"}
     assert by(run, STD) == []
 
     # the base's step-3 prompt is inherited: editing it rebuilds both templates' prompts

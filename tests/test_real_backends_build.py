@@ -33,33 +33,60 @@ def test_build_one_story_through_real_sdks(project):
 
         bodies = [r.body for r in oa.requests if r.path.endswith("/responses")]
         sdir = project.story_dir("noah-s-ark")
-        n = len(json.loads((sdir / "pages.json").read_text())["pages"])
-        assert len(bodies) == 1 + 1 + n + 1  # narrative, pages, one per page, thumbnail
+        plan_data = json.loads((sdir / "pages.json").read_text())
+        n = len(plan_data["pages"])
+        cast = json.loads((sdir / "cast.json").read_text())["characters"]
+        # narrative, cast, pages, one per page, thumbnail
+        assert len(bodies) == 1 + 1 + 1 + n + 1
         for b in bodies:
             assert b["model"] == "gpt-5.1"
             assert b["input"][0]["role"] == "system" and b["input"][1]["role"] == "user"
             assert b["reasoning"]["effort"] in ("low", "medium")
-        narrative, plan = bodies[0], bodies[1]
+        narrative, plan = bodies[0], bodies[2]
         assert narrative["reasoning"]["effort"] == "medium"  # llm.steps.narrative override
         assert "format" not in narrative.get("text", {})  # plain text step
         fmt = plan["text"]["format"]
         assert fmt["type"] == "json_schema" and fmt["strict"] is True
-        assert fmt["name"] == "planning" and fmt["schema"]["required"] == ["title", "characters", "pages"]
+        assert fmt["name"] == "planning" and fmt["schema"]["required"] == ["title", "coverCast", "pages"]
+        assert bodies[1]["text"]["format"]["name"] == "cast"
         assert plan["text"]["verbosity"] == "medium"
         assert "Noah's Ark" in narrative["input"][1]["content"]
 
         creates = rp.creates
         prompts = {(sdir / "prompts" / f"{i}.txt").read_text().strip() for i in range(1, n + 1)}
         # the fake answers every page alike: identical image requests are paid once (cache)
-        assert len(creates) == len(prompts) + 1
+        sheets = [c for c in creates if c.body["input"].get("aspect_ratio") == "4:3"]
         pages = [c for c in creates if c.body["input"].get("aspect_ratio") == "9:16"]
-        assert len(pages) == len(prompts)
+        cover = [c for c in creates if c.body["input"].get("aspect_ratio") == "1:1"]
+        assert len(sheets) == len(cast) and len(pages) == len(prompts) and len(cover) == 1
+        assert len(creates) == len(sheets) + len(pages) + len(cover)  # aspect_ratio always sent
         for c in creates:
             assert c.path == "/v1/models/bytedance/seedream-4/predictions"
             assert c.body["input"]["size"] == "1K"
-        cover = [c for c in creates if c.body["input"]["aspect_ratio"] == "1:1"]
-        assert len(cover) == 1
-        assert {c.body["input"]["prompt"] for c in pages} == prompts
+        assert all("image_input" not in c.body["input"] for c in sheets)
+
+        # every page image carries exactly the sheets of its page's cast, in cast order, and
+        # its prompt names them in that order
+        order = [c["id"] for c in cast]
+        by_prompt = {c.body["input"]["prompt"]: c for c in pages + cover}
+        for i, page in enumerate(plan_data["pages"], 1):
+            on_page = {cid for p in page["panels"] for cid in p["cast"]}
+            want = [cid for cid in order if cid in on_page]
+            text = (sdir / "prompts" / f"{i}.txt").read_text().strip()
+            create = next(c for p, c in by_prompt.items() if p.endswith(text))
+            sent = create.body["input"]["image_input"]
+            assert [rp.upload_url_bytes(u) for u in sent] == [
+                (sdir / "cast" / f"{cid}.jpg").read_bytes() for cid in want]
+            names = {c["id"]: c["name"] for c in cast}
+            assert create.body["input"]["prompt"].startswith(
+                " ".join(f"Image {k} is {names[cid]}'s reference sheet." for k, cid in
+                         enumerate(want, 1)))
+        cover_sent = cover[0].body["input"]["image_input"]
+        assert [rp.upload_url_bytes(u) for u in cover_sent] == [
+            (sdir / "cast" / f"{cid}.jpg").read_bytes() for cid in plan_data["coverCast"]]
+        # one upload per distinct sheet content, however many pages it went with
+        distinct = {(sdir / "cast" / f"{cid}.jpg").read_bytes() for cid in order}
+        assert sorted(rp.uploads.values()) == sorted(distinct)
 
         for i in range(1, n + 1):
             img = Image.open(io.BytesIO((sdir / "images" / f"{i}.jpg").read_bytes()))

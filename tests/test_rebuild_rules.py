@@ -28,6 +28,11 @@ def pages_of(project, story):
     return len(json.loads((project.story_dir(story) / "pages.json").read_text())["pages"])
 
 
+def cast_of(project, story):
+    """The number of characters in a story's cast.json (one reference sheet each)."""
+    return len(json.loads((project.story_dir(story) / "cast.json").read_text())["characters"])
+
+
 @pytest.fixture
 def built(project):
     first = project.doit(env=FAKE)
@@ -45,8 +50,8 @@ def test_first_build_makes_every_artifact_once(project):
         steps = {}
         for c in per_story:
             steps[c["step"]] = steps.get(c["step"], 0) + 1
-        assert steps == {"narrative": 1, "pages": 1, "prompt": n, "image": n,
-                         "thumbnail-prompt": 1, "thumbnail": 1}
+        assert steps == {"narrative": 1, "cast": 1, "pages": 1, "sheet": cast_of(project, story),
+                         "prompt": n, "image": n, "thumbnail-prompt": 1, "thumbnail": 1}
         bundle = project.story_dir(story) / "bundle"
         assert sorted(p.name for p in bundle.iterdir()) == sorted(
             [f"{i}.jpg" for i in range(1, n + 1)] + ["thumbnail.jpg", "story-data.json"])
@@ -85,10 +90,12 @@ def test_change_image_size_calls_images_only(built):
     run = built.doit("build:noah-s-ark", env=FAKE)
     assert run.rc == 0, run.out + run.err
     n = pages_of(built, "noah-s-ark")
+    k = cast_of(built, "noah-s-ark")
     assert run.count(service="llm") == 0
     assert paid(run, step="image") == n
     assert paid(run, step="thumbnail") == 1
-    assert len(run.calls) == n + 1
+    assert paid(run, step="sheet") == k  # the sheets are images too
+    assert len(run.calls) == n + 1 + k
 
 
 def test_change_art_style_rebuilds_only_steps_using_it(built):
@@ -96,7 +103,8 @@ def test_change_art_style_rebuilds_only_steps_using_it(built):
     run = built.doit("build:noah-s-ark", env=FAKE)
     assert run.rc == 0, run.out + run.err
     n = pages_of(built, "noah-s-ark")
-    assert run.by_step() == {"prompt": n, "image": n, "thumbnail-prompt": 1, "thumbnail": 1}
+    assert run.by_step() == {"sheet": cast_of(built, "noah-s-ark"), "prompt": n, "image": n,
+                             "thumbnail-prompt": 1, "thumbnail": 1}
     assert "woodcut print" in (built.story_dir("noah-s-ark") / "prompts" / "1.txt").read_text()
 
 
@@ -215,13 +223,17 @@ def test_dry_run_calls_no_image_service(project):
     assert run.rc == 0, run.out + run.err
     assert run.count(service="image") == 0
     n = pages_of(project, "noah-s-ark")
-    assert run.by_step() == {"narrative": 1, "pages": 1, "prompt": n, "thumbnail-prompt": 1}
+    assert run.by_step() == {"narrative": 1, "cast": 1, "pages": 1, "prompt": n,
+                             "thumbnail-prompt": 1}
     assert not (project.story_dir("noah-s-ark") / "images").exists()
+    assert (project.story_dir("noah-s-ark") / "cast" / "noah.txt").exists()  # no call: made
+    assert not (project.story_dir("noah-s-ark") / "cast" / "noah.jpg").exists()
     assert not (project.story_dir("david-and-goliath")).exists()
     assert {it["status"] for it in project.backlog()["items"]} == {"pending"}
     # the full build afterwards pays only for the images
     run = project.doit("build:noah-s-ark", env=FAKE)
-    assert run.count(service="llm") == 0 and paid(run, service="image") == n + 1
+    assert run.count(service="llm") == 0
+    assert paid(run, service="image") == n + 1 + cast_of(project, "noah-s-ark")
 
 
 def test_info_says_why_a_target_is_stale(built):

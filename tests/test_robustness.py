@@ -14,6 +14,7 @@ an answer is not billed.
 from __future__ import annotations
 
 import io
+import hashlib
 import json
 import os
 import re
@@ -67,7 +68,8 @@ def env_for(oa: FakeOpenAI, rp: FakeReplicate, **extra: str) -> dict:
 
 
 def fakes(gate: Gate | None = None) -> tuple[FakeOpenAI, FakeReplicate]:
-    return FakeOpenAI(gate=gate), FakeReplicate(token=REPLICATE_TOKEN, gate=gate)
+    return FakeOpenAI(gate=gate), FakeReplicate(token=REPLICATE_TOKEN, gate=gate,
+                                                colour_by="input")
 
 
 def llm_requests(oa: FakeOpenAI) -> list:
@@ -75,11 +77,18 @@ def llm_requests(oa: FakeOpenAI) -> list:
 
 
 def paid_requests(oa: FakeOpenAI, rp: FakeReplicate) -> list[str]:
-    """What the fakes answered and would bill, as sorted request fingerprints."""
+    """What the fakes answered and would bill, as sorted request fingerprints (a reference
+    image by the digest of what was uploaded: upload URLs differ from run to run)."""
     out = [json.dumps(r.body, sort_keys=True) for r in oa.answered
            if r.path == "/v1/responses" and r.status == 200]
-    out += [json.dumps(r.body, sort_keys=True) for r in rp.creates
-            if r.status is not None and r.status < 400]
+    for r in rp.creates:
+        if r.status is not None and r.status < 400:
+            body = json.loads(json.dumps(r.body))
+            refs = body.get("input", {}).get("image_input")
+            if refs:
+                body["input"]["image_input"] = [
+                    hashlib.sha256(rp.upload_url_bytes(u) or b"").hexdigest() for u in refs]
+            out.append(json.dumps(body, sort_keys=True))
     return sorted(out)
 
 
@@ -279,7 +288,7 @@ PERMANENT = {
     "openai-schema-violated-every-attempt": (
         _schema_violations, "pages", "llm",
         ["3 attempt", "Last raw output", '{"title": "Noah"}',
-         "3000 input / 600 output tokens", "'characters' is a required property"]),
+         "3000 input / 600 output tokens", "'coverCast' is a required property"]),
     "replicate-prediction-failed": (lambda p, oa, rp: rp.enqueue(
         prediction_status="failed", error="NSFW content detected", on="create"), "image",
         "image", ["failed", "NSFW content detected", "Fix:"]),
@@ -308,8 +317,8 @@ def test_permanent_fault_fails_its_story_only_without_retry(proj, case):
         # not retried: one request for the failed call (1 + schemaRetries asks when invalid)
         assert_ledger_matches_servers(run.calls, oa, rp)
         failed = [(c["story"], c["step"], c["attempts"]) for c in run.calls if c["error"]]
-        if service == "image":  # the first create made: a page image or the thumbnail
-            assert len(failed) == 1 and failed[0][1] in ("image", "thumbnail"), failed
+        if service == "image":  # the first create made: a sheet, a page image or the cover
+            assert len(failed) == 1 and failed[0][1] in ("sheet", "image", "thumbnail"), failed
             step = failed[0][1]
         error = items[failed_story]["error"]
         for w in [f"{STD}/{failed_story}", f"step '{step}'", f"({service} service", *words]:

@@ -212,7 +212,11 @@ def test_status_names_exactly_what_the_next_build_runs(two):
     assert st_[OTHER]["handEdited"] == [{"target": "narrative.md", "why": "hand-edit"}]
 
     run = ok(two.doit("build:noah-s-ark", "build:david-and-goliath", env=FAKE))
-    assert ran(run) == set(noah) | set(david)
+    # what status is sure of runs; what reads only values of a rebuilt file ("maybe": the
+    # characters' sheets, read from cast.json, which keeps every entry) may not
+    sure = {r["task"] for s in (KEY, OTHER) for r in st_[s]["stale"] if not r.get("maybe")}
+    assert sure <= ran(run) <= set(noah) | set(david)
+    assert f"sheet:{OTHER}/david" in david and f"sheet:{OTHER}/david" not in ran(run)
     called = {f"{c['step']}:{c['template']}/{c['story']}" +
               (f"/{m.group(1)}" if (m := re.search(r"/(\d+)\.", c["target"])) else "")
               for c in run.calls}

@@ -22,7 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       field_validator, model_validator)
 
 from ..core.errors import InputError
-from ..services.base import REASONING_EFFORTS, VERBOSITIES
+from ..services.base import MODEL_REFERENCE_LIMITS, REASONING_EFFORTS, VERBOSITIES
 
 _MISSING = object()
 
@@ -125,6 +125,20 @@ class GenerationConfig(StrictModel):
     # Replicate allows 600 prediction creates per minute (source: replicate.com/docs/topics/predictions/rate-limits)
     requests_per_minute: float | None = Field(default=600, gt=0, alias="requestsPerMinute")
     comfyui: dict[str, Any] = Field(default_factory=dict)
+    # reference images a model takes, over the built-in table (services.base.MODEL_REFERENCE_LIMITS)
+    reference_limits: dict[str, int] = Field(default_factory=dict, alias="referenceLimits")
+
+    @field_validator("reference_limits")
+    @classmethod
+    def _check_limits(cls, limits: dict[str, int]) -> dict[str, int]:
+        for model, n in limits.items():
+            if not isinstance(n, int) or not 0 <= n <= 32:
+                raise ValueError(f"{model}: a number of reference images from 0 to 32")
+        return limits
+
+    def reference_limit(self, model: str) -> int:
+        """How many reference images ``model`` is given: config, else the built-in table, else 0."""
+        return self.reference_limits.get(model, MODEL_REFERENCE_LIMITS.get(model, 0))
 
     @field_validator("params")
     @classmethod

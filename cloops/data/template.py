@@ -136,6 +136,14 @@ class Template:
             self.memo[key] = found
         return self.memo[key]
 
+    def template_file(self, rel: str) -> Path | None:
+        """The first ``rel`` on the search path, or None (no error: an optional file)."""
+        for folder in self.search_path:
+            p = folder / rel
+            if p.is_file():
+                return p
+        return None
+
     def llm_settings(self, key: str) -> dict[str, Any]:
         """Model, reasoning effort and verbosity for the LLM steps whose settings key is
         ``key`` (``llm.steps.<key>`` over ``llm``)."""

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..core.fileio import atomic_write_json, sha256_json
+from ..core.fileio import atomic_write_json, sha256_file, sha256_json
 from ..data.project import Project, StoryRef
-from .engine import step_values
+from .engine import Sources, step_values
+from .plan import plan_of
 from .steps import ItemInput, PartInput, StoryValue, ViewInput
 from .targets import story_lock
 
@@ -49,8 +50,34 @@ def _tdir(proj: Project, template: str) -> Path:
     return proj.root / "build" / template / STATE_DIR
 
 
+def library_digest(tpl, library: str, entry_id: str) -> str:
+    """Digest of one library entry: its JSON and any file beside it of the same stem (a
+    hand-made ``cast/<id>.jpg``), 16 hex digits; ``"missing"`` when the library lacks it."""
+    entry = tpl.collection(library).get(entry_id)
+    if entry is None:
+        return "missing"
+    parts: dict = {"entry": entry}
+    for folder in tpl.search_path:
+        for f in sorted((folder / library).glob(f"{entry_id}.*")):
+            if f.suffix != ".json" and f.name not in parts:
+                parts[f.name] = sha256_file(f)
+    return sha256_json(parts)[:16]
+
+
+def library_uses(proj: Project, tpl, story_id: str) -> dict[str, str]:
+    """``{"<library>/<id>": digest}`` of the library entries a story's fan-out files refer to."""
+    sources = Sources(tpl, proj.story_dir(tpl.name, story_id))
+    uses: dict[str, str] = {}
+    for source, fan in plan_of(tpl).fanouts.items():
+        if fan.library:
+            for entry_id in sources.library_refs(source):
+                uses[f"{fan.library}/{entry_id}"] = library_digest(tpl, fan.library, entry_id)
+    return uses
+
+
 def record_completed(proj: Project, template: str, story_id: str, story_input: dict) -> None:
-    """Remember the state a story was completed in."""
+    """Remember the state a story was completed in: the template's state, the story input's
+    digest and the library entries it uses (:func:`library_uses`)."""
     tpl = proj.template(template)
     state = template_state(proj, tpl)
     tsig = sha256_json(state)[:16]
@@ -65,6 +92,9 @@ def record_completed(proj: Project, template: str, story_id: str, story_input: d
         except (FileNotFoundError, json.JSONDecodeError):
             data = {}
         data[story_id] = {"template": tsig, "input": sha256_json(story_input)[:16]}
+        uses = library_uses(proj, tpl, story_id)
+        if uses:
+            data[story_id]["library"] = uses
         atomic_write_json(path, data)
 
 
@@ -80,9 +110,11 @@ def stale_completed(proj: Project) -> list[tuple[str, str]]:
             records = json.loads((tdir / "completed.json").read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):
             continue
-        state = template_state(proj, proj.template(b.template))
+        tpl = proj.template(b.template)
+        state = template_state(proj, tpl)
         tsig = sha256_json(state)[:16]
         explained: dict[str, str] = {}
+        now: dict[str, str] = {}  # library entry -> its digest now
         for it in done:
             rec = records.get(it.id)
             if rec is None:
@@ -101,6 +133,12 @@ def stale_completed(proj: Project) -> list[tuple[str, str]]:
                 reasons.append(explained[old])
             if rec.get("input") != it.input_digest:
                 reasons.append("story input changed")
+            for entry, digest in (rec.get("library") or {}).items():
+                if entry not in now:
+                    lib, _, entry_id = entry.partition("/")
+                    now[entry] = library_digest(tpl, lib, entry_id)
+                if now[entry] != digest:
+                    reasons.append(f"library {entry} changed")
             if reasons:
                 out.append((f"{b.template}/{it.id}", "; ".join(reasons)))
     return out

@@ -37,8 +37,8 @@ from ..data.project import Project, StoryRef
 from ..data.template import Template
 from .locks import is_locked, mark_stale
 from .plan import Plan, plan_of, value_paths
-from .steps import (DepContext, ItemInput, Key, PartInput, Step, StepContext, StoryValue,
-                    ViewInput, short_value)
+from .steps import (CollectionInput, DepContext, ItemInput, Key, PartInput, Step, StepContext,
+                    StoryValue, ViewInput, short_value)
 from .targets import remove_target
 
 INPUTS_KEY = "_cloops_inputs"
@@ -166,8 +166,37 @@ class Sources:
         return data, error
 
     def data(self, path: str) -> Any:
-        """The parsed JSON of ``path`` (relative to the story folder), or None."""
-        return self._load(path)[0]
+        """The parsed JSON of ``path`` (relative to the story folder), or None. The items of a
+        fan-out with a ``library`` come resolved: an item marked ``"library": true`` is the
+        library entry with the item's own fields over it (see :class:`ForEach`)."""
+        data, error = self._load(path)
+        fan = plan_of(self.tpl).fanouts.get(path)
+        if data is None or fan is None or fan.library is None or error is not None \
+                or self.error(path):
+            return data
+        return self._resolved(path, data, fan)
+
+    def _resolved(self, path: str, data: dict, fan) -> dict:
+        key = ("resolved", path)
+        hit = self._cache.get(key)
+        stamp = self._cache[path][0]
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        library = self.tpl.collection(fan.library)
+        items = [resolve_entry(i, library) for i in data[fan.key]]
+        out = {**data, fan.key: items}
+        self._cache[key] = (stamp, out, None)
+        return out
+
+    def library_refs(self, source: str) -> list[str]:
+        """Ids of the items of ``source`` that refer to its fan-out's library."""
+        data, _ = self._load(source)
+        fan = plan_of(self.tpl).fanouts.get(source)
+        if fan is None or fan.library is None or not isinstance(data, dict):
+            return []
+        items = data.get(fan.key)
+        return [i["id"] for i in items if isinstance(i, dict) and i.get("library")] \
+            if isinstance(items, list) else []
 
     def error(self, path: str) -> str | None:
         """Why ``path`` cannot be used (bad JSON, or for a fan-out source no list of objects at
@@ -193,6 +222,16 @@ class Sources:
                 return str(InputError(f"{what}.", file=full, field=f"{fan.key}[].id",
                                       fix="give every entry a unique id of lowercase letters, "
                                           "digits and dashes."))
+        if fan.library:
+            library = self.tpl.collection(fan.library)
+            for i in items:
+                if i.get("library") and i["id"] not in library:
+                    where = self.tpl.dir / fan.library / f"{i['id']}.json"
+                    return str(InputError(
+                        f"entry {i['id']!r} is marked \"library\": true but the library has no "
+                        f"{i['id']!r}.", file=full, field=f"{fan.key}[{i['id']}].library",
+                        fix=f"add {where}, or remove \"library\" and give the entry its own "
+                            "fields."))
         return None
 
     def require(self, paths: list[str]) -> None:
@@ -237,6 +276,15 @@ class Sources:
         return self.keys(plan_of(self.tpl).source_of(placeholder) if placeholder else None)
 
 
+def resolve_entry(item: dict, library: dict[str, dict]) -> dict:
+    """A fan-out item with its library entry under it when it is marked ``"library": true``:
+    ``{**library[id], **item}`` (the item's own fields win), else the item."""
+    if not item.get("library"):
+        return item
+    base = library.get(item.get("id"), {})
+    return {**base, **item}
+
+
 def step_context(tpl: Template, step: Step, story_id: str, story_input: dict, n: Key | None,
                  sources: Sources | None, story_dir: Path | None) -> StepContext:
     """The :class:`StepContext` of one task (``count``: the items of its own fan-out)."""
@@ -245,7 +293,7 @@ def step_context(tpl: Template, step: Step, story_id: str, story_input: dict, n:
         count = len(sources.keys(step.foreach.source)) or None
     return StepContext(template=tpl.name, story_id=story_id, story=story_input,
                        config=tpl.config, n=n, count=count, story_dir=story_dir,
-                       collection=tpl.collection)
+                       collection=tpl.collection, template_file=tpl.template_file)
 
 
 def value_inputs(tpl: Template, step: Step, story_input: dict, n: Key | None,
@@ -263,6 +311,9 @@ def value_inputs(tpl: Template, step: Step, story_input: dict, n: Key | None,
             out[name] = data.get(inp.key) if isinstance(data, dict) else None
         elif isinstance(inp, ViewInput):
             views.append((name, inp))
+        elif isinstance(inp, CollectionInput):
+            found = tpl.collection(inp.name)
+            out[name] = inp.fn(found) if inp.fn else found
     if views:
         ctx = ctx or step_context(tpl, step, "", story_input, n, sources, None)
         plain = dict(out)
@@ -292,6 +343,8 @@ def step_values(proj: Project, tpl: Template, step: Step, story: StoryRef, item_
             values[f"{inp.path} {inp.key}"] = short_value(have[name])
         elif isinstance(inp, ViewInput):
             values[f"{inp.path} view {name}"] = short_value(have[name])
+        elif isinstance(inp, CollectionInput):
+            values[f"collection {inp.name} {name}"] = short_value(have[name])
     spec = None
     if step.service:
         spec = proj.resolved(tpl.name, step.service).spec

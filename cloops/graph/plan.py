@@ -39,6 +39,9 @@ class Plan:
         media: steps that call a media service and every step that reads their output (what
             a dry run leaves out).
         depth: step name → depth in the graph (0: reads no other step's output).
+        rank: step name → its place in a depth-first run (higher runs first): the depth,
+            except that a step every task of another fan-out waits for as a whole (the
+            characters' sheets, which every page image waits for) outranks them all.
     """
 
     steps: list[Step]
@@ -50,6 +53,7 @@ class Plan:
     media: set[str]
     depth: dict[str, int]
     by_placeholder: dict[str, str] = field(default_factory=dict)
+    rank: dict[str, int] = field(default_factory=dict)
 
     @property
     def foreach_source(self) -> str | None:
@@ -179,7 +183,11 @@ def _make(tpl) -> Plan:
                    if src in producers else 0)
     fanouts = {src: fanouts[src] for src in order}
     creator = {n: max(w, key=order.index) for n, w in needs.items() if w}
+    waited = {src for n, w in needs.items() for src in w if src != creator[n]}
+    top = max(depth.values(), default=0) + 1
+    rank = {s.name: top + depth[s.name] if creator.get(s.name) in waited else depth[s.name]
+            for s in tpl.steps}
     return Plan(steps=list(tpl.steps), fanouts=fanouts, producers=producers, dynamic=dynamic,
                 creator=creator, needs={n: sorted(w, key=order.index) for n, w in needs.items()
                                         if w},
-                media=media, depth=depth, by_placeholder=by_placeholder)
+                media=media, depth=depth, by_placeholder=by_placeholder, rank=rank)

@@ -14,7 +14,8 @@ up-to-date checks depend on:
 - ``input``: the digest of the story's backlog ``input``;
 - ``files``: ``{path in the story folder: [size, mtime_ns]}`` of every target and file_dep of the story's tasks, and
   of its ``locks.json`` (``null`` when absent), taken when each task ended and checked again at
-  the end of the run.
+  the end of the run; and of the library entries the story uses (``../../../templates/<t>/
+  cast/<id>.json`` and a hand-made image beside it, ``null`` when absent).
 
 Every cloops input value of every task is a function of those three (a page's entry comes from
 ``pages.json``, annotations from the story input and ``pages.json``), so a story whose seal
@@ -42,7 +43,7 @@ from .. import __version__
 from ..core.fileio import atomic_write_json, sha256_json
 from ..data.backlog import Item
 from ..data.project import Project, StoryRef
-from .completion import template_state
+from .completion import library_uses, template_state
 from .targets import META_DIR, story_lock
 
 SEALS_FILE = "seals.json"
@@ -115,6 +116,8 @@ class SealBook:
         files = {rel[cut:] if rel.startswith(prefix) else
                  os.path.relpath(self.proj.root / rel, sdir): st for rel, st in stats.items()}
         files[f"{META_DIR}/locks.json"] = file_stat(sdir / META_DIR / "locks.json")
+        for path in library_files(self.proj, ref):
+            files[os.path.relpath(path, sdir)] = file_stat(path)
         join = os.path.join
         sdir_s = str(sdir)
         if any(file_stat(join(sdir_s, rel)) != st for rel, st in files.items()):
@@ -157,6 +160,22 @@ class SealBook:
             change(data)
             atomic_write_json(path, data)
         self._records.pop(template, None)
+
+
+LIBRARY_SUFFIXES = (".json", ".jpg", ".jpeg", ".png")
+
+
+def library_files(proj: Project, ref: StoryRef) -> list[Path]:
+    """The library files a story's views may read: for each library entry its fan-out files
+    refer to, ``<library>/<id>.json`` and a hand-made image beside it, in every folder of the
+    template's search path — whether they exist or not, so that adding one breaks the seal."""
+    tpl = proj.template(ref.template)
+    out: list[Path] = []
+    for entry in library_uses(proj, tpl, ref.id):
+        lib, _, entry_id = entry.partition("/")
+        out += [folder / lib / f"{entry_id}{suffix}" for folder in tpl.search_path
+                for suffix in LIBRARY_SUFFIXES]
+    return out
 
 
 def _read_dict(path: Path) -> dict:

@@ -126,12 +126,27 @@ def each(pattern: str) -> EachInput:
     return EachInput(pattern)
 
 
+@dataclass(frozen=True)
+class CollectionInput:
+    """A template collection (``templates/<name>/<collection>/*.json``, e.g. the cast library)
+    — a value dependency on ``fn(collection)`` (the whole collection when ``fn`` is None)."""
+
+    name: str
+    fn: Callable[[dict], Any] | None = None
+
+
 def view(path: str, fn: Callable[[Any, dict, "StepContext"], Any]) -> ViewInput:
     """Depend on ``fn(data of path, inputs, ctx)`` only, e.g. the cast entries on one page."""
     return ViewInput(path, fn)
 
 
-Input = StoryValue | FileInput | ItemInput | PartInput | EachInput | ViewInput
+def collection(name: str, fn: Callable[[dict], Any] | None = None) -> CollectionInput:
+    """Depend on a template collection, or on ``fn`` of it (``collection("cast", roster)``:
+    the library's ids and names, not its appearances)."""
+    return CollectionInput(name, fn)
+
+
+Input = StoryValue | FileInput | ItemInput | PartInput | EachInput | ViewInput | CollectionInput
 
 PLACEHOLDERS = {"n": "{n}", "id": "{id}"}
 
@@ -143,15 +158,24 @@ class ForEach:
     ``by="n"``: tasks are numbered from 1 and ``{n}`` in paths is the number (pages);
     ``by="id"``: each element's ``id`` (a slug, unique in the list) names its task and ``{id}``
     in paths (characters: ``cast/{id}.jpg``).
+
+    ``library``: a template collection (``"cast"``: ``templates/<t>/cast/<id>.json``) that
+    elements marked ``"library": true`` refer to by id. Every step reading the file's values
+    sees such an element as the collection's entry with the element's own fields over it (a
+    story may give a library character its own look), and a completed story is reported stale
+    when a library entry it uses changes.
     """
 
     source: str
     key: str
     by: str = "n"
+    library: str | None = None
 
     def __post_init__(self):
         if self.by not in PLACEHOLDERS:
             raise ValueError(f"ForEach(by={self.by!r}): use 'n' (numbered) or 'id'")
+        if self.library and self.by != "id":
+            raise ValueError("ForEach(library=...) needs by='id': library entries are named by id")
 
     @property
     def placeholder(self) -> str:
@@ -205,6 +229,8 @@ class StepContext:
             computed, before any run).
         collection: ``collection(name) -> {stem: data}``: the template's JSON files under
             ``<name>/`` (own over its base's), e.g. the cast library ``collection("cast")``.
+        template_file: ``template_file(rel) -> Path | None``: a file of the template (own over
+            its base's), e.g. a hand-made library sheet ``cast/moses.jpg``.
     """
 
     template: str
@@ -215,6 +241,7 @@ class StepContext:
     count: int | None
     story_dir: Any
     collection: Callable[[str], dict] | None = None
+    template_file: Callable[[str], Any] | None = None
 
 
 Fn = Callable[[dict, StepContext], Any]
@@ -256,10 +283,15 @@ class StepRun:
         services: the service calls bound to this task.
         rel: the step's main target, ``{n}`` expanded (``images/2.jpg``).
         keys: ``keys(placeholder) -> [key, ...]``: the items of a fan-out in this story.
-        write: ``write(rel, data, made_by=..., offline=...)`` writes one target atomically,
-            keeping a hand-edited file in history first. ``data``: ``bytes``, ``str`` (a
-            trailing newline is added) or JSON-able data (pretty-printed JSON); ``made_by``:
-            who made it (``"openai gpt-5.1"``, ``"assembled"``); ``offline``: a draft.
+        note: ``note(text)``: a line the run prints under the task's (what a kind chose to do:
+            references dropped, a file used instead of a call).
+        write: ``write(rel, data, made_by=..., offline=..., source=None)`` writes one target
+            atomically, keeping a hand-edited file in history first. ``data``: ``bytes``,
+            ``str`` (a trailing newline is added) or JSON-able data (pretty-printed JSON);
+            ``made_by``: who made it (``"openai gpt-5.1"``, ``"assembled"``); ``offline``: a
+            draft; ``source``: a digest of what it was made from, read back by ``made_from``.
+        made_from: ``made_from(rel) -> (source, edited) | None``: the ``source`` recorded
+            when cloops last wrote a target, and whether the file changed since.
     """
 
     step: "Step"
@@ -270,6 +302,8 @@ class StepRun:
     rel: str
     write: Callable[..., None]
     keys: Callable[[str], list] = lambda placeholder: []
+    note: Callable[[str], None] = lambda text: None
+    made_from: Callable[[str], tuple[str, bool] | None] = lambda rel: None
 
     @property
     def story_dir(self) -> Path:

@@ -126,12 +126,24 @@ def keep_version(story_dir: Path, rel: str, *, reason: str) -> Path:
     return dest
 
 
+def made_from(story_dir: Path, rel: str) -> tuple[str, bool] | None:
+    """``(source, edited)``: the ``source`` recorded when cloops last wrote ``rel``, and whether
+    the file was changed since (a hand edit, a restore); None when the file is missing or
+    nothing was recorded."""
+    rec = read_manifest(story_dir).get(rel)
+    current = sha256_file(story_dir / rel)
+    if not rec or not rec.get("source") or current is None:
+        return None
+    return rec["source"], rec.get("sha256") != current
+
+
 def write_target(story_dir: Path, rel: str, data: bytes, *, made_by: str,
-                 offline: bool) -> WriteOutcome:
+                 offline: bool, source: str | None = None) -> WriteOutcome:
     """Write target ``rel`` of a story atomically, keeping its previous version first.
 
-    ``made_by`` is recorded in the manifest (``"openai gpt-5.1"``, ``"draft"``, ``"assembled"``).
-    Identical bytes are not rewritten (the file's mtime is kept).
+    ``made_by`` is recorded in the manifest (``"openai gpt-5.1"``, ``"draft"``, ``"assembled"``),
+    and ``source``, when given: a digest of what the bytes were made from (see
+    :func:`made_from`). Identical bytes are not rewritten (the file's mtime is kept).
     """
     with story_lock(story_dir):
         manifest = read_manifest(story_dir)
@@ -148,6 +160,8 @@ def write_target(story_dir: Path, rel: str, data: bytes, *, made_by: str,
             atomic_write_bytes(path, data)
         manifest[rel] = {"sha256": new_sha, "madeBy": made_by, "offline": offline,
                          "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if source:
+            manifest[rel]["source"] = source
         atomic_write_json(story_dir / META_DIR / "manifest.json", manifest)
         return WriteOutcome(changed=current != new_sha, kept=kept, hand_edit=hand)
 

@@ -32,8 +32,8 @@ def task_priority(story_index: dict[str, int], depth: dict[str, dict[str, int]]
                   ) -> Callable[[str], Priority]:
     """A key for task names (smaller runs first).
 
-    ``story_index``: ``{"<template>/<id>": position}``; ``depth``: ``{template: {step: depth}}``
-    (:attr:`cloops.graph.plan.Plan.depth`). Tasks that are not one story's (``pending``,
+    ``story_index``: ``{"<template>/<id>": position}``; ``depth``: ``{template: {step: rank}}``
+    (:attr:`cloops.graph.plan.Plan.rank`: the depth, gates first). Tasks that are not one story's (``pending``,
     ``build:<id>`` over templates) come first: they only lead doit to the tasks.
     """
     def key(name: str) -> Priority:

@@ -84,7 +84,7 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
 
     # ready tasks run oldest story first, deepest step first (cloops.run.dispatch)
     install(task_priority({r.key: i for i, (r, _) in enumerate(checked)},
-                          {b.template: plan_of(proj.template(b.template)).depth
+                          {b.template: plan_of(proj.template(b.template)).rank
                            for b in proj.backlogs}),
             service_saturation(proj, _limiter(proj)))
 

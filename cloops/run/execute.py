@@ -32,7 +32,7 @@ from ..graph.locks import is_locked, mark_stale
 from ..graph.plan import value_paths
 from ..graph.steps import (EachInput, FileInput, Key, Step, StepContext, StepRun, expand,
                            placeholder_of)
-from ..graph.targets import read_manifest, write_target
+from ..graph.targets import made_from, read_manifest, write_target
 from .context import current
 from .hub import CallMeta, TaskServices, hub_for
 
@@ -165,12 +165,14 @@ def _run(proj: Project, tpl: Template, step: Step, story_input: dict, story_id: 
     reroll = tname in {t.strip() for t in os.environ.get("CLOOPS_REROLL", "").split(",")}
     meta = CallMeta(template=tpl.name, story=story_id, step=step.name, target=rel, reroll=reroll)
 
-    def write(target: str, data: Any, *, made_by: str, offline: bool = False) -> None:
-        _write(sdir, target, data, made_by=made_by, offline=offline, task=tname)
+    def write(target: str, data: Any, *, made_by: str, offline: bool = False,
+              source: str | None = None) -> None:
+        _write(sdir, target, data, made_by=made_by, offline=offline, task=tname, source=source)
 
     step.execute(StepRun(step=step, template=tpl, inputs=inputs, ctx=ctx,
                          services=TaskServices(hub_for(proj), meta), rel=rel, write=write,
-                         keys=sources.keys_of))
+                         keys=sources.keys_of, note=lambda text: note(tname, text),
+                         made_from=lambda target: made_from(sdir, target)))
 
 
 def _encode(out: Any) -> bytes:
@@ -181,8 +183,9 @@ def _encode(out: Any) -> bytes:
     return dump_json(out).encode("utf-8")
 
 
-def _write(sdir: Path, rel: str, out: Any, *, made_by: str, offline: bool, task: str) -> None:
-    res = write_target(sdir, rel, _encode(out), made_by=made_by, offline=offline)
+def _write(sdir: Path, rel: str, out: Any, *, made_by: str, offline: bool, task: str,
+           source: str | None = None) -> None:
+    res = write_target(sdir, rel, _encode(out), made_by=made_by, offline=offline, source=source)
     if res.kept is not None and res.hand_edit:
         note(task, f"your hand edit of {rel} was replaced; it is kept at "
                    f"{res.kept.relative_to(sdir.parent.parent.parent)}")

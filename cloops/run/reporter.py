@@ -55,9 +55,11 @@ class CloopsReporter:
     desc = "cloops: rich progress and an end-of-run summary"
 
     def __init__(self, outstream, options):
-        from rich.text import Text  # here, not at import: dodo.py's import stays cheap
+        from rich.markup import escape  # here, not at import: dodo.py's import stays cheap
+        from rich.text import Text
 
         self._text = Text.assemble  # the per-task lines: styled spans, no markup to parse
+        self._esc = escape  # user text (errors, notes, reasons) is never read as markup
         self.options = options or {}
         # the real stdout: doit wraps sys.stdout, and rich's broken-pipe handling needs fileno()
         self.console = make_console(sys.__stdout__, soft_wrap=True)
@@ -96,7 +98,8 @@ class CloopsReporter:
         msg = fail.get_msg().strip() if hasattr(fail, "get_msg") else str(fail)
         self.failed[task.name] = msg
         step, story = _split(task.name)
-        self.console.print(f"[red]✗ {story}  {step}[/red]  {msg.splitlines()[-1] if msg else ''}")
+        self.console.print(f"[red]✗ {story}  {step}[/red]  "
+                           f"{self._esc(msg.splitlines()[-1]) if msg else ''}")
 
     def _finishes(self, name: str) -> bool:
         """True when task ``name`` is of a step that finishes its story (the bundle)."""
@@ -138,7 +141,7 @@ class CloopsReporter:
                                        "dim")))
         from .execute import NOTES  # imported by the first task that ran
         for line in NOTES.pop(task.name, []):
-            self.console.print(f"    [yellow]![/yellow] {line}")
+            self.console.print(f"    [yellow]![/yellow] {self._esc(line)}")
 
     def skip_uptodate(self, task):
         if task.actions:
@@ -150,17 +153,17 @@ class CloopsReporter:
                 if isinstance(utd, Inputs) and utd.locked:
                     step, story = _split(task.name)
                     self.console.print(f"[yellow]🔒 {story}  {step}[/yellow]  locked, stale "
-                                       f"(not rebuilt): {', '.join(utd.changed or [])}")
+                                       f"(not rebuilt): {self._esc(', '.join(utd.changed or []))}")
 
     def skip_ignore(self, task):
         pass
 
     def cleanup_error(self, exception):
-        self.err.print(f"[red]cleanup error:[/red] {exception.get_msg()}")
+        self.err.print(f"[red]cleanup error:[/red] {self._esc(exception.get_msg())}")
 
     def runtime_error(self, msg):
         self.runtime_errors.append(msg)
-        self.err.print(f"[red]ERROR:[/red] {msg}")
+        self.err.print(f"[red]ERROR:[/red] {self._esc(msg)}")
 
     def teardown_task(self, task):
         pass
@@ -183,7 +186,8 @@ class CloopsReporter:
             try:
                 settle_story(proj, template, sid)
             except Exception as exc:  # never lose the summary over a status write
-                self.err.print(f"[red]could not update the status of {key}: {exc}[/red]")
+                self.err.print(f"[red]could not update the status of {key}: "
+                               f"{self._esc(str(exc))}[/red]")
 
     def _seal_story(self, key: str) -> None:
         """Make the seal of a story whose ``build:<key>`` group succeeded (every task of it ran
@@ -203,7 +207,7 @@ class CloopsReporter:
         try:
             book.flush()
         except OSError as exc:  # a seal is an optimisation: never lose the summary over it
-            self.err.print(f"[yellow]could not record story seals: {exc}[/yellow]")
+            self.err.print(f"[yellow]could not record story seals: {self._esc(str(exc))}[/yellow]")
 
     def complete_run(self):
         self._settle()
@@ -238,7 +242,8 @@ class CloopsReporter:
                                "`doit report` shows spend per story and step.")
         for name in failed_stories:
             msgs = [m for t, m in self.failed.items() if _split(t)[1] == name]
-            self.err.print(f"[red]FAILED[/red] {name}: {msgs[0].splitlines()[-1] if msgs else ''}")
+            self.err.print(f"[red]FAILED[/red] {name}: "
+                           f"{self._esc(msgs[0].splitlines()[-1]) if msgs else ''}")
         for line in stale_completed_report():
             self.console.print(line)
         freeze_live_objects()  # the run is over: the interpreter's exit need not traverse it

@@ -73,8 +73,9 @@ def stale_completed_report() -> list[str]:
         return []
     lines = [f"[yellow]{len(stale)} completed stories are stale and were not rebuilt[/yellow] "
              "(run `doit build:<id>` to rebuild one):"]
+    from rich.markup import escape
     for key, reasons in stale[:20]:
-        lines.append(f"  {key}: {reasons}")
+        lines.append(f"  {key}: {escape(reasons)}")
     if len(stale) > 20:
         lines.append(f"  … and {len(stale) - 20} more")
     return lines

@@ -84,6 +84,41 @@ class LLMResult:
     draft: bool = False
 
 
+# How many reference images a model takes in ``image_input`` (sources: replicate.com model
+# pages, checked 2026-11: bytedance/seedream-4 "1-10 images"; seedream-4.5 and seedream-5-lite
+# up to 14; google/nano-banana-pro up to 14 — Google advises up to 5 images of people for
+# character consistency; google/nano-banana (gemini-2.5-flash-image) "works best with up to 3").
+# A model not listed gets none unless config ``generation.referenceLimits`` names it: other
+# models take references under other names, or not at all.
+MODEL_REFERENCE_LIMITS: dict[str, int] = {
+    "bytedance/seedream-4": 10,
+    "bytedance/seedream-4.5": 14,
+    "bytedance/seedream-5-lite": 14,
+    "google/nano-banana-pro": 14,
+    "google/nano-banana": 3,
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference image passed with an image request (a character's sheet).
+
+    Attributes:
+        label: what the prompt calls it (``"Noah's reference sheet"``).
+        jpeg: the image bytes (JPEG).
+        sha256: hex digest of ``jpeg`` (the cache key holds this, not the bytes).
+    """
+
+    label: str
+    jpeg: bytes = field(repr=False)
+    sha256: str = ""
+
+    def __post_init__(self):
+        if not self.sha256:
+            import hashlib
+            object.__setattr__(self, "sha256", hashlib.sha256(self.jpeg).hexdigest())
+
+
 @dataclass(frozen=True)
 class ImageRequest:
     """One image generation.
@@ -97,6 +132,10 @@ class ImageRequest:
             ``{"title": str, "narration": str, "panels": [{"moment": str, ...}], "label": str}``.
             Only part of the cache key / dependency for backends with ``uses_annotations``.
         timeout_s: how long to wait for the image, in seconds.
+        references: reference images in the order the prompt names them ("Image 1 is ...");
+            sent as the model's ``reference_param`` (Replicate), into reference image nodes
+            (ComfyUI), drawn as thumbnails (storyboard). Their digests are in the cache key.
+        reference_param: the model input that takes them (``image_input``).
     """
 
     prompt: str
@@ -104,9 +143,14 @@ class ImageRequest:
     params: dict = field(default_factory=dict)
     annotations: dict | None = field(default=None, compare=False)
     timeout_s: float = 600.0
+    references: tuple[Reference, ...] = ()
+    reference_param: str = "image_input"
 
     def cache_key(self, *, with_annotations: bool = False) -> dict:
         key = {"prompt": self.prompt, "model": self.model, "params": self.params}
+        if self.references:
+            key["references"] = [[r.label, r.sha256] for r in self.references]
+            key["reference_param"] = self.reference_param
         if with_annotations:
             key["annotations"] = self.annotations
         return key
@@ -121,6 +165,8 @@ class ImageResult:
         width_px / height_px: pixel size.
         images_billed: how many images the service charged for (seedream-4 may return several).
         draft: True when rendered offline.
+        references_used: how many of the request's references the backend passed on (fewer
+            when, say, a ComfyUI workflow has fewer reference image nodes).
     """
 
     jpeg: bytes
@@ -128,6 +174,7 @@ class ImageResult:
     height_px: int
     images_billed: int = 1
     draft: bool = False
+    references_used: int = 0
 
 
 @runtime_checkable

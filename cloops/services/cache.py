@@ -207,6 +207,12 @@ class Job:
         self._key = key
         self._noted = False  # a note exists (found or written): ended() must remove it
 
+    @property
+    def cache(self) -> ResponseCache | None:
+        """The response cache this call is journaled in (None outside a hub call): a backend
+        keeps its notes of uploads beside it (:class:`cloops.services.uploads.UploadBook`)."""
+        return self._cache
+
     def resumable(self) -> str | None:
         """The id of a job this same request started in an earlier, interrupted run."""
         job_id = self._cache.job(self._key) if self._cache is not None else None

@@ -153,6 +153,9 @@ class ReplicateBackend:
             poll_interval_s = float(os.environ.get(POLL_INTERVAL_ENV, DEFAULT_POLL_INTERVAL_S))
         self.poll_interval_s = max(0.0, float(poll_interval_s))
         self._local = threading.local()
+        self._uploads: dict[int, Any] = {}
+        self._upload_locks: dict[str, threading.Lock] = {}
+        self._uploads_guard = threading.Lock()
         timeout = httpx.Timeout(http_timeout_s, connect=min(10.0, http_timeout_s))
         transport = httpx.HTTPTransport(verify=tls_context())
         self._client = replicate.Client(
@@ -171,7 +174,9 @@ class ReplicateBackend:
     def generate_image(self, request: ImageRequest) -> ImageResult:
         """Run one prediction and return its first output as JPEG.
 
-        Sends ``input = {"prompt": request.prompt, **request.params}`` unchanged. A prediction
+        Sends ``input = {"prompt": request.prompt, **request.params}`` unchanged, plus the
+        reference images' URLs under ``request.reference_param`` (``image_input``) when the
+        request has references (:meth:`_reference_urls`). A prediction
         still running when its create call returns is noted in the call's job journal
         (:func:`cloops.services.cache.current_job`) until it is terminal: if the run is killed
         meanwhile, the next run of the same request polls that prediction instead of paying
@@ -191,6 +196,8 @@ class ReplicateBackend:
         deadline = time.monotonic() + request.timeout_s
         owner, model_name, version = parse_model_ref(request.model)
         payload = {"prompt": request.prompt, **request.params}
+        if request.references:
+            payload[request.reference_param] = self._reference_urls(request)
         wait = int(max(1, min(MAX_PREFER_WAIT_S, request.timeout_s)))
         job = current_job()
         prediction = self._resume(job, request)
@@ -210,6 +217,46 @@ class ReplicateBackend:
         return self._result(prediction, request)
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _reference_urls(self, request: ImageRequest) -> list[str]:
+        """The URLs of the request's reference images, in order, each uploaded once per content.
+
+        Uploaded through Replicate's Files API (``POST /v1/files``) rather than sent as
+        ``data:`` URIs: a sheet goes with every page it is on (a library character's with every
+        story), and Replicate recommends data URIs only under 1 MB (replicate.com/docs,
+        "Input files") while a 2K sheet is often larger. An upload is noted by sha256 beside
+        the response cache (:class:`cloops.services.uploads.UploadBook`) with its expiry, and
+        reused until shortly before it expires.
+
+        Raises:
+            TransientServiceError / AuthError / PermanentServiceError: the upload failed.
+        """
+        import io
+
+        from .uploads import UploadBook
+        job = current_job()
+        book = self._uploads.get(id(job.cache))
+        if book is None:
+            book = self._uploads[id(job.cache)] = UploadBook(
+                job.cache.dir if job.cache is not None else None, "replicate")
+        urls = []
+        for ref in request.references:
+            with self._upload_lock(ref.sha256):
+                url = book.url(ref.sha256)
+                if url is None:
+                    with self._mapped(request.model, f"uploading the reference {ref.label!r}"):
+                        made = self._client.files.create(
+                            io.BytesIO(ref.jpeg), filename=f"{ref.sha256[:16]}.jpg",
+                            content_type="image/jpeg")
+                    url = made.urls["get"]
+                    book.note(ref.sha256, url, getattr(made, "expires_at", None))
+            urls.append(url)
+        return urls
+
+    def _upload_lock(self, sha256: str) -> threading.Lock:
+        """One lock per content: two pages needing the same sheet at once upload it once."""
+        with self._uploads_guard:
+            return self._upload_locks.setdefault(sha256, threading.Lock())
 
     def _resume(self, job: Job, request: ImageRequest) -> Any:
         """The prediction an interrupted run created for this same request, if it can still
@@ -290,7 +337,7 @@ class ReplicateBackend:
             exc.backend = exc.backend or "replicate"
             raise
         return ImageResult(jpeg=jpeg, width_px=width_px, height_px=height_px,
-                           images_billed=len(urls))
+                           images_billed=len(urls), references_used=len(request.references))
 
     def _download(self, url: str, request: ImageRequest) -> bytes:
         """Return the bytes behind an output URL (``data:`` or ``http(s):``)."""

@@ -6,8 +6,13 @@ request's label (``"Page 2 of 4"``, ``"Thumbnail"``) and title, then either
 
 * a comic page: one box per panel, stacked top to bottom, each with the panel number, the
   moment (larger, bold) and the visual anchor, and the narration in a caption box below; or
-* a single frame (thumbnail, or a prompt without panels): the title big and centred, the
-  prompt wrapped smaller beneath it.
+* a single frame (thumbnail, a character's reference sheet, or a prompt without panels): the
+  title big and centred, the prompt (or the annotations' ``body``: a character's appearance on
+  a reference sheet card) wrapped smaller beneath it.
+
+When the request carries reference images (the sheets of the characters on a page), a strip
+above the caption shows each as a small thumbnail with its label, so a reader can check which
+sheets were passed with the page.
 
 The text comes from ``request.annotations`` (``{"title": str, "label": str, "narration": str,
 "panels": [{"moment": str, "visualAnchor": str, "panel": int}, ...]}``); with no annotations
@@ -326,8 +331,10 @@ def _content(request: ImageRequest) -> _Content:
                                          _clean(p.get("moment")), _clean(p.get("visualAnchor"))))
                 else:
                     panels.append(_Panel(str(i), _clean(p), ""))
+        body = ann.get("body")
         return _Content(_clean(ann.get("title")), _clean(ann.get("label")),
-                        _clean(ann.get("narration")), panels, _clean(request.prompt))
+                        _clean(ann.get("narration")), panels,
+                        _clean(body if body else request.prompt))
     # No annotations: "Panel N: ..." lines become panels (following lines continue them).
     panels, intro = [], []
     for line in request.prompt.splitlines():
@@ -419,6 +426,12 @@ def render_storyboard(request: ImageRequest) -> tuple[bytes, int, int]:
             _draw_block(draw, block, pad + cap_pad, cap_top + cap_pad, text_w, INK)
             bottom = cap_top - pad
 
+    if request.references and bottom - top > 8:
+        strip_h = min(round((bottom - top) * 0.2), round(150 * k))
+        _draw_references(img, draw, request.references, pad, bottom - strip_h, width - pad,
+                         bottom, k, border, min_font)
+        bottom -= strip_h + pad
+
     if c.panels:
         if c.title:
             title_h = round(46 * k)
@@ -468,6 +481,34 @@ def _draw_panels(draw: ImageDraw.ImageDraw, panels: list[_Panel], left: int, top
         _draw_block(draw, b2, tx, y0 + ipad + b1.height + g, text_w, SOFT_INK)
 
 
+def _draw_references(img: Image.Image, draw: ImageDraw.ImageDraw, refs, left: int, top: float,
+                     right: int, bottom: float, k: float, border: int, min_font: int) -> None:
+    """A strip of the request's reference images between ``top`` and ``bottom`` (px): each a
+    thumbnail with its label under it, left to right in the order the prompt names them."""
+    draw.rectangle((left, round(top), right, round(bottom)), fill=PAPER, outline=INK,
+                   width=border)
+    ipad = max(2, round(6 * k))
+    n = len(refs)
+    cell_w = (right - left - ipad * (n + 1)) / n
+    label_h = max(min_font + 2, round(18 * k))
+    thumb_h = bottom - top - 2 * ipad - label_h
+    if cell_w < 4 or thumb_h < 4:
+        return
+    for i, ref in enumerate(refs):
+        x0 = left + ipad + i * (cell_w + ipad)
+        try:
+            thumb = Image.open(io.BytesIO(ref.jpeg)).convert("RGB")
+            thumb.thumbnail((max(1, int(cell_w)), max(1, int(thumb_h))), Image.Resampling.BICUBIC)
+            img.paste(thumb, (round(x0 + (cell_w - thumb.width) / 2), round(top + ipad)))
+        except (OSError, ValueError):  # not an image: the label still says which it was
+            draw.rectangle((round(x0), round(top + ipad), round(x0 + cell_w),
+                            round(top + ipad + thumb_h)), outline=SOFT_INK, width=border)
+        label = _fit(f"{i + 1}. {ref.label}", cell_w, label_h, round(14 * k), min_font)
+        if label.lines:
+            _draw_block(draw, _Block(label.font, label.lines[:1], label.line_h), x0,
+                        bottom - ipad - label_h, cell_w, INK, center=True)
+
+
 def _draw_frame(draw: ImageDraw.ImageDraw, c: _Content, left: int, top: float, right: int,
                 bottom: float, k: float, border: int, min_font: int) -> None:
     """One large frame: the title big and centred, the prompt wrapped smaller beneath it."""
@@ -514,7 +555,7 @@ class StoryboardBackend:
         """
         jpeg, width, height = render_storyboard(request)
         return ImageResult(jpeg=jpeg, width_px=width, height_px=height, images_billed=0,
-                           draft=True)
+                           draft=True, references_used=len(request.references))
 
 
 SPEC = register(BackendSpec(name="storyboard", service="image", offline=True,

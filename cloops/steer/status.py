@@ -98,7 +98,8 @@ def story_status(proj: Project, template: str, story_id: str, tasks: dict,
     [{target, why}], cost: {calls, cacheHits, costUsd, savedUsd}, upToDate, pagesKnown}``.
     ``stale`` is what the next ``doit build:<id>`` runs: tasks whose own inputs changed, then
     every task downstream of one (``because pages will be rebuilt``); a locked target is not
-    rebuilt and stops that propagation.
+    rebuilt and stops that propagation. A row with ``"maybe": true`` reads only values of what
+    will be rebuilt (``if what it reads of cast changes``): it runs if those values change.
     """
     key = f"{template}/{story_id}"
     sdir = proj.story_dir(template, story_id)
@@ -145,18 +146,29 @@ def story_status(proj: Project, template: str, story_id: str, tasks: dict,
             stale_locked[task.name] = reasons or ["an input changed"]
         elif status.status != "up-to-date":
             stale[task.name] = reasons or ["stale"]
+    # Downstream of what will be rebuilt: a task reading a file another will rewrite runs too;
+    # one reading only values of it (a page's entry, a character's appearance) runs only if
+    # those values change, which no one can tell before the upstream task ran: "may".
+    maybe: set[str] = set()
     grew = True
-    while grew:  # downstream of what will be rebuilt
+    while grew:
         grew = False
         for task in mine:
             if task.name in stale or task.name in stale_locked:
                 continue
-            ups = [producer[d] for d in task.file_dep if producer.get(d) in stale]
-            ups += [d for d in task.task_dep if d in stale]
-            if not ups:
+            by_file = {producer[d] for d in task.file_dep if producer.get(d) in stale}
+            by_value = {d for d in task.task_dep if d in stale} - by_file
+            if not by_file and not by_value:
                 continue
-            ups = sorted(set(ups), key=lambda n: place(tasks[n]))
-            reasons = [f"because {', '.join(_short_task(u) for u in ups)} will be rebuilt"]
+            sure = {u for u in by_file if u not in maybe}
+            ups = sorted(by_file | by_value, key=lambda n: place(tasks[n]))
+            names = ", ".join(_short_task(u) for u in ups)
+            if sure:
+                reasons = [f"because {names} will be rebuilt"]
+            else:
+                maybe.add(task.name)
+                reasons = [f"if what it reads of {names} changes" if not by_file
+                           else f"if {names} is rebuilt"]
             (stale_locked if held(task) else stale)[task.name] = reasons
             grew = grew or not held(task)
 
@@ -169,7 +181,8 @@ def story_status(proj: Project, template: str, story_id: str, tasks: dict,
         return rel.split("/")[0] if copies(task) else rel
 
     def rows(d: dict[str, list[str]]) -> list[dict]:
-        return [{"task": t.name, "target": shown(t), "reasons": d[t.name]}
+        return [{"task": t.name, "target": shown(t), "reasons": d[t.name],
+                 **({"maybe": True} if t.name in maybe else {})}
                 for t in mine if t.name in d]
 
     locked_rows = rows(stale_locked)

@@ -1,30 +1,44 @@
-"""comic-books-standard: a story becomes a narrative, a page plan, one image per page and a cover.
+"""comic-books-standard: a story becomes a narrative, a cast with reference sheets, a page plan,
+one image per page and a cover.
 
 Steps (per story, under ``build/comic-books-standard/<id>/``):
 
 1. ``narrative``        narrative.md          LLM, text            story input
-2. ``pages``            pages.json            LLM, planning.json   narrative.md
-3. ``prompt``  (each)   prompts/<n>.txt       LLM, page-prompt     page n of pages.json + characters
-4. ``image``   (each)   images/<n>.jpg        image model          prompts/<n>.txt
-5. ``thumbnail-prompt`` thumbnail-prompt.txt  LLM, thumbnail.json  narrative.md, title, characters
-6. ``thumbnail``        thumbnail.jpg         image model          thumbnail-prompt.txt
-7. ``story-data``       story-data.json       assembled            pages.json, images
-8. ``bundle``           bundle/               copied               the deliverables
+2. ``cast``             cast.json             LLM, cast.json       narrative.md, the library's roster
+3. ``pages``            pages.json            LLM, planning.json   narrative.md, the cast's ids and names
+4. ``sheet-prompt`` (each character) cast/<id>.txt  assembled      the character, style.*
+5. ``sheet``  (each character)       cast/<id>.jpg  image model    cast/<id>.txt (or a hand-made
+                                                                   library sheet)
+6. ``prompt``  (each)   prompts/<n>.txt       LLM, page-prompt     page n of pages.json, its cast
+7. ``image``   (each)   images/<n>.jpg        image model          prompts/<n>.txt + the sheets of
+                                                                   page n's cast as references
+8. ``thumbnail-prompt`` thumbnail-prompt.txt  LLM, thumbnail.json  narrative.md, title, cover cast
+9. ``thumbnail``        thumbnail.jpg         image model          thumbnail-prompt.txt + cover sheets
+10. ``story-data``      story-data.json       assembled            pages.json, images
+11. ``bundle``          bundle/               copied               the deliverables
 
-Step 3 and 5 return blocks (schemas/*.json); :func:`assemble_page_prompt` joins them into the
+The cast is extracted once: the step sees its own current ``cast.json`` and keeps every entry
+(:func:`merge_cast`), so a later run only adds characters. A character of the series library
+(``templates/<t>/cast/<id>.json``, hand-made ``<id>.jpg`` optional) is a ``"library": true``
+entry: every step sees the library's appearance, and the sheet is the hand-made one when there
+is one. Page prompts and images depend on the cast of their own page only (``view``): editing
+one character's appearance rebuilds the pages that character is on, nothing else.
+
+Step 6 and 8 return blocks (schemas/*.json); :func:`assemble_page_prompt` joins them into the
 prompt text by the knowledge layer's assembly rules, so the prompt file is readable and
 hand-editable. Offline drafts are built from the story input by the ``draft_*`` functions.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cloops.steps import (AssembleStep, BundleStep, ForEach, ImageStep, LLMStep, each, file,
-                          item, part, story)
+from cloops.steps import (AssembleStep, BundleStep, ForEach, ImageStep, LLMStep, collection,
+                          each, file, item, part, story, view)
 
 DRAFT_MARK = "[offline draft]"
 
@@ -62,15 +76,112 @@ class Thumbnail(_Strict):
     params: dict = Field(default_factory=dict)
 
 
+class Cast(_Strict):
+    """``cast``: how reference sheets are drawn (``params`` over ``generation.params``)."""
+
+    params: dict = Field(default_factory=dict)
+
+
 class ComicConfig(_Strict):
     """The template-owned sections of config.json."""
 
     settings: Settings
     style: Style
     thumbnail: Thumbnail = Field(default_factory=Thumbnail)
+    cast: Cast = Field(default_factory=Cast)
 
 
 CONFIG_MODEL = ComicConfig
+
+
+# ---------------------------------------------------------------- the cast
+
+def roster(data, inputs, ctx) -> list[dict]:
+    """The cast's ids, names and kinds, in order (what the page plan needs: not appearances)."""
+    return [{"id": c["id"], "name": c.get("name", c["id"]), "kind": c.get("kind", "person")}
+            for c in data["characters"]]
+
+
+def library_roster(library: dict) -> list[dict]:
+    """The series library's ids, names and kinds (what cast extraction needs to reuse them)."""
+    return [{"id": k, "name": v.get("name", k), "kind": v.get("kind", "person")}
+            for k, v in sorted(library.items())]
+
+
+def _entry(c: dict) -> dict:
+    return {"id": c["id"], "name": c.get("name", c["id"]), "kind": c.get("kind", "person"),
+            "appearance": c.get("appearance", "")}
+
+
+def page_cast(data, inputs, ctx) -> list[dict]:
+    """The cast members in page n's panels, in cast order, with their appearance (resolved from
+    the library for library characters): what page n's prompt and image depend on."""
+    page = inputs.get("page") or {}
+    ids = {i for p in page.get("panels", []) for i in p.get("cast", [])}
+    return [_entry(c) for c in data["characters"] if c["id"] in ids]
+
+
+def cover_cast(data, inputs, ctx) -> list[dict]:
+    """The cast members the cover shows (``coverCast`` of the plan), in that order."""
+    by_id = {c["id"]: c for c in data["characters"]}
+    return [_entry(by_id[i]) for i in inputs.get("coverCast") or [] if i in by_id]
+
+
+def sheet_path(character: dict) -> str:
+    return f"cast/{character['id']}.jpg"
+
+
+def page_references(inputs, ctx) -> list[tuple[str, str]]:
+    """The reference sheets of page n's cast, in cast order: ``[(cast/<id>.jpg, label)]``."""
+    return [(sheet_path(c), f"{c['name']}'s reference sheet") for c in inputs["cast"] or []]
+
+
+def library_sheet(inputs, ctx):
+    """A hand-made library sheet (``templates/<t>/cast/<id>.jpg``) for a library character, or
+    None: it is used as the sheet, with no image call."""
+    c = inputs["character"] or {}
+    if not c.get("library"):
+        return None
+    return ctx.template_file(f"cast/{c['id']}.jpg") or ctx.template_file(f"cast/{c['id']}.png")
+
+
+def check_cast(data, inputs, ctx) -> list[str]:
+    """Ids unique; a library character exists in the library; a new one has an appearance."""
+    library = ctx.collection("cast")
+    errors, seen = [], set()
+    for i, c in enumerate(data["characters"]):
+        if c["id"] in seen:
+            errors.append(f"characters/{i}/id: {c['id']!r} is used twice; ids are unique")
+        seen.add(c["id"])
+        if c["library"] and c["id"] not in library:
+            errors.append(f"characters/{i}: {c['id']!r} is not in the library; set library "
+                          f"false and write its appearance, or use a library id")
+        if not c["library"] and not c["appearance"].strip():
+            errors.append(f"characters/{i}/appearance: describe {c['name']} in 25 to 45 words")
+    return errors
+
+
+def merge_cast(data, inputs, ctx) -> dict:
+    """cast.json: the current cast kept entry for entry (hand edits included), then the
+    characters the answer adds; a library character as ``{"id", "name", "kind",
+    "library": true}`` (its appearance lives in the library)."""
+    previous = inputs.get("previous")
+    kept = list(previous["characters"]) if isinstance(previous, dict) and \
+        isinstance(previous.get("characters"), list) else []
+    have = {c.get("id") for c in kept if isinstance(c, dict)}
+    for c in data["characters"]:
+        if c["id"] in have:
+            continue
+        entry = {"id": c["id"], "name": c["name"], "kind": c["kind"]}
+        if c["library"]:
+            entry["library"] = True
+        else:
+            if c.get("lookOf"):
+                entry["lookOf"] = c["lookOf"]
+            entry["appearance"] = c["appearance"]
+        kept.append(entry)
+        have.add(c["id"])
+    return {"characters": kept}
 
 
 # ---------------------------------------------------------------- user messages
@@ -86,38 +197,60 @@ def narrative_user(inputs, ctx) -> str:
     return "\n".join(lines)
 
 
+def cast_user(inputs, ctx) -> str:
+    lines = [f"Title: {inputs['title']}", "", "Narrative:", inputs["narrative"].strip(), "",
+             "Series library:"]
+    lines += [f"- {c['id']}: {c['name']} ({c['kind']})" for c in inputs["library"]] or ["- (empty)"]
+    previous = inputs.get("previous")
+    if isinstance(previous, dict) and previous.get("characters"):
+        lines += ["", "Current cast (keep every entry as it is):",
+                  json.dumps(previous, ensure_ascii=False, indent=1)]
+    return "\n".join(lines)
+
+
 def pages_user(inputs, ctx) -> str:
-    return f"Title: {inputs['title']}\n\nNarrative:\n{inputs['narrative'].strip()}"
+    cast = "\n".join(f"- {c['id']}: {c['name']} ({c['kind']})" for c in inputs["cast"] or [])
+    text = (f"Title: {inputs['title']}\n\nCast:\n{cast or '- (none)'}\n\n"
+            f"Narrative:\n{inputs['narrative'].strip()}")
+    previous = inputs.get("previous")
+    if isinstance(previous, dict):
+        text += ("\n\nCurrent plan: the cast changed since it was made. Keep every page, panel "
+                 "and word of it as it is; only set each panel's `cast` and the `coverCast` "
+                 "for the Cast above.\n" + json.dumps(previous, ensure_ascii=False, indent=1))
+    return text
 
 
 def _characters_block(characters) -> str:
     chars = characters or []
     lines = ["Characters (fixed appearance — copy exactly):"]
-    lines += [f"- {c['name']}: {c['appearance']}" for c in chars] or ["- (none listed)"]
+    lines += [f"- {c['name']}: {c['appearance']}" for c in chars] or ["- (none on this page)"]
     return "\n".join(lines)
 
 
 def page_prompt_user(inputs, ctx) -> str:
     page = inputs["page"]
-    lines = [_characters_block(inputs["characters"]), "",
+    names = {c["id"]: c["name"] for c in inputs["cast"] or []}
+    lines = [_characters_block(inputs["cast"]), "",
              f"Page {ctx.n}: {page['title']}", f"Narration: {page['narration']}", "Panels:"]
     for i, p in enumerate(page["panels"], 1):
-        lines.append(f"{i}. {p['moment']} — visual anchor: {p['visualAnchor']}")
+        who = ", ".join(names.get(c, c) for c in p.get("cast", [])) or "no cast member"
+        lines.append(f"{i}. {p['moment']} — visual anchor: {p['visualAnchor']} — cast: {who}")
     return "\n".join(lines)
 
 
 def thumbnail_user(inputs, ctx) -> str:
-    return (f"{_characters_block(inputs['characters'])}\n\nTitle: {inputs['title']}\n\n"
+    return (f"{_characters_block(inputs['cast'])}\n\nTitle: {inputs['title']}\n\n"
             f"Narrative:\n{inputs['narrative'].strip()}")
 
 
 # ---------------------------------------------------------------- checks and assembly
 
 def check_pages(data, inputs, ctx) -> list[str]:
-    """The plan must respect settings.pageCount and settings.panelsPerPage."""
+    """The plan must respect settings.pageCount and settings.panelsPerPage and use the cast."""
     lo = ctx.config.get("settings.pageCount.min")
     hi = ctx.config.get("settings.pageCount.max")
     per = ctx.config.get("settings.panelsPerPage")
+    ids = {c["id"] for c in inputs["cast"] or []}
     pages = data["pages"]
     errors = []
     if not lo <= len(pages) <= hi:
@@ -127,7 +260,34 @@ def check_pages(data, inputs, ctx) -> list[str]:
             errors.append(f"pages/{i - 1}/pageNumber: is {p['pageNumber']}; number pages from 1 in order")
         if len(p["panels"]) != per:
             errors.append(f"pages/{i - 1}/panels: {len(p['panels'])} panels; write exactly {per}")
+        for k, panel in enumerate(p["panels"]):
+            unknown = [c for c in panel["cast"] if c not in ids]
+            if unknown:
+                errors.append(f"pages/{i - 1}/panels/{k}/cast: {unknown} are not cast ids; use "
+                              f"only {sorted(ids)}")
+    unknown = [c for c in data["coverCast"] if c not in ids]
+    if unknown:
+        errors.append(f"coverCast: {unknown} are not cast ids; use only {sorted(ids)}")
     return errors
+
+
+def merge_plan(data, inputs, ctx) -> dict:
+    """pages.json: a revision of the current plan (the cast changed, nothing else) keeps every
+    page as it was — hand edits included — and takes only the panels' ``cast`` lists and
+    ``coverCast`` from the answer, so only the pages whose cast changed are redrawn; otherwise
+    the answer as it is."""
+    previous = inputs.get("previous")
+    if not isinstance(previous, dict) or not isinstance(previous.get("pages"), list):
+        return data
+    shape = [len(p.get("panels", [])) for p in previous["pages"]]
+    if shape != [len(p["panels"]) for p in data["pages"]]:
+        return data  # the answer re-planned the pages: a new plan, not a revision
+    out = json.loads(json.dumps(previous))
+    for page, new in zip(out["pages"], data["pages"]):
+        for panel, new_panel in zip(page["panels"], new["panels"]):
+            panel["cast"] = new_panel["cast"]
+    out["coverCast"] = data["coverCast"]
+    return out
 
 
 def check_page_prompt(data, inputs, ctx) -> list[str]:
@@ -146,8 +306,16 @@ def _clean(text: str) -> str:
     return text.strip().rstrip(".").strip()
 
 
+def _cast_line(cast) -> list[str]:
+    """The characters' fixed appearance, kept in the text beside their reference sheets."""
+    if not cast:
+        return []
+    return ["Characters: " + "; ".join(f"{c['name']}: {_clean(c['appearance'])}"
+                                       for c in cast) + "."]
+
+
 def assemble_page_prompt(data, inputs, ctx) -> str:
-    """Join step 3's blocks into the image prompt (knowledge/prompting.md, assembly rules)."""
+    """Join step 6's blocks into the image prompt (knowledge/prompting.md, assembly rules)."""
     panels = data["panels"]
     lines = [_style_line(ctx.config),
              f"A comic book page: {len(panels)} panels stacked vertically, separated by thin "
@@ -156,12 +324,13 @@ def assemble_page_prompt(data, inputs, ctx) -> str:
         lines.append(f"Panel {p['panel']} — {_clean(p['shot'])}: {_clean(p['subject'])} "
                      f"{_clean(p['action'])}. {_clean(p['environment'])}. {_clean(p['lighting'])}.")
     lines += [f"Setting: {_clean(data['setting'])}.", f"Palette: {_clean(data['palette'])}.",
-              f"Mood: {_clean(data['mood'])}.", "No text, no letters, no speech bubbles."]
+              f"Mood: {_clean(data['mood'])}."] + _cast_line(inputs["cast"]) + [
+              "No text, no letters, no speech bubbles."]
     return "\n".join(lines) + "\n"
 
 
 def assemble_thumbnail_prompt(data, inputs, ctx) -> str:
-    """Join step 4's blocks into the cover prompt."""
+    """Join step 8's blocks into the cover prompt."""
     return "\n".join([
         _style_line(ctx.config),
         "A single full-bleed cover illustration, not a comic page, with clear empty space at "
@@ -172,7 +341,24 @@ def assemble_thumbnail_prompt(data, inputs, ctx) -> str:
         f"Lighting: {_clean(data['lighting'])}.",
         f"Palette: {_clean(data['palette'])}.",
         f"Mood: {_clean(data['mood'])}.",
-        "No text, no letters, no title lettering.",
+    ] + _cast_line(inputs["cast"]) + ["No text, no letters, no title lettering."]) + "\n"
+
+
+def sheet_prompt(inputs, ctx) -> str:
+    """A character's reference sheet prompt: their appearance in the template's art style, full
+    figure front, side and back views and a face close-up, on plain white, no text."""
+    c = inputs["character"]
+    what = {"animal": "an animal character", "group": "a group of characters"}.get(
+        c.get("kind"), "a character")
+    return "\n".join([
+        _style_line(ctx.config),
+        f"A character reference sheet of {what}: {c['name']}, {_clean(c.get('appearance', ''))}.",
+        "Four views side by side on a plain white background: full figure from the front, "
+        "from the side and from the back, and a close-up of the face, all the same size and "
+        "lighting, the same clothes and colours in every view.",
+        "Even soft studio light, no shadows on the background, no scenery, no props but what "
+        "the character carries.",
+        "No text, no letters, no labels, no captions.",
     ]) + "\n"
 
 
@@ -187,6 +373,14 @@ def storyboard_page(inputs, ctx) -> dict:
 
 def storyboard_cover(inputs, ctx) -> dict:
     return {"title": inputs["title"], "label": "Thumbnail", "narration": "", "panels": []}
+
+
+def storyboard_sheet(inputs, ctx) -> dict:
+    """The offline storyboard's character card: name, kind and appearance."""
+    c = inputs["character"] or {}
+    return {"title": c.get("name", ""), "label": "Reference sheet" + (
+        " (library)" if c.get("library") else ""), "narration": "", "panels": [],
+        "body": f"{c.get('kind', 'person')} · {c.get('appearance', '')}"}
 
 
 def story_data(inputs, ctx) -> dict:
@@ -206,7 +400,9 @@ def story_data(inputs, ctx) -> dict:
 
 _SHOTS = ["wide establishing shot", "medium shot at eye level", "close-up", "low-angle shot",
           "over-the-shoulder shot", "high-angle shot"]
-_NOT_NAMES = {"God", "The", "A", "An", "In", "On", "After", "When", "His", "Her", "Their"}
+_NOT_NAMES = {"God", "The", "A", "An", "In", "On", "After", "When", "His", "Her", "Their",
+              "Hebrew", "Israelites", "Egypt", "Eden", "Bethlehem", "Nineveh", "Jericho",
+              "Babylon", "Nile"}
 
 
 def _sentence(text: str) -> str:
@@ -227,8 +423,8 @@ def draft_narrative(inputs, ctx) -> str:
             + " ".join(body) + "\n")
 
 
-def _names(summary: str) -> list[str]:
-    words = re.findall(r"\b[A-Z][a-z]+\b", summary)
+def _names(text: str) -> list[str]:
+    words = re.findall(r"\b[A-Z][a-z]+\b", text)
     out: list[str] = []
     for w in words:
         if w not in _NOT_NAMES and w not in out:
@@ -236,8 +432,48 @@ def _names(summary: str) -> list[str]:
     return out[:4]
 
 
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "character"
+
+
+def draft_cast(inputs, ctx) -> dict:
+    """A cast from the names in the story input (no model): library characters reused by name,
+    the others marked as drafts."""
+    s = ctx.story
+    text = " ".join([s["summary"], *s["keyMoments"]])
+    library = {c["name"]: c["id"] for c in inputs["library"]}
+    names = _names(text) or ["The people of the story"]
+    chars = []
+    for name in names:
+        if name in library:
+            chars.append({"id": library[name], "name": name, "kind": "person", "library": True,
+                          "lookOf": None, "appearance": ""})
+        else:
+            chars.append({"id": _slug(name), "name": name, "kind": "person", "library": False,
+                          "lookOf": None,
+                          "appearance": f"{DRAFT_MARK} {name} in a plain ancient robe; a real "
+                                        "cast describes age, build, hair and clothing"})
+    return {"characters": chars}
+
+
+def _panel_cast(moment: str, cast: list[dict]) -> list[str]:
+    """The cast ids named in a moment; the main character when none is."""
+    named = [c["id"] for c in cast if c["name"].lower() in moment.lower()]
+    return named[:3] or [cast[0]["id"]] if cast else []
+
+
 def draft_pages(inputs, ctx) -> dict:
-    """A page plan spreading the key moments over pages within settings.pageCount."""
+    """A page plan spreading the key moments over pages within settings.pageCount (the current
+    plan with its cast lists set again, when revising)."""
+    previous = inputs.get("previous")
+    cast = inputs["cast"] or []
+    if isinstance(previous, dict) and isinstance(previous.get("pages"), list):
+        plan = json.loads(json.dumps(previous))
+        for page in plan["pages"]:
+            for panel in page.get("panels", []):
+                panel["cast"] = _panel_cast(panel.get("moment", ""), cast)
+        plan["coverCast"] = [c["id"] for c in cast[:2]]
+        return plan
     s = ctx.story
     moments = s["keyMoments"]
     per = ctx.config.get("settings.panelsPerPage")
@@ -253,24 +489,23 @@ def draft_pages(inputs, ctx) -> dict:
         for k in range(per):
             idx = (p * per + k) * len(moments) // total
             panels.append({"panel": k + 1, "moment": moments[idx],
-                           "visualAnchor": anchors[(p * per + k) % len(anchors)]})
+                           "visualAnchor": anchors[(p * per + k) % len(anchors)],
+                           "cast": _panel_cast(moments[idx], cast)})
         page_moments = list(dict.fromkeys(pl["moment"] for pl in panels))
         pages.append({"pageNumber": p + 1, "title": _sentence(page_moments[0]).rstrip("."),
                       "narration": " ".join(_sentence(m) for m in page_moments),
                       "panels": panels})
-    names = _names(s["summary"]) or ["The people of the story"]
-    characters = [{"name": n, "appearance": f"{DRAFT_MARK} figure in a plain ancient robe; "
-                                            "a real plan describes age, hair and clothing"}
-                  for n in names]
-    return {"title": s["title"], "characters": characters, "pages": pages}
+    return {"title": s["title"], "coverCast": [c["id"] for c in cast[:2]], "pages": pages}
 
 
 def draft_page_prompt(inputs, ctx) -> dict:
     page = inputs["page"]
-    chars = ", ".join(c["name"] for c in inputs["characters"] or []) or "the figures of the story"
+    names = {c["id"]: c["name"] for c in inputs["cast"] or []}
     return {
         "setting": f"{DRAFT_MARK} {page['title']}",
-        "panels": [{"panel": p["panel"], "shot": _SHOTS[i % len(_SHOTS)], "subject": chars,
+        "panels": [{"panel": p["panel"], "shot": _SHOTS[i % len(_SHOTS)],
+                    "subject": ", ".join(names.get(c, c) for c in p.get("cast", []))
+                    or "the figures of the story",
                     "action": f"shown in the moment: {p['moment']}",
                     "environment": f"focus on {p['visualAnchor']}",
                     "lighting": "soft even daylight"} for i, p in enumerate(page["panels"])],
@@ -280,7 +515,7 @@ def draft_page_prompt(inputs, ctx) -> dict:
 
 
 def draft_thumbnail(inputs, ctx) -> dict:
-    chars = ", ".join(c["name"] for c in inputs["characters"] or []) or "the figures of the story"
+    chars = ", ".join(c["name"] for c in inputs["cast"] or []) or "the figures of the story"
     return {"subject": f"{DRAFT_MARK} {chars}", "action": f"at the heart of {inputs['title']}",
             "composition": "centered figure, wide margins, empty sky at the top",
             "environment": "the story's landscape", "lighting": "golden hour light",
@@ -290,37 +525,58 @@ def draft_thumbnail(inputs, ctx) -> dict:
 # ---------------------------------------------------------------- the steps
 
 PAGES = ForEach("pages.json", "pages")
+CAST = ForEach("cast.json", "characters", by="id", library="cast")
+STYLE = ("style.artStyle", "style.inkStyle", "style.colorTreatment")
 
 STEPS = [
     LLMStep(name="narrative", target="narrative.md", doc="step 1: the story as prose",
             system_prompt="step1-narrative.md", inputs={"story": story()},
             user=narrative_user, draft=draft_narrative),
+    LLMStep(name="cast", target="cast.json", doc="the recurring characters, extracted once",
+            system_prompt="cast.md", schema="cast.json",
+            inputs={"narrative": file("narrative.md"), "title": story("title"),
+                    "library": collection("cast", library_roster)},
+            previous=True, user=cast_user, draft=draft_cast, validate=check_cast,
+            write=merge_cast),
     LLMStep(name="pages", target="pages.json", doc="step 2: the page plan",
             system_prompt="step2-planning.md", schema="planning.json",
-            inputs={"narrative": file("narrative.md"), "title": story("title")},
-            uses=("settings.pageCount", "settings.panelsPerPage"),
-            user=pages_user, draft=draft_pages, validate=check_pages),
+            inputs={"narrative": file("narrative.md"), "title": story("title"),
+                    "cast": view("cast.json", roster)},
+            uses=("settings.pageCount", "settings.panelsPerPage"), previous=("cast",),
+            user=pages_user, draft=draft_pages, validate=check_pages, write=merge_plan),
+    AssembleStep(name="sheet-prompt", target="cast/{id}.txt", foreach=CAST,
+                 doc="the reference sheet prompt of one character",
+                 inputs={"character": item()}, uses=STYLE, run=sheet_prompt),
+    ImageStep(name="sheet", target="cast/{id}.jpg", foreach=CAST,
+              doc="the reference sheet of one character",
+              inputs={"prompt": file("cast/{id}.txt"), "character": item()},
+              params_override="cast.params", annotate=storyboard_sheet, use_file=library_sheet),
     LLMStep(name="prompt", target="prompts/{n}.txt", foreach=PAGES,
             doc="step 3: the image prompt of one page",
             system_prompt="step3-prompts.md", knowledge=("prompting.md",),
             schema="page-prompt.json",
-            inputs={"page": item(), "characters": part("pages.json", "characters")},
-            uses=("style.artStyle", "style.inkStyle", "style.colorTreatment"),
-            user=page_prompt_user, draft=draft_page_prompt, validate=check_page_prompt,
-            write=assemble_page_prompt),
+            inputs={"page": item(), "cast": view("cast.json", page_cast)},
+            uses=STYLE, user=page_prompt_user, draft=draft_page_prompt,
+            validate=check_page_prompt, write=assemble_page_prompt),
     ImageStep(name="image", target="images/{n}.jpg", foreach=PAGES, doc="the page image",
-              inputs={"prompt": file("prompts/{n}.txt"), "page": item()},
-              annotate=storyboard_page),
+              inputs={"prompt": file("prompts/{n}.txt"), "page": item(),
+                      "cast": view("cast.json", page_cast)},
+              annotate=storyboard_page, references=page_references,
+              reference_patterns=("cast/{id}.jpg",)),
     LLMStep(name="thumbnail-prompt", target="thumbnail-prompt.txt",
             doc="step 4: the cover prompt", system_prompt="step4-thumbnail.md",
             schema="thumbnail.json",
             inputs={"narrative": file("narrative.md"), "title": story("title"),
-                    "characters": part("pages.json", "characters")},
-            uses=("style.artStyle", "style.inkStyle", "style.colorTreatment"),
-            user=thumbnail_user, draft=draft_thumbnail, write=assemble_thumbnail_prompt),
+                    "coverCast": part("pages.json", "coverCast"),
+                    "cast": view("cast.json", cover_cast)},
+            uses=STYLE, user=thumbnail_user, draft=draft_thumbnail,
+            write=assemble_thumbnail_prompt),
     ImageStep(name="thumbnail", target="thumbnail.jpg", doc="the cover image",
-              inputs={"prompt": file("thumbnail-prompt.txt"), "title": story("title")},
-              params_override="thumbnail.params", annotate=storyboard_cover),
+              inputs={"prompt": file("thumbnail-prompt.txt"), "title": story("title"),
+                      "coverCast": part("pages.json", "coverCast"),
+                      "cast": view("cast.json", cover_cast)},
+              params_override="thumbnail.params", annotate=storyboard_cover,
+              references=page_references, reference_patterns=("cast/{id}.jpg",)),
     AssembleStep(name="story-data", target="story-data.json", doc="story-data.json for the app",
                  inputs={"pages": file("pages.json"), "images": each("images/{n}.jpg"),
                          "thumbnail": file("thumbnail.jpg"), "title": story("title")},

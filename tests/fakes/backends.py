@@ -22,13 +22,19 @@ def _h(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def _tag(value, tag: str):
+def _tag(value, tag: str, schema: dict | None = None):
+    """``value`` with every free-text string tagged; strings the schema constrains (an enum,
+    a pattern: ids, kinds) are kept, as a real model's answer would keep them valid."""
+    schema = schema if isinstance(schema, dict) else {}
     if isinstance(value, str):
+        if "enum" in schema or "pattern" in schema:
+            return value
         return f"{value} [{tag}]"
     if isinstance(value, list):
-        return [_tag(v, tag) for v in value]
+        return [_tag(v, tag, schema.get("items")) for v in value]
     if isinstance(value, dict):
-        return {k: _tag(v, tag) for k, v in value.items()}
+        props = schema.get("properties") or {}
+        return {k: _tag(v, tag, props.get(k)) for k, v in value.items()}
     return value
 
 
@@ -43,7 +49,7 @@ class FakeLLM:
         usage = Usage(input_tokens=len(request.system + request.user) // 4, output_tokens=50,
                       reasoning_tokens=10)
         if request.schema is not None:
-            data = _tag(request.draft, tag)
+            data = _tag(request.draft, tag, request.schema)
             return LLMResult(text=json.dumps(data), data=data, usage=usage, model=request.model)
         return LLMResult(text=f"{request.draft}\n<!-- {tag} -->\n", usage=usage,
                          model=request.model)

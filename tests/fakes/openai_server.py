@@ -82,7 +82,13 @@ def _words(name: str) -> str:
 class _Generator:
     """Make a JSON instance of a (strict-subset) JSON schema: every property present, strings
     readable and derived from the property name, integers counting from 1 per property name,
-    arrays of 3 items (clamped to minItems/maxItems), enums honoured (cycling)."""
+    arrays of 3 items (clamped to minItems/maxItems), enums honoured (cycling), booleans false.
+
+    A string with a ``pattern`` is an id: ``id-1``, ``id-2``, ``id-3`` in turn, across the whole
+    answer and every answer, so ids one answer defines (a cast) are the ids another refers to
+    (a page plan's panels)."""
+
+    ID_POOL = 3
 
     def __init__(self, root: dict):
         self.root = root
@@ -140,9 +146,11 @@ class _Generator:
                 value = min(value, schema["maximum"])
             return int(value) if type_ == "integer" else float(value)
         if type_ == "boolean":
-            return True
+            return False
         if type_ == "null":
             return None
+        if "pattern" in schema:
+            return f"id-{(self._count('#id') - 1) % self.ID_POOL + 1}"
         text = f"{_words(name).capitalize()} {self._count(name)}"
         min_len = schema.get("minLength", 0)
         if len(text) < min_len:
@@ -293,15 +301,17 @@ def distinct_text(path: str, req: dict, transform: Any = None) -> str:
     if transform is not None:
         data = transform(data, req)
 
-    def walk(v: Any) -> Any:
-        if isinstance(v, str):
-            return f"{v} [{tag}]"
+    def walk(v: Any, schema: Any) -> Any:
+        schema = schema if isinstance(schema, dict) else {}
+        if isinstance(v, str):  # ids and enum values stay valid, as a real model keeps them
+            return v if "pattern" in schema or "enum" in schema else f"{v} [{tag}]"
         if isinstance(v, list):
-            return [walk(x) for x in v]
+            return [walk(x, schema.get("items")) for x in v]
         if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
+            props = schema.get("properties") or {}
+            return {k: walk(x, props.get(k)) for k, x in v.items()}
         return v
-    return json.dumps(walk(data))
+    return json.dumps(walk(data, _request_schema(path, req)))
 
 
 # ---------------------------------------------------------------- the server

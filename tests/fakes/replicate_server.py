@@ -19,6 +19,9 @@ Endpoints (shapes from the SDK's ``prediction.py``/``model.py`` and Replicate's 
 * ``POST /v1/predictions/{id}/cancel``: cancels it (``status: canceled``, ``output: null``).
 * ``GET /files/{id}.png`` (``/files/{id}-{k}.png`` for the k-th extra output): PNG bytes, a
   different colour per prediction. No auth needed, as on replicate.delivery.
+* ``POST /v1/files`` (multipart ``content``, as the SDK's ``files.create`` sends it): an upload,
+  answered with the Files API's object (``urls.get``, ``expires_at`` a day later); ``uploads``
+  keeps each one's bytes.
 
 ``/v1`` requests without ``Authorization: Bearer <token>`` get 401 (problem JSON, RFC 7807:
 ``{"title", "detail", "status"}``, what ``ReplicateError.from_response`` reads).
@@ -29,13 +32,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import random
 import re
 import string
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
@@ -48,6 +52,7 @@ _CREATE_MODEL = re.compile(r"^/v1/models/(?P<owner>[^/]+)/(?P<name>[^/]+)/predic
 _GET = re.compile(r"^/v1/predictions/(?P<id>[a-z0-9]+)$")
 _CANCEL = re.compile(r"^/v1/predictions/(?P<id>[a-z0-9]+)/cancel$")
 _FILE = re.compile(r"^/files/(?P<name>[A-Za-z0-9_-]+)\.png$")
+_UPLOADS = "/v1/files"
 
 _TITLES = {400: "Bad Request", 401: "Unauthenticated", 403: "Forbidden", 404: "Not found",
            422: "Input validation failed", 429: "Too Many Requests",
@@ -144,6 +149,9 @@ class FakeReplicate(LoopbackServer):
         output_list: True: ``output`` is a list of URLs (seedream-4); False: one URL string
             (nano-banana-pro; only the first of ``output_count``).
         image_size: output PNG size ``(width_px, height_px)``.
+        colour_by: ``"prediction"`` (each prediction's images from its id) or ``"input"``
+            (from its input: runs that make the same predictions in another order get the same
+            images, as the kill tests compare runs).
 
     Attributes:
         base_url: ``http://127.0.0.1:PORT``, the SDK's ``base_url``.
@@ -160,12 +168,13 @@ class FakeReplicate(LoopbackServer):
     def __init__(self, *, token: str | None = DEFAULT_TOKEN, output_urls: str = "data",
                  output_count: int = 1, output_list: bool = True,
                  image_size: tuple[int, int] = (32, 24), gate: Any = None,
-                 latency_s: float = 0.0):
+                 latency_s: float = 0.0, colour_by: str = "prediction"):
         """``latency_s``: each prediction takes this long to run, counted from the arrival of
         the create request (a create with ``Prefer: wait`` answers that long after it arrived);
         ``max_in_flight`` records the most at once."""
         super().__init__(gate)
         self.latency_s = latency_s
+        self.colour_by = colour_by
         self.in_flight = 0
         self.max_in_flight = 0
         if output_urls not in ("data", "http"):
@@ -178,6 +187,9 @@ class FakeReplicate(LoopbackServer):
         self.queue: deque[Reply] = deque()
         self.predictions: dict[str, FakePrediction] = {}
         self.canceled: list[str] = []
+        self.uploads: dict[str, bytes] = {}  # file id -> the uploaded bytes
+        self._seen: dict[str, int] = {}  # prediction input -> how many were created
+        self._seeds: dict[str, str] = {}  # prediction id -> what its images derive from
         self._rng = random.Random(7)
 
     @property
@@ -218,9 +230,9 @@ class FakeReplicate(LoopbackServer):
             error: the ``error`` text of a failed prediction.
             output: the ``output`` of a succeeded prediction, instead of generated URLs.
             on: which request consumes this reply: ``"create"``, ``"get"``, ``"cancel"``,
-                ``"file"`` or ``"any"``.
+                ``"file"``, ``"upload"`` or ``"any"``.
         """
-        if on not in ("create", "get", "cancel", "file", "any"):
+        if on not in ("create", "get", "cancel", "file", "upload", "any"):
             raise ValueError(f"unknown request kind {on!r}")
         with self.lock:
             self.queue.append(Reply(status=status, body=body, headers=dict(headers or {}),
@@ -249,6 +261,8 @@ class FakeReplicate(LoopbackServer):
             kind = "get"
         elif rec.method == "GET" and _FILE.match(path):
             kind = "file"
+        elif rec.method == "POST" and path == _UPLOADS:
+            kind = "upload"
         else:
             kind = "other"
         reply = self._next_reply(kind) if kind != "other" else None
@@ -265,7 +279,8 @@ class FakeReplicate(LoopbackServer):
             return self.send_json(handler, 401, problem(
                 401, "You did not pass a valid authentication token"))
         route: dict[str, Callable[..., None]] = {
-            "create": self._create, "get": self._get, "cancel": self._cancel, "file": self._file}
+            "create": self._create, "get": self._get, "cancel": self._cancel, "file": self._file,
+            "upload": self._upload}
         if kind == "other":
             detail = f"no route for {rec.method} {path}"
             if path.startswith("/v1/v1/"):
@@ -277,12 +292,21 @@ class FakeReplicate(LoopbackServer):
         return "".join(self._rng.choice(string.ascii_lowercase + string.digits)
                        for _ in range(26))
 
+    def _image_seed(self, pid: str, k: int) -> str:
+        """What the k-th output image of ``pid`` is drawn from: its id (``colour_by=
+        "prediction"``), or its input and how many times that same input was created before
+        (``"input"``: the same input gives the same image in every run, whatever order the
+        predictions are made in, and a second prediction of it — a re-roll — another)."""
+        name = pid if k == 0 else f"{pid}-{k}"
+        seed = self._seeds.get(pid) if self.colour_by == "input" else None
+        return f"{seed}-{k}" if seed else name
+
     def _outputs(self, pid: str) -> Any:
         urls = []
         for k in range(max(1, self.output_count)):
             name = pid if k == 0 else f"{pid}-{k}"
             if self.output_urls == "data":
-                data = png_bytes(self.image_size, name)
+                data = png_bytes(self.image_size, self._image_seed(pid, k))
                 urls.append("data:image/png;base64," + base64.b64encode(data).decode())
             else:
                 urls.append(f"{self.base_url}/files/{name}.png")
@@ -305,6 +329,11 @@ class FakeReplicate(LoopbackServer):
         pid = self._new_id()
         wait = rec.headers.get("prefer", "").startswith("wait")
         polls = reply.polls_before_done if wait else max(1, reply.polls_before_done)
+        fingerprint = json.dumps(body["input"], sort_keys=True)
+        with self.lock:
+            self._seen[fingerprint] = self._seen.get(fingerprint, 0) + 1
+            seed = hashlib.sha256(f"{fingerprint}#{self._seen[fingerprint]}".encode()).hexdigest()
+        self._seeds[pid] = seed
         output = self._outputs(pid) if reply.output is _UNSET else reply.output
         pred = FakePrediction(id=pid, model=model, version=version, input=body["input"],
                               final_status=reply.prediction_status, polls_left=polls,
@@ -356,10 +385,40 @@ class FakeReplicate(LoopbackServer):
             data = pred.json(self.base_url)
         self.send_json(handler, 200, data, reply.headers)
 
+    def _upload(self, handler, rec: RecordedRequest, path: str, reply: Reply) -> None:
+        """``POST /v1/files``: the multipart part named ``content`` is the file."""
+        from email.parser import BytesParser
+        ctype = rec.headers.get("content-type", "")
+        msg = BytesParser().parsebytes(f"Content-Type: {ctype}\r\n\r\n".encode() + rec.raw)
+        content, filename, part_type = None, "file", "application/octet-stream"
+        for part in msg.walk():
+            if part.get_param("name", header="content-disposition") == "content":
+                content = part.get_payload(decode=True)
+                filename = part.get_filename() or filename
+                part_type = part.get_content_type()
+        if content is None:
+            return self.send_json(handler, 422, problem(422, "content is required"))
+        fid = self._new_id()
+        with self.lock:
+            self.uploads[fid] = content
+        expires = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat().replace(
+            "+00:00", "Z")
+        self.send_json(handler, 201, {
+            "id": fid, "name": filename, "content_type": part_type, "size": len(content),
+            "etag": hashlib.md5(content).hexdigest(),
+            "checksums": {"sha256": hashlib.sha256(content).hexdigest()}, "metadata": {},
+            "created_at": _now(), "expires_at": expires,
+            "urls": {"get": f"{self.api_url}/files/{fid}"}}, reply.headers)
+
+    def upload_url_bytes(self, url: str) -> bytes | None:
+        """The bytes uploaded at a ``urls.get`` this server answered, or None."""
+        return self.uploads.get(url.rsplit("/", 1)[-1])
+
     def _file(self, handler, rec: RecordedRequest, path: str, reply: Reply) -> None:
         name = _FILE.match(path)["name"]
         pid = name.split("-", 1)[0]
         if pid not in self.predictions:
             return self.send_json(handler, 404, problem(404, "file not found"))
-        self.send_bytes(handler, 200, png_bytes(self.image_size, name), "image/png",
-                        reply.headers)
+        k = int(name.split("-", 1)[1]) if "-" in name else 0
+        self.send_bytes(handler, 200, png_bytes(self.image_size, self._image_seed(pid, k)),
+                        "image/png", reply.headers)

@@ -10,11 +10,13 @@ validate → re-ask loop of *instructor*); an invalid answer is never cached.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ...core.errors import InputError, OutputInvalidError
+from ...core.fileio import sha256_json
 from ...data import prompts as prompt_vars
 from ...data.schemas import check_schema, strict_schema_problems
 from ...services.base import LLMRequest
@@ -37,6 +39,14 @@ class LLMStep(Step):
         write: ``write(data, inputs, ctx) -> str | bytes | dict`` what the target holds; default:
             the text, or the JSON data pretty-printed.
         settings: key under ``llm.steps`` for model/reasoning/verbosity overrides (default: name).
+        previous: the step revises its own current target instead of starting again: it
+            sees it (parsed JSON, or text) as ``inputs["previous"]`` (None otherwise) and its
+            ``write`` merges. ``True``: always (the cast: additions, never a full
+            re-extraction). A tuple of input names: only when nothing but those inputs changed
+            since cloops last wrote the target (the page plan: a cast member added, so only the
+            panels' cast lists are revised; a new narrative is planned afresh). A hand edit of
+            the target is revised too, so it is kept. When the target already holds what these
+            same inputs made (a run killed before doit saved its state), no call is made.
     """
 
     service = "llm"
@@ -49,6 +59,7 @@ class LLMStep(Step):
     validate: Callable[[Any, dict, StepContext], list[str]] | None = None
     write: Callable[[Any, dict, StepContext], Any] | None = None
     settings: str | None = None
+    previous: bool | tuple[str, ...] = False
 
     # ------------------------------------------------------------ graph
 
@@ -107,9 +118,65 @@ class LLMStep(Step):
     # ------------------------------------------------------------ run
 
     def execute(self, job: StepRun) -> None:
+        source = None
+        if self.previous:
+            source, revise = self.revision(job)
+            if revise is _UP_TO_DATE:
+                return
+            job.inputs["previous"] = revise
         data, made_by, offline = self.answer(job)
         out = self.write(data, job.inputs, job.ctx) if self.write else data
-        job.write(job.rel, out, made_by=made_by, offline=offline)
+        job.write(job.rel, out, made_by=made_by, offline=offline, source=source)
+
+    def revision(self, job: StepRun) -> tuple[str, Any]:
+        """``(source, previous)`` of a step with ``previous``: the digests of what the target is
+        made from (``"<all but the revisable inputs>:<all>"``, the target itself left out) and
+        what the step revises — the current target, None (start afresh) or
+        :data:`_UP_TO_DATE` (the file holds what these very inputs made: no call)."""
+        keep = () if self.previous is True else tuple(self.previous)
+        saved = {k: job.inputs.get(k) for k in keep}
+        job.inputs["previous"] = None
+        full = sha256_json(self.request(job).cache_key())[:16]
+        job.inputs.update({k: None for k in keep})
+        base = sha256_json(self.request(job).cache_key())[:16]
+        job.inputs.update(saved)
+        source = f"{base}:{full}"
+        current = self.read_previous(job)
+        made = job.made_from(job.rel)
+        if current is not None and made is not None and made == (source, False):
+            return source, _UP_TO_DATE
+        if self.previous is True:
+            return source, current
+        if current is not None and made is not None and made[0].split(":")[0] == base:
+            return source, current  # only the revisable inputs changed (or a hand edit)
+        return source, None
+
+    def request(self, job: StepRun) -> LLMRequest:
+        """The step's request for the task's inputs (re-asks add the errors to its user text)."""
+        tpl, llm_cfg = job.template, job.template.config.engine.llm
+        settings = self.llm_settings(tpl)
+        return LLMRequest(system=self.system_text(tpl), user=self.user(job.inputs, job.ctx),
+                          model=settings["model"], reasoning=settings["reasoning"],
+                          verbosity=settings["verbosity"], schema=self.schema_of(tpl),
+                          schema_name=(self.schema or self.name).removesuffix(".json"),
+                          timeout_s=llm_cfg.timeout_s,
+                          draft=self.draft(job.inputs, job.ctx) if self.draft else None)
+
+    def read_previous(self, job: StepRun) -> Any:
+        """The step's current target: parsed JSON (``.json``) or text; None when it does not
+        exist or is not valid JSON (a broken hand edit is then kept in history when the new
+        answer replaces it)."""
+        path = job.story_dir / job.rel
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        if not job.rel.endswith(".json"):
+            return text
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return None
 
     def answer(self, job: StepRun) -> tuple[Any, str, bool]:
         """Call the LLM, validate, re-ask with the errors when invalid.
@@ -123,10 +190,7 @@ class LLMStep(Step):
         """
         tpl, inputs, ctx = job.template, job.inputs, job.ctx
         backend = job.services.backend("llm")
-        settings = self.llm_settings(tpl)
         schema = self.schema_of(tpl)
-        user = self.user(inputs, ctx)
-        draft = self.draft(inputs, ctx) if self.draft else None  # only offline backends use it
         llm_cfg = tpl.config.engine.llm
         tries = 1 + (0 if backend.offline else llm_cfg.schema_retries)
         feedback = ""
@@ -138,12 +202,9 @@ class LLMStep(Step):
             return not validate_output(schema, result.data if schema else result.text, self,
                                        inputs, ctx)
 
+        base = self.request(job)  # the draft: cheap; only offline backends use it
         for _attempt in range(1, tries + 1):
-            req = LLMRequest(system=self.system_text(tpl), user=user + feedback,
-                             model=settings["model"], reasoning=settings["reasoning"],
-                             verbosity=settings["verbosity"], schema=schema,
-                             schema_name=(self.schema or self.name).removesuffix(".json"),
-                             timeout_s=llm_cfg.timeout_s, draft=draft)
+            req = dataclasses.replace(base, user=base.user + feedback) if feedback else base
             first = first or req
             last = job.services.complete(req, accept=valid)
             u = last.usage
@@ -165,6 +226,7 @@ class LLMStep(Step):
             usage=usage_total, attempts=tries)
 
 
+_UP_TO_DATE = object()  # LLMStep.revision: the target is what these inputs made
 _VALIDATORS: dict[str, Any] = {}
 
 
