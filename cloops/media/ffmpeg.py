@@ -208,7 +208,12 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
                     file=str(out),
                     fix="check that the input files named above are readable audio/images; "
                         "CLOOPS_DEBUG=1 shows the whole command.")
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except OSError as exc:
+                raise RenderError(f"cannot move the finished clip into place ({exc.strerror}).",
+                                  file=str(out), fix="check that the folder is writable and "
+                                  "the target is not a directory.") from None
             ok = True
         finally:
             if not ok:
