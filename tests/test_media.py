@@ -212,7 +212,7 @@ def test_hook_render_is_deterministic(hooks):
 def test_push_in_window_is_exact_for_every_frame(media):
     """The camera window of every frame is computed from the frame number: it shrinks by the
     same step each frame around a fixed centre (zoompan rounds it to whole pixels)."""
-    from cloops.media.clips import Shot
+    from cloops.media.frames import Shot
     from cloops.media.layout import FRAME
     img = Image.open(media / "grid.png").convert("RGB")
     start = Box(100.0, 100.0, 460.0, 740.0)

@@ -3,8 +3,8 @@
 Modules: :mod:`~cloops.media.clips` (render_hook_clip, render_body_clip),
 :mod:`~cloops.media.panels` (find_panels), :mod:`~cloops.media.mp4` (probe),
 :mod:`~cloops.media.text` (Pillow text), :mod:`~cloops.media.captions` (cues, VTT/SRT),
-:mod:`~cloops.media.layout` (frame, safe area, boxes), :mod:`~cloops.media.ffmpeg` (the
-encoder, RenderError). Nothing here imports the engine: only :mod:`cloops.errors` and
+:mod:`~cloops.media.layout` (frame, safe area, boxes), :mod:`~cloops.media.frames` (camera
+moves and compositing), :mod:`~cloops.media.ffmpeg` (the encoder, RenderError). Nothing here imports the engine: only :mod:`cloops.errors` and
 :mod:`cloops.fileio`.
 
 Licences of what this package runs: the FFmpeg binary comes from the ``imageio-ffmpeg`` wheel

@@ -2,13 +2,12 @@
 panel by panel, with narration captions and the voice).
 
 Every clip is 1080x1920, H.264 (High, yuv420p, BT.709) + AAC (48 kHz stereo) in MP4 with
-``+faststart``, 30 fps (BRIEF.md "Vertical ads"). Frames are composed with Pillow and piped to
-FFmpeg (:mod:`cloops.media.ffmpeg`):
+``+faststart``, 30 fps (BRIEF.md "Vertical ads"). Frames are composed with Pillow
+(:mod:`cloops.media.frames`) and piped to FFmpeg (:mod:`cloops.media.ffmpeg`):
 
 * **motion** - each shot is a camera window over the source image whose position is computed
-  for every frame from the frame number alone (a float box resampled by Pillow), so a slow
-  push-in or a pan moves by sub-pixel steps without the jitter of FFmpeg's ``zoompan``
-  (which rounds its window to whole source pixels unless the input is upscaled first);
+  for every frame from the frame number alone, so a slow push-in or a pan moves by sub-pixel
+  steps, without ``zoompan``'s jitter;
 * **layout** - a portrait region (width/height <= 0.75) fills the frame; a wider one (a panel,
   a square cover) is shown whole on a blurred, darkened copy of itself;
 * **text** - hook lines and captions are drawn by Pillow (:mod:`cloops.media.text`) inside
@@ -23,27 +22,24 @@ from __future__ import annotations
 
 import math
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
-from PIL import Image, ImageEnhance, ImageFilter, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
 from ..fileio import atomic_write_bytes, atomic_write_text
 from . import text as txt
 from .captions import Cue, chunk, time_cues, to_srt, to_vtt
 from .ffmpeg import AUDIO_RATE_HZ, encode_frames
-from .layout import (FPS, FRAME, FRAME_H_PX, FRAME_W_PX, SAFE_AREA, Box, cover_window,
-                     fit_inside)
+from .frames import FRAME_ASPECT, Compositor, Shot, Sprite, backdrop
+from .layout import FPS, FRAME, FRAME_H_PX, FRAME_W_PX, SAFE_AREA, Box, cover_window, fit_inside
 from .panels import find_panels
 
 Overlay = Literal["baked", "separate"]
 OVERLAYS = ("baked", "separate")
 
-FRAME_ASPECT = FRAME_W_PX / FRAME_H_PX
 COVER_MAX_ASPECT = 0.75  # regions at most this wide (w/h) fill the frame; wider ones are fitted
 TEXT_INSET_PX = 10  # text boxes keep this far inside the safe area
 
@@ -193,139 +189,6 @@ def _check_file(path: str | os.PathLike | None, name: str) -> str | None:
     return str(path)
 
 
-def _backdrop(img: Image.Image, region: Box) -> Image.Image:
-    """A blurred, darkened copy of ``region`` filling the frame (computed once per shot)."""
-    window = cover_window(region, FRAME_ASPECT)
-    small = img.resize((FRAME_W_PX // 8, FRAME_H_PX // 8), Image.Resampling.BOX,
-                       box=tuple(window))
-    small = small.filter(ImageFilter.GaussianBlur(6))
-    big = small.resize((FRAME_W_PX, FRAME_H_PX), Image.Resampling.BILINEAR)
-    return ImageEnhance.Brightness(big).enhance(0.42)
-
-
-def _ease(t: float) -> float:
-    """Smooth start and stop (sine ease-in-out) for pans."""
-    return 0.5 - 0.5 * math.cos(math.pi * t)
-
-
-class Shot:
-    """A camera move over one image: the window goes from ``start`` to ``end`` (boxes in the
-    image's pixels) over ``frames`` frames, drawn into ``dest`` of the frame.
-
-    The image is resampled once (Lanczos) so that the window at its smallest maps about 1:1 to
-    ``dest``; each frame is then one bilinear resample of an exact float window.
-    """
-
-    def __init__(self, img: Image.Image, start: Box, end: Box, dest: Box, frames: int, *,
-                 backdrop: Image.Image | None, eased: bool):
-        self.frames = max(1, frames)
-        self.dest = dest.rounded()
-        self.backdrop = backdrop
-        self.eased = eased
-        union = Box(min(start.left, end.left), min(start.top, end.top),
-                    max(start.right, end.right), max(start.bottom, end.bottom))
-        union = Box(math.floor(union.left) - 2, math.floor(union.top) - 2,
-                    math.ceil(union.right) + 2, math.ceil(union.bottom) + 2
-                    ).clamp(img.width, img.height)
-        scale = self.dest.width / min(start.width, end.width)
-        size = (max(1, round(union.width * scale)), max(1, round(union.height * scale)))
-        self.image = img.resize(size, Image.Resampling.LANCZOS, box=tuple(union))
-        sx, sy = size[0] / union.width, size[1] / union.height
-        self.start = Box((start.left - union.left) * sx, (start.top - union.top) * sy,
-                         (start.right - union.left) * sx, (start.bottom - union.top) * sy)
-        self.end = Box((end.left - union.left) * sx, (end.top - union.top) * sy,
-                       (end.right - union.left) * sx, (end.bottom - union.top) * sy)
-
-    def window(self, i: int) -> Box:
-        """The window of frame ``i`` (0-based within the shot), in the resampled image."""
-        t = i / (self.frames - 1) if self.frames > 1 else 0.0
-        if self.eased:
-            t = _ease(t)
-        w, h = self.image.size
-        box = Box(*(a + (b - a) * t for a, b in zip(self.start, self.end)))
-        return box.clamp(w, h)
-
-    def piece(self, i: int) -> Image.Image:
-        """What the window of frame ``i`` shows, resampled to the size of ``dest``."""
-        d = self.dest
-        return self.image.resize((int(d.width), int(d.height)), Image.Resampling.BILINEAR,
-                                 box=tuple(self.window(i)))
-
-
-@dataclass(frozen=True)
-class _Sprite:
-    """Text ready to composite: RGB, its alpha mask and where it goes."""
-
-    rgb: Image.Image
-    mask: Image.Image
-    box: Box
-
-    @classmethod
-    def of(cls, rgba: Image.Image, box: Box) -> "_Sprite":
-        return cls(rgba.convert("RGB"), rgba.getchannel("A"), box)
-
-    def onto(self, frame: Image.Image) -> None:
-        frame.paste(self.rgb, (int(self.box.left), int(self.box.top)), self.mask)
-
-
-class _Compositor:
-    """Frames as bytes, cheaply: only the rows the camera moves in change from frame to frame.
-
-    For each (shot, texts) pair the still part of the frame - backdrop plus text - is drawn
-    once (a few are kept); a frame is then three buffers: the still rows above the shot's
-    ``dest``, the band of ``dest``'s rows with this frame's picture (and any text over it),
-    and the still rows below. FFmpeg reads them as one 1080x1920 frame of RGBX pixels (Pillow's own layout of an RGB
-    image: copied out without repacking, and converted to YUV faster than packed RGB).
-    """
-
-    def __init__(self, shots: list[tuple["Shot", int]], sprites: list[tuple["_Sprite", ...]]):
-        self.shots = shots  # per frame: (shot, frame within the shot)
-        self.sprites = sprites  # per frame: the texts shown
-        self._cache: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _still(self, shot: "Shot", sprites: tuple["_Sprite", ...]) -> tuple[bytes, Image.Image]:
-        key = (id(shot), tuple(id(s) for s in sprites))
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
-        frame = (shot.backdrop.copy() if shot.backdrop is not None
-                 else Image.new("RGB", (FRAME_W_PX, FRAME_H_PX)))
-        for sprite in sprites:
-            sprite.onto(frame)
-        d = shot.dest
-        band = frame.crop((0, int(d.top), FRAME_W_PX, int(d.bottom)))
-        still = (frame.tobytes("raw", "RGBX"), band)
-        with self._lock:
-            self._cache[key] = still
-            while len(self._cache) > 6:  # frames are made in order, a few at a time
-                self._cache.popitem(last=False)
-        return still
-
-    def frame(self, i: int) -> tuple[memoryview, ...]:
-        """Frame ``i`` as buffers whose concatenation is the 1080x1920 RGBX frame."""
-        shot, j = self.shots[i]
-        sprites = self.sprites[i]
-        still, still_band = self._still(shot, sprites)
-        d = shot.dest
-        piece = shot.piece(j)
-        if d.left == 0 and d.width == FRAME_W_PX:
-            band = piece
-        else:
-            band = still_band.copy()
-            band.paste(piece, (int(d.left), 0))
-        for sprite in sprites:
-            if sprite.box.top < d.bottom and sprite.box.bottom > d.top:
-                band.paste(sprite.rgb, (int(sprite.box.left), int(sprite.box.top - d.top)),
-                           sprite.mask)
-        row = FRAME_W_PX * 4
-        view = memoryview(still)
-        return (view[:int(d.top) * row], memoryview(band.tobytes("raw", "RGBX")),
-                view[int(d.bottom) * row:])
-
-
 def _region_shot(img: Image.Image, region: Box, stage: Box, frames: int,
                  zoom: float) -> tuple[Shot, str]:
     """A push-in on ``region``: filling the frame when it is portrait, else fitted into
@@ -335,7 +198,7 @@ def _region_shot(img: Image.Image, region: Box, stage: Box, frames: int,
         return Shot(img, start, start.zoomed(zoom), FRAME, frames, backdrop=None,
                     eased=False), "cover"
     dest = fit_inside(region.width, region.height, stage)
-    return Shot(img, region, region.zoomed(zoom), dest, frames, backdrop=_backdrop(img, region),
+    return Shot(img, region, region.zoomed(zoom), dest, frames, backdrop=backdrop(img, region),
                 eased=False), "fit"
 
 
@@ -394,10 +257,10 @@ def render_hook_clip(image_path: str | os.PathLike, out_path: str | os.PathLike,
         block = txt.fit(text, HOOK_TEXT_AREA, txt.HOOK_STYLE, max_size_px=HOOK_MAX_FONT_PX,
                         min_size_px=HOOK_MIN_FONT_PX, max_lines=HOOK_MAX_LINES, font_path=font)
         rgba, text_box = txt.draw_block(block, HOOK_TEXT_AREA, txt.HOOK_STYLE, anchor="top")
-        sprite = _Sprite.of(rgba, text_box)
+        sprite = Sprite.of(rgba, text_box)
 
     texts = (sprite,) if overlay == "baked" and sprite is not None else ()
-    compositor = _Compositor([(shot, i) for i in range(frames)], [texts] * frames)
+    compositor = Compositor([(shot, i) for i in range(frames)], [texts] * frames)
 
     png_path = None
     if overlay == "separate":
@@ -524,7 +387,7 @@ def _page_shots(img: Image.Image, panels: list[Box] | None, first: int,
     """The shots of one page between frames ``first`` and ``last``: one push-in per panel,
     or a top-to-bottom pan when there are no panels."""
     page = Box(0, 0, img.width, img.height)
-    backdrop = _backdrop(img, page)
+    blurred = backdrop(img, page)
     stage_aspect = BODY_STAGE.aspect
     shots = []
     if panels:
@@ -536,18 +399,18 @@ def _page_shots(img: Image.Image, panels: list[Box] | None, first: int,
                          box.bottom + margin).clamp(img.width, img.height)
             dest = fit_inside(region.width, region.height, BODY_STAGE)
             shots.append((a, b, Shot(img, region, region.zoomed(PANEL_ZOOM), dest, b - a,
-                                     backdrop=backdrop, eased=False)))
+                                     backdrop=blurred, eased=False)))
         return shots
     if page.aspect < stage_aspect:  # portrait page: a full-width window slides down it
         win_h = img.width / stage_aspect
         start = Box(0, 0, img.width, win_h)
         end = Box(0, img.height - win_h, img.width, img.height)
         shots.append((first, last, Shot(img, start, end, BODY_STAGE, last - first,
-                                        backdrop=backdrop, eased=True)))
+                                        backdrop=blurred, eased=True)))
     else:
         dest = fit_inside(page.width, page.height, BODY_STAGE)
         shots.append((first, last, Shot(img, page, page.zoomed(PANEL_ZOOM), dest, last - first,
-                                        backdrop=backdrop, eased=False)))
+                                        backdrop=blurred, eased=False)))
     return shots
 
 
@@ -577,18 +440,17 @@ def _caption_cues(narrations: list[str], spoken: list[tuple[float, float]], dura
     return cues
 
 
-def _caption_sprite(cue: Cue, font: str | None) -> _Sprite:
+def _caption_sprite(cue: Cue, font: str | None) -> Sprite:
     style = txt.CAPTION_STYLE
     size = CAPTION_FONT_PX
-    base = txt.layout("", size, 1, style, font)
-    block = txt.TextBlock(base.font, size, cue.lines, base.stroke_px, base.line_h_px)
+    block = txt.block(cue.lines, size, style, font)
     if block.width_px + 2 * style.pad_px > CAPTION_AREA.width or \
             block.height_px + 2 * style.pad_px > CAPTION_AREA.height:
         block = txt.fit(cue.text, CAPTION_AREA, style, max_size_px=size,
                         min_size_px=CAPTION_MIN_FONT_PX, max_lines=CAPTION_MAX_LINES,
                         font_path=font)
     rgba, box = txt.draw_block(block, CAPTION_AREA, style, anchor="bottom")
-    return _Sprite.of(rgba, box)
+    return Sprite.of(rgba, box)
 
 
 def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
@@ -674,7 +536,7 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
 
     cues = _caption_cues([p.narration for p in specs[:n_pages]], spoken[:n_pages], duration,
                          font)
-    cue_of: list[_Sprite | None] = [None] * frames
+    cue_of: list[Sprite | None] = [None] * frames
     if overlay == "baked":
         for cue in cues:
             sprite = _caption_sprite(cue, font)
@@ -682,7 +544,7 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
                            min(frames, math.ceil(cue.end_s * FPS - 1e-9))):
                 cue_of[i] = sprite
 
-    compositor = _Compositor(shot_of, [(c,) if c is not None else () for c in cue_of])
+    compositor = Compositor(shot_of, [(c,) if c is not None else () for c in cue_of])
 
     inputs, audio = _audio_graph(voice, music, music_gain_db)
     vfilter = ""

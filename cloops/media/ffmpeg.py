@@ -137,7 +137,7 @@ def video_output_args() -> list[str]:
 
 
 # the RGBX frames FFmpeg reads from its stdin, converted to BT.709 limited-range 4:2:0
-RGB_TO_YUV = f"scale=out_color_matrix=bt709:out_range=tv,format=yuv420p"
+RGB_TO_YUV = "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p"
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

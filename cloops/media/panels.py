@@ -63,25 +63,20 @@ def _gutter_lines(block: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _runs(content: np.ndarray) -> list[tuple[int, int]]:
-    """Runs of True in ``content`` separated by at least MIN_GUTTER_PX False values."""
+    """Runs ``(start, end)`` of True in ``content``; gaps narrower than MIN_GUTTER_PX are
+    hairlines inside a run, not gutters."""
     runs: list[tuple[int, int]] = []
-    start = None
-    gap = 0
-    for i, c in enumerate(content):
-        if c:
-            if start is None:
-                start = i
-            elif gap and gap < MIN_GUTTER_PX:  # a hairline gap is not a gutter
-                pass
-            elif gap:
-                runs.append((start, end))
-                start = i
-            end = i + 1
-            gap = 0
-        elif start is not None:
-            gap += 1
+    start = last = None
+    for i in np.flatnonzero(content):
+        i = int(i)
+        if start is None:
+            start = i
+        elif i - last - 1 >= MIN_GUTTER_PX:
+            runs.append((start, last + 1))
+            start = i
+        last = i
     if start is not None:
-        runs.append((start, end))
+        runs.append((start, last + 1))
     return runs
 
 

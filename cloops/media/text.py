@@ -156,14 +156,22 @@ class TextBlock:
         return int(max(self.font.getlength(ln) for ln in self.lines)) + 1 + 2 * self.stroke_px
 
 
-def layout(text: str, size_px: int, width_px: float, style: TextStyle,
-           font_path: str | None = None) -> TextBlock:
-    """Lay ``text`` out at ``size_px`` in lines at most ``width_px`` wide."""
+def block(lines: tuple[str, ...], size_px: int, style: TextStyle,
+          font_path: str | None = None) -> TextBlock:
+    """Return ``lines`` (already wrapped) as a block at ``size_px`` in ``style``."""
     font = load_font(size_px, font_path)
     stroke = max(1, round(size_px * style.stroke_ratio)) if style.stroke_ratio > 0 else 0
     ascent, descent = font.getmetrics()
     line_h = max(1, round((ascent + descent) * style.line_spacing)) + stroke
-    return TextBlock(font, size_px, tuple(wrap(text, font, width_px, stroke)), stroke, line_h)
+    return TextBlock(font, size_px, tuple(lines), stroke, line_h)
+
+
+def layout(text: str, size_px: int, width_px: float, style: TextStyle,
+           font_path: str | None = None) -> TextBlock:
+    """Lay ``text`` out at ``size_px`` in lines at most ``width_px`` wide."""
+    empty = block((), size_px, style, font_path)
+    lines = wrap(text, empty.font, width_px, empty.stroke_px)
+    return TextBlock(empty.font, size_px, tuple(lines), empty.stroke_px, empty.line_h_px)
 
 
 def _ellipsize(line: str, font: ImageFont.FreeTypeFont, width_px: float, stroke: int) -> str:
