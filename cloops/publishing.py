@@ -37,6 +37,10 @@ key whole; the next run re-checks and uploads what the record does not vouch for
 environment variable to fix, and the storage library's own message (which may quote a key)
 is dropped after its error code is read.
 
+Licences: fsspec, s3fs and gcsfs are BSD-3-Clause; what they pull in (aiobotocore, botocore,
+google-cloud-storage, google-auth) is Apache-2.0. Nothing GPL. Tests add moto (Apache-2.0) and
+gcp-storage-emulator (BSD).
+
 Errors::
 
     CloopsError

@@ -7,11 +7,13 @@ points it elsewhere (imageio-ffmpeg's own variable); that FFmpeg needs ``libx264
 Output is deterministic and atomic:
 
 * deterministic - the same frames and audio give the same bytes: ``-fflags +bitexact`` and
-  ``-flags +bitexact`` on both encoders (no version strings or times in the file),
-  ``-map_metadata -1``, a fixed thread count for libx264 (its output depends on the count,
-  never on timing, unless ``--non-deterministic`` is set), one filter thread, and fixed
-  encoder settings (BRIEF.md "Rendering"; x264 ``--help``: "--non-deterministic ... at the
-  cost of repeatability");
+  ``-flags +bitexact`` on both encoders (no version strings or times in the file; the AAC
+  encoder uses its exact C arithmetic), ``-map_metadata -1``, a fixed thread count for
+  libx264 (its output depends on the count, never on timing, unless ``--non-deterministic``
+  is set), one filter thread, swscale's ``bitexact`` flag, and fixed encoder settings
+  (BRIEF.md "Rendering"; x264 ``--help``: "--non-deterministic ... at the cost of
+  repeatability"). Tested on one machine and FFmpeg build; another CPU or another
+  imageio-ffmpeg release may give other (equally valid) bytes;
 * atomic - FFmpeg writes ``.<name>.<pid>-<thread>-<n>.tmp`` beside the target (the pattern
   :func:`cloops.fileio.remove_temp_files` cleans), including its second ``+faststart`` pass,
   and the file is renamed into place only once FFmpeg succeeded; on any failure it is deleted.
@@ -136,8 +138,11 @@ def video_output_args() -> list[str]:
     ]
 
 
-# the RGBX frames FFmpeg reads from its stdin, converted to BT.709 limited-range 4:2:0
-RGB_TO_YUV = "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p"
+# the RGBX frames FFmpeg reads from its stdin, converted to BT.709 limited-range 4:2:0;
+# "bitexact" keeps swscale on code that gives the same bytes on every CPU (its SIMD paths
+# round differently), at no measurable cost for a conversion without scaling
+RGB_TO_YUV = ("scale=out_color_matrix=bt709:out_range=tv:flags=bicubic+bitexact,"
+              "format=yuv420p")
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
