@@ -350,10 +350,16 @@ class _Destination:
 # --------------------------------------------------------------------------- publish
 
 def _index_bytes(index: Any) -> bytes:
+    """The index as bytes: given as bytes, a JSON file's ``Path``, or a dict/list."""
     if isinstance(index, bytes):
         return index
-    if isinstance(index, (str, os.PathLike)) and Path(index).is_file():
+    if isinstance(index, os.PathLike):
+        if not Path(index).is_file():
+            raise InputError("the index file does not exist.", file=str(index), field="index")
         return Path(index).read_bytes()
+    if not isinstance(index, (dict, list)):
+        raise InputError(f"the index must be a dict or list, bytes, or a Path, not "
+                         f"{type(index).__name__}.", field="index")
     return (json.dumps(index, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode()
 
 
@@ -364,8 +370,9 @@ def publish(files: Mapping[str, str | os.PathLike], url: str, *, index: Any = No
     object whose SHA-256 is already there.
 
     ``key`` is a relative object key (``"noah-s-ark/ads/hook-1.mp4"``); the object goes to
-    ``<url>/<key>``. ``index`` (JSON-able data, bytes, or a JSON file's path) is written to
-    ``index_key`` after every file is in place. ``storage_options`` go to fsspec (s3fs:
+    ``<url>/<key>``. ``index`` (a dict or list written as JSON, bytes, or a JSON file's
+    ``Path``) is written to ``index_key`` after every file is in place, and only when it
+    changed, like any object. ``storage_options`` go to fsspec (s3fs:
     ``endpoint_url``, ``key``/``secret``, ``client_kwargs``; gcsfs: ``project``, ``token``,
     ``endpoint_url``). ``log`` receives one line per uploaded key (keys and sizes only).
     A publish of some keys keeps the record of the others (one story at a time is fine).

@@ -256,6 +256,8 @@ def test_bad_keys_and_missing_files_are_input_errors(bundle, tmp_path):
         publish({"a.jpg": tmp_path / "nope.jpg"}, str(tmp_path / "out"))
     with pytest.raises(InputError, match="publish.url"):
         publish({"a.jpg": path}, "nosuchscheme://bucket/x")
+    with pytest.raises(InputError, match="index"):
+        publish({"a.jpg": path}, str(tmp_path / "out"), index="index.json")
     assert not (tmp_path / "out").exists()
 
 
