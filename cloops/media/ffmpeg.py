@@ -198,6 +198,7 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
                               file=str(out),
                               fix="reinstall imageio-ffmpeg, or correct IMAGEIO_FFMPEG_EXE."
                               ) from None
+        _widen_pipe(proc.stdin.fileno())
         ok = False
         try:
             broken = _feed(proc, frame_count, make_frame, workers)
@@ -231,6 +232,17 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
                     pass
                 if os.environ.get("CLOOPS_DEBUG"):
                     print("ffmpeg command:", " ".join(cmd))
+
+
+def _widen_pipe(fd: int) -> None:
+    """Give the frame pipe a 1 MiB buffer (Linux; the default is 64 KiB): a 8 MB frame then
+    crosses in 8 writes instead of 128, which saves both processes thousands of context
+    switches per second of video. Best effort: elsewhere the default stays."""
+    try:
+        import fcntl
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError):
+        pass
 
 
 def _feed(proc: subprocess.Popen, frame_count: int,
