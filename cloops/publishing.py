@@ -200,6 +200,9 @@ def _remote(protocol: str, url: str, secrets: list[str], doing: str) -> Iterator
     except Exception as exc:  # noqa: BLE001 - every library error becomes ours, scrubbed
         code = _error_code(exc)
         name = type(exc).__name__
+        if protocol in LOCAL and isinstance(exc, OSError):
+            raise PublishError(f"{url}: {doing} failed ({exc.strerror or name}). Fix: check "
+                               "that the folder is writable and has room.") from None
         missing = {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"}
         refused = {"CredentialRetrievalError", "RefreshError", "InvalidConfigError"}
         if name in missing:
