@@ -533,6 +533,10 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
     for a, b, shot in shots:
         for i in range(a, min(b, frames)):
             shot_of[i] = (shot, i - a)
+    for i in range(1, frames):  # page times meet exactly; this only guards against rounding
+        if shot_of[i] is None and shot_of[i - 1] is not None:
+            prev, j = shot_of[i - 1]
+            shot_of[i] = (prev, min(j + 1, prev.frames - 1))
 
     cues = _caption_cues([p.narration for p in specs[:n_pages]], spoken[:n_pages], duration,
                          font)
