@@ -1,0 +1,26 @@
+"""Vertical video for ads: hook and body clips rendered from comic pages, and their probe.
+
+Modules: :mod:`~cloops.services.media.clips` (render_hook_clip, render_body_clip),
+:mod:`~cloops.services.media.panels` (find_panels), :mod:`~cloops.services.media.mp4` (probe),
+:mod:`~cloops.services.media.text` (Pillow text), :mod:`~cloops.services.media.captions` (cues, VTT/SRT),
+:mod:`~cloops.services.media.layout` (frame, safe area, boxes), :mod:`~cloops.services.media.frames` (camera
+moves and compositing), :mod:`~cloops.services.media.ffmpeg` (the encoder, RenderError). Nothing here imports the engine: only :mod:`cloops.errors` and
+:mod:`cloops.fileio`.
+
+Licences of what this package runs: the FFmpeg binary comes from the ``imageio-ffmpeg`` wheel
+(the wrapper is BSD-2-Clause; the binary is an FFmpeg build with libx264, ``--enable-gpl
+--enable-version3``, so GPLv3). cloops runs it as a separate program and does not link it;
+anyone who *redistributes* cloops with that wheel passes on a GPLv3 program and its source
+offer. Making videos with it puts no licence on the videos. numpy is BSD-3-Clause; Pillow's
+built-in font (Aileron) is under the SIL Open Font License.
+"""
+
+from .clips import BodyClip, BodyPage, HookClip, render_body_clip, render_hook_clip
+from .ffmpeg import RenderError
+from .layout import FPS, FRAME_H_PX, FRAME_W_PX, SAFE_AREA, Box
+from .mp4 import probe
+from .panels import find_panels
+
+__all__ = ["BodyClip", "BodyPage", "Box", "FPS", "FRAME_H_PX", "FRAME_W_PX", "HookClip",
+           "RenderError", "SAFE_AREA", "find_panels", "probe", "render_body_clip",
+           "render_hook_clip"]

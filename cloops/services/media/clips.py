@@ -1,0 +1,593 @@
+"""Render the vertical clips of an ad: a hook (one panel and one line) and a body (the pages,
+panel by panel, with narration captions and the voice).
+
+Every clip is 1080x1920, H.264 (High, yuv420p, BT.709) + AAC (48 kHz stereo) in MP4 with
+``+faststart``, 30 fps (BRIEF.md "Vertical ads"). Frames are composed with Pillow
+(:mod:`cloops.services.media.frames`) and piped to FFmpeg (:mod:`cloops.services.media.ffmpeg`):
+
+* **motion** - each shot is a camera window over the source image whose position is computed
+  for every frame from the frame number alone, so a slow push-in or a pan moves by sub-pixel
+  steps, without ``zoompan``'s jitter;
+* **layout** - a portrait region (width/height <= 0.75) fills the frame; a wider one (a panel,
+  a square cover) is shown whole on a blurred, darkened copy of itself;
+* **text** - hook lines and captions are drawn by Pillow (:mod:`cloops.services.media.text`) inside
+  the platforms' safe area x 65-930, y 270-1250; ``overlay="baked"`` draws them into the frames,
+  ``"separate"`` leaves the clip clean and writes the text beside it (a transparent PNG for a
+  hook, ``.vtt`` + ``.srt`` captions for a body) for AdLoops to lay its own.
+
+Same inputs, same bytes: see :mod:`cloops.services.media.ffmpeg`. Outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from ...core.errors import InputError
+from ...core.fileio import atomic_write_bytes, atomic_write_text
+from . import text as txt
+from .captions import Cue, chunk, time_cues, to_srt, to_vtt
+from .ffmpeg import AUDIO_RATE_HZ, encode_frames
+from .frames import FRAME_ASPECT, Compositor, Shot, Sprite, backdrop
+from .layout import FPS, FRAME, FRAME_H_PX, FRAME_W_PX, SAFE_AREA, Box, cover_window, fit_inside
+from .panels import find_panels
+
+Overlay = Literal["baked", "separate"]
+OVERLAYS = ("baked", "separate")
+
+COVER_MAX_ASPECT = 0.75  # regions at most this wide (w/h) fill the frame; wider ones are fitted
+TEXT_INSET_PX = 10  # text boxes keep this far inside the safe area
+
+# Hook: the line at the top of the safe area, the picture centred below it.
+HOOK_TEXT_AREA = Box(SAFE_AREA.left + TEXT_INSET_PX, SAFE_AREA.top + TEXT_INSET_PX,
+                     SAFE_AREA.right - TEXT_INSET_PX, 860)
+HOOK_STAGE = Box(0, 560, FRAME_W_PX, 1560)
+HOOK_MAX_FONT_PX, HOOK_MIN_FONT_PX, HOOK_MAX_LINES = 96, 44, 4
+HOOK_ZOOM = 1.08  # a slow push-in: 8 % over the clip
+
+# Body: the panel in the upper half, the caption at the bottom of the safe area.
+BODY_STAGE = Box(0, 190, FRAME_W_PX, 950)
+CAPTION_AREA = Box(SAFE_AREA.left + TEXT_INSET_PX, 960, SAFE_AREA.right - TEXT_INSET_PX,
+                   SAFE_AREA.bottom - TEXT_INSET_PX)
+CAPTION_FONT_PX, CAPTION_MIN_FONT_PX, CAPTION_MAX_LINES = 50, 40, 3
+PANEL_ZOOM = 1.05
+PANEL_MARGIN = 0.015  # of the page's shorter side, kept around a panel
+MIN_PANEL_S = 1.2  # reading pace: no panel shorter than this
+PAGE_PAUSE_S = 0.8  # reading pace: a breath after each page
+TAIL_S = 0.8  # voice timing: the last page stays this long after the voice ends
+FADE_S = 0.5  # fade-out when the clip is cut mid-page
+
+# BBC Subtitle Guidelines: 160-180 words per minute is a comfortable subtitle reading rate.
+DEFAULT_READING_WPM = 160.0
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class HookClip:
+    """A rendered hook clip.
+
+    Attributes:
+        path: the MP4.
+        overlay: ``"baked"`` or ``"separate"``.
+        overlay_path: the transparent 1080x1920 PNG with the text (separate mode), else None.
+        text: the line as drawn (whitespace collapsed, glyphs the font lacks replaced).
+        text_box: where the text's box lies in the frame (inside the safe area), or None when
+            the line is empty.
+        duration_s, frames: running time in seconds and the number of frames (30 fps).
+        layout: ``"cover"`` (the region fills the frame) or ``"fit"`` (shown whole on a
+            blurred backdrop).
+        region: the part of the source image shown, in its pixels.
+    """
+
+    path: Path
+    overlay: str
+    overlay_path: Path | None
+    text: str
+    text_box: Box | None
+    duration_s: float
+    frames: int
+    layout: str
+    region: Box
+
+
+@dataclass(frozen=True)
+class BodyClip:
+    """A rendered body clip.
+
+    Attributes:
+        path: the MP4.
+        overlay: ``"baked"`` or ``"separate"``.
+        vtt_path, srt_path: the caption files (separate mode), else None.
+        duration_s, frames: running time (seconds) and frames (30 fps).
+        natural_duration_s: what the pages would take before clamping to ``[min_s, max_s]``.
+        policy: how the running time was fitted, in words (see :func:`render_body_clip`).
+        timing: ``"voice"`` (page windows from start_s/end_s) or ``"reading"`` (from the pace).
+        pages_shown: how many pages are in the clip (the rest were cut by ``max_s``).
+        panels: per page shown, the panel boxes found, or None where it panned down the page.
+        cues: the captions, timed in the clip.
+    """
+
+    path: Path
+    overlay: str
+    vtt_path: Path | None
+    srt_path: Path | None
+    duration_s: float
+    frames: int
+    natural_duration_s: float
+    policy: str
+    timing: str
+    pages_shown: int
+    panels: list[list[Box] | None]
+    cues: list[Cue] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BodyPage:
+    """One page of a body clip: its image, its narration and, with a voice track, the
+    seconds of that track in which the page is read (``audioStartS``/``audioEndS``)."""
+
+    image_path: str | os.PathLike
+    narration: str = ""
+    start_s: float | None = None
+    end_s: float | None = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _check_overlay(overlay: str) -> None:
+    if overlay not in OVERLAYS:
+        raise InputError(f"overlay must be 'baked' or 'separate', not {overlay!r}.",
+                         field="overlay", fix="use ads.overlay: baked | separate.")
+
+
+def _positive(name: str, value: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number of seconds, not {value!r}.",
+                         field=name) from None
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"{name} must be a positive number, not {value!r}.", field=name)
+    return value
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open ``path`` as an RGB image.
+
+    Raises:
+        InputError: the file is missing or is not an image Pillow can decode.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except FileNotFoundError:
+        raise InputError("the image does not exist.", file=str(path),
+                         fix="build the story's images first (run doit).") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"not a readable image ({exc.__class__.__name__}).", file=str(path),
+                         fix="regenerate it (delete the file and run doit) or replace it "
+                             "with a JPEG or PNG.") from None
+    if rgb.width < 2 or rgb.height < 2:
+        raise InputError(f"the image is only {rgb.width}x{rgb.height} px.", file=str(path),
+                         fix="regenerate the image.")
+    return rgb
+
+
+def _check_file(path: str | os.PathLike | None, name: str) -> str | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise InputError(f"the {name} file does not exist.", file=str(path), field=name,
+                         fix=f"build it first, or leave {name} unset.")
+    return str(path)
+
+
+def _region_shot(img: Image.Image, region: Box, stage: Box, frames: int,
+                 zoom: float) -> tuple[Shot, str]:
+    """A push-in on ``region``: filling the frame when it is portrait, else fitted into
+    ``stage`` on a blurred backdrop. Returns ``(shot, layout)``."""
+    if region.aspect <= COVER_MAX_ASPECT:
+        start = cover_window(region, FRAME_ASPECT)
+        return Shot(img, start, start.zoomed(zoom), FRAME, frames, backdrop=None,
+                    eased=False), "cover"
+    dest = fit_inside(region.width, region.height, stage)
+    return Shot(img, region, region.zoomed(zoom), dest, frames, backdrop=backdrop(img, region),
+                eased=False), "fit"
+
+
+def _silence() -> tuple[list[str], str]:
+    return (["-f", "lavfi", "-i", f"anullsrc=r={AUDIO_RATE_HZ}:cl=stereo"], "[1:a]anull[a]")
+
+
+# --------------------------------------------------------------------------- hook
+
+def render_hook_clip(image_path: str | os.PathLike, out_path: str | os.PathLike, *,
+                     line: str, duration_s: float = 3.0,
+                     crop_box: Sequence[float] | None = None, overlay: Overlay = "baked",
+                     overlay_path: str | os.PathLike | None = None, zoom: float = HOOK_ZOOM,
+                     font_path: str | os.PathLike | None = None) -> HookClip:
+    """Render a hook clip: one region of an image with a slow push-in and ``line`` on it.
+
+    ``crop_box`` is ``(left, top, right, bottom)`` in the image's pixels (a panel from
+    :func:`~cloops.services.media.panels.find_panels`), or None for the whole image (the cover).
+    ``zoom`` is how far the push-in goes (1.08 = the window shrinks by 8 % over the clip). The
+    line is fitted (96 px down to 44 px, at most 4 lines, wrapped) in a box at the top of the
+    safe area. ``overlay="separate"`` writes the clean clip plus ``overlay_path`` (default
+    ``<out stem>-overlay.png``): a 1080x1920 RGBA PNG, transparent but for the text box.
+    The clip is silent (an AAC track of silence), ``round(duration_s * 30)`` frames long.
+
+    Raises:
+        InputError: the image is missing/unreadable, ``crop_box`` is outside it, or a
+            parameter is out of range.
+        RenderError: FFmpeg is missing or failed (nothing is left at ``out_path``).
+    """
+    _check_overlay(overlay)
+    duration_s = _positive("duration_s", duration_s)
+    zoom = _positive("zoom", zoom)
+    out = Path(out_path)
+    img = load_image(image_path)
+    full = Box(0, 0, img.width, img.height)
+    if crop_box is None:
+        region = full
+    else:
+        try:
+            region = Box(*(float(v) for v in crop_box))
+        except (TypeError, ValueError):
+            raise InputError(f"crop_box must be [left, top, right, bottom], not {crop_box!r}.",
+                             field="crop_box") from None
+        if region.width < 2 or region.height < 2 or not full.contains(region):
+            raise InputError(f"crop_box {list(crop_box)} is not a region of the "
+                             f"{img.width}x{img.height} image.", file=str(image_path),
+                             field="crop_box", fix="give a box inside the image, or none.")
+    frames = max(1, round(duration_s * FPS))
+    shot, layout_kind = _region_shot(img, region, HOOK_STAGE, frames, zoom)
+
+    font = txt.font_key(font_path)
+    text = txt.clean_text(line, font)
+    sprite = None
+    text_box = None
+    if text:
+        block = txt.fit(text, HOOK_TEXT_AREA, txt.HOOK_STYLE, max_size_px=HOOK_MAX_FONT_PX,
+                        min_size_px=HOOK_MIN_FONT_PX, max_lines=HOOK_MAX_LINES, font_path=font)
+        rgba, text_box = txt.draw_block(block, HOOK_TEXT_AREA, txt.HOOK_STYLE, anchor="top")
+        sprite = Sprite.of(rgba, text_box)
+
+    texts = (sprite,) if overlay == "baked" and sprite is not None else ()
+    compositor = Compositor([(shot, i) for i in range(frames)], [texts] * frames)
+
+    png_path = None
+    if overlay == "separate":
+        png_path = Path(overlay_path) if overlay_path else out.with_name(f"{out.stem}-overlay.png")
+    inputs, audio = _silence()
+    encode_frames(out, frames, compositor.frame, inputs=inputs, audio_filter=audio,
+                  duration_s=frames / FPS, sources=[str(image_path)])
+    if png_path is not None:
+        page = Image.new("RGBA", (FRAME_W_PX, FRAME_H_PX), (0, 0, 0, 0))
+        if sprite is not None:
+            page = txt.full_frame(rgba, text_box, (FRAME_W_PX, FRAME_H_PX))
+        atomic_write_bytes(png_path, _png_bytes(page))
+    return HookClip(path=out, overlay=overlay, overlay_path=png_path, text=text,
+                    text_box=text_box, duration_s=frames / FPS, frames=frames,
+                    layout=layout_kind, region=region)
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    import io
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- body
+
+def _as_page(raw: BodyPage | Mapping[str, Any], index: int) -> BodyPage:
+    if isinstance(raw, BodyPage):
+        return raw
+    if not isinstance(raw, Mapping) or "image_path" not in raw:
+        raise InputError(f"page {index + 1} must have an image_path.", field=f"pages[{index}]")
+    unknown = set(raw) - {"image_path", "narration", "start_s", "end_s"}
+    if unknown:
+        raise InputError(f"page {index + 1} has unknown keys {sorted(unknown)}.",
+                         field=f"pages[{index}]",
+                         fix="use image_path, narration, start_s, end_s.")
+    return BodyPage(**raw)
+
+
+def _page_windows(pages: list[BodyPage], panel_counts: list[int],
+                  reading_wpm: float) -> tuple[str, list[tuple[float, float]],
+                                               list[tuple[float, float]]]:
+    """Return ``(timing, shown, spoken)``: per page, when it is on screen and when its
+    narration runs (seconds), before clamping."""
+    timed = [p.start_s is not None and p.end_s is not None for p in pages]
+    if any(timed) and not all(timed):
+        raise InputError("some pages have start_s/end_s and some do not.", field="pages",
+                         fix="give start_s and end_s (the voice track's audioStartS/"
+                             "audioEndS) for every page, or for none.")
+    if all(timed):
+        spoken = []
+        prev = 0.0
+        for i, p in enumerate(pages):
+            s, e = float(p.start_s), float(p.end_s)
+            if not (math.isfinite(s) and math.isfinite(e)) or s < prev - 1e-6 or e < s:
+                raise InputError(f"page {i + 1} is timed {s}-{e} s after a page ending at "
+                                 f"{prev} s.", field=f"pages[{i}].start_s",
+                                 fix="page windows must be in order and not overlap.")
+            spoken.append((s, e))
+            prev = e
+        shown = []
+        for i, (s, e) in enumerate(spoken):
+            begin = 0.0 if i == 0 else s
+            stop = spoken[i + 1][0] if i + 1 < len(spoken) else e + TAIL_S
+            shown.append((begin, stop))
+        return "voice", shown, spoken
+    shown = []
+    t = 0.0
+    for p, n in zip(pages, panel_counts):
+        words = len(p.narration.split())
+        length = max(words * 60.0 / reading_wpm + PAGE_PAUSE_S, max(1, n) * MIN_PANEL_S)
+        shown.append((t, t + length))
+        t += length
+    return "reading", shown, [(s, e) for s, e in shown]
+
+
+def _fit_duration(timing: str, shown: list[tuple[float, float]],
+                  spoken: list[tuple[float, float]], min_s: float,
+                  max_s: float) -> tuple[float, int, str, list[tuple[float, float]],
+                                         list[tuple[float, float]], bool]:
+    """Apply the duration policy; returns ``(duration_s, pages, policy, shown, spoken,
+    fade)``."""
+    natural = shown[-1][1]
+    if min_s <= natural <= max_s:
+        return natural, len(shown), f"natural length {natural:.2f} s", shown, spoken, False
+    if natural < min_s:
+        if timing == "voice":
+            shown = shown[:-1] + [(shown[-1][0], min_s)]
+            return (min_s, len(shown), f"held the last page: narration ends at "
+                    f"{natural:.2f} s, below min_s {min_s:g} s", shown, spoken, False)
+        k = min_s / natural
+        shown = [(a * k, b * k) for a, b in shown]
+        return (min_s, len(shown), f"slowed the reading pace by x{k:.2f} to reach min_s "
+                f"{min_s:g} s (natural {natural:.2f} s)", shown, shown, False)
+    # too long: end after the last whole page that fits, else cut mid-page with a fade
+    for n in range(len(shown), 0, -1):
+        end = shown[n - 1][1] if timing == "reading" else min(
+            spoken[n - 1][1] + TAIL_S, shown[n - 1][1])
+        if min_s <= end <= max_s:
+            shown = shown[:n - 1] + [(shown[n - 1][0], end)]
+            return (end, n, f"ended after page {n} of {len(spoken)} at {end:.2f} s: the "
+                    f"whole story takes {natural:.2f} s, above max_s {max_s:g} s",
+                    shown, spoken[:n], False)
+    n = next(i for i, (a, b) in enumerate(shown) if b > max_s) + 1
+    shown = shown[:n - 1] + [(shown[n - 1][0], max_s)]
+    return (max_s, n, f"cut in page {n} at max_s {max_s:g} s with a {FADE_S:g} s fade "
+            f"(no page ends between {min_s:g} and {max_s:g} s; natural {natural:.2f} s)",
+            shown, spoken[:n], True)
+
+
+def _split_frames(first: int, last: int, parts: int) -> list[tuple[int, int]]:
+    """Cut frames ``[first, last)`` into ``parts`` runs as equal as whole frames allow."""
+    total = last - first
+    out = []
+    for k in range(parts):
+        a = first + total * k // parts
+        b = first + total * (k + 1) // parts
+        out.append((a, b))
+    return out
+
+
+def _page_shots(img: Image.Image, panels: list[Box] | None, first: int,
+                last: int) -> list[tuple[int, int, Shot]]:
+    """The shots of one page between frames ``first`` and ``last``: one push-in per panel,
+    or a top-to-bottom pan when there are no panels."""
+    page = Box(0, 0, img.width, img.height)
+    blurred = backdrop(img, page)
+    stage_aspect = BODY_STAGE.aspect
+    shots = []
+    if panels:
+        margin = PANEL_MARGIN * min(img.width, img.height)
+        for (a, b), box in zip(_split_frames(first, last, len(panels)), panels):
+            if b <= a:
+                continue
+            region = Box(box.left - margin, box.top - margin, box.right + margin,
+                         box.bottom + margin).clamp(img.width, img.height)
+            dest = fit_inside(region.width, region.height, BODY_STAGE)
+            shots.append((a, b, Shot(img, region, region.zoomed(PANEL_ZOOM), dest, b - a,
+                                     backdrop=blurred, eased=False)))
+        return shots
+    if page.aspect < stage_aspect:  # portrait page: a full-width window slides down it
+        win_h = img.width / stage_aspect
+        start = Box(0, 0, img.width, win_h)
+        end = Box(0, img.height - win_h, img.width, img.height)
+        shots.append((first, last, Shot(img, start, end, BODY_STAGE, last - first,
+                                        backdrop=blurred, eased=True)))
+    else:
+        dest = fit_inside(page.width, page.height, BODY_STAGE)
+        shots.append((first, last, Shot(img, page, page.zoomed(PANEL_ZOOM), dest, last - first,
+                                        backdrop=blurred, eased=False)))
+    return shots
+
+
+def _caption_cues(narrations: list[str], spoken: list[tuple[float, float]], duration_s: float,
+                  font: str | None) -> list[Cue]:
+    style = txt.CAPTION_STYLE
+    width = CAPTION_AREA.width - 2 * style.pad_px
+    height = CAPTION_AREA.height - 2 * style.pad_px
+
+    def lines_of(s: str) -> tuple[str, ...]:
+        return txt.layout(s, CAPTION_FONT_PX, width, style, font).lines
+
+    def fits(s: str) -> bool:
+        block = txt.layout(s, CAPTION_FONT_PX, width, style, font)
+        return len(block.lines) <= CAPTION_MAX_LINES and block.height_px <= height
+
+    cues: list[Cue] = []
+    for narration, (s, e) in zip(narrations, spoken):
+        clean = txt.clean_text(narration, font)
+        if not clean:
+            continue
+        pieces = [lines_of(p) for p in chunk(clean, fits)]
+        for cue in time_cues(pieces, s, e):
+            if cue.start_s >= duration_s:
+                break
+            cues.append(Cue(cue.start_s, min(cue.end_s, round(duration_s, 3)), cue.lines))
+    return cues
+
+
+def _caption_sprite(cue: Cue, font: str | None) -> Sprite:
+    style = txt.CAPTION_STYLE
+    size = CAPTION_FONT_PX
+    block = txt.block(cue.lines, size, style, font)
+    if block.width_px + 2 * style.pad_px > CAPTION_AREA.width or \
+            block.height_px + 2 * style.pad_px > CAPTION_AREA.height:
+        block = txt.fit(cue.text, CAPTION_AREA, style, max_size_px=size,
+                        min_size_px=CAPTION_MIN_FONT_PX, max_lines=CAPTION_MAX_LINES,
+                        font_path=font)
+    rgba, box = txt.draw_block(block, CAPTION_AREA, style, anchor="bottom")
+    return Sprite.of(rgba, box)
+
+
+def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
+                     out_path: str | os.PathLike, *,
+                     voice_mp3: str | os.PathLike | None = None,
+                     music_path: str | os.PathLike | None = None,
+                     music_gain_db: float = -20.0, overlay: Overlay = "baked",
+                     min_s: float = 15.0, max_s: float = 60.0,
+                     reading_wpm: float = DEFAULT_READING_WPM,
+                     font_path: str | os.PathLike | None = None) -> BodyClip:
+    """Render a body clip: the pages panel by panel, the narration as captions, the voice
+    and an optional music bed.
+
+    ``pages`` are :class:`BodyPage` or dicts ``{"image_path", "narration", "start_s",
+    "end_s"}``. **Timing**: with ``start_s``/``end_s`` on every page (the voice track's
+    ``audioStartS``/``audioEndS``) a page is on screen from its start (the first from 0 s) to
+    the next page's start, the last one until 0.8 s after its voice ends; without them each page
+    gets its narration's reading time at ``reading_wpm`` words per minute plus 0.8 s, and at
+    least 1.2 s per panel. Within its time a page's panels (:func:`find_panels`) share it
+    equally, each with a slow push-in; a page whose panels are not found is panned top to
+    bottom. Captions (at most 3 lines of 50 px at the bottom of the safe area) split each
+    page's narration by sentence and are timed within its narration window.
+
+    **Duration policy** (``min_s <= duration <= max_s`` seconds, default 15-60 s, the
+    TikTok/Reels/Shorts feed range):
+
+    * shorter than ``min_s``: with a voice, the last page is held (the voice is never
+      stretched; music, if any, plays on); with reading pace, the pace is slowed evenly;
+    * longer than ``max_s``: the clip ends after the last whole page (plus its 0.8 s tail)
+      that ends between ``min_s`` and ``max_s`` - a body is a teaser, the story need not
+      finish; if no page ends in that range, it is cut at ``max_s`` with a 0.5 s fade-out.
+
+    **Audio**: ``voice_mp3`` plays from 0 s, in step with the page times; ``music_path`` loops
+    under it at ``music_gain_db`` and is ducked by a sidechain compressor while the voice
+    speaks (about 12-18 dB more); with neither, the AAC track is silence.
+    **Overlay**: ``"baked"`` burns the captions in; ``"separate"`` writes a clean clip plus
+    ``<out stem>.vtt`` and ``<out stem>.srt`` beside it.
+
+    Raises:
+        InputError: no pages, a missing/unreadable image, voice or music file, inconsistent
+            page times, or a parameter out of range.
+        RenderError: FFmpeg is missing or failed (nothing is left at ``out_path``).
+    """
+    _check_overlay(overlay)
+    if not pages:
+        raise InputError("a body clip needs at least one page.", field="pages")
+    min_s = _positive("min_s", min_s)
+    max_s = _positive("max_s", max_s)
+    if min_s > max_s:
+        raise InputError(f"min_s {min_s:g} is above max_s {max_s:g}.", field="min_s")
+    reading_wpm = _positive("reading_wpm", reading_wpm)
+    try:
+        music_gain_db = float(music_gain_db)
+    except (TypeError, ValueError):
+        raise InputError(f"music_gain_db must be a number of dB, not {music_gain_db!r}.",
+                         field="music_gain_db") from None
+    voice = _check_file(voice_mp3, "voice_mp3")
+    music = _check_file(music_path, "music_path")
+    out = Path(out_path)
+    font = txt.font_key(font_path)
+
+    specs = [_as_page(p, i) for i, p in enumerate(pages)]
+    images = [load_image(p.image_path) for p in specs]
+    panels = [find_panels(img) for img in images]
+    timing, shown, spoken = _page_windows(specs, [len(p or ()) for p in panels], reading_wpm)
+    natural = shown[-1][1]
+    duration, n_pages, policy, shown, spoken, fade = _fit_duration(timing, shown, spoken,
+                                                                   min_s, max_s)
+    frames = max(1, round(duration * FPS))
+    duration = frames / FPS
+
+    # shots, by frame
+    shots: list[tuple[int, int, Shot]] = []
+    for k in range(n_pages):
+        a = round(shown[k][0] * FPS)
+        b = frames if k == n_pages - 1 else round(shown[k][1] * FPS)
+        if b > a:
+            shots.extend(_page_shots(images[k], panels[k], a, b))
+    shot_of = [None] * frames
+    for a, b, shot in shots:
+        for i in range(a, min(b, frames)):
+            shot_of[i] = (shot, i - a)
+    for i in range(1, frames):  # page times meet exactly; this only guards against rounding
+        if shot_of[i] is None and shot_of[i - 1] is not None:
+            prev, j = shot_of[i - 1]
+            shot_of[i] = (prev, min(j + 1, prev.frames - 1))
+
+    cues = _caption_cues([p.narration for p in specs[:n_pages]], spoken[:n_pages], duration,
+                         font)
+    cue_of: list[Sprite | None] = [None] * frames
+    if overlay == "baked":
+        for cue in cues:
+            sprite = _caption_sprite(cue, font)
+            for i in range(math.ceil(cue.start_s * FPS - 1e-9),
+                           min(frames, math.ceil(cue.end_s * FPS - 1e-9))):
+                cue_of[i] = sprite
+
+    compositor = Compositor(shot_of, [(c,) if c is not None else () for c in cue_of])
+
+    inputs, audio = _audio_graph(voice, music, music_gain_db)
+    vfilter = ""
+    if fade:
+        start = max(0.0, duration - FADE_S)
+        vfilter = f"fade=t=out:st={start:.3f}:d={FADE_S}"
+        audio = audio[:-len("[a]")] + f"[pre];[pre]afade=t=out:st={start:.3f}:d={FADE_S}[a]"
+    sources = [str(p.image_path) for p in specs[:n_pages]] + [s for s in (voice, music) if s]
+    encode_frames(out, frames, compositor.frame, inputs=inputs, video_filter=vfilter,
+                  audio_filter=audio, duration_s=duration, sources=sources)
+
+    vtt = srt = None
+    if overlay == "separate":
+        vtt, srt = out.with_suffix(".vtt"), out.with_suffix(".srt")
+        atomic_write_text(vtt, to_vtt(cues))
+        atomic_write_text(srt, to_srt(cues))
+    return BodyClip(path=out, overlay=overlay, vtt_path=vtt, srt_path=srt, duration_s=duration,
+                    frames=frames, natural_duration_s=round(natural, 3), policy=policy,
+                    timing=timing, pages_shown=n_pages, panels=panels[:n_pages], cues=cues)
+
+
+def _audio_graph(voice: str | None, music: str | None,
+                 gain_db: float) -> tuple[list[str], str]:
+    """FFmpeg inputs (after the frame pipe) and the audio graph ending in ``[a]``.
+
+    The music is ducked with ``sidechaincompress`` keyed by the voice: threshold 0.03
+    (-30 dBFS), ratio 8, attack 20 ms, release 350 ms - speech at -12 to -6 dBFS pulls the
+    music down by about 16-21 dB and lets it back within a third of a second after a pause.
+    """
+    fmt = (f"aresample={AUDIO_RATE_HZ},"
+           f"aformat=sample_fmts=fltp:sample_rates={AUDIO_RATE_HZ}:channel_layouts=stereo")
+    if voice and music:
+        return (["-i", voice, "-stream_loop", "-1", "-i", music],
+                f"[1:a]{fmt},apad,asplit=2[vo][key];"
+                f"[2:a]{fmt},volume={gain_db:g}dB[mu];"
+                f"[mu][key]sidechaincompress=threshold=0.03:ratio=8:attack=20:release=350[duck];"
+                f"[vo][duck]amix=inputs=2:duration=first:normalize=0[a]")
+    if voice:
+        return ["-i", voice], f"[1:a]{fmt},apad[a]"
+    if music:
+        return (["-stream_loop", "-1", "-i", music], f"[1:a]{fmt},volume={gain_db:g}dB[a]")
+    return _silence()

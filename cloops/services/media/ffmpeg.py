@@ -1,0 +1,271 @@
+"""Run the FFmpeg that imageio-ffmpeg ships: find it, check it, encode frames into an MP4.
+
+The binary comes from the ``imageio-ffmpeg`` wheel on PyPI (a static build with libx264, the
+native ``aac`` encoder and libass; GPLv3, see :mod:`cloops.services.media`). ``IMAGEIO_FFMPEG_EXE``
+points it elsewhere (imageio-ffmpeg's own variable); that FFmpeg needs ``libx264`` and ``aac``.
+
+Output is deterministic and atomic:
+
+* deterministic - the same frames and audio give the same bytes: ``-fflags +bitexact`` and
+  ``-flags +bitexact`` on both encoders (no version strings or times in the file; the AAC
+  encoder uses its exact C arithmetic), ``-map_metadata -1``, a fixed thread count for
+  libx264 (its output depends on the count, never on timing, unless ``--non-deterministic``
+  is set), one filter thread, swscale's ``bitexact`` flag, and fixed encoder settings
+  (BRIEF.md "Rendering"; x264 ``--help``: "--non-deterministic ... at the cost of
+  repeatability"). Tested on one machine and FFmpeg build; another CPU or another
+  imageio-ffmpeg release may give other (equally valid) bytes;
+* atomic - FFmpeg writes ``.<name>.<pid>-<thread>-<n>.tmp`` beside the target (the pattern
+  :func:`cloops.fileio.remove_temp_files` cleans), including its second ``+faststart`` pass,
+  and the file is renamed into place only once FFmpeg succeeded; on any failure it is deleted.
+
+Errors (all :class:`~cloops.errors.CloopsError`, never a raw traceback)::
+
+    RenderError     FFmpeg missing, unusable, or the encode failed: names the output file,
+                    the inputs, FFmpeg's last message and the fix
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import tempfile
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ...core.errors import CloopsError
+from .layout import FPS, FRAME_H_PX, FRAME_W_PX
+
+# libx264 settings. "superfast" keeps a 20 s body under half its running time on 2 cores
+# (benchmarks/render_bench.py) with CABAC and B-frames still on; CRF 20 is visually clean for
+# flat comic art. Keyframes at least every 2 s let an editor cut anywhere without re-encoding
+# much. Colour is tagged BT.709, the HD default platforms assume.
+X264_PRESET = "superfast"
+X264_CRF = 20
+X264_THREADS = 2
+GOP_FRAMES = 2 * FPS
+AUDIO_RATE_HZ = 48000
+AUDIO_BITRATE = "128k"
+
+_SEQ = itertools.count()
+
+
+class RenderError(CloopsError):
+    """Rendering a clip failed: FFmpeg is missing or unusable, or the encode failed.
+
+    Attributes:
+        file: the output file that was not written.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, fix: str | None = None):
+        text = f"{file}: {message}" if file else message
+        if fix:
+            text += f" Fix: {fix}"
+        super().__init__(text)
+        self.file = file
+        self.fix = fix
+
+
+def ffmpeg_exe() -> str:
+    """Return the path of the FFmpeg binary (imageio-ffmpeg's, or ``IMAGEIO_FFMPEG_EXE``).
+
+    Raises:
+        RenderError: imageio-ffmpeg is not installed or has no binary for this platform.
+    """
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise RenderError("the imageio-ffmpeg package is not installed.",
+                          fix="pip install imageio-ffmpeg (cloops depends on it: reinstall "
+                              "cloops).") from None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:
+        raise RenderError("imageio-ffmpeg has no FFmpeg binary for this platform.",
+                          fix="install a wheel of imageio-ffmpeg built for it, or set "
+                              "IMAGEIO_FFMPEG_EXE to an FFmpeg with libx264 and aac.") from None
+
+
+@lru_cache(maxsize=8)
+def _checked(exe: str) -> None:
+    try:
+        out = subprocess.run([exe, "-hide_banner", "-encoders"], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RenderError(f"cannot run FFmpeg at {exe} ({exc.__class__.__name__}).",
+                          fix="reinstall imageio-ffmpeg, or unset/correct "
+                              "IMAGEIO_FFMPEG_EXE.") from None
+    missing = [enc for enc in ("libx264", "aac") if f" {enc} " not in out.stdout]
+    if missing:
+        raise RenderError(f"FFmpeg at {exe} lacks the encoder(s) {', '.join(missing)}.",
+                          fix="unset IMAGEIO_FFMPEG_EXE to use imageio-ffmpeg's build, or "
+                              "point it to an FFmpeg built with libx264.")
+
+
+def check_ffmpeg() -> str:
+    """Return the FFmpeg path after checking once per process that it runs and encodes
+    H.264 (libx264) and AAC.
+
+    Raises:
+        RenderError: no FFmpeg, it does not run, or it lacks an encoder.
+    """
+    exe = ffmpeg_exe()
+    _checked(exe)
+    return exe
+
+
+def temp_path_for(path: Path) -> Path:
+    """A temp file name beside ``path`` in the pattern :mod:`cloops.fileio` uses."""
+    return path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}-{next(_SEQ)}.tmp"
+
+
+def video_output_args() -> list[str]:
+    """The libx264 + MP4 output arguments every clip uses (deterministic, ``+faststart``)."""
+    return [
+        "-c:v", "libx264", "-preset", X264_PRESET, "-crf", str(X264_CRF),
+        "-profile:v", "high", "-pix_fmt", "yuv420p", "-g", str(GOP_FRAMES),
+        "-threads", str(X264_THREADS),
+        "-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709",
+        "-color_range", "tv",
+        "-c:a", "aac", "-b:a", AUDIO_BITRATE, "-ar", str(AUDIO_RATE_HZ), "-ac", "2",
+        "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact",
+        "-map_metadata", "-1", "-map_chapters", "-1",
+        "-movflags", "+faststart", "-f", "mp4",
+    ]
+
+
+# the RGBX frames FFmpeg reads from its stdin, converted to BT.709 limited-range 4:2:0;
+# "bitexact" keeps swscale on code that gives the same bytes on every CPU (its SIMD paths
+# round differently), at no measurable cost for a conversion without scaling
+RGB_TO_YUV = ("scale=out_color_matrix=bt709:out_range=tv:flags=bicubic+bitexact,"
+              "format=yuv420p")
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def encode_frames(out_path: str | os.PathLike, frame_count: int,
+                  make_frame: Callable[[int], Sequence[bytes | memoryview]], *, inputs: Sequence[str] = (),
+                  video_filter: str = "", audio_filter: str, duration_s: float,
+                  sources: Sequence[str] = (), workers: int = 2) -> None:
+    """Encode ``frame_count`` RGB frames and an audio graph into ``out_path`` (MP4),
+    atomically.
+
+    ``make_frame(i)`` returns frame ``i`` as buffers whose concatenation is 1080x1920x4 bytes
+    of RGBX (rows top to bottom, the 4th byte ignored): a frame whose still rows are shared
+    need not be copied.
+
+    ``inputs`` are FFmpeg input arguments after the frame pipe (input 0), e.g.
+    ``["-i", "voice.mp3"]``; ``audio_filter`` is a filter graph ending in ``[a]``;
+    ``video_filter`` is appended to the RGB->YUV conversion of ``[0:v]``. ``workers`` threads
+    make frames ahead of the encoder (Pillow releases the GIL while it resamples); frames are
+    written in order, so the output does not depend on their timing. ``sources`` name the
+    input files in error messages.
+
+    Raises:
+        RenderError: FFmpeg missing or failed (the temp file is removed, the target untouched).
+    """
+    exe = check_ffmpeg()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(out)
+    vchain = RGB_TO_YUV + (f",{video_filter}" if video_filter else "")
+    cmd = [
+        exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        "-filter_threads", "1", "-filter_complex_threads", "1",
+        "-f", "rawvideo", "-pix_fmt", "rgb0", "-s", f"{FRAME_W_PX}x{FRAME_H_PX}",
+        "-framerate", str(FPS), "-i", "pipe:0",
+        *inputs,
+        "-filter_complex", f"[0:v]{vchain}[v];{audio_filter}",
+        "-map", "[v]", "-map", "[a]",
+        *video_output_args(),
+        "-t", f"{duration_s:.6f}",
+        str(tmp),
+    ]
+    with tempfile.TemporaryFile() as errlog:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=errlog, bufsize=0)
+        except OSError as exc:
+            raise RenderError(f"cannot start FFmpeg at {exe} ({exc.__class__.__name__}).",
+                              file=str(out),
+                              fix="reinstall imageio-ffmpeg, or correct IMAGEIO_FFMPEG_EXE."
+                              ) from None
+        _widen_pipe(proc.stdin.fileno())
+        ok = False
+        try:
+            broken = _feed(proc, frame_count, make_frame, workers)
+            proc.stdin.close()
+            rc = proc.wait()
+            if rc != 0 or broken:
+                errlog.seek(0)
+                tail = errlog.read().decode("utf-8", "replace").strip().splitlines()[-6:]
+                what = f" from {', '.join(sources)}" if sources else ""
+                raise RenderError(
+                    f"FFmpeg failed to encode the clip{what} (exit {rc}): "
+                    f"{' | '.join(tail) or 'no message'}",
+                    file=str(out),
+                    fix="check that the input files named above are readable audio/images; "
+                        "CLOOPS_DEBUG=1 shows the whole command.")
+            try:
+                os.replace(tmp, out)
+            except OSError as exc:
+                raise RenderError(f"cannot move the finished clip into place ({exc.strerror}).",
+                                  file=str(out), fix="check that the folder is writable and "
+                                  "the target is not a directory.") from None
+            ok = True
+        finally:
+            if not ok:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                if os.environ.get("CLOOPS_DEBUG"):
+                    print("ffmpeg command:", " ".join(cmd))
+
+
+def _widen_pipe(fd: int) -> None:
+    """Give the frame pipe a 1 MiB buffer (Linux; the default is 64 KiB): a 8 MB frame then
+    crosses in 8 writes instead of 128, which saves both processes thousands of context
+    switches per second of video. Best effort: elsewhere the default stays."""
+    try:
+        import fcntl
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+def _feed(proc: subprocess.Popen, frame_count: int,
+          make_frame: Callable[[int], Sequence[bytes | memoryview]], workers: int) -> bool:
+    """Write the frames to FFmpeg's stdin in order; True if FFmpeg closed its input early."""
+    fd = proc.stdin.fileno()
+    ahead = max(1, workers) * 2  # frames in flight: bounds memory to a few 6 MB frames
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque = deque()
+        next_index = 0
+        try:
+            while next_index < frame_count or pending:
+                while next_index < frame_count and len(pending) < ahead:
+                    pending.append(pool.submit(make_frame, next_index))
+                    next_index += 1
+                for buf in pending.popleft().result():
+                    _write_all(fd, buf)
+        except BrokenPipeError:
+            for fut in pending:
+                fut.cancel()
+            return True
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+    return False
