@@ -19,7 +19,7 @@ from ..core.fileio import atomic_write_json, sha256_json
 from ..data.project import Project, StoryRef
 from .engine import step_values
 from .plan import plan_of
-from .steps import ItemInput, PartInput, StoryValue
+from .steps import ItemInput, PartInput, StoryValue, value_name
 from .targets import story_lock
 
 STATE_DIR = ".cloops"
@@ -34,10 +34,8 @@ def template_state(proj: Project, tpl) -> dict[str, str]:
         for inp in step.inputs.values():
             if isinstance(inp, StoryValue):
                 skip.add(f"story {inp.field or 'input'}")
-            elif isinstance(inp, PartInput):
-                skip.add(f"{inp.path} {inp.key}")
-            elif isinstance(inp, ItemInput):
-                skip.add(f"{plan_of(tpl).foreach_source} item None")
+            elif isinstance(inp, (PartInput, ItemInput)):
+                skip.add(value_name(inp, plan_of(tpl).foreach_source))
         for k, v in step_values(proj, tpl, step, ref, {}, None, None).items():
             if k not in skip and k != "annotations":
                 state[f"{step.name}: {k}"] = v

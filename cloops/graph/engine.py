@@ -33,7 +33,8 @@ from ..data.project import Project, StoryRef
 from ..data.template import Template
 from .locks import is_locked, mark_stale
 from .plan import Plan, plan_of
-from .steps import DepContext, ItemInput, PartInput, Step, StepContext, StoryValue, short_value
+from .steps import (DepContext, ItemInput, PartInput, Step, StepContext, StoryValue, selected,
+                    short_value, value_name)
 from .targets import remove_target
 
 INPUTS_KEY = "_cloops_inputs"
@@ -142,10 +143,10 @@ def value_inputs(tpl: Template, step: Step, story_input: dict, n: int | None,
         if isinstance(inp, StoryValue):
             out[name] = story_input if inp.field is None else story_input.get(inp.field)
         elif isinstance(inp, ItemInput):
-            out[name] = fan.items[n - 1] if fan and fan.items and n else None
+            out[name] = selected(inp, fan.items[n - 1] if fan and fan.items and n else None)
         elif isinstance(inp, PartInput):
             data = fan.data if fan else None
-            out[name] = data.get(inp.key) if isinstance(data, dict) else None
+            out[name] = selected(inp, data.get(inp.key) if isinstance(data, dict) else None)
     return out
 
 
@@ -164,11 +165,11 @@ def step_values(proj: Project, tpl: Template, step: Step, story: StoryRef, item_
             values[f"story {inp.field or 'input'}"] = short_value(v)
         elif isinstance(inp, ItemInput):
             it = fan.items[n - 1] if fan and fan.items and n else None
-            values[f"{plan.foreach_source} item {n}"] = short_value(it)
+            values[value_name(inp, plan.foreach_source, n)] = short_value(selected(inp, it))
         elif isinstance(inp, PartInput):
             data = fan.data if fan and inp.path == plan.foreach_source else None
             v = data.get(inp.key) if isinstance(data, dict) else None
-            values[f"{inp.path} {inp.key}"] = short_value(v)
+            values[value_name(inp, plan.foreach_source)] = short_value(selected(inp, v))
     spec = None
     if step.service:
         spec = proj.resolved(tpl.name, step.service).spec
