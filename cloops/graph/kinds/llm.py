@@ -111,6 +111,13 @@ class LLMStep(Step):
         out = self.write(data, job.inputs, job.ctx) if self.write else data
         job.write(job.rel, out, made_by=made_by, offline=offline)
 
+    def prepare(self, job: StepRun) -> tuple[str, Any, tuple[tuple[str, bytes], ...]]:
+        """The user message, the offline draft (only offline backends use it) and the images
+        (``(mime type, bytes)``) of one task's request. Kinds built on this one (a judge
+        showing the page image) add to it."""
+        inputs, ctx = job.inputs, job.ctx
+        return self.user(inputs, ctx), (self.draft(inputs, ctx) if self.draft else None), ()
+
     def answer(self, job: StepRun) -> tuple[Any, str, bool]:
         """Call the LLM, validate, re-ask with the errors when invalid.
 
@@ -125,8 +132,7 @@ class LLMStep(Step):
         backend = job.services.backend("llm")
         settings = self.llm_settings(tpl)
         schema = self.schema_of(tpl)
-        user = self.user(inputs, ctx)
-        draft = self.draft(inputs, ctx) if self.draft else None  # only offline backends use it
+        user, draft, images = self.prepare(job)
         llm_cfg = tpl.config.engine.llm
         tries = 1 + (0 if backend.offline else llm_cfg.schema_retries)
         feedback = ""
@@ -143,7 +149,7 @@ class LLMStep(Step):
                              model=settings["model"], reasoning=settings["reasoning"],
                              verbosity=settings["verbosity"], schema=schema,
                              schema_name=(self.schema or self.name).removesuffix(".json"),
-                             timeout_s=llm_cfg.timeout_s, draft=draft)
+                             timeout_s=llm_cfg.timeout_s, draft=draft, images=images)
             first = first or req
             last = job.services.complete(req, accept=valid)
             u = last.usage
