@@ -592,6 +592,12 @@ def judge_story_user(inputs, ctx) -> str:
     return "\n".join(lines)
 
 
+def drawn_page(page) -> dict:
+    """What the vision judge reads of a page's entry: its title and panels (the narration is
+    read aloud, never drawn)."""
+    return {"title": page.get("title", ""), "panels": page.get("panels") or []}
+
+
 def judge_page_user(inputs, ctx) -> str:
     page = inputs["page"]
     lines = [_characters_block(inputs["characters"]), "", f"Page {ctx.n}: {page['title']}",
@@ -640,7 +646,8 @@ EVAL_STEPS = [
               enabled="evals.judge.pages",
               doc="vision judge (opt-in, paid): character consistency, stray text in the image",
               system_prompt="judge-page.md", schema="judge-page.json",
-              inputs={"page": item(), "characters": part("pages.json", "characters"),
+              inputs={"page": item(select=drawn_page),
+                      "characters": part("pages.json", "characters"),
                       "image": file("images/{n}.jpg")},
               images=("image",), user=judge_page_user),
 ]
