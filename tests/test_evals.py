@@ -209,3 +209,30 @@ def test_prose_measures():
         "signs", "speech bubbles"]
     assert prose.reading_grade("The cat sat on the mat. The dog ran.") < 1
     assert prose.reading_grade("Interpreting Pharaoh's complicated dreams meticulously.") > 8
+
+
+def test_status_and_report_show_the_score_and_the_failed_checks(built):
+    p = built.story_dir("noah-s-ark") / "prompts" / "3.txt"
+    p.write_text(p.read_text().replace("focus on", "a speech bubble over Noah, focus on", 1))
+    assert built.doit("build:comic-books-standard/noah-s-ark").rc == 0
+    status = built.doit("status", "comic-books-standard/noah-s-ark")
+    assert status.rc == 0, status.err
+    head = status.out.splitlines()[0]
+    assert "score –" in head and "needs review (1 failed check)" in head
+    assert "check visual-only failed (page 3 panel 1)" in status.out
+    data = json.loads(built.doit("status", "comic-books-standard/noah-s-ark", "--json").out)
+    ev = data["stories"][0]["evals"]
+    assert ev["needsReview"] is True and ev["checks"]["fail"] == 1
+    assert ev["failed"][0].startswith("visual-only (page 3 panel 1)")
+    kids = json.loads(built.doit("status", "comic-books-kids/noah-s-ark", "--json").out)
+    assert kids["stories"][0]["evals"]["needsReview"] is False
+
+    report = built.doit("report", "--by", "story")
+    assert report.rc == 0, report.err
+    row = next(line for line in report.out.splitlines()
+               if "comic-books-standard" in line and "noah-s-ark" in line)
+    assert "visual-only" in row and "–" in row
+    assert "1 stories need review (evals.json): comic-books-standard/noah-s-ark" in report.out
+    rows = json.loads(built.doit("report", "--by", "story", "--json").out)["story"]
+    mine = next(r for r in rows if r["template"] == STD)
+    assert mine["needs_review"] is True and mine["score"] is None
