@@ -236,3 +236,12 @@ def test_status_and_report_show_the_score_and_the_failed_checks(built):
     rows = json.loads(built.doit("report", "--by", "story", "--json").out)["story"]
     mine = next(r for r in rows if r["template"] == STD)
     assert mine["needs_review"] is True and mine["score"] is None
+
+
+def test_the_build_output_names_the_stories_that_need_review(built):
+    p = built.story_dir("noah-s-ark") / "prompts" / "1.txt"
+    p.write_text(p.read_text().replace("focus on", "a caption under the ark, focus on", 1))
+    run = built.doit("build:comic-books-standard/noah-s-ark")
+    assert run.rc == 0, run.out + run.err
+    assert "1 stories need review" in run.out
+    assert "comic-books-standard/noah-s-ark: check visual-only failed (page 1 panel 1)" in run.out
