@@ -171,6 +171,8 @@ def test_editing_page_2_narration_reruns_only_the_evals_that_read_it(built):
     long = result(kids_data, "sentence-length", page=2)  # a hand edit: no longer a draft
     assert long["result"] == "fail" and long["evidence"][0]["where"] == "sentence 1"
     assert result(kids_data, "sentence-length", page=1)["result"] == "pass"
+    reading = result(kids_data, "reading-level")  # measured now that a person wrote some
+    assert "Flesch-Kincaid grade" in reading["evidence"][0]["note"]
     assert run.calls == [c for c in run.calls if c["offline"]]  # nothing paid
 
 
@@ -209,6 +211,8 @@ def test_prose_measures():
         "signs", "speech bubbles"]
     assert prose.reading_grade("The cat sat on the mat. The dog ran.") < 1
     assert prose.reading_grade("Interpreting Pharaoh's complicated dreams meticulously.") > 8
+    # names the pronouncing dictionary does not know are counted by hyphenation
+    assert prose.reading_grade("Jonah sails to Tarshish. The Levite passes by Moriah.") > 0
 
 
 def test_status_and_report_show_the_score_and_the_failed_checks(built):

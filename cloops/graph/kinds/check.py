@@ -14,6 +14,7 @@ offending words, a sentence for people) — see :func:`verdict` and :func:`evide
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,9 +97,13 @@ class CheckStep(Step):
             results = list(self.run(inputs, job.ctx))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             # a hand edit the check cannot read is a finding, not a crash of the story
+            if os.environ.get("CLOOPS_DEBUG"):
+                raise
             results = [verdict(self.name, [evidence(
-                f"could not read what it judges ({type(exc).__name__}: {exc}); correct the "
-                "hand edit or delete the file to regenerate it", page=n)])]
+                f"the check could not judge {expand(self.subject, n) or 'its input'} "
+                f"({type(exc).__name__}: {exc}): if it was edited by hand, correct the edit "
+                "or delete the file to regenerate it (CLOOPS_DEBUG=1 shows where it failed)",
+                page=n)])]
         for r in results:
             if not (isinstance(r, dict) and isinstance(r.get("name"), str)
                     and r.get("result") in RESULTS and isinstance(r.get("evidence"), list)):
