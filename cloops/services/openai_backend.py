@@ -273,7 +273,9 @@ class OpenAIResponsesBackend(_SDKBackend):
         timeout_s: client default timeout in seconds (each call uses ``request.timeout_s``).
         max_retries: the SDK's own retries of 408/409/429/5xx and connection errors.
 
-    Sends ``model``, ``input`` (a system and a user message), ``reasoning.effort`` (omitted when
+    Sends ``model``, ``input`` (a system and a user message; with ``request.images`` the user
+    message's content is an ``input_text`` part and ``input_image`` parts:
+    :func:`responses_user_content`), ``reasoning.effort`` (omitted when
     None), ``text.format`` (strict ``json_schema``, omitted without a schema) and
     ``text.verbosity`` (omitted when None).
     """
