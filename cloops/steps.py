@@ -5,19 +5,26 @@ A face over :mod:`cloops.graph.steps` (inputs, the :class:`Step` base, :func:`st
 
     from cloops.steps import LLMStep, ImageStep, file, item, story
 
+No-call checks and judged evals: :class:`CheckStep` (with :func:`verdict`, :func:`evidence`
+and the text measures of :mod:`prose`), :class:`JudgeStep`, :class:`EvalsStep`.
+
 A new kind is a :class:`Step` subclass with an ``execute(job)``, registered with
 ``@step_kind("<name>")`` — in a template's ``workflow.py``, or in a plugin module (entry-point
 group ``cloops.step_kinds``, or ``CLOOPS_PLUGINS``).
 """
 
-from .graph.kinds import AssembleStep, BundleStep, ImageStep, LLMStep, VoiceStep
+from .core import prose
+from .graph.kinds import (AssembleStep, BundleStep, CheckStep, EvalsStep, ImageStep, JudgeStep,
+                          LLMStep, VoiceStep)
+from .graph.kinds.check import evidence, verdict
 from .graph.steps import (CollectionInput, DepContext, EachInput, FileInput, ForEach, ItemInput,
                           PartInput, Services, Step, StepContext, StepRun, StoryValue, ViewInput,
                           collection, derive, each, expand, file, item, part, short_value,
                           step_kind, story, view)
 
-__all__ = ["AssembleStep", "BundleStep", "CollectionInput", "DepContext", "EachInput",
-           "FileInput", "ForEach", "ImageStep", "ItemInput", "LLMStep", "PartInput", "Services",
-           "Step", "StepContext", "StepRun", "StoryValue", "ViewInput", "VoiceStep", "collection",
-           "derive", "each", "expand", "file", "item", "part", "short_value", "step_kind",
-           "story", "view"]
+__all__ = ["AssembleStep", "BundleStep", "CheckStep", "CollectionInput", "DepContext",
+           "EachInput", "EvalsStep", "FileInput", "ForEach", "ImageStep", "ItemInput",
+           "JudgeStep", "LLMStep", "PartInput", "Services", "Step", "StepContext", "StepRun",
+           "StoryValue", "ViewInput", "VoiceStep", "collection", "derive", "each", "evidence",
+           "expand", "file", "item", "part", "prose", "short_value", "step_kind", "story",
+           "verdict", "view"]

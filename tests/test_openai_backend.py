@@ -388,3 +388,44 @@ def test_warm_up_parses_its_canned_answer_without_the_network(cls_name, path):
     wire._TLS.clear()
     cls.warm_up()  # and the real entry point neither raises nor reaches a server
     assert wire._TLS, "warm_up loads the shared TLS context"
+
+
+# ---------------------------------------------------------------- images shown to the model
+
+JPEG = b"\xff\xd8\xff\xe0fake-jpeg-bytes\xff\xd9"
+PNG = b"\x89PNG\r\n\x1a\nfake-png"
+
+
+def test_images_are_sent_as_input_image_parts_after_the_text(srv, backend):
+    backend.complete(request(images=(("image/jpeg", JPEG), ("image/png", PNG))))
+    user = srv.last.body["input"][1]
+    assert user["role"] == "user"
+    assert [p["type"] for p in user["content"]] == ["input_text", "input_image", "input_image"]
+    assert user["content"][0]["text"] == "Noah builds an ark."
+    assert {p["detail"] for p in user["content"][1:]} == {"auto"}
+    assert user["content"][1]["image_url"].startswith("data:image/jpeg;base64,")
+    assert srv.last.images == [("image/jpeg", JPEG), ("image/png", PNG)]
+
+
+def test_chat_sends_images_as_image_url_parts(srv, chat):
+    chat.complete(request(model="llava", images=(("image/jpeg", JPEG),)))
+    content = srv.last.body["messages"][1]["content"]
+    assert [p["type"] for p in content] == ["text", "image_url"]
+    assert srv.last.images == [("image/jpeg", JPEG)]
+
+
+def test_images_are_part_of_the_cache_key_and_absent_without_them():
+    plain = request()
+    assert "images" not in plain.cache_key()  # keys of requests without images are unchanged
+    one = request(images=(("image/jpeg", JPEG),))
+    other = request(images=(("image/jpeg", JPEG + b"x"),))
+    assert one.cache_key() != plain.cache_key() != other.cache_key() != one.cache_key()
+    assert "fake-jpeg" not in repr(one)  # bytes never printed
+
+
+def test_the_fake_rejects_an_image_part_the_api_would(srv, backend):
+    params = OpenAIResponsesBackend.request_params(request(images=(("image/jpeg", JPEG),)))
+    del params["input"][1]["content"][1]["detail"]
+    import openai
+    with pytest.raises(openai.BadRequestError, match="detail"):
+        backend.client.responses.create(**params)

@@ -177,12 +177,15 @@ def test_second_take_then_pick_the_first_costs_nothing_more(one):
     assert run.calls == []
     assert (sdir / "images" / "2.jpg").read_bytes() == first
     assert jdoit(one, "takes", target, env=TAKES)["current"] == 1
-    assert {r["task"] for r in status(one, "noah-s-ark", env=TAKES)[KEY]["stale"]} == {
-        f"story-data:{KEY}", f"bundle:{KEY}"}
+    # what reads image 2: the assembled steps, and its vision judge (switched off: no call)
+    # with evals.json after it
+    downstream = {f"story-data:{KEY}", f"bundle:{KEY}", f"judge-page:{KEY}/2", f"evals:{KEY}"}
+    assert {r["task"] for r in status(one, "noah-s-ark", env=TAKES)[KEY]["stale"]} == downstream
 
     run = ok(one.doit("build:noah-s-ark", env=TAKES))
     assert run.calls == []
-    assert ran(run) == {f"story-data:{KEY}", f"bundle:{KEY}"}  # only assembled steps
+    # evals.json only runs when a judgement changed: the judge is off, it wrote the same file
+    assert ran(run) == downstream - {f"evals:{KEY}"}
     assert (sdir / "bundle" / "2.jpg").read_bytes() == first
     assert ok(one.doit("build:noah-s-ark", env=TAKES)).calls == []
 
@@ -203,6 +206,15 @@ def test_status_names_exactly_what_the_next_build_runs(two):
     images = ", ".join(f"image {i}" for i in range(1, n + 1))
     expect[f"story-data:{KEY}"] = [f"because {images} will be rebuilt"]
     expect[f"bundle:{KEY}"] = [f"because {images}, story-data will be rebuilt"]
+    # the evals that read what is rebuilt: each page prompt's check, each image's vision
+    # judge, and evals.json that gathers them
+    expect.update({f"check-prompt:{KEY}/{i}": [f"because prompt {i} will be rebuilt"]
+                   for i in range(1, n + 1)})
+    expect.update({f"judge-page:{KEY}/{i}": [f"because image {i} will be rebuilt"]
+                   for i in range(1, n + 1)})
+    evals = [f"check-prompt {i}" for i in range(1, n + 1)] + [f"judge-page {i}"
+                                                              for i in range(1, n + 1)]
+    expect[f"evals:{KEY}"] = [f"because {', '.join(evals)} will be rebuilt"]
     assert noah == expect
 
     david = {r["task"]: r["reasons"] for r in st_[OTHER]["stale"]}
@@ -212,10 +224,13 @@ def test_status_names_exactly_what_the_next_build_runs(two):
     assert st_[OTHER]["handEdited"] == [{"target": "narrative.md", "why": "hand-edit"}]
 
     run = ok(two.doit("build:noah-s-ark", "build:david-and-goliath", env=FAKE))
-    # what status is sure of runs; what reads only values of a rebuilt file ("maybe": the
-    # characters' sheets, read from cast.json, which keeps every entry) may not
+    # everything that runs was named; what status is sure of runs, but for what reads only
+    # values of a rebuilt file ("maybe": the characters' sheets, read from cast.json, which
+    # keeps every entry) and the evals.json of checks rebuilt the same
+    predicted = set(noah) | set(david)
     sure = {r["task"] for s in (KEY, OTHER) for r in st_[s]["stale"] if not r.get("maybe")}
-    assert sure <= ran(run) <= set(noah) | set(david)
+    assert ran(run) <= predicted
+    assert sure - ran(run) <= {f"evals:{KEY}", f"evals:{OTHER}"}
     assert f"sheet:{OTHER}/david" in david and f"sheet:{OTHER}/david" not in ran(run)
     called = {f"{c['step']}:{c['template']}/{c['story']}" +
               (f"/{m.group(1)}" if (m := re.search(r"/(\d+)\.", c["target"])) else "")

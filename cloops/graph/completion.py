@@ -19,7 +19,7 @@ from ..core.fileio import atomic_write_json, sha256_file, sha256_json
 from ..data.project import Project, StoryRef
 from .engine import Sources, step_values
 from .plan import plan_of
-from .steps import ItemInput, PartInput, StoryValue, ViewInput
+from .steps import ItemInput, PartInput, StoryValue, ViewInput, value_name
 from .targets import story_lock
 
 STATE_DIR = ".cloops"
@@ -35,11 +35,11 @@ def template_state(proj: Project, tpl) -> dict[str, str]:
             if isinstance(inp, StoryValue):
                 skip.add(f"story {inp.field or 'input'}")
             elif isinstance(inp, PartInput):
-                skip.add(f"{inp.path} {inp.key}")
+                skip.add(value_name(inp, None))
             elif isinstance(inp, ViewInput):
                 skip.add(f"{inp.path} view {name}")
             elif isinstance(inp, ItemInput):
-                skip.add(f"{step.foreach.source if step.foreach else '-'} item None")
+                skip.add(value_name(inp, step.foreach.source if step.foreach else "-"))
         for k, v in step_values(proj, tpl, step, ref, {}, None, None).items():
             if k not in skip and k != "annotations":
                 state[f"{step.name}: {k}"] = v

@@ -38,7 +38,7 @@ from ..data.template import Template
 from .locks import is_locked, mark_stale
 from .plan import Plan, plan_of, value_paths
 from .steps import (CollectionInput, DepContext, ItemInput, Key, PartInput, Step, StepContext,
-                    StoryValue, ViewInput, short_value)
+                    StoryValue, ViewInput, selected, short_value, value_name)
 from .targets import remove_target
 
 INPUTS_KEY = "_cloops_inputs"
@@ -305,10 +305,11 @@ def value_inputs(tpl: Template, step: Step, story_input: dict, n: Key | None,
         if isinstance(inp, StoryValue):
             out[name] = story_input if inp.field is None else story_input.get(inp.field)
         elif isinstance(inp, ItemInput):
-            out[name] = sources.item(step.foreach.source, n) if sources and step.foreach else None
+            out[name] = selected(inp, sources.item(step.foreach.source, n)
+                                 if sources and step.foreach else None)
         elif isinstance(inp, PartInput):
             data = sources.data(inp.path) if sources else None
-            out[name] = data.get(inp.key) if isinstance(data, dict) else None
+            out[name] = selected(inp, data.get(inp.key) if isinstance(data, dict) else None)
         elif isinstance(inp, ViewInput):
             views.append((name, inp))
         elif isinstance(inp, CollectionInput):
@@ -337,10 +338,10 @@ def step_values(proj: Project, tpl: Template, step: Step, story: StoryRef, item_
         if isinstance(inp, StoryValue):
             values[f"story {inp.field or 'input'}"] = short_value(have[name])
         elif isinstance(inp, ItemInput):
-            values[f"{step.foreach.source if step.foreach else '-'} item {n}"] = \
+            values[value_name(inp, step.foreach.source if step.foreach else "-", n)] = \
                 short_value(have[name])
         elif isinstance(inp, PartInput):
-            values[f"{inp.path} {inp.key}"] = short_value(have[name])
+            values[value_name(inp, None)] = short_value(have[name])
         elif isinstance(inp, ViewInput):
             values[f"{inp.path} view {name}"] = short_value(have[name])
         elif isinstance(inp, CollectionInput):

@@ -63,7 +63,13 @@ class FileInput:
 
 @dataclass(frozen=True)
 class ItemInput:
-    """The current foreach item (one page of ``pages.json``) — a value dependency."""
+    """The current foreach item (one page of ``pages.json``) — a value dependency.
+
+    ``select(item)``: depend on (and receive) only that projection of the item, e.g. the
+    page's narration: editing the rest of the page does not make the step stale.
+    """
+
+    select: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,11 +77,13 @@ class PartInput:
     """One top-level key of a JSON artifact (``characters`` of ``pages.json``) — a value dependency.
 
     Only what the key holds matters: editing another part of the file does not make the
-    step stale.
+    step stale. ``select(value)``: only that projection of it matters (and is received), e.g.
+    the number of panels of each page.
     """
 
     path: str
     key: str
+    select: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,14 +119,30 @@ def file(path: str) -> FileInput:
     return FileInput(path)
 
 
-def item() -> ItemInput:
-    """Depend on the current foreach item only (e.g. page n's entry of ``pages.json``)."""
-    return ItemInput()
+def item(select: Callable[[Any], Any] | None = None) -> ItemInput:
+    """Depend on the current foreach item only (e.g. page n's entry of ``pages.json``), or on
+    ``select(item)`` only (a module-level function: doit's process mode pickles tasks)."""
+    return ItemInput(select)
 
 
-def part(path: str, key: str) -> PartInput:
-    """Depend on one top-level key of a JSON artifact, e.g. ``part("pages.json", "characters")``."""
-    return PartInput(path, key)
+def part(path: str, key: str, select: Callable[[Any], Any] | None = None) -> PartInput:
+    """Depend on one top-level key of a JSON artifact, e.g. ``part("pages.json", "characters")``,
+    or on ``select(value)`` only."""
+    return PartInput(path, key, select)
+
+
+def value_name(inp: ItemInput | PartInput, source: str | None, n: "Key | None" = None) -> str:
+    """The name an item or part input's value goes by in a task's dependencies (``doit info``
+    shows it): ``pages.json item 2``, ``pages.json characters``, with the ``select``
+    function's name when it has one (``pages.json pages (panel_counts)``)."""
+    name = (f"{inp.path} {inp.key}" if isinstance(inp, PartInput) else f"{source} item {n}")
+    return name + (f" ({getattr(inp.select, '__name__', 'select')})" if inp.select else "")
+
+
+def selected(inp: ItemInput | PartInput, value: Any) -> Any:
+    """``value`` as the input receives it: its ``select`` projection when it has one (None
+    stays None: the artifact does not exist yet)."""
+    return inp.select(value) if inp.select is not None and value is not None else value
 
 
 def each(pattern: str) -> EachInput:

@@ -5,7 +5,8 @@ Layer: **run**.
 A doit reporter (``DOIT_CONFIG["reporter"]``). Every task that runs gets one line when it ends:
 its story, step, why it was stale and what it cost; hand edits kept in history and drafts left
 pending are said. The run ends with a table: stories built / failed / up to date, and calls per
-service (made, cache hits, tokens, images, cost).
+service (made, cache hits, tokens, images, cost), and the stories it touched whose evals ask
+for a review.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..core.console import make_console
 from ..graph.engine import Inputs
 from ..graph.seals import file_stat
 from .context import current, current_project, run_context
-from .summary import header_lines, stale_completed_report, summary_rows
+from .summary import header_lines, review_lines, stale_completed_report, summary_rows
 from .tuning import freeze_live_objects, preload_sdks
 
 HIDDEN_PREFIXES = ("build:", "expand", "pending")
@@ -244,6 +245,8 @@ class CloopsReporter:
             msgs = [m for t, m in self.failed.items() if _split(t)[1] == name]
             self.err.print(f"[red]FAILED[/red] {name}: "
                            f"{self._esc(msgs[0].splitlines()[-1]) if msgs else ''}")
+        for line in review_lines(sorted(stories)):
+            self.console.print(line)
         for line in stale_completed_report():
             self.console.print(line)
         freeze_live_objects()  # the run is over: the interpreter's exit need not traverse it

@@ -1,5 +1,6 @@
 """What a run says before and after its tasks: the header (which backend serves each
-service, loudly when offline), the calls table and the completed stories a change made stale.
+service, loudly when offline), the calls table, the stories whose evals ask for a review and
+the completed stories a change made stale.
 
 Layer: **run**.
 """
@@ -78,4 +79,29 @@ def stale_completed_report() -> list[str]:
         lines.append(f"  {key}: {escape(reasons)}")
     if len(stale) > 20:
         lines.append(f"  … and {len(stale) - 20} more")
+    return lines
+
+
+def review_lines(keys: list[str]) -> list[str]:
+    """Lines naming the stories among ``keys`` (``<template>/<id>``, those this run touched)
+    whose ``evals.json`` says they need review, with the first reason of each."""
+    import json
+    proj = current_project()
+    if proj is None:
+        return []
+    found = []
+    for key in sorted(keys):
+        try:
+            data = json.loads((proj.root / "build" / key / "evals.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("needsReview"):
+            found.append((key, (data.get("reviewReasons") or ["?"])[0]))
+    if not found:
+        return []
+    lines = [f"[red]{len(found)} stories need review[/red] (evals.json; they still build, "
+             "publishing refuses them): `doit status <story>` says why"]
+    lines += [f"  {key}: {reason}" for key, reason in found[:20]]
+    if len(found) > 20:
+        lines.append(f"  … and {len(found) - 20} more")
     return lines

@@ -8,6 +8,7 @@ service (``draft``, ``annotations`` for backends that do not use them).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ class LLMRequest:
         timeout_s: per-request timeout in seconds.
         draft: what the offline draft backend returns (built by the template from the story
             input); never sent to a real service and not part of the cache key.
+        images: images shown to the model with the user message, in order, as
+            ``(mime type, bytes)`` pairs (``("image/jpeg", b"...")``); part of the cache key by
+            their SHA-256 (only when there are any, so requests without images keep their key).
     """
 
     system: str
@@ -57,12 +61,17 @@ class LLMRequest:
     schema_name: str = "output"
     timeout_s: float = 300.0
     draft: Any = field(default=None, compare=False)
+    images: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
 
     def cache_key(self) -> dict:
         """Return everything that determines the response, as JSON-able data."""
-        return {"system": self.system, "user": self.user, "model": self.model,
-                "reasoning": self.reasoning, "verbosity": self.verbosity,
-                "schema": self.schema, "schema_name": self.schema_name}
+        key = {"system": self.system, "user": self.user, "model": self.model,
+               "reasoning": self.reasoning, "verbosity": self.verbosity,
+               "schema": self.schema, "schema_name": self.schema_name}
+        if self.images:
+            key["images"] = [[mime, hashlib.sha256(data).hexdigest()]
+                             for mime, data in self.images]
+        return key
 
 
 @dataclass(frozen=True)

@@ -273,7 +273,9 @@ class OpenAIResponsesBackend(_SDKBackend):
         timeout_s: client default timeout in seconds (each call uses ``request.timeout_s``).
         max_retries: the SDK's own retries of 408/409/429/5xx and connection errors.
 
-    Sends ``model``, ``input`` (a system and a user message), ``reasoning.effort`` (omitted when
+    Sends ``model``, ``input`` (a system and a user message; with ``request.images`` the user
+    message's content is an ``input_text`` part and ``input_image`` parts:
+    :func:`responses_user_content`), ``reasoning.effort`` (omitted when
     None), ``text.format`` (strict ``json_schema``, omitted without a schema) and
     ``text.verbosity`` (omitted when None).
     """
@@ -302,7 +304,7 @@ class OpenAIResponsesBackend(_SDKBackend):
         params: dict[str, Any] = {
             "model": request.model,
             "input": [{"role": "system", "content": request.system},
-                      {"role": "user", "content": request.user}],
+                      {"role": "user", "content": responses_user_content(request)}],
         }
         if request.reasoning is not None:
             params["reasoning"] = {"effort": request.reasoning}
@@ -417,7 +419,7 @@ class OpenAIChatBackend(_SDKBackend):
         params: dict[str, Any] = {
             "model": request.model,
             "messages": [{"role": "system", "content": request.system},
-                         {"role": "user", "content": request.user}],
+                         {"role": "user", "content": chat_user_content(request)}],
         }
         if request.schema is not None:
             params["response_format"] = {
@@ -472,6 +474,35 @@ class OpenAIChatBackend(_SDKBackend):
                                   "use a model that supports structured outputs.",
                                   raw_output=text, usage=usage) from None
         return LLMResult(text=text, data=data, usage=usage, model=model)
+
+
+def data_url(mime: str, data: bytes) -> str:
+    """``data:<mime>;base64,<data>``: an image sent inline (the API takes a URL or a data URL)."""
+    import base64
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def responses_user_content(request: LLMRequest) -> str | list[dict[str, Any]]:
+    """The user message's ``content`` for the Responses API: the text alone, or with images an
+    ``input_text`` part followed by one ``input_image`` part per image (a data URL,
+    ``detail: "auto"``; openai-python ``types/responses/response_input_image_param.py``:
+    ``detail`` and ``type`` are required)."""
+    if not request.images:
+        return request.user
+    return [{"type": "input_text", "text": request.user},
+            *({"type": "input_image", "image_url": data_url(mime, data), "detail": "auto"}
+              for mime, data in request.images)]
+
+
+def chat_user_content(request: LLMRequest) -> str | list[dict[str, Any]]:
+    """The user message's ``content`` for Chat Completions: the text alone, or a ``text`` part
+    and one ``image_url`` part per image (openai-python
+    ``types/chat/chat_completion_content_part_image_param.py``)."""
+    if not request.images:
+        return request.user
+    return [{"type": "text", "text": request.user},
+            *({"type": "image_url", "image_url": {"url": data_url(mime, data)}}
+              for mime, data in request.images)]
 
 
 def _find_refusal(output: list) -> str | None:

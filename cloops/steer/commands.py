@@ -14,7 +14,8 @@ Layer: **steer**.
   the current file is kept as a take first. ``doit takes TARGET`` lists them; ``doit pick
   TARGET K`` puts take K back with no service call.
 - ``doit status [STORY ...] [--json]``: per story, what is stale and why, what is locked,
-  hand-edited, and what it has cost. It calls no service and builds nothing.
+  hand-edited, what it has cost, its eval score and whether it needs review (its failed checks
+  and low scores). It calls no service and builds nothing.
 
 TARGET is a path (``build/comic-books-standard/noah-s-ark/images/2.jpg``) or a story key and
 path (``noah-s-ark/images/2.jpg``); STORY is ``comic-books-standard/noah-s-ark`` or ``noah-s-ark``
@@ -43,6 +44,7 @@ from ..graph.targets import META_DIR, list_versions
 from ..run.context import current_project
 from .address import Address, match_target, need_target, resolve, stories
 from .history import restore, versions
+from .evals import review_text, score_text
 from .status import story_status
 from .takes import current_take, pick_take, read_takes, store_take, take_path
 
@@ -407,7 +409,8 @@ class Status(DoitCmdBase):
     """``doit status [STORY ...] [--json]``."""
 
     name = "status"
-    doc_purpose = "per story: what is stale and why, locked, hand-edited, and what it cost"
+    doc_purpose = ("per story: what is stale and why, locked, hand-edited, what it cost, its eval "
+                   "score and failed checks")
     doc_usage = "[STORY ...] [--json]"
     doc_description = ("Checks every task as `doit info` does (no service is called, nothing is "
                        "built); a task downstream of one that will be rebuilt is stale too. "
@@ -438,9 +441,13 @@ class Status(DoitCmdBase):
     def _print(console: Console, st: dict) -> None:
         c = st["cost"]
         colour = {"completed": "green", "failed": "red"}.get(st["status"], "yellow")
+        ev = st["evals"]
+        review = review_text(ev)
+        review = f"  [red]{review}[/red]" if ev["needsReview"] else (f"  {review}" if review else "")
         console.print(f"[bold]{st['story']}[/bold]  {st['title']}  [{colour}]{st['status']}"
-                      f"[/{colour}]  ${c['costUsd']:.4f} spent ({c['calls']} calls, "
-                      f"{c['cacheHits']} cache hits, ${c['savedUsd']:.4f} saved)")
+                      f"[/{colour}]  score {score_text(ev)}{review}  ${c['costUsd']:.4f} spent "
+                      f"({c['calls']} calls, {c['cacheHits']} cache hits, "
+                      f"${c['savedUsd']:.4f} saved)")
         if st["error"]:
             console.print(f"  [red]last error:[/red] {st['error']}")
         table = Table(show_header=True, box=None, pad_edge=False)
@@ -465,6 +472,8 @@ class Status(DoitCmdBase):
                    "differs from what cloops wrote")
             table.add_row(row["target"], "[cyan]hand-edited[/cyan]",
                           why + "; kept as it is, what is downstream builds from it")
+        for line in ev["reviewReasons"]:
+            table.add_row("evals.json", "[red]needs review[/red]", line)
         if table.row_count:
             console.print(table)
         n = len(st["stale"])

@@ -2,7 +2,8 @@
 
 Layer: **steer**.
 
-- ``doit report``: spend per template, story and step from the usage ledger (rich tables).
+- ``doit report``: spend per template, story and step from the usage ledger (rich tables); the
+  story table also shows each story's eval score and failed checks (its ``evals.json``).
 - ``doit cache``: the response cache's size; ``--prune-days N`` deletes entries unused for N days
   (and the temp files of writes a killed run left).
 
@@ -22,6 +23,7 @@ from rich.table import Table
 
 from ..core.console import make_console
 from ..run.ledger import LEDGER_FILE, connect
+from .evals import eval_summary, score_text
 
 _GROUPS = {"template": ["template"], "story": ["template", "story"], "step": ["template", "step"]}
 
@@ -82,6 +84,12 @@ class Report(Command):
                 return 2
         run = params["run"] or None
         data = {g: spend(root, g, run=run) for g in groups}
+        evals = {}
+        for r in data.get("story", []):  # what each story's evals.json says
+            ev = evals[r["template"], r["story"]] = eval_summary(
+                root / "build" / r["template"] / r["story"])
+            r.update(score=ev["score"], needs_review=ev["needsReview"],
+                     failed_checks=ev["failed"])
         if params["as_json"]:
             print(json.dumps(data, indent=2))
             return 0
@@ -97,12 +105,19 @@ class Report(Command):
             for c in ("calls", "cache hits", "retries", "tokens in/out (reasoning)", "images",
                       "cost USD", "saved USD"):
                 table.add_column(c, justify="right")
+            by_story = g == "story"
+            if by_story:
+                table.add_column("score", justify="right")
+                table.add_column("failed checks")
             tot = [0, 0, 0, 0, 0, 0, 0, 0.0, 0.0]
             for r in data[g]:
+                cells = ([score_text(evals[r["template"], r["story"]]), _review_cell(r)]
+                         if by_story else [])
                 table.add_row(*[str(r[c]) for c in _GROUPS[g]], str(r["calls"]),
                               str(r["cache_hits"]), str(r["retries"]),
                               f"{r['input_tokens']:,}/{r['output_tokens']:,} ({r['reasoning_tokens']:,})",
-                              str(r["images"]), f"{r['cost_usd']:.4f}", f"{r['saved_usd']:.4f}")
+                              str(r["images"]), f"{r['cost_usd']:.4f}", f"{r['saved_usd']:.4f}",
+                              *cells)
                 for i, k in enumerate(("calls", "cache_hits", "retries", "input_tokens",
                                        "output_tokens", "reasoning_tokens", "images",
                                        "cost_usd", "saved_usd")):
@@ -110,9 +125,25 @@ class Report(Command):
             table.add_section()
             table.add_row("total", *([""] * (len(_GROUPS[g]) - 1)), str(tot[0]), str(tot[1]),
                           str(tot[2]), f"{tot[3]:,}/{tot[4]:,} ({tot[5]:,})", str(tot[6]),
-                          f"{tot[7]:.4f}", f"{tot[8]:.4f}")
+                          f"{tot[7]:.4f}", f"{tot[8]:.4f}", *([""] * (2 if by_story else 0)))
             console.print(table)
+            review = [r for r in data[g] if r.get("needs_review")] if by_story else []
+            if review:
+                console.print(f"{len(review)} stories need review (evals.json): "
+                              + ", ".join(f"{r['template']}/{r['story']}" for r in review)
+                              + " — `doit status <story>` says why.")
         return 0
+
+
+def _review_cell(row: dict) -> str:
+    """The failed-checks column of a story row: the checks' names, or what else made it need
+    review."""
+    if row.get("failed_checks"):
+        names = list(dict.fromkeys(f.split(" ")[0].split(":")[0] for f in row["failed_checks"]))
+        return ", ".join(names)
+    if row.get("needs_review"):
+        return "low score"
+    return "none" if row.get("needs_review") is False else ""
 
 
 class Cache(Command):

@@ -16,6 +16,7 @@ from ..graph.engine import Inputs
 from ..graph.locks import is_locked, read_locks
 from ..graph.plan import plan_of
 from ..graph.targets import read_manifest, version_reason
+from .evals import eval_summary
 from .spend import spend
 
 GROUP_TASKS = ("build", "dry", "expand", "pending")
@@ -95,7 +96,9 @@ def story_status(proj: Project, template: str, story_id: str, tasks: dict,
 
     Returns ``{story, template, id, title, status, error, stale: [{task, target, reasons}],
     staleLocked: [{task, target, reasons, recorded}], locked: {story, targets}, handEdited:
-    [{target, why}], cost: {calls, cacheHits, costUsd, savedUsd}, upToDate, pagesKnown}``.
+    [{target, why}], cost: {calls, cacheHits, costUsd, savedUsd}, evals: {built, score, scores,
+    needsReview, reviewReasons, checks, failed, judges}, upToDate, pagesKnown}`` (``evals``:
+    :func:`cloops.steer.evals.eval_summary` of its ``evals.json``).
     ``stale`` is what the next ``doit build:<id>`` runs: tasks whose own inputs changed, then
     every task downstream of one (``because pages will be rebuilt``); a locked target is not
     rebuilt and stops that propagation. A row with ``"maybe": true`` reads only values of what
@@ -210,6 +213,7 @@ def story_status(proj: Project, template: str, story_id: str, tasks: dict,
         "cost": {"calls": cost.get("calls") or 0, "cacheHits": cost.get("cache_hits") or 0,
                  "costUsd": round(cost.get("cost_usd") or 0.0, 6),
                  "savedUsd": round(cost.get("saved_usd") or 0.0, 6)},
+        "evals": eval_summary(sdir),
         "upToDate": len(mine) - len(stale) - len(stale_locked),
         "pagesKnown": not fan or (sdir / fan).is_file(),
     }

@@ -9,6 +9,9 @@ and three changes to the steps:
                                         each page's start/end seconds
 - ``story-data``  adds ``audioFile`` and per-page ``audioStartS``/``audioEndS``
 - ``bundle``      adds ``voice.mp3``
+- ``check-narration`` (each page), ``check-reading``: each sentence of the narration within
+                  ``settings.maxSentenceWords``; the reading level of the whole narration
+                  (Flesch-Kincaid grade, textstat) within ``evals.maxReadingGrade``
 
 ``BASE`` (the base workflow module) and ``BASE_STEPS`` are provided by the template loader.
 """
@@ -20,7 +23,8 @@ import re
 
 from pydantic import Field
 
-from cloops.steps import AssembleStep, VoiceStep, derive, file
+from cloops.steps import (AssembleStep, CheckStep, EvalsStep, VoiceStep, derive, evidence, file,
+                          item, part, prose, verdict)
 
 BASE = globals()["BASE"]
 BASE_STEPS = globals()["BASE_STEPS"]
@@ -31,8 +35,13 @@ class KidsSettings(BASE.Settings):
     maxSentenceWords: int = Field(ge=4, le=30)
 
 
+class KidsEvals(BASE.Evals):
+    maxReadingGrade: float = Field(ge=0, le=18)
+
+
 class KidsConfig(BASE.ComicConfig):
     settings: KidsSettings
+    evals: KidsEvals
 
 
 CONFIG_MODEL = KidsConfig
@@ -73,7 +82,61 @@ def voiced_story_data(inputs, ctx) -> dict:
     return data
 
 
+def narration_of(page) -> str:
+    """What a page's narration check reads of its entry: the narration alone."""
+    return page.get("narration", "")
+
+
+def narrations(pages) -> list[str]:
+    """What the reading-level check reads of ``pages``: every page's narration."""
+    return [p.get("narration", "") for p in pages]
+
+
+def _draft(inputs) -> bool:
+    return "pages.json" in inputs["drafts"]
+
+
+def check_narration(inputs, ctx) -> list[dict]:
+    """Every sentence of page n's narration within settings.maxSentenceWords."""
+    most = ctx.config.get("settings.maxSentenceWords")
+    long = [evidence(f"sentence {i} has {len(prose.words(s))} words; settings.maxSentenceWords "
+                     f"is {most}", page=ctx.n, where=f"sentence {i}", words=[s])
+            for i, s in enumerate(prose.sentences(inputs["narration"]), 1)
+            if len(prose.words(s)) > most]
+    if _draft(inputs):  # the plan's drafts quote the key moments: a model's words are judged
+        return [verdict("sentence-length", [], long, passed=f"offline draft; ≤ {most} words")]
+    return [verdict("sentence-length", long, passed=f"every sentence ≤ {most} words")]
+
+
+def check_reading(inputs, ctx) -> list[dict]:
+    """The reading level of the whole narration (Flesch-Kincaid grade) within
+    evals.maxReadingGrade."""
+    most = ctx.config.get("evals.maxReadingGrade")
+    if _draft(inputs):  # quotes of the key moments: not measured (nor textstat loaded, ~1 s)
+        return [verdict("reading-level", [], [evidence(
+            f"offline draft: not measured; a model's narration is held to grade {most:g}",
+            where="narration")])]
+    text = " ".join(t.strip() for t in inputs["narration"] or [] if t.strip())
+    grade = prose.reading_grade(text) if text else 0.0
+    note = f"Flesch-Kincaid grade {grade:g}; evals.maxReadingGrade is {most:g}"
+    over = [evidence(note, where="narration")] if grade > most else []
+    return [verdict("reading-level", over, passed=note)]
+
+
 _base = {s.name: s for s in BASE_STEPS}
+
+NARRATION_CHECKS = [
+    CheckStep(name="check-narration", target="evals/checks/narration/{n}.json",
+              foreach=BASE.PAGES, subject="pages.json",
+              doc="check: page n's narration sentences within settings.maxSentenceWords",
+              inputs={"narration": item(select=narration_of)},
+              uses=("settings.maxSentenceWords",), run=check_narration),
+    CheckStep(name="check-reading", target="evals/checks/reading-level.json",
+              subject="pages.json", doc="check: the narration's reading level",
+              inputs={"narration": part("pages.json", "pages", select=narrations)},
+              uses=("evals.maxReadingGrade",), run=check_reading),
+]
+_checked = [s for s in BASE_STEPS if s.name != "evals"] + NARRATION_CHECKS
 
 STEPS = derive(
     BASE_STEPS,
@@ -83,8 +146,9 @@ STEPS = derive(
             inputs={**_base["story-data"].inputs, "timings": file("voice.json")}),
         "bundle": dataclasses.replace(
             _base["bundle"], files={**_base["bundle"].files, "voice.mp3": "voice.mp3"}),
+        "evals": EvalsStep.over(_checked),
     },
-    add=[
+    add=[*NARRATION_CHECKS,
         AssembleStep(name="script", target="narration-script.md",
                      doc="the narration the voice reads, one section per page",
                      inputs={"pages": file("pages.json")}, run=narration_script),

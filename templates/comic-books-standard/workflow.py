@@ -24,6 +24,11 @@ entry: every step sees the library's appearance, and the sheet is the hand-made 
 is one. Page prompts and images depend on the cast of their own page only (``view``): editing
 one character's appearance rebuilds the pages that character is on, nothing else.
 
+Then the evals (no call but the opt-in judges), under ``evals/`` and in ``evals.json``:
+``check-plan``, ``check-moments``, ``check-narrative``, ``check-prompt`` (each page),
+``check-cover``, ``judge-story`` and ``judge-page`` (each page, with the page's reference
+sheets; off unless ``evals.judge.*``), ``evals``.
+
 Step 6 and 8 return blocks (schemas/*.json); :func:`assemble_page_prompt` joins them into the
 prompt text by the knowledge layer's assembly rules, so the prompt file is readable and
 hand-editable. Offline drafts are built from the story input by the ``draft_*`` functions.
@@ -37,8 +42,9 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cloops.steps import (AssembleStep, BundleStep, ForEach, ImageStep, LLMStep, collection,
-                          each, file, item, part, story, view)
+from cloops.steps import (AssembleStep, BundleStep, CheckStep, EvalsStep, ForEach, ImageStep,
+                          JudgeStep, LLMStep, collection, derive, each, evidence, file, item,
+                          part, prose, story, verdict, view)
 
 DRAFT_MARK = "[offline draft]"
 
@@ -80,6 +86,17 @@ class Cast(_Strict):
     """``cast``: how reference sheets are drawn (``params`` over ``generation.params``)."""
 
     params: dict = Field(default_factory=dict)
+class JudgeSwitches(_Strict):
+    story: bool = False
+    pages: bool = False
+
+
+class Evals(_Strict):
+    """``evals``: the threshold below which a judged score marks a story "needs review", and
+    which paid judges run (opt-in: both off by default)."""
+
+    threshold: float = Field(default=3, ge=1, le=5)
+    judge: JudgeSwitches = Field(default_factory=JudgeSwitches)
 
 
 class ComicConfig(_Strict):
@@ -89,6 +106,7 @@ class ComicConfig(_Strict):
     style: Style
     thumbnail: Thumbnail = Field(default_factory=Thumbnail)
     cast: Cast = Field(default_factory=Cast)
+    evals: Evals = Field(default_factory=Evals)
 
 
 CONFIG_MODEL = ComicConfig
@@ -129,6 +147,17 @@ def cover_cast(data, inputs, ctx) -> list[dict]:
 
 def sheet_path(character: dict) -> str:
     return f"cast/{character['id']}.jpg"
+
+
+def panel_casts(page) -> dict:
+    """What a check of page n's prompt reads of its entry: who is on each panel."""
+    return {"panels": [{"cast": p.get("cast", [])} for p in page.get("panels") or []]}
+
+
+def page_sheets(data, inputs, ctx) -> list[str]:
+    """The sheet files of the cast on page n, in cast order (what the vision judge compares
+    the page with)."""
+    return [sheet_path(c) for c in page_cast(data, inputs, ctx)]
 
 
 def page_references(inputs, ctx) -> list[tuple[str, str]]:
@@ -398,8 +427,8 @@ def story_data(inputs, ctx) -> dict:
 
 # ---------------------------------------------------------------- offline drafts
 
-_SHOTS = ["wide establishing shot", "medium shot at eye level", "close-up", "low-angle shot",
-          "over-the-shoulder shot", "high-angle shot"]
+_SHOTS = ["wide establishing shot", "medium shot at eye level", "close-up at eye level",
+          "low-angle medium shot", "over-the-shoulder shot", "high-angle wide shot"]
 _NOT_NAMES = {"God", "The", "A", "An", "In", "On", "After", "When", "His", "Her", "Their",
               "Hebrew", "Israelites", "Egypt", "Eden", "Bethlehem", "Nineveh", "Jericho",
               "Babylon", "Nile"}
@@ -498,17 +527,26 @@ def draft_pages(inputs, ctx) -> dict:
     return {"title": s["title"], "coverCast": [c["id"] for c in cast[:2]], "pages": pages}
 
 
+def _panel_subject(cast, ids) -> str:
+    """The cast members the panel lists (at most three), each with their appearance copied
+    word for word, as the knowledge layer asks."""
+    named = [c for c in cast or [] if c["id"] in ids]
+    return "; ".join(f"{c['name']}, {_clean(c['appearance'])}" for c in named[:3]) or \
+        "the figures of the story"
+
+
 def draft_page_prompt(inputs, ctx) -> dict:
     page = inputs["page"]
-    names = {c["id"]: c["name"] for c in inputs["cast"] or []}
     return {
-        "setting": f"{DRAFT_MARK} {page['title']}",
+        "setting": f"{DRAFT_MARK} {page['title']}, in the land of the story in ancient times, "
+                   "under a clear daytime sky, dry hills and scattered scrub in the distance",
         "panels": [{"panel": p["panel"], "shot": _SHOTS[i % len(_SHOTS)],
-                    "subject": ", ".join(names.get(c, c) for c in p.get("cast", []))
-                    or "the figures of the story",
+                    "subject": _panel_subject(inputs["cast"], p.get("cast", [])),
                     "action": f"shown in the moment: {p['moment']}",
-                    "environment": f"focus on {p['visualAnchor']}",
-                    "lighting": "soft even daylight"} for i, p in enumerate(page["panels"])],
+                    "environment": f"focus on {p['visualAnchor']}, with simple ground in the "
+                                   "foreground and low hills behind",
+                    "lighting": "soft even daylight from the left, gentle shadows"}
+                   for i, p in enumerate(page["panels"])],
         "palette": "warm earth tones, sky blue, olive green",
         "mood": "calm and clear",
     }
@@ -557,7 +595,7 @@ STEPS = [
             schema="page-prompt.json",
             inputs={"page": item(), "cast": view("cast.json", page_cast)},
             uses=STYLE, user=page_prompt_user, draft=draft_page_prompt,
-            validate=check_page_prompt, write=assemble_page_prompt),
+            validate=check_page_prompt, write=assemble_page_prompt, version=2),
     ImageStep(name="image", target="images/{n}.jpg", foreach=PAGES, doc="the page image",
               inputs={"prompt": file("prompts/{n}.txt"), "page": item(),
                       "cast": view("cast.json", page_cast)},
@@ -585,3 +623,298 @@ STEPS = [
                files={"{n}.jpg": "images/{n}.jpg", "thumbnail.jpg": "thumbnail.jpg",
                       "story-data.json": "story-data.json"}),
 ]
+
+
+# ---------------------------------------------------------------- evals: checks and judges
+#
+# No-call checks run on every build, offline included (evals/checks/...); the paid judges are
+# opt-in (config evals.judge.story / evals.judge.pages); evals.json gathers them all. Each check
+# depends on exactly what it judges: page 2's narration is read by the key-moment check, not
+# by the plan's shape check nor by other pages' prompt checks.
+
+# the lines the assembler writes itself: not the model's words, not judged for lettering
+_ASSEMBLER_LINES = ("A comic book page:", "A single full-bleed cover illustration", "No text,")
+_PANEL_LINE = re.compile(r"^Panel (\d+) — (.*?): (.*)$")
+
+
+def panel_counts(pages) -> list[int]:
+    """What the plan's shape check reads of ``pages``: the number of panels of each page."""
+    return [len(p.get("panels") or []) for p in pages]
+
+
+def page_texts(pages) -> list[str]:
+    """What the key-moment check reads of ``pages``: each page's title, narration, moments and
+    visual anchors as one text."""
+    return [" ".join([p.get("title", ""), p.get("narration", "")]
+                     + [f"{x.get('moment', '')} {x.get('visualAnchor', '')}"
+                        for x in p.get("panels") or []]) for p in pages]
+
+
+def check_plan(inputs, ctx) -> list[dict]:
+    """Page count within settings.pageCount, panels per page = settings.panelsPerPage."""
+    counts = inputs["panels"] or []
+    lo, hi = ctx.config.get("settings.pageCount.min"), ctx.config.get("settings.pageCount.max")
+    per = ctx.config.get("settings.panelsPerPage")
+    pages = [] if lo <= len(counts) <= hi else [evidence(
+        f"{len(counts)} pages; settings.pageCount allows {lo} to {hi}")]
+    panels = [evidence(f"{c} panels; settings.panelsPerPage is {per}", page=i, where="panels")
+              for i, c in enumerate(counts, 1) if c != per]
+    return [verdict("page-count", pages, passed=f"{len(counts)} pages ({lo}-{hi})"),
+            verdict("panels-per-page", panels, passed=f"{per} panels on every page")]
+
+
+def check_key_moments(inputs, ctx) -> list[dict]:
+    """Every key moment of the story input is told on some page of the plan, in order."""
+    texts = inputs["plan"] or []
+    missing, order, last = [], [], 0
+    for moment in inputs["moments"]:
+        found = [(prose.coverage(moment, t), i) for i, t in enumerate(texts, 1)]
+        best, page = max(found, default=(0.0, None))
+        if best < 0.6:
+            want = set(prose.content_words(moment))
+            absent = [w for w in prose.words(moment) if prose.stem(w) in want
+                      and prose.stem(w) not in set(prose.content_words(" ".join(texts)))]
+            missing.append(evidence(f"key moment {moment!r} is not in the plan"
+                                    + (f" (closest: page {page}, {best:.0%} of its words)"
+                                       if page else ""), page=page, words=absent))
+        elif page < last:
+            order.append(evidence(f"key moment {moment!r} is told on page {page}, before the "
+                                  f"one before it (page {last})", page=page))
+        last = max(last, page or 0)
+    return [verdict("key-moments", missing, order,
+                    passed=f"all {len(inputs['moments'])} key moments, in order")]
+
+
+def _prose_of(markdown: str) -> str:
+    """A narrative's words: no HTML comments, no ``#`` title line."""
+    text = re.sub(r"<!--.*?-->", "", markdown, flags=re.S)
+    return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+
+
+def check_narrative(inputs, ctx) -> list[dict]:
+    """The narrative's length within 10 % of settings.wordCount; no anachronism."""
+    text = inputs["narrative"]
+    n, want = len(prose.words(_prose_of(text))), ctx.config.get("settings.wordCount")
+    off = [evidence(f"{n} words; settings.wordCount is {want} (±10 %: "
+                    f"{round(want * 0.9)}-{round(want * 1.1)})")]
+    draft = DRAFT_MARK in text
+    if draft:
+        off[0]["note"] = f"offline draft: {off[0]['note']}; a model's narrative is held to it"
+    ok = abs(n - want) <= 0.1 * want
+    return [verdict("narrative-length", [] if ok or draft else off, [] if ok else off,
+                    passed=f"{n} words (target {want})"),
+            _anachronisms(_prose_of(text), inputs["anachronisms"], None, "narrative")]
+
+
+def _anachronisms(text: str, lexicon_text: str, page, where: str) -> dict:
+    found = prose.find_terms(text, prose.lexicon(lexicon_text))
+    return verdict("anachronisms", [evidence(
+        f"names {', '.join(found)}: not of the ancient Near East (lexicons/anachronisms.txt)",
+        page=page, where=where, words=found)] if found else [])
+
+
+def _judged_lines(text: str, config) -> list[str]:
+    """The prompt's lines the model (or a person) wrote: not the style line, the layout line
+    nor the closing negative line the assembler adds."""
+    style = _style_line(config)
+    return [line for line in text.splitlines()
+            if line.strip() and line.strip() != style and not line.startswith(_ASSEMBLER_LINES)]
+
+
+def _where(line: str) -> str:
+    m = _PANEL_LINE.match(line)
+    return f"panel {m.group(1)}" if m else line.split(":", 1)[0].lower()[:20]
+
+
+def _visual_only(lines: list[str], lexicon_text: str, page) -> dict:
+    terms = prose.lexicon(lexicon_text)
+    bad = []
+    for line in lines:
+        found = prose.find_terms(line, terms)
+        if found:
+            bad.append(evidence(f"{', '.join(repr(w) for w in found)} invites lettering in the "
+                                "image", page=page, where=_where(line), words=found))
+    return verdict("visual-only", bad)
+
+
+def budgets(knowledge: str) -> dict[str, tuple[int, int, str]]:
+    """The knowledge layer's length budgets: ``{block: (min, max, unit)}`` from lines like
+    ``**shot** (3 to 8 words)`` or ``**subject** (a noun phrase, up to about 90 words)``, and
+    ``"panel line"`` from "Keep each panel line under about 120 words"."""
+    out: dict[str, tuple[int, int, str]] = {}
+    for name, spec in re.findall(r"\*\*(\w+)\*\* \(([^)]*)\)", knowledge):
+        unit = "colours" if "colour" in spec else "words"
+        m = re.search(r"(\d+) to (\d+)", spec)
+        if m:
+            out[name] = (int(m.group(1)), int(m.group(2)), unit)
+        elif (m := re.search(r"up to (?:about )?(\d+)", spec)):
+            out[name] = (0, round(int(m.group(1)) * (1.1 if "about" in spec else 1)), unit)
+    m = re.search(r"panel line under (about )?(\d+) words", knowledge)
+    if m:
+        out["panel line"] = (0, round(int(m.group(2)) * (1.1 if m.group(1) else 1)), "words")
+    return out
+
+
+def _measure(name: str, value: str, budget, page, where: str, over: list, under: list) -> None:
+    lo, hi, unit = budget
+    n = (len([x for x in value.split(",") if x.strip()]) if unit == "colours"
+         else len(prose.words(value)))
+    if n > hi:
+        over.append(evidence(f"{name}: {n} {unit}, over the budget of {hi}", page=page,
+                             where=where))
+    elif n < lo:
+        under.append(evidence(f"{name}: {n} {unit}, under the budget of {lo}", page=page,
+                              where=where))
+
+
+def _prompt_budgets(lines: list[str], knowledge: str, page) -> dict:
+    """Each block within its budget (knowledge/prompting.md): over is a failure, under a
+    warning. The assembled panel line is split back into its blocks: ``Panel k — shot:
+    subject action. environment. lighting.``"""
+    b = budgets(knowledge)
+    over: list = []
+    under: list = []
+    for line in lines:
+        m = _PANEL_LINE.match(line)
+        if m:
+            where = f"panel {m.group(1)}"
+            if "panel line" in b:
+                _measure("panel line", line, b["panel line"], page, where, over, under)
+            if "shot" in b:
+                _measure("shot", m.group(2), b["shot"], page, where, over, under)
+            parts = m.group(3).rstrip(".").rsplit(". ", 2)
+            if len(parts) == 3:
+                if "subject" in b and "action" in b:
+                    sa = (b["subject"][0] + b["action"][0], b["subject"][1] + b["action"][1],
+                          "words")
+                    _measure("subject and action", parts[0], sa, page, where, over, under)
+                for name, value in (("environment", parts[1]), ("lighting", parts[2])):
+                    if name in b:
+                        _measure(name, value, b[name], page, where, over, under)
+            continue
+        head, _, value = line.partition(": ")
+        name = head.strip().lower()
+        if name in b and value:
+            _measure(name, value.rstrip("."), b[name], page, name, over, under)
+    return verdict("prompt-length", over, under)
+
+
+def _characters_carried(lines: list[str], characters, page) -> dict:
+    """Every character a panel names carries the appearance the plan lists, word for word."""
+    chars = [c for c in characters or [] if c.get("name") and c.get("appearance")]
+    norm = [(c["name"], " ".join(_clean(c["appearance"]).lower().split())) for c in chars]
+    bad = []
+    for line in lines:
+        m = _PANEL_LINE.match(line)
+        if not m:
+            continue
+        text = " ".join(line.lower().split())
+        rest = text
+        for _name, look in norm:
+            rest = rest.replace(look, " ")  # a name inside another's appearance does not count
+        for name, look in norm:
+            if re.search(rf"(?<![\w-]){re.escape(name.lower())}(?![\w-])", rest) \
+                    and look not in text:
+                bad.append(evidence(f"{name} is drawn without the appearance the plan lists",
+                                    page=page, where=f"panel {m.group(1)}", words=[name]))
+    return verdict("characters-carried", bad)
+
+
+def check_page_prompt_text(inputs, ctx) -> list[dict]:
+    """A page prompt: visual-only, every character with its appearance, blocks within the
+    knowledge layer's budgets, no anachronism."""
+    lines = _judged_lines(inputs["prompt"], ctx.config)
+    n = ctx.n
+    return [_visual_only(lines, inputs["lettering"], n),
+            _characters_carried(lines, inputs["characters"], n),
+            _prompt_budgets(lines, inputs["knowledge"], n),
+            _anachronisms("\n".join(lines), inputs["anachronisms"], n, "prompt")]
+
+
+def check_cover_prompt(inputs, ctx) -> list[dict]:
+    """The cover prompt: visual-only, no anachronism."""
+    lines = _judged_lines(inputs["prompt"], ctx.config)
+    return [_visual_only(lines, inputs["lettering"], None),
+            _anachronisms("\n".join(lines), inputs["anachronisms"], None, "cover prompt")]
+
+
+def judge_story_user(inputs, ctx) -> str:
+    s = inputs["story"]
+    lines = ["Story input:", f"Title: {s['title']}"]
+    if s.get("reference"):
+        lines.append(f"Scripture: {s['reference']}")
+    lines += [f"Summary: {s['summary']}", "Key moments:", *[f"- {m}" for m in s["keyMoments"]],
+              "", "Narrative:", _prose_of(inputs["narrative"]).strip(), "", "Pages:"]
+    for i, p in enumerate(inputs["pages"].get("pages", []), 1):
+        lines.append(f"Page {i}: {p.get('title', '')}")
+        lines.append(f"  Narration: {p.get('narration', '')}")
+        for x in p.get("panels", []):
+            lines.append(f"  Panel {x.get('panel')}: {x.get('moment', '')} "
+                         f"(visual anchor: {x.get('visualAnchor', '')})")
+    return "\n".join(lines)
+
+
+def drawn_page(page) -> dict:
+    """What the vision judge reads of a page's entry: its title and panels (the narration is
+    read aloud, never drawn)."""
+    return {"title": page.get("title", ""), "panels": page.get("panels") or []}
+
+
+def judge_page_user(inputs, ctx) -> str:
+    page = inputs["page"]
+    lines = [_characters_block(inputs["characters"]), "", f"Page {ctx.n}: {page['title']}",
+             "Panels (top to bottom):"]
+    for i, p in enumerate(page["panels"], 1):
+        lines.append(f"{i}. {p['moment']} — visual anchor: {p['visualAnchor']}")
+    return "\n".join(lines)
+
+
+_PROMPT_FILES = {"lettering": "lexicons/lettering.txt",
+                 "anachronisms": "lexicons/anachronisms.txt"}
+
+EVAL_STEPS = [
+    CheckStep(name="check-plan", target="evals/checks/plan.json", subject="pages.json",
+              doc="check: page count and panels per page within config",
+              inputs={"panels": part("pages.json", "pages", select=panel_counts)},
+              uses=("settings.pageCount", "settings.panelsPerPage"), run=check_plan),
+    CheckStep(name="check-moments", target="evals/checks/key-moments.json", subject="pages.json",
+              doc="check: every key moment of the story input is in the plan",
+              inputs={"moments": story("keyMoments"),
+                      "plan": part("pages.json", "pages", select=page_texts)},
+              run=check_key_moments),
+    CheckStep(name="check-narrative", target="evals/checks/narrative.json",
+              subject="narrative.md", doc="check: narrative length and anachronisms",
+              inputs={"narrative": file("narrative.md")}, uses=("settings.wordCount",),
+              files={"anachronisms": "lexicons/anachronisms.txt"}, run=check_narrative),
+    CheckStep(name="check-prompt", target="evals/checks/prompts/{n}.json", foreach=PAGES,
+              subject="prompts/{n}.txt",
+              doc="check: a page prompt is visual-only, carries appearances, fits the budgets",
+              inputs={"prompt": file("prompts/{n}.txt"), "page": item(select=panel_casts),
+                      "characters": view("cast.json", page_cast)},
+              uses=("style.artStyle", "style.inkStyle", "style.colorTreatment"),
+              files={**_PROMPT_FILES, "knowledge": "knowledge/prompting.md"},
+              run=check_page_prompt_text),
+    CheckStep(name="check-cover", target="evals/checks/cover.json",
+              subject="thumbnail-prompt.txt", doc="check: the cover prompt is visual-only",
+              inputs={"prompt": file("thumbnail-prompt.txt")},
+              uses=("style.artStyle", "style.inkStyle", "style.colorTreatment"),
+              files=_PROMPT_FILES, run=check_cover_prompt),
+    JudgeStep(name="judge-story", target="evals/judge/story.json", enabled="evals.judge.story",
+              doc="judge (opt-in, paid): faithfulness, family safety, narration quality",
+              system_prompt="judge-story.md", schema="judge-story.json",
+              inputs={"story": story(), "narrative": file("narrative.md"),
+                      "pages": file("pages.json")}, user=judge_story_user),
+    JudgeStep(name="judge-page", target="evals/judge/pages/{n}.json", foreach=PAGES,
+              enabled="evals.judge.pages",
+              doc="vision judge (opt-in, paid): character consistency, stray text in the image",
+              system_prompt="judge-page.md", schema="judge-page.json",
+              inputs={"page": item(select=drawn_page),
+                      "characters": view("cast.json", page_cast),
+                      "sheets": view("cast.json", page_sheets),
+                      "image": file("images/{n}.jpg")},
+              images=("image",), references=("sheets",), reference_patterns=("cast/{id}.jpg",),
+              user=judge_page_user),
+]
+EVAL_STEPS.append(EvalsStep.over(EVAL_STEPS))
+
+STEPS = derive(STEPS, add=EVAL_STEPS)

@@ -41,6 +41,8 @@ class RecordedRequest:
         status: the status of the reply sent in full; None: not answered (yet).
         at: when its request line arrived (``time.monotonic()``).
         reply: the JSON (or bytes) body of a :class:`ScriptedServer`'s reply, once sent.
+        images: images the request showed a model, decoded by the fake that answered it
+            (``[(mime type, bytes)]``; the OpenAI fake's ``request_images``).
     """
 
     method: str
@@ -53,6 +55,7 @@ class RecordedRequest:
     status: int | None = None
     at: float = field(default_factory=time.monotonic)
     reply: Any = None
+    images: list = field(default_factory=list)
 
 
 class _Handler(BaseHTTPRequestHandler):

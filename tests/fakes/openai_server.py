@@ -278,6 +278,39 @@ def _last_user_text(path: str, req: dict) -> str:
     return ""
 
 
+def request_images(path: str, req: dict) -> list[tuple[str, bytes]]:
+    """The images a request shows the model, in order, as ``(mime type, bytes)``: the
+    Responses API's ``input_image`` parts and Chat Completions' ``image_url`` parts, decoded
+    from their data URLs.
+
+    Raises:
+        ValueError: a part is malformed as the real API would reject it (no ``detail`` on an
+            ``input_image``, an image URL that is not a base64 data URL).
+    """
+    import base64
+    import re
+    items = req.get("messages") if path == CHAT_PATH else req.get("input")
+    out: list[tuple[str, bytes]] = []
+    for item in items if isinstance(items, list) else []:
+        content = item.get("content") if isinstance(item, dict) else None
+        for part in content if isinstance(content, list) else []:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "input_image":
+                if part.get("detail") not in ("low", "high", "auto", "original"):
+                    raise ValueError("input_image.detail is required: low, high, auto or original")
+                url = part.get("image_url")
+            elif part.get("type") == "image_url":
+                url = (part.get("image_url") or {}).get("url")
+            else:
+                continue
+            m = re.fullmatch(r"data:(image/[a-z0-9.+-]+);base64,([A-Za-z0-9+/=]+)", url or "")
+            if m is None:
+                raise ValueError(f"invalid image URL {str(url)[:40]!r}: expected a base64 data URL")
+            out.append((m.group(1), base64.b64decode(m.group(2), validate=True)))
+    return out
+
+
 def default_text(path: str, req: dict) -> str:
     """What the default responder says: a schema instance as JSON text, or plain text."""
     schema = _request_schema(path, req)
@@ -331,7 +364,9 @@ class FakeOpenAI(ScriptedServer):
     Attributes:
         base_url: ``"http://127.0.0.1:PORT/v1"`` to pass to ``openai.OpenAI(base_url=...)``.
         requests: every :class:`RecordedRequest` received, in order (faults included); a
-            request's ``status`` (and ``reply``) is set once its reply was sent in full.
+            request's ``status`` (and ``reply``) is set once its reply was sent in full; an
+            answered request's ``images`` are the images it showed the model
+            (:func:`request_images`: ``[(mime type, bytes)]``).
         answered: the requests whose reply was sent in full.
         count: ``len(requests)``.
 
@@ -408,6 +443,10 @@ class FakeOpenAI(ScriptedServer):
         if rec.method != "POST" or rec.path not in (RESPONSES_PATH, CHAT_PATH):
             return 404, error_body(404, f"Invalid URL ({rec.method} {rec.path})",
                                    code="unknown_url"), headers
+        try:
+            rec.images = request_images(rec.path, req)
+        except ValueError as exc:  # as the real API: 400 invalid_request_error
+            return 400, error_body(400, str(exc), param="input"), headers
         text = reply.text
         if text is None and reply.refusal is None and reply.incomplete is None:
             text = self.responder(rec.path, req) if self.responder else None

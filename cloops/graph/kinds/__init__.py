@@ -8,6 +8,9 @@ Layer: **graph**. Each built-in kind is one module that registers itself with
 - :mod:`.voice`     ``VoiceStep``     a call to the voice service, with per-segment timings
 - :mod:`.assemble`  ``AssembleStep``  a target made by a function, no service
 - :mod:`.bundle`    ``BundleStep``    the deliverables copied into one folder; finishes the story
+- :mod:`.check`     ``CheckStep``     a judgement made without any call (evals), as a target
+- :mod:`.judge`     ``JudgeStep``     an opt-in LLM judge with a rubric, optionally shown images
+- :mod:`.evals`     ``EvalsStep``     a story's evals.json from its checks and judgements
 """
 
 from __future__ import annotations
@@ -19,11 +22,15 @@ from ...core.errors import InputError
 from ..steps import Step, registered_kinds
 from .assemble import AssembleStep
 from .bundle import BundleStep
+from .check import CheckStep
+from .evals import EvalsStep
 from .image import ImageStep
+from .judge import JudgeStep
 from .llm import LLMStep
 from .voice import VoiceStep
 
-__all__ = ["AssembleStep", "BundleStep", "ImageStep", "LLMStep", "VoiceStep", "load_kinds"]
+__all__ = ["AssembleStep", "BundleStep", "CheckStep", "EvalsStep", "ImageStep", "JudgeStep",
+           "LLMStep", "VoiceStep", "load_kinds"]
 
 _loaded = False
 

@@ -155,12 +155,12 @@ class LLMStep(Step):
         """The step's request for the task's inputs (re-asks add the errors to its user text)."""
         tpl, llm_cfg = job.template, job.template.config.engine.llm
         settings = self.llm_settings(tpl)
-        return LLMRequest(system=self.system_text(tpl), user=self.user(job.inputs, job.ctx),
+        user, draft, images = self.prepare(job)
+        return LLMRequest(system=self.system_text(tpl), user=user,
                           model=settings["model"], reasoning=settings["reasoning"],
                           verbosity=settings["verbosity"], schema=self.schema_of(tpl),
                           schema_name=(self.schema or self.name).removesuffix(".json"),
-                          timeout_s=llm_cfg.timeout_s,
-                          draft=self.draft(job.inputs, job.ctx) if self.draft else None)
+                          timeout_s=llm_cfg.timeout_s, draft=draft, images=images)
 
     def read_previous(self, job: StepRun) -> Any:
         """The step's current target: parsed JSON (``.json``) or text; None when it does not
@@ -177,6 +177,13 @@ class LLMStep(Step):
             return json.loads(text)
         except json.JSONDecodeError:
             return None
+
+    def prepare(self, job: StepRun) -> tuple[str, Any, tuple[tuple[str, bytes], ...]]:
+        """The user message, the offline draft (only offline backends use it) and the images
+        (``(mime type, bytes)``) of one task's request. Kinds built on this one (a judge
+        showing the page image) add to it."""
+        inputs, ctx = job.inputs, job.ctx
+        return self.user(inputs, ctx), (self.draft(inputs, ctx) if self.draft else None), ()
 
     def answer(self, job: StepRun) -> tuple[Any, str, bool]:
         """Call the LLM, validate, re-ask with the errors when invalid.

