@@ -389,7 +389,10 @@ def create_app(studio: Studio):
         return FileResponse(here, headers={"Cache-Control": "no-cache"})
 
     async def build_file(request: Request) -> Response:
-        return FileResponse(studio.file(request.path_params["path"]))
+        path = request.path_params["path"]
+        if path.startswith("api/"):
+            raise Refused(405, "a change is a POST carrying the session token.")
+        return FileResponse(studio.file(path))
 
     async def body_of(request: Request) -> dict:
         try:
