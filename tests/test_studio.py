@@ -243,3 +243,18 @@ def test_a_malformed_edit_changes_nothing(served):
     assert status == 400
     assert pages.read_bytes() == before
     assert not (project.story_dir("noah-s-ark") / ".cloops" / "history" / "pages.json").exists()
+
+
+def test_bound_to_another_address_every_request_needs_the_token(tmp_path):
+    from cloops.data.project import load_project, reset
+    from cloops.steer.review.studio import Refused, Studio
+    make_project(tmp_path, ["noah-s-ark"])
+    reset()
+    studio = Studio(load_project(tmp_path), host="0.0.0.0")
+    with pytest.raises(Refused) as refused:
+        studio.check("GET", {"host": "0.0.0.0:8321"}, {}, {})
+    assert refused.value.status == 403 and "?token=" in refused.value.message
+    studio.check("GET", {"host": "0.0.0.0:8321"}, {"token": studio.token}, {})
+    studio.check("GET", {"host": "0.0.0.0:8321"}, {}, {"cloops_token": studio.token})
+    loopback = Studio(load_project(tmp_path))
+    loopback.check("GET", {"host": "127.0.0.1:8321"}, {}, {})  # a GET on loopback needs none

@@ -156,35 +156,44 @@ class Estimate:
                 "basis": self.basis, "offline": self.offline}
 
 
-def _last_usage(proj: Project, addr: Address) -> dict | None:
-    """Tokens and characters of the target's last paid call, else the step's average."""
-    path = proj.root / LEDGER_FILE
-    if not path.exists():
-        return None
-    con = connect(path)
-    con.row_factory = sqlite3.Row
-    try:
-        row = con.execute(
-            "SELECT input_tokens, output_tokens, characters FROM calls WHERE template=? AND "
-            "story=? AND target=? AND cache_hit=0 AND offline=0 ORDER BY id DESC LIMIT 1",
-            (addr.template, addr.story_id, addr.rel)).fetchone()
-        if row is None:
-            row = con.execute(
-                "SELECT AVG(input_tokens) AS input_tokens, AVG(output_tokens) AS output_tokens, "
-                "AVG(characters) AS characters, COUNT(*) AS n FROM calls WHERE template=? AND "
-                "step=? AND cache_hit=0 AND offline=0", (addr.template, addr.step.name)).fetchone()
-            if row is None or not row["n"]:
-                return None
-        return dict(row)
-    except sqlite3.OperationalError:
-        return None
-    finally:
-        con.close()
+class UsageBook:
+    """The tokens and characters of paid calls, read from the ledger once: per target its
+    last paid call, per step the average (what :func:`estimate_take` sizes a take by)."""
+
+    def __init__(self, proj: Project):
+        self.last: dict[tuple[str, str, str], dict] = {}
+        self.average: dict[tuple[str, str], dict] = {}
+        path = proj.root / LEDGER_FILE
+        if not path.exists():
+            return
+        con = connect(path)
+        con.row_factory = sqlite3.Row
+        try:
+            for r in con.execute(
+                    "SELECT template, story, target, input_tokens, output_tokens, characters "
+                    "FROM calls WHERE cache_hit=0 AND offline=0 ORDER BY id"):
+                self.last[(r["template"], r["story"], r["target"])] = dict(r)
+            for r in con.execute(
+                    "SELECT template, step, AVG(input_tokens) AS input_tokens, "
+                    "AVG(output_tokens) AS output_tokens, AVG(characters) AS characters "
+                    "FROM calls WHERE cache_hit=0 AND offline=0 GROUP BY template, step"):
+                self.average[(r["template"], r["step"])] = dict(r)
+        except sqlite3.OperationalError:
+            pass
+        finally:
+            con.close()
+
+    def of(self, addr: Address) -> dict | None:
+        """The usage to size a take of ``addr`` by: its last paid call, else its step's average."""
+        return (self.last.get((addr.template, addr.story_id, addr.rel))
+                or self.average.get((addr.template, addr.step.name)))
 
 
-def estimate_take(proj: Project, addr: Address) -> Estimate:
+def estimate_take(proj: Project, addr: Address, usage: UsageBook | None = None) -> Estimate:
     """What another take of ``addr`` costs, from config prices (``prices.<model>``) and, for
     token-priced models, the tokens of the target's last paid call (else the step's average).
+
+    ``usage``: the ledger's usage when the caller estimates many targets (read once).
     """
     service = addr.step.service or ""
     if service not in ("llm", "image", "voice"):
@@ -199,7 +208,7 @@ def estimate_take(proj: Project, addr: Address) -> Estimate:
         return Estimate(None, service, model, f"no price for {model} in config (prices.{model})")
     if service == "image":
         return Estimate(price.per_image, service, model, f"prices.{model}.perImage")
-    usage = _last_usage(proj, addr)
+    usage = (usage or UsageBook(proj)).of(addr)
     if usage is None:
         return Estimate(None, service, model, "no earlier paid call to size it by")
     if service == "llm":

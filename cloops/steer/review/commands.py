@@ -51,9 +51,9 @@ class Review(DoitCmdBase):
         sealed = state.sealed if state is not None else set()
         costs = story_costs(proj)
 
-        def status_of(template: str, sid: str, shas) -> dict:
+        def status_of(template: str, sid: str) -> dict:
             if f"{template}/{sid}" in sealed:
-                return sealed_status(proj, template, sid, shas)
+                return sealed_status(proj, template, sid)
             return story_status(proj, template, sid, tasks, self.dep_manager, costs)
 
         try:

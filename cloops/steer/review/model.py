@@ -22,7 +22,7 @@ from ...graph.locks import read_locks
 from ...graph.plan import plan_of
 from ...graph.steps import Step
 from ...graph.targets import META_DIR, list_versions, read_manifest, read_restored
-from ..actions import estimate_take
+from ..actions import UsageBook, estimate_take
 from ..address import Address
 from ..takes import read_takes
 
@@ -54,13 +54,23 @@ class ShaCache:
             self.data = {}
         self.used: dict[str, list] = {}
 
-    def sha(self, file: Path) -> str | None:
-        """The file's SHA-256 (hex), or None when it does not exist."""
+    def size(self, file: str) -> int:
+        """The size in bytes of a file seen by :meth:`sha` (else read now), 0 when missing."""
+        rec = self.used.get(file)
+        if rec is not None:
+            return rec[0]
         try:
-            st = os.stat(file)
+            return os.stat(file).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+
+    def sha(self, file: str | Path) -> str | None:
+        """The file's SHA-256 (hex), or None when it does not exist."""
+        key = str(file)
+        try:
+            st = os.stat(key)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        key = str(file)
         rec = self.data.get(key)
         if rec and rec[0] == st.st_size and rec[1] == st.st_mtime_ns:
             self.used[key] = rec
@@ -115,29 +125,18 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def sealed_status(proj: Project, template: str, story_id: str, shas: ShaCache) -> dict:
+def sealed_status(proj: Project, template: str, story_id: str) -> dict:
     """The status of a story whose seal holds (nothing is stale), without doit's tasks: the
-    same shape as :func:`cloops.steer.status.story_status` (``cost`` filled by the caller)."""
+    shape of :func:`cloops.steer.status.story_status`, ``handEdited`` None (:func:`story_model`
+    finds the hand edits as it reads the files)."""
     sdir = proj.story_dir(template, story_id)
     item = proj.item(template, story_id)
     locks = read_locks(sdir)
-    manifest = read_manifest(sdir)
-    restored = read_restored(sdir)
-    hand = []
-    for step, rel, _n in story_targets(proj, template, sdir):
-        if step.copies:
-            continue
-        sha = shas.sha(sdir / rel)
-        rec = manifest.get(rel)
-        if sha is None or (rec is not None and rec.get("sha256") == sha):
-            continue
-        why = "restored" if restored.get(rel, {}).get("sha256") == sha else "hand-edit"
-        hand.append({"target": rel, "why": why})
     return {"story": f"{template}/{story_id}", "template": template, "id": story_id,
             "title": item.input.get("title", story_id), "status": item.status,
             "error": item.error, "stale": [], "staleLocked": [],
             "locked": {"story": bool(locks.get("story")), "targets": locks.get("targets", {})},
-            "handEdited": hand, "cost": {}, "upToDate": None, "pagesKnown": True}
+            "handEdited": None, "cost": {}, "upToDate": None, "pagesKnown": True}
 
 
 def story_targets(proj: Project, template: str, sdir: Path,
@@ -178,12 +177,13 @@ def _versions(addr: Address) -> list[dict]:
 
 
 def story_model(proj: Project, template: str, story_id: str, status: dict,
-                step_costs: list[dict], shas: ShaCache) -> dict:
+                step_costs: list[dict], shas: ShaCache, usage: UsageBook | None = None) -> dict:
     """Everything the review page of one story shows (paths relative to ``build/``).
 
     ``status``: :func:`cloops.steer.status.story_status` or :func:`sealed_status`;
     ``step_costs``: this story's ledger rows per step (``step, calls, cache_hits, cost_usd,
-    saved_usd``). Returns ``{key, template, id, title, status, error, draft, cover, marks,
+    saved_usd``); ``usage``: the ledger's usage, to estimate takes (read when None).
+    Returns ``{key, template, id, title, status, error, draft, cover, marks,
     cost, steps: [{step, kind, service, doc, targets: [...]}], pages, cast, voice, evals,
     ads, staleRows, staleLocked, handEdited, locked}``.
     """
@@ -195,8 +195,15 @@ def story_model(proj: Project, template: str, story_id: str, status: dict,
     item = proj.item(template, story_id)
     stale_by = {r["target"]: r["reasons"] for r in status["stale"]}
     stale_locked_by = {r["target"]: r["reasons"] for r in status["staleLocked"]}
-    hand_by = {r["target"]: r["why"] for r in status["handEdited"]}
+    find_hand = status["handEdited"] is None  # a sealed story: found here, from the files
+    hand_rows = [] if find_hand else status["handEdited"]
+    hand_by = {r["target"]: r["why"] for r in hand_rows}
+    restored = read_restored(sdir) if find_hand else {}
+    usage = usage or UsageBook(proj)
     files = _files(sdir) if sdir.is_dir() else []
+    # most stories have no takes and no kept versions: look once, not per target
+    has_takes = os.path.isdir(os.path.join(sdir, META_DIR, "takes"))
+    has_history = os.path.isdir(os.path.join(sdir, META_DIR, "history"))
 
     steps: dict[str, dict] = {}
     for s in tpl.steps:
@@ -208,14 +215,18 @@ def story_model(proj: Project, template: str, story_id: str, status: dict,
                                          if r["task"].partition(":")[0] == s.name]}
     targets: dict[str, dict] = {}
     for step, rel, n in story_targets(proj, template, sdir, files):
-        path = sdir / rel
+        path = os.path.join(sdir, rel)
         kind = kind_of(rel)
         sha = None if step.copies else shas.sha(path)
         rec = manifest.get(rel) or {}
+        if find_hand and sha is not None and rec.get("sha256") != sha:
+            why = "restored" if restored.get(rel, {}).get("sha256") == sha else "hand-edit"
+            hand_by[rel] = why
+            hand_rows.append({"target": rel, "why": why})
         addr = Address(template, story_id, sdir, rel, step, n)
         lock_rel = addr.lock_rel
         t = {"rel": rel, "path": f"{base}/{rel}", "kind": kind, "n": n, "step": step.name,
-             "size": path.stat().st_size if path.is_file() else 0,
+             "size": shas.size(path),
              "sha": sha, "why": None if step.copies else hand_by.get(rel, "generated"),
              "madeBy": rec.get("madeBy", ""), "offline": bool(rec.get("offline")),
              "stale": stale_by.get(rel), "staleLocked": stale_locked_by.get(rel),
@@ -223,13 +234,13 @@ def story_model(proj: Project, template: str, story_id: str, status: dict,
              "lockRel": lock_rel, "main": rel == lock_rel, "copied": step.copies,
              "generated": addr.generated and rel == lock_rel,
              "editable": not step.copies and kind == "text",
-             "text": _read_text(path) if kind == "text" and not step.copies else None,
+             "text": _read_text(Path(path)) if kind == "text" and not step.copies else None,
              "takes": [], "versions": [], "estimate": None}
         if not step.copies:
-            t["versions"] = _versions(addr)
+            t["versions"] = _versions(addr) if has_history else []
             if t["generated"]:
-                t["takes"] = _takes(addr, sha)
-                t["estimate"] = estimate_take(proj, addr).as_json()
+                t["takes"] = _takes(addr, sha) if has_takes else []
+                t["estimate"] = estimate_take(proj, addr, usage).as_json()
         targets[rel] = t
         steps[step.name]["targets"].append(t)
     for row in step_costs:
@@ -260,11 +271,11 @@ def story_model(proj: Project, template: str, story_id: str, status: dict,
         "cover": cover, "pages": pages, "cast": cast, "voice": voice, "evals": evals,
         "ads": ads, "steps": list(steps.values()),
         "staleRows": status["stale"], "staleLocked": status["staleLocked"],
-        "handEdited": status["handEdited"], "locked": status["locked"],
+        "handEdited": hand_rows, "locked": status["locked"],
         "pagesKnown": status.get("pagesKnown", True),
         "marks": {"stale": len(status["stale"]), "staleLocked": len(status["staleLocked"]),
                   "locked": bool(status["locked"]["story"]) or len(status["locked"]["targets"]),
-                  "handEdited": len(status["handEdited"])},
+                  "handEdited": len(hand_rows)},
         "cost": total,
     }
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ...core.fileio import atomic_write_bytes, atomic_write_json
 
-BOX_PX = (360, 640)  # width, height: a 9:16 page 360 px wide, a square cover 360 px
+BOX_PX = (288, 512)  # width, height: a 9:16 page 288 px wide (JPEG decodes 576×1024 at 1/2)
 SMALL_BYTES = 60_000
-QUALITY = 78
+QUALITY = 75
 POOL_FROM = 24  # previews to make before a process pool pays for its start-up
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable
 
 from ...core.fileio import atomic_write_bytes, atomic_write_json, canonical_json
 from ...data.project import BUILD_DIR, Project
+from ..actions import UsageBook
 from ..address import stories
 from ..spend import spend
 from .model import ShaCache, card, story_model
@@ -220,12 +221,11 @@ def index_data(proj: Project, models: dict[tuple[str, str], dict]) -> tuple[dict
     return indexes, summary
 
 
-def build_site(proj: Project, status_of: Callable[[str, str, ShaCache], dict],
+def build_site(proj: Project, status_of: Callable[[str, str], dict],
                keys: list[tuple[str, str]] | None = None) -> SiteRun:
     """Write the review site's pages that changed; return what was written.
 
-    ``status_of(template, id, shas)``: the story's status (``story_status`` or
-    ``sealed_status``, with ``cost`` filled); ``keys``: the stories whose pages to bring up
+    ``status_of(template, id)``: the story's status (``story_status`` or ``sealed_status``); ``keys``: the stories whose pages to bring up
     to date (default: every story of every backlog). The index pages always list every story
     (a story not in ``keys`` is shown as its page was last made).
     """
@@ -239,10 +239,11 @@ def build_site(proj: Project, status_of: Callable[[str, str, ShaCache], dict],
     design = _design_digest()
     state = State(root)
 
+    usage = UsageBook(proj)
     models: dict[tuple[str, str], dict] = {}
     for template, sid in wanted:
-        model = story_model(proj, template, sid, status_of(template, sid, shas),
-                            costs.get((template, sid), []), shas)
+        model = story_model(proj, template, sid, status_of(template, sid),
+                            costs.get((template, sid), []), shas, usage)
         attach_previews(model, previews, proj.story_dir(template, sid))
         models[(template, sid)] = model
     run.previews = previews.make()
