@@ -21,7 +21,6 @@ from ..core.fileio import dump_json
 from ..data.project import BUILD_DIR, STATE_DIR, Project
 from ..graph.locks import is_locked, lock, read_locks, unlock
 from ..graph.seals import unseal
-from ..graph.steps import expand
 from ..graph.targets import edit_target
 from ..run.ledger import LEDGER_FILE, connect
 from .address import Address, match_target
@@ -290,16 +289,3 @@ def edit_field(addr: Address, path: list[str | int], value: str) -> bool:
                          fix="reload the page: the file changed since it was shown.") from None
     node[path[-1]] = value
     return edit_target(addr.story_dir, addr.rel, dump_json(data).encode("utf-8")) is not None
-
-
-def page_target(proj: Project, addr: Address, pattern: str, n: int) -> Address:
-    """The address of ``pattern`` for page ``n`` in ``addr``'s story (``prompts/{n}.txt``).
-
-    Raises:
-        InputError: the template has no such target.
-    """
-    rel = expand(pattern, n)
-    found = match_target(proj, addr.template, rel)
-    if found is None:
-        raise InputError(f"{rel} is not a target of template {addr.template}.")
-    return Address(addr.template, addr.story_id, addr.story_dir, rel, *found)
