@@ -159,13 +159,11 @@ def test_editing_page_2_narration_reruns_only_the_evals_that_read_it(built):
     assert run.rc == 0, run.out + run.err
     evals_ran = {t for t in ran(run.out) if " check-" in t or " judge-" in t or t.endswith(" evals")}
     std, kids = f"{STD}/noah-s-ark", f"{KIDS}/noah-s-ark"
-    # what reads page 2's narration: the key-moment check (the plan's text), the story judge
-    # (switched off: it writes the same "disabled" file), the kids' page-2 sentence check and
-    # reading level; the vision judge of page 2, whose image changed (offline, the storyboard
-    # draws the narration); evals.json where a result changed (the kids' sentence check fails).
-    # Not the plan's shape, other pages' narration, any prompt check, nor other pages' images.
-    assert evals_ran == {f"{std} check-moments", f"{std} judge-story", f"{std} judge-page 2",
-                         f"{kids} check-moments", f"{kids} judge-story", f"{kids} judge-page 2",
+    # what reads page 2's narration: the key-moment check (the plan's text), the kids' page-2
+    # sentence check and reading level; evals.json where a result changed (the kids' sentence
+    # check fails). The judges are switched off: they make no task. Not the plan's shape,
+    # other pages' narration, any prompt check, nor other pages' images.
+    assert evals_ran == {f"{std} check-moments", f"{kids} check-moments",
                          f"{kids} check-narration 2", f"{kids} check-reading", f"{kids} evals"}
     kids_data = evals(built, template=KIDS)
     long = result(kids_data, "sentence-length", page=2)  # a hand edit: no longer a draft

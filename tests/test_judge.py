@@ -87,7 +87,8 @@ def test_judges_are_opt_in_and_offline_gives_a_marked_draft(tmp_path):
     off = project.doit("build:noah-s-ark")
     assert off.rc == 0 and not [c for c in off.calls if c["step"].startswith("judge")]
     sdir = project.story_dir("noah-s-ark")
-    assert json.loads((sdir / "evals" / "judge" / "story.json").read_text())["enabled"] is False
+    assert not (sdir / "evals" / "judge").exists()  # switched off: no task, no file
+    assert json.loads((sdir / "evals.json").read_text())["judges"] == "off"
 
     project.edit_config(_judges_on)
     on = project.doit("build:noah-s-ark")

@@ -177,15 +177,13 @@ def test_second_take_then_pick_the_first_costs_nothing_more(one):
     assert run.calls == []
     assert (sdir / "images" / "2.jpg").read_bytes() == first
     assert jdoit(one, "takes", target, env=TAKES)["current"] == 1
-    # what reads image 2: the assembled steps, and its vision judge (switched off: no call)
-    # with evals.json after it
-    downstream = {f"story-data:{KEY}", f"bundle:{KEY}", f"judge-page:{KEY}/2", f"evals:{KEY}"}
+    # what reads image 2: the assembled steps (its vision judge is switched off: no task)
+    downstream = {f"story-data:{KEY}", f"bundle:{KEY}"}
     assert {r["task"] for r in status(one, "noah-s-ark", env=TAKES)[KEY]["stale"]} == downstream
 
     run = ok(one.doit("build:noah-s-ark", env=TAKES))
     assert run.calls == []
-    # evals.json only runs when a judgement changed: the judge is off, it wrote the same file
-    assert ran(run) == downstream - {f"evals:{KEY}"}
+    assert ran(run) == downstream  # only assembled steps
     assert (sdir / "bundle" / "2.jpg").read_bytes() == first
     assert ok(one.doit("build:noah-s-ark", env=TAKES)).calls == []
 
@@ -206,14 +204,11 @@ def test_status_names_exactly_what_the_next_build_runs(two):
     images = ", ".join(f"image {i}" for i in range(1, n + 1))
     expect[f"story-data:{KEY}"] = [f"because {images} will be rebuilt"]
     expect[f"bundle:{KEY}"] = [f"because {images}, story-data will be rebuilt"]
-    # the evals that read what is rebuilt: each page prompt's check, each image's vision
-    # judge, and evals.json that gathers them
+    # the evals that read what is rebuilt: each page prompt's check and evals.json that
+    # gathers them (the vision judges are switched off: no task)
     expect.update({f"check-prompt:{KEY}/{i}": [f"because prompt {i} will be rebuilt"]
                    for i in range(1, n + 1)})
-    expect.update({f"judge-page:{KEY}/{i}": [f"because image {i} will be rebuilt"]
-                   for i in range(1, n + 1)})
-    evals = [f"check-prompt {i}" for i in range(1, n + 1)] + [f"judge-page {i}"
-                                                              for i in range(1, n + 1)]
+    evals = [f"check-prompt {i}" for i in range(1, n + 1)]
     expect[f"evals:{KEY}"] = [f"because {', '.join(evals)} will be rebuilt"]
     assert noah == expect
 

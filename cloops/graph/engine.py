@@ -38,7 +38,8 @@ from ..data.template import Template
 from .locks import is_locked, mark_stale
 from .plan import Plan, plan_of, value_paths
 from .steps import (CollectionInput, DepContext, ItemInput, Key, PartInput, Step, StepContext,
-                    StoryValue, ViewInput, selected, short_value, value_name)
+                    StoryValue, ViewInput, expand, placeholder_of, selected, short_value,
+                    value_name)
 from .targets import remove_target
 
 INPUTS_KEY = "_cloops_inputs"
@@ -378,6 +379,11 @@ def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_i
         return value_inputs(tpl, step, story_input, n, sources, ctx), ctx
 
     deps, outs = step.task_files(DepContext(tpl, None, n, keys, values_now))
+    if plan.inactive:  # what a switched-off step would make is not waited for
+        off = {expand(p, k) for s in plan.steps if s.name in plan.inactive
+               for p in s.target_patterns()
+               for k in (keys(placeholder_of(p)) if placeholder_of(p) else [None])}
+        deps = [d for d in deps if d not in off]
     file_dep = [str(rel_root / d) for d in deps]
     targets = [str(rel_root / t) for t in outs]
     task_dep: list[str] = []
@@ -412,12 +418,12 @@ def clean_task(story_dir: str, rels: list[str]) -> None:
 
 
 def wanted_steps(tpl: Template, dry: bool) -> list[Step]:
-    """The steps a run creates tasks for: all, or for a dry run those outside
-    :attr:`Plan.media` (no image or voice call, nothing that reads their output)."""
-    if dry:
-        media = plan_of(tpl).media
-        return [s for s in tpl.steps if s.name not in media]
-    return list(tpl.steps)
+    """The steps a run creates tasks for: the active ones (:attr:`Plan.inactive`), and for a
+    dry run those outside :attr:`Plan.media` (no image or voice call, nothing that reads their
+    output)."""
+    plan = plan_of(tpl)
+    off = plan.media | plan.inactive if dry else plan.inactive
+    return [s for s in tpl.steps if s.name not in off]
 
 
 def static_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: dict,

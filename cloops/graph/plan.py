@@ -42,6 +42,8 @@ class Plan:
         rank: step name → its place in a depth-first run (higher runs first): the depth,
             except that a step every task of another fan-out waits for as a whole (the
             characters' sheets, which every page image waits for) outranks them all.
+        inactive: steps switched off by the template's config (:meth:`Step.active`): they
+            make no task, and an input made by one of them is None.
     """
 
     steps: list[Step]
@@ -54,11 +56,25 @@ class Plan:
     depth: dict[str, int]
     by_placeholder: dict[str, str] = field(default_factory=dict)
     rank: dict[str, int] = field(default_factory=dict)
+    inactive: set[str] = field(default_factory=set)
+
+    def made_by_inactive(self, pattern: str) -> bool:
+        """True when the step that makes ``pattern`` (a target pattern) is switched off."""
+        prod = self.producers.get(pattern)
+        return prod is not None and prod.name in self.inactive
 
     @property
     def foreach_source(self) -> str | None:
-        """The first fan-out source (``pages.json`` for a template with one), or None."""
-        return next(iter(self.fanouts), None)
+        """The numbered fan-out's source (``pages.json``: the pages), else the first fan-out's,
+        or None."""
+        numbered = [src for src, f in self.fanouts.items() if f.by == "n"]
+        return (numbered or list(self.fanouts) or [None])[0]
+
+    @property
+    def foreach_key(self) -> str | None:
+        """The list's key in :attr:`foreach_source` (``pages``), or None."""
+        src = self.foreach_source
+        return self.fanouts[src].key if src else None
 
     def producer_of(self, path: str) -> Step | None:
         """The step whose target pattern is ``path``, or None."""
@@ -190,4 +206,5 @@ def _make(tpl) -> Plan:
     return Plan(steps=list(tpl.steps), fanouts=fanouts, producers=producers, dynamic=dynamic,
                 creator=creator, needs={n: sorted(w, key=order.index) for n, w in needs.items()
                                         if w},
-                media=media, depth=depth, by_placeholder=by_placeholder, rank=rank)
+                media=media, depth=depth, by_placeholder=by_placeholder, rank=rank,
+                inactive={s.name for s in tpl.steps if not s.active(tpl)})

@@ -449,6 +449,12 @@ class Step:
         settings. The backend's name is added by the engine. Default: none."""
         return {}
 
+    def active(self, tpl) -> bool:
+        """Whether the step runs in this template's config (a paid judge switched off by
+        ``evals.judge.pages``: no task at all, and steps reading its target see None). The
+        config values it reads belong in :meth:`config_paths`. Default: always."""
+        return True
+
     def check(self, tpl) -> None:
         """Validate the step against its template at load time.
 

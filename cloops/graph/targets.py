@@ -235,18 +235,38 @@ def restore_version(story_dir: Path, rel: str, data: bytes, *, source: str) -> P
     when there was none or it already held ``data``.
     """
     with story_lock(story_dir):
-        path = story_dir / rel
-        new_sha = sha256_bytes(data)
-        current = sha256_file(path)
-        if current == new_sha:
+        if sha256_file(story_dir / rel) == sha256_bytes(data):
             return None
-        kept = None
-        if current is not None:
-            kept = keep_version(story_dir, rel,
-                                reason=version_reason(story_dir, rel, None, current) or "hand-edit")
-        atomic_write_bytes(path, data)
+        kept = _edit(story_dir, rel, data)
         restored = read_restored(story_dir)
+        new_sha = sha256_bytes(data)
         restored[rel] = {"sha256": new_sha, "from": source,
                          "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic_write_json(story_dir / META_DIR / RESTORED_FILE, restored)
         return kept
+
+
+def _edit(story_dir: Path, rel: str, data: bytes) -> Path | None:
+    """Write ``data`` as ``rel`` keeping the current file in history first (the caller holds
+    the story lock); return the history copy, or None when there was no file."""
+    path = story_dir / rel
+    current = sha256_file(path)
+    kept = None
+    if current is not None:
+        kept = keep_version(story_dir, rel,
+                            reason=version_reason(story_dir, rel, None, current) or "hand-edit")
+    atomic_write_bytes(path, data)
+    return kept
+
+
+def edit_target(story_dir: Path, rel: str, data: bytes) -> Path | None:
+    """Write a person's edit of target ``rel``, keeping the current file in history first.
+
+    The manifest is left as it is, so the bytes count as a hand edit: the next build keeps
+    them and rebuilds what is downstream. Returns the history copy of the replaced file, or
+    None when there was none or it already held ``data`` (then nothing is written).
+    """
+    with story_lock(story_dir):
+        if sha256_file(story_dir / rel) == sha256_bytes(data):
+            return None
+        return _edit(story_dir, rel, data)

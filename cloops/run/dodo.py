@@ -22,7 +22,7 @@ from ..graph.seals import SealBook
 from .context import RunState, begin
 from .dispatch import install, service_saturation, task_priority
 from .reporter import CloopsReporter
-from .selection import dry_mode, parse_argv, selected_stories
+from .selection import STORY_COMMANDS, dry_mode, parse_argv, selected_stories
 from .tuning import freeze_live_objects, relax_gc
 
 DEFAULT_JOBS = 24  # doit worker threads; `doit -n 1` runs one task at a time
@@ -75,7 +75,8 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
     if command in ("forget", "ignore", "clean"):
         # the tasks of these stories must really be checked (and run) next time
         book.drop(None if wanted is None else [r for r, _ in stories])
-    elif command == "run" and not always:
+    elif command in ("run", *STORY_COMMANDS) and not always:
+        # a sealed story is up to date: its tasks are not created (`doit review` reads the seal)
         sealed = {r.key for r, it in stories if book.is_sealed(r, it)}
     dry = dry_mode()
     begin(RunState(project=proj, seals=book, sealed=sealed,

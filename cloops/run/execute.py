@@ -29,7 +29,7 @@ from ..data.template import Template
 from ..graph.completion import record_completed
 from ..graph.engine import Sources, step_context, value_inputs
 from ..graph.locks import is_locked, mark_stale
-from ..graph.plan import value_paths
+from ..graph.plan import plan_of, value_paths
 from ..graph.steps import (EachInput, FileInput, Key, Step, StepContext, StepRun, expand,
                            placeholder_of)
 from ..graph.targets import made_from, read_manifest, write_target
@@ -77,8 +77,12 @@ def read_inputs(tpl: Template, step: Step, story_dir: Path, story_input: dict,
         InputError: a ``.json`` input is not valid JSON (names the file and the fix).
     """
     inputs = value_inputs(tpl, step, story_input, n, sources, ctx)
+    plan = plan_of(tpl)
     for name, inp in step.inputs.items():
-        if isinstance(inp, FileInput):
+        if isinstance(inp, (FileInput, EachInput)) and plan.made_by_inactive(
+                inp.path if isinstance(inp, FileInput) else inp.pattern):
+            inputs[name] = None  # made by a step switched off in config
+        elif isinstance(inp, FileInput):
             rel = expand(inp.path, n)
             path = story_dir / rel
             if rel.endswith(".json"):

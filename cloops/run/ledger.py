@@ -98,6 +98,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._started = False
         self._con: sqlite3.Connection | None = None
+        self.spent_usd = 0.0  # this run's cost so far (the live progress view reads it)
 
     def _connect(self) -> sqlite3.Connection:
         if self._con is None:
@@ -123,6 +124,7 @@ class Ledger:
                 con.execute(f"INSERT INTO calls ({cols}) VALUES ({marks})",
                             [self.run_id] + [int(v) if isinstance(v, bool) else v
                                              for v in row.values()])
+            self.spent_usd += rec.cost_usd or 0.0
 
     def calls(self, run_id: str | None = None) -> list[dict]:
         """The calls of ``run_id`` (default: this run) as dicts, oldest first."""

@@ -4,9 +4,10 @@ Layer: **run**.
 
 A doit reporter (``DOIT_CONFIG["reporter"]``). Every task that runs gets one line when it ends:
 its story, step, why it was stale and what it cost; hand edits kept in history and drafts left
-pending are said. The run ends with a table: stories built / failed / up to date, and calls per
-service (made, cache hits, tokens, images, cost), and the stories it touched whose evals ask
-for a review.
+pending are said. On a terminal (unless ``-v`` or ``CLOOPS_PROGRESS=lines``) a live view
+(:mod:`cloops.run.progress`) replaces the per-task lines; failures and notes still print. The
+run ends with a table: stories built / failed / up to date, and calls per service (made, cache
+hits, tokens, images, cost), and the stories it touched whose evals ask for a review.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..core.console import make_console
 from ..graph.engine import Inputs
 from ..graph.seals import file_stat
 from .context import current, current_project, run_context
+from .progress import LiveView, wants_lines
 from .summary import header_lines, review_lines, stale_completed_report, summary_rows
 from .tuning import freeze_live_objects, preload_sdks
 
@@ -77,6 +79,11 @@ class CloopsReporter:
         # for story seals (cloops.graph.seals): files of each story's tasks as they ended; a story's
         # seal is made when its build:<key> group succeeds and written at the end of the run
         self.files: dict[str, dict[str, list[int] | None]] = {}
+        # on a terminal, a live view instead of a line per task (cloops.run.progress); -v,
+        # CLOOPS_PROGRESS=lines or output to a pipe or file keeps the lines
+        self.view = None
+        self._live = self.console.is_terminal and not wants_lines(sys.argv[1:])
+        self._services: dict[tuple[str, str], str | None] = {}
 
     # doit reporter protocol ------------------------------------------------
 
@@ -84,6 +91,47 @@ class CloopsReporter:
         for line in header_lines():
             self.console.print(line)
         preload_sdks()
+        if self._live:
+            state = current()
+            total = len(state.items) - len(state.sealed) if state is not None else 0
+            self.view = LiveView(self.console, total, service_of=self._service_of,
+                                 limit_of=self._limit_of, spent=self._spent)
+            self.view.start()
+
+    def _service_of(self, name: str) -> str | None:
+        """The service task ``name``'s step calls (None: a group, a check or no service)."""
+        step = name.partition(":")[0]
+        template = _split(name)[1].split("/")[0]
+        if (template, step) not in self._services:
+            proj = current_project()
+            try:
+                self._services[(template, step)] = proj.template(template).step(step).service
+            except (KeyError, AttributeError):
+                self._services[(template, step)] = None
+        return self._services[(template, step)]
+
+    def _limit_of(self, service: str) -> tuple[int | None, int | None, str]:
+        """``(calls in flight, limit, backend)`` of a service (calls in flight: None when no
+        limiter counts them, as for an offline backend)."""
+        proj = current_project()
+        template = next((t for t, s in self._services if self._services[(t, s)] == service), None)
+        if proj is None or template is None:
+            return None, None, "?"
+        resolved = proj.resolved(template, service)
+        if resolved.spec.offline:
+            return None, None, f"{resolved.spec.name}, offline"
+        from .hub import existing_hub
+        hub = existing_hub(proj)
+        if hub is None:
+            return 0, None, resolved.spec.name
+        limiter = hub.limiter(template, service)
+        return limiter.in_flight, limiter.concurrency, resolved.spec.name
+
+    def _spent(self) -> float:
+        from .hub import existing_hub
+        proj = current_project()
+        hub = existing_hub(proj) if proj is not None else None
+        return hub.ledger.spent_usd if hub is not None else 0.0
 
     def get_status(self, task):
         pass
@@ -92,6 +140,8 @@ class CloopsReporter:
         if task.actions and not task.name.startswith(HIDDEN_PREFIXES):
             self.started[task.name] = time.monotonic()
             self.reasons[task.name] = stale_reason(task)
+            if self.view is not None:
+                self.view.started(task.name)
 
     def add_failure(self, task, fail):
         if task.name.startswith(HIDDEN_PREFIXES):
@@ -99,6 +149,9 @@ class CloopsReporter:
         msg = fail.get_msg().strip() if hasattr(fail, "get_msg") else str(fail)
         self.failed[task.name] = msg
         step, story = _split(task.name)
+        if self.view is not None:
+            self.view.ended(task.name, ok=False)
+            self.view.story_done(story, ok=False)
         self.console.print(f"[red]✗ {story}  {step}[/red]  "
                            f"{self._esc(msg.splitlines()[-1]) if msg else ''}")
 
@@ -136,12 +189,21 @@ class CloopsReporter:
             return
         self.ran.append(task.name)
         step, story = _split(task.name)
+        from .execute import NOTES  # imported by the first task that ran
+        notes = NOTES.pop(task.name, [])
+        if self.view is not None:  # the live view: notes only, with their story and step
+            self.view.ended(task.name, ok=True)
+            if self._finishes(task.name):
+                self.view.story_done(story)
+            for line in notes:
+                self.console.print(self._text(("!", "yellow"), f" {story}  ", (step, "bold"),
+                                              f"  {line}"))
+            return
         dt = time.monotonic() - self.started.get(task.name, time.monotonic())
         self.console.print(self._text(("✓", "green"), f" {story}  ", (step, "bold"), "  ",
                                       (f"({self.reasons.get(task.name, 'stale')}; {dt:.1f}s)",
                                        "dim")))
-        from .execute import NOTES  # imported by the first task that ran
-        for line in NOTES.pop(task.name, []):
+        for line in notes:
             self.console.print(f"    [yellow]![/yellow] {self._esc(line)}")
 
     def skip_uptodate(self, task):
@@ -150,6 +212,10 @@ class CloopsReporter:
             self._note_files(task)
             if self._finishes(task.name):
                 self.uptodate_bundles.add(_split(task.name)[1])
+                if self.view is not None:
+                    self.view.story_done(_split(task.name)[1])
+            if self.view is not None:
+                self.view.ended(task.name, ok=True, ran=False)
             for utd, _a, _k in getattr(task, "uptodate", []):
                 if isinstance(utd, Inputs) and utd.locked:
                     step, story = _split(task.name)
@@ -211,6 +277,8 @@ class CloopsReporter:
             self.err.print(f"[yellow]could not record story seals: {self._esc(str(exc))}[/yellow]")
 
     def complete_run(self):
+        if self.view is not None:
+            self.view.stop()
         self._settle()
         self._seal()
         was_sealed = len(run_context()[1])  # stories not checked task by task

@@ -58,6 +58,28 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str], bool]:
     return command, [a for a in args if not a.isdigit() and "=" not in a], always
 
 
+# commands whose arguments are story keys (``<template>/<id>`` or ``<id>``), not task names
+STORY_COMMANDS = ("review",)
+
+
+def _story_keys(backlogs: list, args: list[str]) -> set[str] | None:
+    """The stories named by ``args`` (every story when none, or when one is not understood:
+    the command then says what is wrong)."""
+    keys: set[str] = set()
+    for a in args:
+        parts = [p for p in a.split("/") if p]
+        if parts and parts[0] == "build":
+            parts = parts[1:]
+        if len(parts) >= 2 and any(b.template == parts[0] and b.get(parts[1]) for b in backlogs):
+            keys.add(f"{parts[0]}/{parts[1]}")
+            continue
+        found = {f"{b.template}/{parts[0]}" for b in backlogs if parts and b.get(parts[0])}
+        if not found:
+            return None
+        keys |= found
+    return keys or None
+
+
 def selected_stories(backlogs: list, command: str, args: list[str]) -> set[str] | None:
     """The story keys (``<template>/<id>``) whose tasks this doit invocation needs, or None for
     all of them. ``backlogs``: the project's :class:`~cloops.data.backlog.Backlog` list.
@@ -67,6 +89,8 @@ def selected_stories(backlogs: list, command: str, args: list[str]) -> set[str] 
     id, without walking the backlog). Any task name not understood here selects every story
     (doit then finds it, or says it does not exist).
     """
+    if command in STORY_COMMANDS:
+        return _story_keys(backlogs, args)
     if command not in ("run", "info", "clean", "forget", "ignore", "list", "strace"):
         return None  # cloops' own commands (status, lock, ...) and doit's others: everything
 

@@ -37,12 +37,12 @@ from rich.table import Table
 
 from ..core.console import make_console
 from ..core.errors import CloopsError, InputError
-from ..data.project import BUILD_DIR, load_project
-from ..graph.locks import is_locked, lock, read_locks, unlock
-from ..graph.seals import unseal
+from ..data.project import load_project
+from ..graph.locks import is_locked
 from ..graph.targets import META_DIR, list_versions
 from ..run.context import current_project
-from .address import Address, match_target, need_target, resolve, stories
+from .actions import begin_take, build_command, lock_all, unlock_one
+from .address import need_target, resolve, stories
 from .history import restore, versions
 from .evals import review_text, score_text
 from .status import story_status
@@ -223,10 +223,7 @@ class Lock(Command):
             if addr.rel is not None:
                 need_target(addr, "lock")
         console = _console()
-        for addr in addrs:
-            lock(addr.story_dir, addr.lock_rel)
-            what = (f"{addr.key} (every target)" if addr.rel is None
-                    else f"{BUILD_DIR}/{addr.key}/{addr.lock_rel}")
+        for what in lock_all(addrs):
             console.print(f"🔒 locked {what}")
         return 0
 
@@ -253,27 +250,16 @@ class Unlock(DoitCmdBase):
         console = _console()
         try:
             for addr in addrs:
-                before = read_locks(addr.story_dir)
-                rel = addr.lock_rel
-                if rel is not None and not is_locked(addr.story_dir, rel, before):
+                out = unlock_one(proj, addr, self.dep_manager, tasks)
+                if out.why_not == "not locked":
                     console.print(f"{addr.shown} was not locked.")
                     continue
-                if rel is not None and rel not in before["targets"]:
+                if out.why_not == "story locked":
                     console.print(f"{addr.shown} is locked with its whole story: "
                                   f"`doit unlock {addr.key}` ends that lock.")
                     continue
-                stale = unlock(addr.story_dir, rel)
-                console.print(f"🔓 unlocked {addr.key if rel is None else addr.shown}")
-                for srel in stale:
-                    found = match_target(proj, addr.template, srel)
-                    if found is None:
-                        continue
-                    target = Address(addr.template, addr.story_id, addr.story_dir,
-                                              srel, *found)
-                    reason = (before["targets"].get(srel) or {}).get("stale") or "an input changed"
-                    if target.task in tasks:
-                        self.dep_manager.remove(target.task)
-                        unseal(proj, addr.template, addr.story_id)
+                console.print(f"🔓 unlocked {addr.key if addr.rel is None else addr.shown}")
+                for srel, reason in out.stale:
                     console.print(f"    {srel} went stale while locked ({reason}): "
                                   f"`doit build:{addr.key}` rebuilds it")
         finally:
@@ -302,19 +288,7 @@ class Take(DoitCmdBase):
         (arg,) = _args(pos_args, "1", "one TARGET")
         addr = need_target(resolve(proj, arg), "take")
         try:
-            if not addr.generated:
-                raise InputError(f"{addr.shown} is assembled, not generated: another take "
-                                 "would be the same file.",
-                                 fix="take the generated files it is made from.")
-            if is_locked(addr.story_dir, addr.lock_rel):
-                raise InputError(f"{addr.shown} is locked: a take would not replace it.",
-                                 fix=f"doit unlock {addr.shown} first.")
-            if addr.task not in {t.name for t in self.task_list}:
-                raise InputError(f"{addr.shown}: there is no task {addr.task} yet.",
-                                 fix=f"build the story first: doit build:{addr.key}.")
-            before, _ = store_take(addr)
-            self.dep_manager.remove(addr.task)
-            unseal(proj, addr.template, addr.story_id)
+            before = begin_take(proj, addr, self.dep_manager, {t.name for t in self.task_list})
         finally:
             self.dep_manager.close()
         console = _console()
@@ -322,9 +296,8 @@ class Take(DoitCmdBase):
                       f"({addr.task}, response cache skipped)")
         sys.stdout.flush()
         sys.stderr.flush()
-        env = dict(os.environ, CLOOPS_REROLL=addr.task)
-        rc = subprocess.call([sys.executable, "-m", "doit", f"build:{addr.key}"],
-                             cwd=proj.root, env=env)
+        argv, env = build_command(proj, addr.key, reroll=addr.task)
+        rc = subprocess.call(argv, cwd=proj.root, env=env)
         if not (addr.story_dir / addr.rel).is_file():
             print(f"ERROR: the build did not make {addr.shown} (exit {rc}); take {before} is "
                   f"kept: doit pick {addr.shown} {before}", file=sys.stderr)

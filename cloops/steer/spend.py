@@ -25,13 +25,14 @@ from ..core.console import make_console
 from ..run.ledger import LEDGER_FILE, connect
 from .evals import eval_summary, score_text
 
-_GROUPS = {"template": ["template"], "story": ["template", "story"], "step": ["template", "step"]}
+_GROUPS = {"template": ["template"], "story": ["template", "story"], "step": ["template", "step"],
+           "story-step": ["template", "story", "step"]}
 
 
 def spend(root: Path, by: str, *, run: str | None = None) -> list[dict]:
-    """Totals of the ledger grouped ``by`` template, story or step.
+    """Totals of the ledger grouped ``by`` template, story, step or story-step.
 
-    Returns rows ``{template, [story|step], calls, cache_hits, retries, input_tokens,
+    Returns rows ``{template, [story], [step], calls, cache_hits, retries, input_tokens,
     output_tokens, reasoning_tokens, images, cost_usd, saved_usd}`` (cost in US dollars),
     most expensive first. ``run``: only that run id (``"last"`` for the latest run).
     """

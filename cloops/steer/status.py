@@ -86,8 +86,13 @@ def _inputs_of(task) -> Inputs | None:
     return None
 
 
+def story_costs(proj: Project) -> dict[tuple[str, str], dict]:
+    """The ledger's totals per story, by ``(template, id)`` (see :func:`cloops.steer.spend.spend`)."""
+    return {(r["template"], r["story"]): r for r in spend(proj.root, "story")}
+
+
 def story_status(proj: Project, template: str, story_id: str, tasks: dict,
-                 dep_manager) -> dict:
+                 dep_manager, costs: dict | None = None) -> dict:
     """Everything ``doit status`` says about one story, as JSON-ready data.
 
     ``tasks``: every loaded doit task by name; ``dep_manager``: doit's ``Dependency`` (its
@@ -103,6 +108,8 @@ def story_status(proj: Project, template: str, story_id: str, tasks: dict,
     every task downstream of one (``because pages will be rebuilt``); a locked target is not
     rebuilt and stops that propagation. A row with ``"maybe": true`` reads only values of what
     will be rebuilt (``if what it reads of cast changes``): it runs if those values change.
+    ``costs``: the ledger's rows per story by ``(template, id)`` when the caller has them
+    (:func:`story_costs`), else they are read.
     """
     key = f"{template}/{story_id}"
     sdir = proj.story_dir(template, story_id)
@@ -202,8 +209,8 @@ def story_status(proj: Project, template: str, story_id: str, tasks: dict,
             why = version_reason(sdir, rel, manifest)
             if why in ("hand-edit", "restored"):
                 hand.append({"target": rel, "why": why})
-    cost = next((r for r in spend(proj.root, "story")
-                 if r["template"] == template and r["story"] == story_id), None) or {}
+    costs = costs if costs is not None else story_costs(proj)
+    cost = costs.get((template, story_id)) or {}
     return {
         "story": key, "template": template, "id": story_id,
         "title": item.input.get("title", story_id), "status": item.status, "error": item.error,

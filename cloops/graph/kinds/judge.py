@@ -2,8 +2,9 @@
 
 Layer: **graph**. A judge is an ``llm`` step (validated, re-asked when invalid, cached like
 any call) that is opt-in: ``enabled`` names a config value (``evals.judge.story``), and while
-it is false the task writes ``{"judge", "enabled": false}`` without calling anything — and
-depends on nothing but that value, so switching it on is the one change that pays.
+it is false the step is switched off (:meth:`~cloops.graph.steps.Step.active`): it makes no
+task at all, and ``evals.json`` says the judges are off. Switching it on is the one change that
+pays.
 
 A judge may show the model images: ``images`` names the inputs holding image files (the page
 image), ``references`` inputs holding optional reference images (a cast's reference sheets:
@@ -76,6 +77,9 @@ class JudgeStep(LLMStep):
         """Whether the judge runs (``enabled``'s config value; always when none is named)."""
         return bool(tpl.config.get(self.enabled, False)) if self.enabled else True
 
+    def active(self, tpl) -> bool:
+        return self.is_enabled(tpl)
+
     # ------------------------------------------------------------ graph
 
     def template_files(self, tpl) -> list[str]:
@@ -99,7 +103,7 @@ class JudgeStep(LLMStep):
 
     def task_files(self, deps: DepContext) -> tuple[list[str], list[str]]:
         files, targets = super().task_files(deps)
-        if self.reference_patterns and self.is_enabled(deps.template):
+        if self.reference_patterns:
             inputs, _ctx = deps.values()
             for name in self.references:
                 value = inputs.get(name)
