@@ -247,7 +247,18 @@ def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_i
         "uptodate": [Inputs(values, str(sdir), str(Path(targets[0]).relative_to(rel_root)))],
         "clean": [(clean_task, [str(sdir), [str(Path(t).relative_to(rel_root)) for t in targets]])],
         "verbosity": 1,
+        "io": UNCAPTURED,
     }
+
+
+# doit's PythonAction captures a task's output by swapping the process-wide sys.stdout and
+# sys.stderr for a ``Writer`` that also writes to the stream it found, and puts the old one back
+# afterwards (doit 0.37 ``action.py``). Tasks run in threads: one task's Writer is found, wrapped
+# and later restored by another, so sys.stderr ends as a chain of Writers as long as the run
+# (thousands at 1,000 stories); flushing it at exit overflowed the recursion limit, Python lost
+# sys.stderr and exited 120. cloops' actions print nothing (the reporter writes to
+# sys.__stdout__/__stderr__ and failures travel as TaskFailed): they need no capture.
+UNCAPTURED = {"capture": False}
 
 
 def run_task(root: str, template: str, story_id: str, step_name: str, n: int | None,
@@ -304,7 +315,7 @@ def dynamic_tasks(proj: Project, tpl: Template, story: StoryRef,
         names.append(name)
         yield {"basename": name, "doc": f"{tpl.foreach_source} of {story.key} is unreadable",
                "actions": [(fail_story, [str(proj.root), tpl.name, story.id, fan.error])],
-               "verbosity": 1}
+               "verbosity": 1, "io": UNCAPTURED}
     elif fan.items is not None:
         count = len(fan.items)
         for step in wanted_steps(tpl):
