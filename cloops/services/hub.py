@@ -198,9 +198,9 @@ class ServiceHub:
                 retries = getattr(self.proj.template(meta.template).config.engine, section).max_retries
                 try:
                     # a job the provider runs past the request is noted under the request's key
-                    # (cloops.services.cache.current_job): a killed run's job is resumed, not
-                    # paid for twice
-                    with job_journal(cache, key):
+                    # (cloops.services.cache.current_job) until its answer is cached: a killed
+                    # run's job is resumed, not paid for twice
+                    with job_journal(cache, key) as job:
                         result, rec.attempts = self._retrying(
                             meta.template, self._limited(
                                 meta.template, service, lambda: call(backend),
@@ -214,6 +214,7 @@ class ServiceHub:
                     raise
                 if cache is not None and (accept is None or accept(result)):
                     getattr(cache, put)(key, result)
+                job.ended()
         finally:
             if owner:
                 with self._lock:
