@@ -388,3 +388,96 @@ def test_warm_up_parses_its_canned_answer_without_the_network(cls_name, path):
     wire._TLS.clear()
     cls.warm_up()  # and the real entry point neither raises nor reaches a server
     assert wire._TLS, "warm_up loads the shared TLS context"
+
+
+# -- background mode ---------------------------------------------------------------------------
+
+def background_backend(srv: FakeOpenAI, **kw) -> OpenAIResponsesBackend:
+    return OpenAIResponsesBackend(api_key=KEY, base_url=srv.base_url, max_retries=0,
+                                  background=True, poll_interval_s=0.01, **kw)
+
+
+def test_background_creates_then_polls_until_completed(srv):
+    srv.latency_s = 0.3
+    result = background_backend(srv).complete(request())
+    create, *polls = srv.requests
+    assert (create.method, create.path, create.body["background"]) == ("POST", RESPONSES_PATH, True)
+    assert create.reply["status"] == "queued" and create.reply["output"] == []
+    assert polls and all(p.method == "GET" and p.path == f"{RESPONSES_PATH}/{create.reply['id']}"
+                         for p in polls)
+    assert polls[-1].at - create.at >= 0.29  # polled while the model ran, until it finished
+    assert result.data["title"] and len(result.data["pages"]) == 4
+    assert result.usage.output_tokens > 0
+    [run] = srv.billed
+    assert run.background and run.answered
+
+
+def test_background_id_is_journaled_while_the_model_runs_and_resumed(tmp_path, srv):
+    """A run killed while its background response runs: the next run of the same request
+    polls that response instead of creating (and paying for) another."""
+    import threading
+    import time
+
+    from cloops.services.cache import ResponseCache, job_journal
+    cache = ResponseCache(tmp_path / "cache")
+    srv.latency_s = 0.5
+    done: list = []
+
+    def first_run() -> None:
+        with job_journal(cache, "k"):
+            # a poll that takes longer than the model: as if the process were killed while polling
+            srv.enqueue(delay_s=5, when=lambda r: r.method == "GET")
+            try:
+                done.append(background_backend(srv).complete(request(timeout_s=1.0)))
+            except Exception as exc:  # noqa: BLE001
+                done.append(exc)
+    thread = threading.Thread(target=first_run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while cache.job("k") is None:
+        assert time.monotonic() < deadline, "the response id was never journaled"
+        time.sleep(0.005)
+    [run] = srv.billed
+    assert cache.job("k") == run.id and time.monotonic() < run.done_at  # noted while running
+    with job_journal(cache, "k") as job:  # the next run
+        result = background_backend(srv).complete(request())
+        job.ended()
+    assert len(srv.billed) == 1 and srv.paid_twice() == {"id_known": [], "create_lost": []}
+    assert result.text == run.final["output"][1]["content"][0]["text"]
+    assert cache.job("k") is None
+    srv.stop()  # cuts the first run's held poll short
+    thread.join(10)
+
+
+def test_background_response_still_running_at_the_timeout_is_cancelled(srv):
+    srv.latency_s = 30
+    with pytest.raises(TransientServiceError, match="cancelled it") as info:
+        background_backend(srv).complete(request(timeout_s=0.3))
+    [run] = srv.billed
+    assert run.cancelled and run.id in str(info.value)
+    assert srv.requests_to(f"{RESPONSES_PATH}/{run.id}/cancel", "POST")
+
+
+def test_background_failed_polls_are_retried_not_created_again(srv):
+    srv.latency_s = 0.2
+    srv.enqueue(status=503, when=lambda r: r.method == "GET")
+    srv.enqueue(drop=True, when=lambda r: r.method == "GET")
+    result = background_backend(srv).complete(request())
+    assert len(srv.billed) == 1 and len(srv.requests_to(RESPONSES_PATH, "POST")) == 1
+    assert result.data is not None
+
+
+def test_background_refusal_and_incomplete_raise_as_in_the_foreground(srv):
+    srv.enqueue(refusal="I can't help with that.")
+    with pytest.raises(RefusalError):
+        background_backend(srv).complete(request())
+    srv.enqueue(incomplete="max_output_tokens")
+    with pytest.raises(IncompleteError, match="max_output_tokens"):
+        background_backend(srv).complete(request())
+
+
+def test_background_comes_from_config():
+    section = LLMConfig.model_validate({"background": True, "pollIntervalS": 2})
+    backend = make_responses_backend(section, {"OPENAI_API_KEY": KEY})
+    assert (backend.background, backend.poll_interval_s) == (True, 2.0)
+    assert make_responses_backend(LLMConfig(), {"OPENAI_API_KEY": KEY}).background is False

@@ -27,7 +27,7 @@ from PIL import Image
 
 from conftest import Project, Run, make_project
 from tests.fakes.gate import Gate
-from tests.fakes.openai_server import FakeOpenAI, error_body
+from tests.fakes.openai_server import FakeOpenAI, distinct_text, error_body
 from tests.fakes.replicate_server import FakeReplicate, problem
 
 OPENAI_KEY = "sk-robust-SECRET-0123456789abcdef"
@@ -479,6 +479,130 @@ def test_sigkill_while_polling_a_prediction_pays_once(proj):
         assert rp.requests_to(f"/v1/predictions/{slow}", "GET"), "the re-run did not resume it"
         assert not list((proj.root / "build" / ".cloops").rglob("jobs/*.json")), \
             "the job journal is empty once the prediction ended"
+
+
+# ------------------------------------------------ 3b. kills while the provider is generating
+
+def journaled_ids(proj: Project) -> set[str]:
+    """The provider job ids noted in the job journal now (``build/.cloops/cache/jobs``)."""
+    ids = set()
+    for note in (proj.root / "build" / ".cloops" / "cache" / "jobs").glob("*.json"):
+        try:
+            ids.add(json.loads(note.read_text())["id"])
+        except (OSError, ValueError, KeyError):
+            pass  # being replaced right now
+    return ids
+
+
+def kill_during_generation(proj: Project, env: dict, running, moments: list[float]) -> set[str]:
+    """Start the build once per moment and SIGKILL it ``moment`` seconds after one of its paid
+    jobs is generating: ``running(since)`` lists the provider jobs running now that the run
+    started at ``since`` created or polled. Returns every job id that was in the journal at the
+    instant of a kill."""
+    journaled: set[str] = set()
+    for moment in moments:
+        st = proj.start(env=env)
+        since = time.monotonic()
+        try:
+            deadline = since + 60
+            while not running(since):
+                assert st.proc.poll() is None, "the build ended before a job ran:\n" + \
+                    st.finish().out
+                assert time.monotonic() < deadline, "no job was generating"
+                time.sleep(0.005)
+            time.sleep(moment)
+            journaled |= journaled_ids(proj)
+            os.kill(st.pid, signal.SIGKILL)
+            assert st.finish(timeout=30).rc == -signal.SIGKILL
+        finally:
+            if st.proc.poll() is None:
+                st.proc.kill()
+                st.proc.wait()
+    return journaled
+
+
+def paid_twice_report(billed: list, journaled: set[str]) -> tuple[list, list]:
+    """Split the jobs a fake billed again for an input it had billed before into (paid again
+    although an earlier job of that input was in the journal when its run was killed, paid
+    again after a kill inside the create's own round trip: no earlier job's id was noted)."""
+    bad, round_trip = [], []
+    earlier: dict[str, list] = {}
+    for job in billed:
+        before = earlier.setdefault(job.fingerprint, [])
+        if before:
+            (bad if any(j.id in journaled for j in before) else round_trip).append(job)
+        before.append(job)
+    return bad, round_trip
+
+
+MOMENTS = [0.05 * k for k in range(1, 11)]  # seconds after a job started generating
+
+
+def test_sigkill_at_ten_moments_during_image_generation_pays_no_image_twice(proj):
+    """Through the real replicate SDK, against a fake that runs (and bills) a prediction whose
+    client went away: ten kills while images are generated, then a build that finishes."""
+    # one image at a time, each generating 3 s: ten runs' start-ups fit in the 8 images' time,
+    # so every kill lands while one is generating (created by that run or resumed by it)
+    proj.edit_config(lambda c: c["generation"].update(concurrency=1))
+    oa = FakeOpenAI(responder=distinct_text)  # no two image prompts alike
+    rp = FakeReplicate(token=REPLICATE_TOKEN, latency_s=3.0)
+    with oa, rp:
+        env = env_for(oa, rp)
+
+        def running(since: float) -> list[str]:
+            now = time.monotonic()
+            return [p.id for p in rp.billed if not p.terminal and p.done_at > now and (
+                p.request.at >= since or any(
+                    r.at >= since for r in rp.requests_to(f"/v1/predictions/{p.id}", "GET")))]
+        journaled = kill_during_generation(proj, env, running, MOMENTS)
+        final = proj.doit(env=env)
+        assert final.rc == 0, final.out + final.err
+        twice = rp.paid_twice()
+        bad, round_trip = paid_twice_report(rp.billed, journaled)
+        assert not bad, f"paid twice although their id was journaled: {[p.id for p in bad]}"
+        # the one way left to pay twice: a kill inside the create's own round trip
+        assert len(round_trip) <= 1, \
+            f"{len(round_trip)} predictions paid again after a kill inside their create"
+        assert len(twice["id_known"]) <= len(round_trip)
+        inputs = {p.fingerprint for p in rp.billed}
+        assert len(rp.billed) == len(inputs) + len(round_trip)
+        assert journaled, "no prediction was ever journaled while it ran"
+    for story in STORIES:
+        assert_story_built(proj, story)
+    assert_targets_valid(proj)
+    assert not journaled_ids(proj), "the journal is empty once every image is cached"
+
+
+def test_sigkill_at_ten_moments_during_background_llm_calls_pays_no_call_twice(proj):
+    """The same with ``llm.background`` on, through the real openai SDK: each response is
+    created in the background, its id journaled and polled; ten kills while the model runs."""
+    proj.edit_config(lambda c: c["llm"].update(background=True, pollIntervalS=0.01,
+                                               concurrency=1))
+    oa = FakeOpenAI(latency_s=2.0, responder=distinct_text)  # no two requests alike
+    rp = FakeReplicate(token=REPLICATE_TOKEN)
+    with oa, rp:
+        env = env_for(oa, rp)
+
+        def running(since: float) -> list[str]:
+            now = time.monotonic()
+            return [r.id for r in oa.billed if not r.cancelled
+                    and r.done_at > now and (r.request.at >= since or any(
+                        q.at >= since for q in oa.requests_to(f"/v1/responses/{r.id}", "GET")))]
+        journaled = kill_during_generation(proj, env, running, MOMENTS)
+        final = proj.doit(env=env)
+        assert final.rc == 0, final.out + final.err
+        twice = oa.paid_twice()
+        bad, round_trip = paid_twice_report(oa.billed, journaled)
+        assert not bad, f"paid twice although their id was journaled: {[r.id for r in bad]}"
+        assert len(round_trip) <= 1, \
+            f"{len(round_trip)} calls paid again after a kill inside their create"
+        assert len(twice["id_known"]) <= len(round_trip)
+        assert all(r.background for r in oa.billed)
+        assert journaled, "no response was ever journaled while it ran"
+    for story in STORIES:
+        assert_story_built(proj, story)
+    assert_targets_valid(proj)
+    assert not journaled_ids(proj)
 
 
 # ---------------------------------------------------------------- 4. revert and re-roll

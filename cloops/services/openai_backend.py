@@ -13,6 +13,8 @@ exceptions into :mod:`cloops.errors` here, at the boundary::
     a ``refusal`` content item / ``message.refusal``                 -> RefusalError
     ``status == "incomplete"`` / ``finish_reason == "length"``       -> IncompleteError
     output that is not JSON when a schema was requested              -> OutputInvalidError
+    a background response still running at ``request.timeout_s``     -> TransientServiceError
+                                                                        (after cancelling it)
 
 API facts (checked against the openai-python 3.x sources, ``resources/responses`` and
 ``types/responses/response.py``, and the OpenAI Structured Outputs / GPT-5.1 docs): a Response's
@@ -20,6 +22,15 @@ API facts (checked against the openai-python 3.x sources, ``resources/responses`
 refusal is a message content item ``{"type": "refusal", "refusal": str}``; ``usage`` has
 ``input_tokens``, ``output_tokens`` and ``output_tokens_details.reasoning_tokens``. The SDK
 itself retries 408/409/429/5xx and connection errors ``max_retries`` times.
+
+Background mode (``llm.background``, backend ``openai``): ``responses.create(...,
+background=True)`` answers at once with the response ``queued`` or ``in_progress`` and its id,
+which is noted in the call's job journal (:func:`cloops.services.cache.current_job`);
+``responses.retrieve(id)`` is polled until the status is terminal (``completed``, ``failed``,
+``incomplete``, ``cancelled``). A run killed meanwhile resumes that response next time instead of
+paying for the call again. OpenAI stores a background response's data about 10 minutes for
+polling (longer with ``store=true``, the API's default), so background mode is not Zero Data
+Retention compatible (developers.openai.com/api/docs/guides/background).
 
 ``openai`` is imported lazily (on the first call): this module is imported on every doit start.
 The API key is never put into a message, log line or repr.
@@ -30,11 +41,13 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import (AuthError, IncompleteError, InputError, OutputInvalidError,
                       PermanentServiceError, RefusalError, ServiceError, TransientServiceError)
 from .base import LLMRequest, LLMResult, Usage
+from .cache import Job, current_job
 from .registry import BackendSpec, register
 from .wire import retry_after_s, scrub, tls_context
 
@@ -48,6 +61,7 @@ CHAT_PLACEHOLDER_KEY = "not-needed"  # local Chat Completions servers ignore the
 CHAT_KEY_ENV = "LLM_API_KEY"  # the key of the Chat Completions server at llm.baseUrl
 OPENAI_HOSTS = ("api.openai.com",)  # where OPENAI_API_KEY may be sent by openai-chat
 
+PENDING = ("queued", "in_progress")  # a background response not finished yet
 MISSING_KEY_MESSAGE = (f"{KEY_ENV} is not set: add it to the environment or to .env, "
                        "or set llm.backend to \"draft\" to build offline drafts.")
 
@@ -274,13 +288,22 @@ class OpenAIResponsesBackend(_SDKBackend):
         base_url: API root ending in ``/v1``; None for ``https://api.openai.com/v1``.
         timeout_s: client default timeout in seconds (each call uses ``request.timeout_s``).
         max_retries: the SDK's own retries of 408/409/429/5xx and connection errors.
+        background: create responses in background mode and poll them (module doc).
+        poll_interval_s: seconds between ``responses.retrieve`` polls in background mode.
 
     Sends ``model``, ``input`` (a system and a user message), ``reasoning.effort`` (omitted when
     None), ``text.format`` (strict ``json_schema``, omitted without a schema) and
-    ``text.verbosity`` (omitted when None).
+    ``text.verbosity`` (omitted when None); ``background: true`` in background mode.
     """
 
     name = "openai"
+
+    def __init__(self, *, api_key: str, base_url: str | None = None, timeout_s: float = 300.0,
+                 max_retries: int = 2, background: bool = False, poll_interval_s: float = 1.0):
+        super().__init__(api_key=api_key, base_url=base_url, timeout_s=timeout_s,
+                         max_retries=max_retries)
+        self.background = background
+        self.poll_interval_s = max(0.0, float(poll_interval_s))
 
     # a minimal ``response`` object (openai-python ``types/responses/response.py``)
     _WARM_BODY = {
@@ -330,9 +353,13 @@ class OpenAIResponsesBackend(_SDKBackend):
             OutputInvalidError: a schema was given and the output is not JSON
                 (``raw_output`` holds it).
             PermanentServiceError: 400/404/422, ``status == "failed"`` and other errors.
+            TransientServiceError (background mode): the response was still running after
+                ``request.timeout_s`` (it is cancelled).
         """
         import openai
 
+        if self.background:
+            return self._complete_in_background(request)
         try:
             response = self.client.responses.create(**self.request_params(request),
                                                     timeout=request.timeout_s)
@@ -340,10 +367,105 @@ class OpenAIResponsesBackend(_SDKBackend):
             raise self._convert(exc, request) from None
         return self._result(response, request)
 
+    # -- background mode -----------------------------------------------------------------------
+
+    def _complete_in_background(self, request: LLMRequest) -> LLMResult:
+        """Create (or resume) a background response, note its id, poll it to a terminal status.
+
+        The note is ended here when nothing can come of the response (failed, cancelled, gone,
+        refused, incomplete); on success the hub ends it once the answer is cached.
+        """
+        import openai
+
+        deadline = time.monotonic() + request.timeout_s
+        job = current_job()
+        response = self._resume(job, request)
+        if response is None:
+            try:
+                response = self.client.responses.create(
+                    **self.request_params(request), background=True,
+                    timeout=min(request.timeout_s, 60.0))
+            except openai.OpenAIError as exc:
+                raise self._convert(exc, request) from None
+            if getattr(response, "status", None) in PENDING:
+                job.started(response.id)  # a kill from here on resumes it
+        response = self._poll(response, deadline, request, job)
+        try:
+            return self._result(response, request)
+        except PermanentServiceError:
+            job.ended()
+            raise
+
+    def _resume(self, job: Job, request: LLMRequest) -> Any:
+        """The background response an interrupted run created for this same request, if it can
+        still give its answer (pending or finished); None otherwise (and the note is dropped).
+
+        Raises:
+            TransientServiceError: OpenAI could not be asked (the hub retries; creating a second
+                response meanwhile would pay twice).
+        """
+        import openai
+
+        rid = job.resumable()
+        if rid is None:
+            return None
+        try:
+            response = self.client.responses.retrieve(rid, timeout=min(request.timeout_s, 60.0))
+        except openai.OpenAIError as exc:
+            error = self._convert(exc, request)
+            if isinstance(error, TransientServiceError):
+                raise error from None
+            response = None  # gone (404: expired or never stored) or refused: start afresh
+        if response is None or getattr(response, "status", None) in ("failed", "cancelled"):
+            job.ended()
+            return None
+        return response
+
+    def _poll(self, response: Any, deadline: float, request: LLMRequest, job: Job) -> Any:
+        """Retrieve ``response`` every :attr:`poll_interval_s` until its status is terminal;
+        cancel it (and end its note) and raise when ``deadline`` passes.
+
+        A failed poll (429/5xx/dropped connection) is retried until the deadline rather than
+        raised: raising would make the caller create, and pay for, a second response.
+        """
+        import openai
+
+        while getattr(response, "status", None) in PENDING:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                try:
+                    self.client.responses.cancel(response.id, timeout=10.0)
+                except openai.OpenAIError:
+                    pass  # best effort: the timeout is what matters
+                job.ended()
+                raise self._error(
+                    TransientServiceError,
+                    f"the background response {response.id} of {request.model} was still "
+                    f"{response.status!r} after {request.timeout_s:g} s; cancelled it. Fix: "
+                    "re-run, or raise llm.timeoutS for slow steps.")
+            time.sleep(min(self.poll_interval_s, remaining))
+            try:
+                response = self.client.responses.retrieve(
+                    response.id, timeout=max(1.0, min(60.0, deadline - time.monotonic())))
+            except openai.OpenAIError as exc:
+                error = self._convert(exc, request)
+                if not isinstance(error, TransientServiceError):
+                    if isinstance(exc, openai.NotFoundError):
+                        job.ended()  # expired or deleted: nothing left to resume
+                    raise error from None
+                pause = error.retry_after_s or self.poll_interval_s
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        return response
+
     def _result(self, response: Any, request: LLMRequest) -> LLMResult:
         usage = _responses_usage(getattr(response, "usage", None))
         status = getattr(response, "status", None)
         model = getattr(response, "model", None) or request.model
+        if status == "cancelled":
+            raise self._error(PermanentServiceError,
+                              f"the background response {getattr(response, 'id', '?')} of "
+                              f"{model} was cancelled before it finished. Fix: re-run; check "
+                              "whether someone cancelled it.", usage=usage)
         if status == "failed":
             err = getattr(response, "error", None)
             detail = (f"{getattr(err, 'code', '')}: {getattr(err, 'message', '')}" if err
@@ -525,7 +647,9 @@ def make_responses_backend(section: "LLMConfig", env: Mapping[str, str]) -> Open
     if not key:
         raise AuthError(MISSING_KEY_MESSAGE, service="llm", backend="openai")
     return OpenAIResponsesBackend(api_key=key, base_url=_base_url(section, env),
-                                  timeout_s=section.timeout_s, max_retries=0)  # cloops retries (hub)
+                                  timeout_s=section.timeout_s, max_retries=0,  # cloops retries (hub)
+                                  background=section.background,
+                                  poll_interval_s=section.poll_interval_s)
 
 
 def make_chat_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAIChatBackend:
