@@ -25,6 +25,7 @@ from .fileio import dump_json, remove_temp_files
 from .project import Project, load_project
 from .services.base import ImageRequest, LLMRequest, VoiceRequest
 from .services.hub import CallMeta, hub_for
+from .services.structured import parse_problem, reask_feedback
 from .steps import (AssembleStep, BundleStep, EachInput, FileInput, ImageStep, LLMStep,
                     StepContext, VoiceStep)
 from .targets import read_manifest, write_target
@@ -215,9 +216,13 @@ def _run_llm(proj: Project, tpl: Template, step: LLMStep, inputs: dict, ctx: Ste
     last = first = None
     usage_total = [0, 0, 0]
 
+    def problems(result) -> list[str]:  # text with no JSON in it is re-asked like a violation
+        if schema is not None and result.parse_error is not None:
+            return [parse_problem(result.parse_error)]
+        return validate_output(schema, result.data if schema else result.text, step, inputs, ctx)
+
     def valid(result) -> bool:  # an invalid answer is never cached: a re-ask or re-run asks again
-        return not validate_output(schema, result.data if schema else result.text, step,
-                                   inputs, ctx)
+        return not problems(result)
 
     for attempt in range(1, tries + 1):
         req = LLMRequest(system=tpl.system_prompt(step), user=user + feedback,
@@ -230,13 +235,12 @@ def _run_llm(proj: Project, tpl: Template, step: LLMStep, inputs: dict, ctx: Ste
         u = last.usage
         usage_total = [usage_total[0] + u.input_tokens, usage_total[1] + u.output_tokens,
                        usage_total[2] + u.reasoning_tokens]
-        errors = validate_output(schema, last.data if schema else last.text, step, inputs, ctx)
+        errors = problems(last)
         if not errors:
             if req is not first:
                 hub.remember(meta, first, last)
             return (last.data if schema else last.text), f"{backend.name} {req.model}", backend.offline
-        feedback = ("\n\nYour previous answer was invalid. Validation errors found:\n- "
-                    + "\n- ".join(errors) + "\nFix the errors and answer again in full.")
+        feedback = reask_feedback(errors, last.text, not_json=last.parse_error is not None)
     raise OutputInvalidError(
         f"the {backend.name} output for step '{step.name}' is still invalid after {tries} "
         f"attempt(s): {'; '.join(errors)}. Last raw output: {(last.text or '')[:300]!r}. "

@@ -8,8 +8,8 @@ import pickle
 import pytest
 
 from cloops.config import LLMConfig
-from cloops.errors import (AuthError, IncompleteError, InputError, OutputInvalidError,
-                           PermanentServiceError, RefusalError, TransientServiceError)
+from cloops.errors import (AuthError, IncompleteError, InputError, PermanentServiceError,
+                           RefusalError, TransientServiceError)
 from cloops.services import registry
 from cloops.services.base import LLMBackend, LLMRequest
 from cloops.services.openai_backend import (OpenAIChatBackend, OpenAIResponsesBackend,
@@ -135,11 +135,22 @@ def test_incomplete_raises_incomplete_error_with_reason_and_fix(srv, backend):
     assert info.value.usage.reasoning_tokens == 4000
 
 
-def test_invalid_json_raises_output_invalid_with_raw_output(srv, backend):
-    srv.enqueue(text='{"title": "cut off')
-    with pytest.raises(OutputInvalidError) as info:
-        backend.complete(request())
-    assert info.value.raw_output == '{"title": "cut off'
+def test_output_that_is_not_json_comes_back_with_its_parse_error(srv, backend):
+    """Not raised: the caller re-asks it like a schema violation, and it was paid for."""
+    srv.enqueue(text='{"title": "cut off', usage={"input_tokens": 10, "output_tokens": 20})
+    result = backend.complete(request())
+    assert result.text == '{"title": "cut off' and result.data is None
+    assert "Unterminated string" in result.parse_error
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (10, 20)
+
+
+def test_json_inside_prose_or_a_fence_is_extracted(srv, backend):
+    answer = {"title": "Ark", "pages": []}
+    srv.enqueue(text=f"Here is the plan:\n{json.dumps(answer)}\nHope this helps!")
+    assert backend.complete(request()).data == answer
+    srv.enqueue(text=f"```json\n{json.dumps(answer)}\n```")
+    result = backend.complete(request())
+    assert (result.data, result.parse_error) == (answer, None)
 
 
 def test_401_raises_auth_error_without_the_key(srv, backend):
@@ -481,3 +492,53 @@ def test_background_comes_from_config():
     backend = make_responses_backend(section, {"OPENAI_API_KEY": KEY})
     assert (backend.background, backend.poll_interval_s) == (True, 2.0)
     assert make_responses_backend(LLMConfig(), {"OPENAI_API_KEY": KEY}).background is False
+
+
+# -- openai-chat: the structured-output format each server takes --------------------------------
+
+def formats_sent(srv: FakeOpenAI) -> list[str]:
+    return [(r.body.get("response_format") or {}).get("type", "none")
+            for r in srv.requests if r.path == CHAT_PATH]
+
+
+def test_chat_falls_back_to_json_object_with_the_schema_like_llama_cpp_python(tmp_path):
+    with FakeOpenAI(chat_formats=("text", "json_object")) as srv:
+        backend = make_chat_backend(LLMConfig(base_url=srv.base_url),
+                                    {"CLOOPS_STATE_DIR": str(tmp_path)})
+        result = backend.complete(request(model="local"))
+        assert formats_sent(srv) == ["json_schema", "json_object"]
+        refused, taken = srv.requests
+        assert refused.status == 500 and "Input should be 'text' or 'json_object'" in \
+            json.dumps(refused.reply)
+        assert taken.body["response_format"] == {"type": "json_object", "schema": PAGES_SCHEMA}
+        assert json.dumps(PAGES_SCHEMA, separators=(",", ":")) in taken.body["messages"][0]["content"]
+        assert result.data is not None and result.parse_error is None
+        # remembered for this server: the next call, and a new backend (a later run), ask in
+        # the accepted format at once
+        backend.complete(request(model="local"))
+        make_chat_backend(LLMConfig(base_url=srv.base_url + "/"),
+                          {"CLOOPS_STATE_DIR": str(tmp_path)}).complete(request(model="local"))
+        assert formats_sent(srv) == ["json_schema", "json_object", "json_object", "json_object"]
+    assert json.loads((tmp_path / "chat-formats.json").read_text()) == \
+        {srv.base_url: "json_object"}
+
+
+def test_chat_server_taking_no_format_gets_the_schema_in_the_instructions(srv):
+    srv.chat_formats = ("text",)
+    answer = {"title": "Ark", "pages": [{"pageNumber": 1, "narration": "n", "mood": "calm"}] * 4}
+    srv.responder = lambda path, body: f"Sure! Here you go:\n```json\n{json.dumps(answer)}\n```"
+    backend = OpenAIChatBackend(base_url=srv.base_url, max_retries=0)
+    assert backend.complete(request(model="local")).data == answer
+    assert formats_sent(srv) == ["json_schema", "json_object", "none"]
+    assert json.dumps(PAGES_SCHEMA, separators=(",", ":")) in srv.last.body["messages"][0]["content"]
+    backend.complete(request(model="local"))
+    assert formats_sent(srv)[3:] == ["none"]
+
+
+def test_chat_server_error_that_is_not_about_the_format_is_transient_without_fallback(srv, chat):
+    srv.enqueue(status=500)
+    with pytest.raises(TransientServiceError):
+        chat.complete(request())
+    assert formats_sent(srv) == ["json_schema"]
+    chat.complete(request())
+    assert formats_sent(srv) == ["json_schema", "json_schema"]

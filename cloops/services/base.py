@@ -73,6 +73,10 @@ class LLMResult:
         usage: token counts.
         model: the model that answered.
         draft: True when made offline with no model call.
+        parse_error: with a schema, why ``text`` holds no JSON value (the parse error,
+            :func:`cloops.services.structured.extract_json`); ``data`` is then None. Such an
+            answer was paid for: the caller re-asks it like a schema violation, and it is
+            never cached.
     """
 
     text: str
@@ -80,6 +84,7 @@ class LLMResult:
     usage: Usage = Usage()
     model: str = ""
     draft: bool = False
+    parse_error: str | None = None
 
 
 @dataclass(frozen=True)

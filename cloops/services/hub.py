@@ -16,7 +16,7 @@ from ..errors import ServiceError, TransientServiceError
 from ..ledger import CallRecord, Ledger
 from ..dispatch import call_priority
 from ..limits import ServiceLimiter
-from ..project import Project
+from ..project import STATE_DIR, Project
 from . import registry
 from .base import (ImageRequest, ImageResult, LLMRequest, LLMResult, VoiceRequest,
                    VoiceResult)
@@ -86,7 +86,9 @@ class ServiceHub:
                 if service == "image":
                     section = section.model_copy(update={"comfyui": {
                         **section.comfyui, "template_dir": str(tpl.dir)}})
-                self._backends[key] = resolved.spec.factory(section, self.proj.env)
+                # CLOOPS_STATE_DIR: where a backend may keep what it learnt about its server
+                env = {"CLOOPS_STATE_DIR": str(self.proj.root / STATE_DIR), **self.proj.env}
+                self._backends[key] = resolved.spec.factory(section, env)
             return self._backends[key]
 
     def limiter(self, template: str, service: str) -> ServiceLimiter:

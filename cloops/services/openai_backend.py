@@ -12,7 +12,6 @@ exceptions into :mod:`cloops.errors` here, at the boundary::
     UnprocessableEntityError (422), other 4xx                        -> PermanentServiceError
     a ``refusal`` content item / ``message.refusal``                 -> RefusalError
     ``status == "incomplete"`` / ``finish_reason == "length"``       -> IncompleteError
-    output that is not JSON when a schema was requested              -> OutputInvalidError
     a background response still running at ``request.timeout_s``     -> TransientServiceError
                                                                         (after cancelling it)
 
@@ -22,6 +21,19 @@ API facts (checked against the openai-python 3.x sources, ``resources/responses`
 refusal is a message content item ``{"type": "refusal", "refusal": str}``; ``usage`` has
 ``input_tokens``, ``output_tokens`` and ``output_tokens_details.reasoning_tokens``. The SDK
 itself retries 408/409/429/5xx and connection errors ``max_retries`` times.
+
+Output that is not JSON when a schema was requested is not an error here: JSON is looked for
+past a ``<think>`` block, a code fence or prose around it
+(:func:`cloops.services.structured.extract_json`), and when there is none the result comes back
+with ``parse_error`` set and ``data`` None, for the caller to re-ask like a schema violation
+(the answer was paid for: its usage counts).
+
+``openai-chat`` asks for JSON the way the server takes it
+(:data:`cloops.services.structured.CHAT_FORMATS`): ``response_format`` ``json_schema``; when
+the server rejects that the way llama-cpp-python's does (HTTP 500 "Input should be 'text' or
+'json_object'"), ``{"type": "json_object", "schema": ...}``; when that is rejected too, the
+schema in the system prompt alone. What a server accepted is remembered per base URL in
+``build/.cloops/chat-formats.json`` (:class:`cloops.services.structured.FormatMemory`).
 
 Background mode (``llm.background``, backend ``openai``): ``responses.create(...,
 background=True)`` answers at once with the response ``queued`` or ``in_progress`` and its id,
@@ -39,16 +51,18 @@ The API key is never put into a message, log line or repr.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..errors import (AuthError, IncompleteError, InputError, OutputInvalidError,
-                      PermanentServiceError, RefusalError, ServiceError, TransientServiceError)
+from ..errors import (AuthError, IncompleteError, InputError, PermanentServiceError,
+                      RefusalError, ServiceError, TransientServiceError)
 from .base import LLMRequest, LLMResult, Usage
 from .cache import Job, current_job
 from .registry import BackendSpec, register
+from .structured import (CHAT_FORMATS, MEMORY_FILE, FormatMemory, JSONNotFound, extract_json,
+                         format_rejected, schema_instructions)
 from .wire import retry_after_s, scrub, tls_context
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,6 +73,7 @@ BASE_URL_ENV = "OPENAI_BASE_URL"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CHAT_PLACEHOLDER_KEY = "not-needed"  # local Chat Completions servers ignore the key
 CHAT_KEY_ENV = "LLM_API_KEY"  # the key of the Chat Completions server at llm.baseUrl
+STATE_DIR_ENV = "CLOOPS_STATE_DIR"  # set by the hub: the project's build/.cloops
 OPENAI_HOSTS = ("api.openai.com",)  # where OPENAI_API_KEY may be sent by openai-chat
 
 PENDING = ("queued", "in_progress")  # a background response not finished yet
@@ -156,19 +171,15 @@ def convert_error(exc: BaseException, *, backend: str, base_url: str | None,
                                  f"{_scrub(str(exc), key)}", **common)
 
 
-def _parse_json(text: str, *, lenient: bool = False) -> Any:
-    """Parse JSON output; ``lenient`` also strips a leading ``<think>...</think>`` block and a
-    Markdown code fence (local models add them). Raises ValueError."""
+def _parsed(text: str, request: LLMRequest) -> tuple[Any, str | None]:
+    """``(data, parse_error)`` of an answer: the JSON in it when the request has a schema
+    (``(None, None)`` without one; ``(None, error)`` when it holds no JSON)."""
+    if request.schema is None:
+        return None, None
     try:
-        return json.loads(text)
-    except ValueError:
-        if not lenient:
-            raise
-    cleaned = re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.S).strip()
-    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", cleaned, flags=re.S)
-    if fence:
-        cleaned = fence.group(1)
-    return json.loads(cleaned)
+        return extract_json(text), None
+    except JSONNotFound as exc:
+        return None, str(exc)
 
 
 def _shorten(text: str, limit: int = 200) -> str:
@@ -350,9 +361,10 @@ class OpenAIResponsesBackend(_SDKBackend):
                 retries; ``retry_after_s`` is the server's ``retry-after`` when sent.
             RefusalError: the model refused (the refusal text is in the message).
             IncompleteError: ``status == "incomplete"`` (names the reason and the fix).
-            OutputInvalidError: a schema was given and the output is not JSON
-                (``raw_output`` holds it).
             PermanentServiceError: 400/404/422, ``status == "failed"`` and other errors.
+
+        Output that holds no JSON although a schema was given is returned with
+        ``parse_error`` set (module doc), not raised.
             TransientServiceError (background mode): the response was still running after
                 ``request.timeout_s`` (it is cancelled).
         """
@@ -489,17 +501,8 @@ class OpenAIResponsesBackend(_SDKBackend):
                               f"{usage.output_tokens} output tokens of which "
                               f"{usage.reasoning_tokens} reasoning): {fix}",
                               raw_output=text, usage=usage)
-        data = None
-        if request.schema is not None:
-            try:
-                data = _parse_json(text)
-            except ValueError as exc:
-                raise self._error(OutputInvalidError,
-                                  f"the output of {model} for schema {request.schema_name!r} is "
-                                  f"not valid JSON ({exc}): {_shorten(text)!r}. Fix: re-run; "
-                                  "check the schema is strict.",
-                                  raw_output=text, usage=usage) from None
-        return LLMResult(text=text, data=data, usage=usage, model=model)
+        data, parse_error = _parsed(text, request)
+        return LLMResult(text=text, data=data, usage=usage, model=model, parse_error=parse_error)
 
 
 class OpenAIChatBackend(_SDKBackend):
@@ -511,10 +514,14 @@ class OpenAIChatBackend(_SDKBackend):
         api_key: sent as the bearer token; local servers ignore it (``"not-needed"``).
         timeout_s / max_retries: as for :class:`OpenAIResponsesBackend`.
 
-    Sends ``model``, ``messages`` (system, user) and, with a schema, ``response_format``
-    ``{"type": "json_schema", "json_schema": {"name", "schema", "strict": true}}``.
-    ``reasoning`` and ``verbosity`` are not sent (many such servers reject unknown fields).
-    JSON output is parsed leniently: a leading ``<think>`` block or a code fence is stripped.
+        formats: where to remember which structured-output format each server accepted
+            (None: in memory only).
+
+    Sends ``model``, ``messages`` (system, user) and, with a schema, the structured-output
+    format the server takes (module doc): ``response_format`` ``{"type": "json_schema",
+    "json_schema": {"name", "schema", "strict": true}}`` first. ``reasoning`` and
+    ``verbosity`` are not sent (many such servers reject unknown fields). JSON is read past a
+    leading ``<think>`` block, a code fence or prose.
     """
 
     name = "openai-chat"
@@ -531,36 +538,71 @@ class OpenAIChatBackend(_SDKBackend):
         client.chat.completions.create(**cls.request_params(cls._WARM_REQUEST))
 
     def __init__(self, *, base_url: str, api_key: str = CHAT_PLACEHOLDER_KEY,
-                 timeout_s: float = 300.0, max_retries: int = 2):
+                 timeout_s: float = 300.0, max_retries: int = 2,
+                 formats: FormatMemory | None = None):
         super().__init__(api_key=api_key or CHAT_PLACEHOLDER_KEY, base_url=base_url,
                          timeout_s=timeout_s, max_retries=max_retries)
+        self.formats = formats or FormatMemory(None)
 
     @staticmethod
-    def request_params(request: LLMRequest) -> dict[str, Any]:
-        """Return the keyword arguments of ``client.chat.completions.create``."""
+    def request_params(request: LLMRequest, fmt: str = "json_schema") -> dict[str, Any]:
+        """Return the keyword arguments of ``client.chat.completions.create``, asking for JSON
+        in format ``fmt`` (one of :data:`cloops.services.structured.CHAT_FORMATS`) when the
+        request has a schema."""
+        system = request.system
+        if request.schema is not None and fmt != "json_schema":
+            system += schema_instructions(request.schema)
         params: dict[str, Any] = {
             "model": request.model,
-            "messages": [{"role": "system", "content": request.system},
+            "messages": [{"role": "system", "content": system},
                          {"role": "user", "content": request.user}],
         }
-        if request.schema is not None:
+        if request.schema is not None and fmt == "json_schema":
             params["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": request.schema_name, "schema": request.schema,
                                 "strict": True}}
+        elif request.schema is not None and fmt == "json_object":
+            params["response_format"] = {"type": "json_object", "schema": request.schema}
         return params
+
+    def _create(self, request: LLMRequest) -> Any:
+        """Send the request in the first format the server takes, starting with the one it
+        accepted last (:class:`cloops.services.structured.FormatMemory`); remember it.
+
+        Raises:
+            openai.OpenAIError: as the SDK raised it (the last format's rejection included).
+        """
+        import openai
+
+        known = self.formats.get(self.base_url) if request.schema is not None else None
+        formats = CHAT_FORMATS[CHAT_FORMATS.index(known):] if known else CHAT_FORMATS
+        for fmt in formats if request.schema is not None else ("json_schema",):
+            try:
+                completion = self.client.chat.completions.create(
+                    **self.request_params(request, fmt), timeout=request.timeout_s)
+            except openai.APIStatusError as exc:
+                body = exc.body if isinstance(exc.body, str) else json.dumps(exc.body)
+                if fmt != formats[-1] and format_rejected(exc.status_code,
+                                                          f"{body} {exc.message}"):
+                    continue  # this server does not take that response_format: the next one
+                raise
+            if request.schema is not None:
+                self.formats.set(self.base_url, fmt)
+            return completion
+        raise AssertionError("unreachable: the last format's error is raised")  # pragma: no cover
 
     def complete(self, request: LLMRequest) -> LLMResult:
         """Ask the model; return its text, the parsed JSON (with a schema), usage and model.
 
         Raises: as :meth:`OpenAIResponsesBackend.complete`; ``finish_reason`` ``length`` or
-        ``content_filter`` raises IncompleteError, ``message.refusal`` RefusalError.
+        ``content_filter`` raises IncompleteError, ``message.refusal`` RefusalError. Output
+        with no JSON in it comes back with ``parse_error`` set.
         """
         import openai
 
         try:
-            completion = self.client.chat.completions.create(**self.request_params(request),
-                                                             timeout=request.timeout_s)
+            completion = self._create(request)
         except openai.OpenAIError as exc:
             raise self._convert(exc, request) from None
         usage = _chat_usage(getattr(completion, "usage", None))
@@ -585,17 +627,8 @@ class OpenAIChatBackend(_SDKBackend):
                               f"the response of {model} is incomplete (finish_reason: {reason}, "
                               f"{usage.output_tokens} output tokens): {_INCOMPLETE_FIXES[reason]}",
                               raw_output=text, usage=usage)
-        data = None
-        if request.schema is not None:
-            try:
-                data = _parse_json(text, lenient=True)
-            except ValueError as exc:
-                raise self._error(OutputInvalidError,
-                                  f"the output of {model} for schema {request.schema_name!r} is "
-                                  f"not valid JSON ({exc}): {_shorten(text)!r}. Fix: re-run, or "
-                                  "use a model that supports structured outputs.",
-                                  raw_output=text, usage=usage) from None
-        return LLMResult(text=text, data=data, usage=usage, model=model)
+        data, parse_error = _parsed(text, request)
+        return LLMResult(text=text, data=data, usage=usage, model=model, parse_error=parse_error)
 
 
 def _find_refusal(output: list) -> str | None:
@@ -654,7 +687,8 @@ def make_responses_backend(section: "LLMConfig", env: Mapping[str, str]) -> Open
 
 def make_chat_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAIChatBackend:
     """Factory of ``openai-chat``: ``llm.baseUrl`` or ``OPENAI_BASE_URL`` is required; the key is
-    :func:`chat_key`'s.
+    :func:`chat_key`'s; the formats servers accepted are remembered under ``CLOOPS_STATE_DIR``
+    (the hub sets it to the project's ``build/.cloops``).
 
     Raises:
         InputError: no base URL is configured.
@@ -666,8 +700,10 @@ def make_chat_backend(section: "LLMConfig", env: Mapping[str, str]) -> OpenAICha
                          fix="set llm.baseUrl to the server's OpenAI-compatible API root, e.g. "
                              "\"http://localhost:11434/v1\" (Ollama) or "
                              "\"http://localhost:8000/v1\" (vLLM), or set OPENAI_BASE_URL.")
+    state = env.get(STATE_DIR_ENV)
     return OpenAIChatBackend(base_url=base_url, api_key=chat_key(base_url, env),
-                             timeout_s=section.timeout_s, max_retries=0)  # cloops retries (hub)
+                             timeout_s=section.timeout_s, max_retries=0,  # cloops retries (hub)
+                             formats=FormatMemory(Path(state) / MEMORY_FILE if state else None))
 
 
 def chat_key(base_url: str, env: Mapping[str, str]) -> str:

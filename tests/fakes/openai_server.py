@@ -79,6 +79,19 @@ def error_body(status: int, message: str | None = None, *, code: str | None = No
                       "param": param, "code": code if code is not None else d_code}}
 
 
+def llama_cpp_python_refusal(fmt: str, accepted: tuple[str, ...]) -> dict:
+    """The body the llama-cpp-python server (``python -m llama_cpp.server``) answers, with HTTP
+    500, to a ``response_format`` type it does not take: its ``RouteErrorHandler``
+    (``llama_cpp/server/errors.py``) wraps the request's pydantic validation error as an
+    ``internal_server_error`` (ggml-org/llama.cpp#23463)."""
+    allowed = " or ".join(f"'{a}'" for a in accepted)
+    detail = [{"type": "literal_error", "loc": ["body", "response_format", "type"],
+               "msg": f"Input should be {allowed}", "input": fmt,
+               "ctx": {"expected": allowed}}]
+    return {"error": {"message": str(detail), "type": "internal_server_error", "param": None,
+                      "code": None}}
+
+
 # ---------------------------------------------------------------- schema instance generator
 
 def _words(name: str) -> str:
@@ -261,6 +274,8 @@ def _chat_object(req: dict, reply: Reply, text: str | None) -> dict:
 def _request_schema(path: str, req: dict) -> dict | None:
     if path == CHAT_PATH:
         rf = req.get("response_format") or {}
+        if rf.get("type") == "json_object":  # llama-cpp-python's form: the schema beside it
+            return rf.get("schema")
         return (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" \
             else None
     fmt = (req.get("text") or {}).get("format") or {}
@@ -375,6 +390,10 @@ class FakeOpenAI(ScriptedServer):
             time; the fake's own work happens within it).
         responder: ``responder(path, body) -> str | None``: the output text for requests with
             no queued reply (None: the default schema instance).
+        chat_formats: the ``response_format.type`` values ``/v1/chat/completions`` accepts;
+            another is refused the way the llama-cpp-python server refuses ``json_schema``
+            (HTTP 500, :func:`llama_cpp_python_refusal`). ``("text", "json_object")`` is that
+            server, which takes ``{"type": "json_object", "schema": ...}``.
 
     Attributes:
         base_url: ``"http://127.0.0.1:PORT/v1"`` to pass to ``openai.OpenAI(base_url=...)``.
@@ -392,9 +411,11 @@ class FakeOpenAI(ScriptedServer):
     thread_name = "fake-openai"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, gate: Any = None,
-                 latency_s: float = 0.0, responder: Any = None):
+                 latency_s: float = 0.0, responder: Any = None,
+                 chat_formats: tuple[str, ...] = ("text", "json_object", "json_schema")):
         super().__init__(gate, host=host, port=port, latency_s=latency_s)
         self.responder = responder
+        self.chat_formats = chat_formats
         self.runs: list[ModelRun] = []
         self.stored: dict[str, ModelRun] = {}
 
@@ -537,6 +558,9 @@ class FakeOpenAI(ScriptedServer):
         if rec.method != "POST" or rec.path not in (RESPONSES_PATH, CHAT_PATH):
             return 404, error_body(404, f"Invalid URL ({rec.method} {rec.path})",
                                    code="unknown_url"), headers
+        fmt = (req.get("response_format") or {}).get("type", "text")
+        if rec.path == CHAT_PATH and fmt not in self.chat_formats:
+            return 500, llama_cpp_python_refusal(fmt, self.chat_formats), headers
         text = reply.text
         if text is None and reply.refusal is None and reply.incomplete is None:
             text = self.responder(rec.path, req) if self.responder else None
