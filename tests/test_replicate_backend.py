@@ -404,3 +404,18 @@ def test_module_import_does_not_import_the_sdk():
                                              ("soon", None)])
 def test_parse_retry_after(value, expected):
     assert parse_retry_after(value) == expected
+
+
+def test_the_first_poll_waits_for_most_of_the_models_fastest_recent_run():
+    """Polling a prediction that cannot be done yet only costs requests: once a run of the
+    model was seen, the next prediction is first polled shortly before that run's length."""
+    with FakeReplicate(latency_s=0.4) as srv:
+        backend = make_backend(srv)
+        backend.generate_image(seedream(prompt="first"))
+        backend.generate_image(seedream(prompt="second"))
+        first, second = srv.creates
+        polls = [[r for r in srv.requests_to(f"/v1/predictions/{p}", "GET")]
+                 for p in srv.predictions]
+    assert len(polls[0]) >= 10  # nothing known: every 0.01 s from the create on
+    assert polls[1][0].at - second.at >= 0.8 * 0.4 * 0.95
+    assert len(polls[1]) < len(polls[0]) / 2

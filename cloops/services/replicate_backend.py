@@ -13,7 +13,11 @@ One :meth:`ReplicateBackend.generate_image` call is one prediction:
    default 0) brings the header back, for measuring that trade only;
 2. while the prediction is not terminal (``succeeded|failed|canceled``), ``GET
    /v1/predictions/{id}`` every ``poll_interval_s`` until ``request.timeout_s`` has passed, then
-   ``POST /v1/predictions/{id}/cancel`` and raise :class:`TransientServiceError`;
+   ``POST /v1/predictions/{id}/cancel`` and raise :class:`TransientServiceError`. The first
+   poll waits for most of the shortest run this backend has seen of the model lately
+   (:data:`FIRST_POLL_FRACTION` of the fastest of the last :data:`RECENT_RUNS`): polling a
+   prediction that cannot be done yet costs requests (Replicate limits them per minute) and
+   CPU, and gains nothing;
 3. download the first output at once (Replicate deletes outputs after one hour): ``data:`` URLs
    are decoded, ``http(s)`` URLs fetched with httpx; convert it to JPEG.
 
@@ -43,6 +47,7 @@ transport and retries failed polls itself, within the deadline.
 from __future__ import annotations
 
 import base64
+import collections
 import os
 import re
 import threading
@@ -65,6 +70,8 @@ POLL_INTERVAL_ENV = "REPLICATE_POLL_INTERVAL"  # the SDK's own variable, seconds
 DEFAULT_POLL_INTERVAL_S = 0.5  # the SDK's default
 PREFER_WAIT_ENV = "CLOOPS_REPLICATE_PREFER_WAIT_S"  # 0 (default): no Prefer: wait (module doc)
 MAX_PREFER_WAIT_S = 60  # Replicate holds a ``Prefer: wait`` request at most 60 s
+RECENT_RUNS = 20  # per model, the run times (create to seen terminal) the first poll is timed by
+FIRST_POLL_FRACTION = 0.8  # of the fastest recent run: polls start a little before the earliest
 TERMINAL = ("succeeded", "failed", "canceled")
 _TRANSIENT_STATUS = {408, 425, 429}
 _MODEL_REF = re.compile(r"^(?P<owner>[^/:\s]+)/(?P<name>[^/:\s]+)(:(?P<version>\S+))?$")
@@ -170,6 +177,8 @@ class ReplicateBackend:
         self.poll_interval_s = max(0.0, float(poll_interval_s))
         self.prefer_wait_s = max(0.0, min(float(MAX_PREFER_WAIT_S), float(prefer_wait_s)))
         self._local = threading.local()
+        self._runs: dict[str, collections.deque] = {}  # model -> recent run times, seconds
+        self._runs_lock = threading.Lock()
         timeout = httpx.Timeout(http_timeout_s, connect=min(10.0, http_timeout_s))
         transport = httpx.HTTPTransport(verify=tls_context())
         self._client = replicate.Client(
@@ -213,7 +222,9 @@ class ReplicateBackend:
                 if self.prefer_wait_s else None)
         job = current_job()
         prediction = self._resume(job, request)
+        created_at = None  # monotonic, for a prediction this call created
         if prediction is None:
+            created_at = time.monotonic()
             with self._mapped(request.model, "creating the prediction"):
                 if version:
                     prediction = self._client.predictions.create(version=version, input=payload,
@@ -223,7 +234,7 @@ class ReplicateBackend:
                         model=(owner, model_name), input=payload, wait=wait)
             if prediction.status not in TERMINAL:
                 job.started(prediction.id)  # still running: a kill from here on resumes it
-        self._wait(prediction, deadline, request, job)
+        self._wait(prediction, deadline, request, job, created_at)
         service_done()  # the prediction is terminal: the download below takes no Replicate slot
         try:
             return self._result(prediction, request)
@@ -256,13 +267,31 @@ class ReplicateBackend:
             return None
         return prediction
 
-    def _wait(self, prediction: Any, deadline: float, request: ImageRequest, job: Job) -> None:
+    def _first_poll_at(self, model: str, created_at: float | None) -> float:
+        """When to poll a prediction first (monotonic): :data:`FIRST_POLL_FRACTION` of the
+        fastest recent run of ``model`` after its create; at once when none was seen yet or the
+        prediction was resumed (its start is not known)."""
+        with self._runs_lock:
+            runs = self._runs.get(model)
+            fastest = min(runs) if runs else None
+        if created_at is None or fastest is None:
+            return 0.0
+        return created_at + FIRST_POLL_FRACTION * fastest
+
+    def _ran(self, model: str, seconds: float) -> None:
+        with self._runs_lock:
+            self._runs.setdefault(model, collections.deque(maxlen=RECENT_RUNS)).append(seconds)
+
+    def _wait(self, prediction: Any, deadline: float, request: ImageRequest, job: Job,
+              created_at: float | None = None) -> None:
         """Poll until the prediction is terminal; cancel it (and end its ``job`` note) and raise
-        when the deadline passes.
+        when the deadline passes. ``created_at``: when this call created it (None: resumed).
 
         A failed poll (429/5xx/dropped connection) is retried until the deadline rather than
         raised: raising would make the caller create, and pay for, a second prediction.
         """
+        next_poll = max(self._first_poll_at(request.model, created_at),
+                        time.monotonic() + self.poll_interval_s)
         while prediction.status not in TERMINAL:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -273,13 +302,16 @@ class ReplicateBackend:
                     f"{prediction.status!r} after {request.timeout_s:g} s; canceled it. Fix: "
                     "retry later or raise generation.timeoutS.",
                     service="image", backend="replicate")
-            time.sleep(min(self.poll_interval_s, remaining))
+            time.sleep(max(0.0, min(next_poll, deadline) - time.monotonic()))
+            next_poll = time.monotonic() + self.poll_interval_s
             try:
                 with self._mapped(request.model, f"polling prediction {prediction.id}"):
                     prediction.reload()
             except TransientServiceError as exc:
                 pause = exc.retry_after_s or self.poll_interval_s
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        if created_at is not None and prediction.status == "succeeded":
+            self._ran(request.model, time.monotonic() - created_at)
 
     def _cancel(self, prediction: Any) -> None:
         try:
