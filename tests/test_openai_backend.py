@@ -542,3 +542,12 @@ def test_chat_server_error_that_is_not_about_the_format_is_transient_without_fal
     assert formats_sent(srv) == ["json_schema"]
     chat.complete(request())
     assert formats_sent(srv) == ["json_schema", "json_schema"]
+
+
+def test_chat_backend_with_its_format_memory_pickles(tmp_path, srv):
+    backend = make_chat_backend(LLMConfig(base_url=srv.base_url),
+                                {"CLOOPS_STATE_DIR": str(tmp_path)})
+    backend.complete(request())
+    copy = pickle.loads(pickle.dumps(backend))
+    assert copy.formats.get(srv.base_url) == "json_schema"
+    assert copy.complete(request(schema=None)).text

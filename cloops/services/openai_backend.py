@@ -362,11 +362,11 @@ class OpenAIResponsesBackend(_SDKBackend):
             RefusalError: the model refused (the refusal text is in the message).
             IncompleteError: ``status == "incomplete"`` (names the reason and the fix).
             PermanentServiceError: 400/404/422, ``status == "failed"`` and other errors.
+            TransientServiceError (background mode): the response was still running after
+                ``request.timeout_s`` (it is cancelled).
 
         Output that holds no JSON although a schema was given is returned with
         ``parse_error`` set (module doc), not raised.
-            TransientServiceError (background mode): the response was still running after
-                ``request.timeout_s`` (it is cancelled).
         """
         import openai
 
@@ -513,7 +513,6 @@ class OpenAIChatBackend(_SDKBackend):
         base_url: the server's API root, e.g. ``http://localhost:11434/v1`` (required).
         api_key: sent as the bearer token; local servers ignore it (``"not-needed"``).
         timeout_s / max_retries: as for :class:`OpenAIResponsesBackend`.
-
         formats: where to remember which structured-output format each server accepted
             (None: in memory only).
 
@@ -575,9 +574,12 @@ class OpenAIChatBackend(_SDKBackend):
         """
         import openai
 
-        known = self.formats.get(self.base_url) if request.schema is not None else None
+        if request.schema is None:  # plain text: no format to fall back from
+            return self.client.chat.completions.create(**self.request_params(request),
+                                                       timeout=request.timeout_s)
+        known = self.formats.get(self.base_url)
         formats = CHAT_FORMATS[CHAT_FORMATS.index(known):] if known else CHAT_FORMATS
-        for fmt in formats if request.schema is not None else ("json_schema",):
+        for fmt in formats:
             try:
                 completion = self.client.chat.completions.create(
                     **self.request_params(request, fmt), timeout=request.timeout_s)
@@ -587,8 +589,7 @@ class OpenAIChatBackend(_SDKBackend):
                                                           f"{body} {exc.message}"):
                     continue  # this server does not take that response_format: the next one
                 raise
-            if request.schema is not None:
-                self.formats.set(self.base_url, fmt)
+            self.formats.set(self.base_url, fmt)
             return completion
         raise AssertionError("unreachable: the last format's error is raised")  # pragma: no cover
 

@@ -21,8 +21,9 @@ One :meth:`ReplicateBackend.generate_image` call is one prediction:
 3. download the first output at once (Replicate deletes outputs after one hour): ``data:`` URLs
    are decoded, ``http(s)`` URLs fetched with httpx; convert it to JPEG.
 
-What a kill can still cost: a kill between the create reaching Replicate and its answer (one
-round trip, ~0.1-0.5 s) leaves a prediction the next run cannot know of, which it pays again.
+What a kill can still cost: a kill between the create reaching Replicate and its id being
+noted (one HTTP round trip and a file write) leaves a prediction the next run cannot know of,
+which it pays again.
 
 Error mapping at the boundary (the SDK raises ``replicate.exceptions.ReplicateError`` with
 ``.status``/``.detail`` and lets httpx errors through; it never retries a create, a POST):

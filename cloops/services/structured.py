@@ -130,6 +130,12 @@ class FormatMemory:
         self._lock = threading.Lock()
         self._known: dict[str, str] | None = None
 
+    def __getstate__(self) -> dict:  # picklable (doit's process mode): no lock, re-read
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
     @staticmethod
     def _key(base_url: str) -> str:
         return base_url.rstrip("/")
