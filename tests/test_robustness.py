@@ -449,21 +449,24 @@ def test_sigkill_while_polling_a_prediction_pays_once(proj):
         while not rp.creates and time.monotonic() < deadline:
             time.sleep(0.01)
         gate.hold_after(0)
-        # kill "while polling": the create has answered and the run noted the prediction (it
-        # does so before its first poll; a kill before that note loses the id, as a kill during
-        # the create call itself would), a request is held, and every other paid answer is in
-        # the ledger (so its result is cached: what this test counts is the prediction alone)
-        jobs = proj.root / "build" / ".cloops" / "cache" / "jobs"
+        # kill "while polling": every request let through was answered, a poll is held, every
+        # LLM answer is in the ledger (so cached), and every prediction created is either in
+        # the ledger or noted in the job journal (the run notes one as soon as its create
+        # answers, before its first poll; a kill before that note loses the id, as a kill
+        # during the create call itself would)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             answered = len(oa.answered) + len(rp.answered)
-            recorded = sum(not c["cache_hit"] for c in st.project.calls(st.run_id))
-            if list(jobs.glob("*.json")) and gate.held and answered == gate.admitted and \
-                    recorded >= len(paid_requests(oa, rp)) - 1:
+            rows = [c for c in st.project.calls(st.run_id) if not c["cache_hit"]]
+            images = sum(c["service"] == "image" for c in rows)
+            created = [r for r in rp.creates if r.status == 201]
+            if gate.held and answered == gate.admitted and \
+                    len(rows) - images >= len([r for r in oa.answered if r.status == 200]) and \
+                    created and len(journaled_ids(proj)) + images >= len(created):
                 break
             time.sleep(0.01)
         else:
-            raise AssertionError("the run never reached 'polling the noted prediction'")
+            raise AssertionError("the run never reached 'polling the noted predictions'")
         os.kill(st.pid, signal.SIGKILL)
         assert st.finish(timeout=30).rc == -signal.SIGKILL
         gate.release(drop=True)
@@ -471,6 +474,7 @@ def test_sigkill_while_polling_a_prediction_pays_once(proj):
         assert run.rc == 0, run.out + run.err
         paid = [json.dumps(r.body, sort_keys=True) for r in rp.creates if r.status == 201]
         assert len(paid) == len(set(paid)), "a prediction was paid for twice"
+        assert rp.paid_twice() == {"id_known": [], "create_lost": []}
         slow = max(rp.predictions, key=lambda pid: rp.predictions[pid].polls
                    + rp.predictions[pid].polls_left)  # the one scripted to run long
         assert rp.predictions[slow].status == "succeeded"
