@@ -8,8 +8,8 @@ import pickle
 import pytest
 
 from cloops.data.config import LLMConfig
-from cloops.core.errors import (AuthError, IncompleteError, InputError, OutputInvalidError,
-                           PermanentServiceError, RefusalError, TransientServiceError)
+from cloops.core.errors import (AuthError, IncompleteError, InputError, PermanentServiceError,
+                                RefusalError, TransientServiceError)
 from cloops.services import registry
 from cloops.services.base import LLMBackend, LLMRequest
 from cloops.services.openai_backend import (OpenAIChatBackend, OpenAIResponsesBackend,
@@ -135,11 +135,22 @@ def test_incomplete_raises_incomplete_error_with_reason_and_fix(srv, backend):
     assert info.value.usage.reasoning_tokens == 4000
 
 
-def test_invalid_json_raises_output_invalid_with_raw_output(srv, backend):
-    srv.enqueue(text='{"title": "cut off')
-    with pytest.raises(OutputInvalidError) as info:
-        backend.complete(request())
-    assert info.value.raw_output == '{"title": "cut off'
+def test_output_that_is_not_json_comes_back_with_its_parse_error(srv, backend):
+    """Not raised: the caller re-asks it like a schema violation, and it was paid for."""
+    srv.enqueue(text='{"title": "cut off', usage={"input_tokens": 10, "output_tokens": 20})
+    result = backend.complete(request())
+    assert result.text == '{"title": "cut off' and result.data is None
+    assert "Unterminated string" in result.parse_error
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (10, 20)
+
+
+def test_json_inside_prose_or_a_fence_is_extracted(srv, backend):
+    answer = {"title": "Ark", "pages": []}
+    srv.enqueue(text=f"Here is the plan:\n{json.dumps(answer)}\nHope this helps!")
+    assert backend.complete(request()).data == answer
+    srv.enqueue(text=f"```json\n{json.dumps(answer)}\n```")
+    result = backend.complete(request())
+    assert (result.data, result.parse_error) == (answer, None)
 
 
 def test_401_raises_auth_error_without_the_key(srv, backend):
@@ -429,3 +440,156 @@ def test_the_fake_rejects_an_image_part_the_api_would(srv, backend):
     import openai
     with pytest.raises(openai.BadRequestError, match="detail"):
         backend.client.responses.create(**params)
+# -- background mode ---------------------------------------------------------------------------
+
+def background_backend(srv: FakeOpenAI, **kw) -> OpenAIResponsesBackend:
+    return OpenAIResponsesBackend(api_key=KEY, base_url=srv.base_url, max_retries=0,
+                                  background=True, poll_interval_s=0.01, **kw)
+
+
+def test_background_creates_then_polls_until_completed(srv):
+    srv.latency_s = 0.3
+    result = background_backend(srv).complete(request())
+    create, *polls = srv.requests
+    assert (create.method, create.path, create.body["background"]) == ("POST", RESPONSES_PATH, True)
+    assert create.reply["status"] == "queued" and create.reply["output"] == []
+    assert polls and all(p.method == "GET" and p.path == f"{RESPONSES_PATH}/{create.reply['id']}"
+                         for p in polls)
+    assert polls[-1].at - create.at >= 0.29  # polled while the model ran, until it finished
+    assert result.data["title"] and len(result.data["pages"]) == 4
+    assert result.usage.output_tokens > 0
+    [run] = srv.billed
+    assert run.background and run.answered
+
+
+def test_background_id_is_journaled_while_the_model_runs_and_resumed(tmp_path, srv):
+    """A run killed while its background response runs: the next run of the same request
+    polls that response instead of creating (and paying for) another."""
+    import threading
+    import time
+
+    from cloops.services.cache import ResponseCache, job_journal
+    cache = ResponseCache(tmp_path / "cache")
+    srv.latency_s = 0.5
+    done: list = []
+
+    def first_run() -> None:
+        with job_journal(cache, "k"):
+            # a poll that takes longer than the model: as if the process were killed while polling
+            srv.enqueue(delay_s=5, when=lambda r: r.method == "GET")
+            try:
+                done.append(background_backend(srv).complete(request(timeout_s=1.0)))
+            except Exception as exc:  # noqa: BLE001
+                done.append(exc)
+    thread = threading.Thread(target=first_run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while cache.job("k") is None:
+        assert time.monotonic() < deadline, "the response id was never journaled"
+        time.sleep(0.005)
+    while srv.pending:  # the first run's poll took the slow reply: it is "killed" in there
+        assert time.monotonic() < deadline, "the first run never polled"
+        time.sleep(0.005)
+    [run] = srv.billed
+    assert cache.job("k") == run.id and time.monotonic() < run.done_at  # noted while running
+    with job_journal(cache, "k") as job:  # the next run
+        result = background_backend(srv).complete(request())
+        job.ended()
+    assert len(srv.billed) == 1 and srv.paid_twice() == {"id_known": [], "create_lost": []}
+    assert result.text == run.final["output"][1]["content"][0]["text"]
+    assert cache.job("k") is None
+    srv.stop()  # cuts the first run's held poll short
+    thread.join(10)
+
+
+def test_background_response_still_running_at_the_timeout_is_cancelled(srv):
+    srv.latency_s = 30
+    with pytest.raises(TransientServiceError, match="cancelled it") as info:
+        background_backend(srv).complete(request(timeout_s=0.3))
+    [run] = srv.billed
+    assert run.cancelled and run.id in str(info.value)
+    assert srv.requests_to(f"{RESPONSES_PATH}/{run.id}/cancel", "POST")
+
+
+def test_background_failed_polls_are_retried_not_created_again(srv):
+    srv.latency_s = 0.2
+    srv.enqueue(status=503, when=lambda r: r.method == "GET")
+    srv.enqueue(drop=True, when=lambda r: r.method == "GET")
+    result = background_backend(srv).complete(request())
+    assert len(srv.billed) == 1 and len(srv.requests_to(RESPONSES_PATH, "POST")) == 1
+    assert result.data is not None
+
+
+def test_background_refusal_and_incomplete_raise_as_in_the_foreground(srv):
+    srv.enqueue(refusal="I can't help with that.")
+    with pytest.raises(RefusalError):
+        background_backend(srv).complete(request())
+    srv.enqueue(incomplete="max_output_tokens")
+    with pytest.raises(IncompleteError, match="max_output_tokens"):
+        background_backend(srv).complete(request())
+
+
+def test_background_comes_from_config():
+    section = LLMConfig.model_validate({"background": True, "pollIntervalS": 2})
+    backend = make_responses_backend(section, {"OPENAI_API_KEY": KEY})
+    assert (backend.background, backend.poll_interval_s) == (True, 2.0)
+    assert make_responses_backend(LLMConfig(), {"OPENAI_API_KEY": KEY}).background is False
+
+
+# -- openai-chat: the structured-output format each server takes --------------------------------
+
+def formats_sent(srv: FakeOpenAI) -> list[str]:
+    return [(r.body.get("response_format") or {}).get("type", "none")
+            for r in srv.requests if r.path == CHAT_PATH]
+
+
+def test_chat_falls_back_to_json_object_with_the_schema_like_llama_cpp_python(tmp_path):
+    with FakeOpenAI(chat_formats=("text", "json_object")) as srv:
+        backend = make_chat_backend(LLMConfig(base_url=srv.base_url),
+                                    {"CLOOPS_STATE_DIR": str(tmp_path)})
+        result = backend.complete(request(model="local"))
+        assert formats_sent(srv) == ["json_schema", "json_object"]
+        refused, taken = srv.requests
+        assert refused.status == 500 and "Input should be 'text' or 'json_object'" in \
+            json.dumps(refused.reply)
+        assert taken.body["response_format"] == {"type": "json_object", "schema": PAGES_SCHEMA}
+        assert json.dumps(PAGES_SCHEMA, separators=(",", ":")) in taken.body["messages"][0]["content"]
+        assert result.data is not None and result.parse_error is None
+        # remembered for this server: the next call, and a new backend (a later run), ask in
+        # the accepted format at once
+        backend.complete(request(model="local"))
+        make_chat_backend(LLMConfig(base_url=srv.base_url + "/"),
+                          {"CLOOPS_STATE_DIR": str(tmp_path)}).complete(request(model="local"))
+        assert formats_sent(srv) == ["json_schema", "json_object", "json_object", "json_object"]
+    assert json.loads((tmp_path / "chat-formats.json").read_text()) == \
+        {srv.base_url: "json_object"}
+
+
+def test_chat_server_taking_no_format_gets_the_schema_in_the_instructions(srv):
+    srv.chat_formats = ("text",)
+    answer = {"title": "Ark", "pages": [{"pageNumber": 1, "narration": "n", "mood": "calm"}] * 4}
+    srv.responder = lambda path, body: f"Sure! Here you go:\n```json\n{json.dumps(answer)}\n```"
+    backend = OpenAIChatBackend(base_url=srv.base_url, max_retries=0)
+    assert backend.complete(request(model="local")).data == answer
+    assert formats_sent(srv) == ["json_schema", "json_object", "none"]
+    assert json.dumps(PAGES_SCHEMA, separators=(",", ":")) in srv.last.body["messages"][0]["content"]
+    backend.complete(request(model="local"))
+    assert formats_sent(srv)[3:] == ["none"]
+
+
+def test_chat_server_error_that_is_not_about_the_format_is_transient_without_fallback(srv, chat):
+    srv.enqueue(status=500)
+    with pytest.raises(TransientServiceError):
+        chat.complete(request())
+    assert formats_sent(srv) == ["json_schema"]
+    chat.complete(request())
+    assert formats_sent(srv) == ["json_schema", "json_schema"]
+
+
+def test_chat_backend_with_its_format_memory_pickles(tmp_path, srv):
+    backend = make_chat_backend(LLMConfig(base_url=srv.base_url),
+                                {"CLOOPS_STATE_DIR": str(tmp_path)})
+    backend.complete(request())
+    copy = pickle.loads(pickle.dumps(backend))
+    assert copy.formats.get(srv.base_url) == "json_schema"
+    assert copy.complete(request(schema=None)).text

@@ -6,6 +6,8 @@ import hashlib
 import io
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from PIL import Image
@@ -14,6 +16,7 @@ from cloops.data.config import GenerationConfig
 from cloops.core.errors import AuthError, PermanentServiceError, TransientServiceError
 from cloops.services import registry
 from cloops.services.base import ImageBackend, ImageRequest
+from cloops.services.cache import ResponseCache, job_journal
 from cloops.services.replicate_backend import (ReplicateBackend, create_backend,
                                                parse_retry_after)
 
@@ -68,7 +71,7 @@ def test_seedream_create_request_and_data_url_list_output():
         [pid] = srv.predictions
     assert create.method == "POST"
     assert create.path == "/v1/models/bytedance/seedream-4/predictions"
-    assert create.headers["prefer"].startswith("wait")
+    assert "prefer" not in create.headers  # the id comes back at once (see the journal tests)
     assert create.headers["authorization"] == f"Bearer {TOKEN}"
     assert create.body == {"input": {"prompt": PROMPT, "size": "1K", "aspect_ratio": "9:16"}}
     img = decode_jpeg(result.jpeg)
@@ -76,14 +79,16 @@ def test_seedream_create_request_and_data_url_list_output():
     assert_colour(img, expected_colour(pid))  # the first of the three outputs
     assert result.images_billed == 3
     assert result.draft is False
-    assert not srv.requests_to("/v1/predictions/")  # terminal at once: no polling
+    assert len(srv.requests_to(f"/v1/predictions/{pid}", "GET")) == 1  # starting, then polled
 
 
-def test_prefer_wait_is_bounded_by_the_request_timeout():
+def test_prefer_wait_only_when_asked_and_bounded_by_the_request_timeout():
     with FakeReplicate() as srv:
         make_backend(srv).generate_image(seedream(timeout_s=7.0))
-        make_backend(srv).generate_image(seedream(timeout_s=600.0))
-    assert [c.headers["prefer"] for c in srv.creates] == ["wait=7", "wait=60"]
+        asked = make_backend(srv, CLOOPS_REPLICATE_PREFER_WAIT_S="30")
+        asked.generate_image(seedream(timeout_s=7.0))
+        asked.generate_image(seedream(timeout_s=600.0))
+    assert [c.headers.get("prefer") for c in srv.creates] == [None, "wait=7", "wait=30"]
 
 
 def test_nano_banana_pro_single_http_url_is_downloaded():
@@ -131,6 +136,108 @@ def test_base_url_ending_in_v1_is_accepted():
         result = make_backend(srv, base_url=srv.api_url + "/").generate_image(seedream())
         assert srv.creates[0].path == "/v1/models/bytedance/seedream-4/predictions"
     decode_jpeg(result.jpeg)
+
+
+# -- the job journal: a kill during generation must not pay twice -----------------------------
+
+def generate_in_thread(backend: ReplicateBackend, cache: ResponseCache, key: str,
+                       request: ImageRequest) -> tuple[threading.Thread, list]:
+    """Run ``generate_image`` in a thread inside ``cache``'s journal of ``key``, as the hub
+    does; the result (or the exception) lands in the returned list."""
+    out: list = []
+
+    def run() -> None:
+        with job_journal(cache, key) as job:
+            try:
+                out.append(backend.generate_image(request))
+                job.ended()  # the hub: once the image is cached
+            except Exception as exc:  # noqa: BLE001 - handed to the test
+                out.append(exc)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def wait_for(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_the_prediction_id_is_journaled_while_the_image_is_generated(tmp_path):
+    cache = ResponseCache(tmp_path / "cache")
+    with FakeReplicate(latency_s=1.0) as srv:
+        thread, out = generate_in_thread(make_backend(srv), cache, "k1", seedream())
+        wait_for(lambda: srv.predictions)
+        [pid] = srv.predictions
+        # the create has answered and the prediction still runs: its id is on disk
+        wait_for(lambda: cache.job("k1") is not None, timeout_s=0.5)
+        assert cache.job("k1") == pid
+        assert srv.in_flight == 1
+        thread.join(10)
+    assert not isinstance(out[0], Exception), out
+    assert cache.job("k1") is None  # ended with the prediction
+    assert len(srv.billed) == 1 and srv.billed[0].create_answered
+
+
+def test_a_journaled_prediction_is_resumed_not_created_again(tmp_path):
+    cache = ResponseCache(tmp_path / "cache")
+    with FakeReplicate(latency_s=0.4) as srv:
+        # an earlier run created a prediction for this request and was killed while it ran
+        make_backend(srv)._client.models.predictions.create(
+            model=("bytedance", "seedream-4"),
+            input={"prompt": PROMPT, **SEEDREAM_PARAMS})
+        [pid] = srv.predictions
+        cache.start_job("k1", pid)
+        thread, out = generate_in_thread(make_backend(srv), cache, "k1", seedream())
+        thread.join(10)
+        assert srv.create_count == 1
+        assert srv.requests_to(f"/v1/predictions/{pid}", "GET")
+    assert_colour(decode_jpeg(out[0].jpeg), expected_colour(pid))
+    assert cache.job("k1") is None
+
+
+def test_a_failed_download_keeps_the_note_and_the_retry_resumes_the_prediction(tmp_path):
+    cache = ResponseCache(tmp_path / "cache")
+    with FakeReplicate(output_urls="http") as srv:
+        srv.enqueue(status=503, on="file")
+        thread, out = generate_in_thread(make_backend(srv), cache, "k1", seedream())
+        thread.join(10)
+        assert isinstance(out[0], TransientServiceError)
+        [pid] = srv.predictions
+        assert cache.job("k1") == pid  # the image was paid for: keep its prediction
+        thread, out = generate_in_thread(make_backend(srv), cache, "k1", seedream())
+        thread.join(10)
+        assert srv.create_count == 1
+    assert_colour(decode_jpeg(out[0].jpeg), expected_colour(pid))
+    assert cache.job("k1") is None
+
+
+def test_the_fake_holds_a_prefer_wait_create_and_bills_a_prediction_its_client_left():
+    """The fake is honest about sync mode: the create is held open while the prediction runs,
+    and a client that goes away meanwhile never learns the id, but the prediction runs on and
+    is billed; a second create of the same input is then counted as lost in the create."""
+    import httpx
+    body = {"input": {"prompt": PROMPT}}
+    url = "/v1/models/bytedance/seedream-4/predictions"
+    with FakeReplicate(latency_s=0.6) as srv:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=srv.base_url, headers=headers) as http:
+            t0 = time.monotonic()
+            held = http.post(url, json=body, headers={"Prefer": "wait=5"}).json()
+            assert time.monotonic() - t0 >= 0.55 and held["status"] == "succeeded"
+            with pytest.raises(httpx.ReadTimeout):  # a client that dies during the hold
+                http.post(url, json={"input": {"prompt": "other"}},
+                          headers={"Prefer": "wait=5"}, timeout=0.1)
+            again = http.post(url, json={"input": {"prompt": "other"}}).json()
+            assert again["status"] == "starting"  # no Prefer: wait: answered at once
+        time.sleep(0.7)
+        billed = srv.billed
+        assert [p.status for p in billed] == ["succeeded"] * 3  # the left one ran on
+        assert [p.create_answered for p in billed] == [True, False, True]
+        twice = srv.paid_twice()
+        assert twice["id_known"] == [] and [p.id for p in twice["create_lost"]] == [again["id"]]
 
 
 # -- terminal failures ---------------------------------------------------------------------------
@@ -297,3 +404,18 @@ def test_module_import_does_not_import_the_sdk():
                                              ("soon", None)])
 def test_parse_retry_after(value, expected):
     assert parse_retry_after(value) == expected
+
+
+def test_the_first_poll_waits_for_most_of_the_models_fastest_recent_run():
+    """Polling a prediction that cannot be done yet only costs requests: once a run of the
+    model was seen, the next prediction is first polled shortly before that run's length."""
+    with FakeReplicate(latency_s=0.4) as srv:
+        backend = make_backend(srv)
+        backend.generate_image(seedream(prompt="first"))
+        backend.generate_image(seedream(prompt="second"))
+        first, second = srv.creates
+        polls = [[r for r in srv.requests_to(f"/v1/predictions/{p}", "GET")]
+                 for p in srv.predictions]
+    assert len(polls[0]) >= 10  # nothing known: every 0.01 s from the create on
+    assert polls[1][0].at - second.at >= 0.8 * 0.4 * 0.95
+    assert len(polls[1]) < len(polls[0]) / 2

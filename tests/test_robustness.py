@@ -28,7 +28,7 @@ from PIL import Image
 
 from conftest import Project, Run, make_project
 from tests.fakes.gate import Gate
-from tests.fakes.openai_server import FakeOpenAI, error_body
+from tests.fakes.openai_server import FakeOpenAI, distinct_text, error_body
 from tests.fakes.replicate_server import FakeReplicate, problem
 
 OPENAI_KEY = "sk-robust-SECRET-0123456789abcdef"
@@ -223,9 +223,11 @@ def _check_replicate_faults(run: Run, oa: FakeOpenAI, rp: FakeReplicate) -> None
     rows = paid_rows(run, "image")
     assert sorted(r.status for r in rp.creates if r.status != 201) == [429, 500]
     assert sum(c["attempts"] - 1 for c in rows) == 2  # both retried, on the call they hit
-    polled = [p for p in rp.predictions.values() if p.polls]
-    assert len(polled) == 1 and polled[0].polls >= 3, "the starting prediction was not polled"
-    assert polled[0].status == "succeeded"
+    # every create answers "starting" at once; the one scripted to run longer is polled on
+    polled = sorted(rp.predictions.values(), key=lambda p: p.polls)
+    assert polled[-1].polls >= 3, "the long prediction was not polled until it ended"
+    assert [p.polls for p in polled[:-1]] == [1] * (len(polled) - 1)
+    assert all(p.status == "succeeded" for p in polled)
 
 
 def _llm_faults(proj, oa, rp):
@@ -456,21 +458,24 @@ def test_sigkill_while_polling_a_prediction_pays_once(proj):
         while not rp.creates and time.monotonic() < deadline:
             time.sleep(0.01)
         gate.hold_after(0)
-        # kill "while polling": the create has answered and the run noted the prediction (it
-        # does so before its first poll; a kill before that note loses the id, as a kill during
-        # the create call itself would), a request is held, and every other paid answer is in
-        # the ledger (so its result is cached: what this test counts is the prediction alone)
-        jobs = proj.root / "build" / ".cloops" / "cache" / "jobs"
+        # kill "while polling": every request let through was answered, a poll is held, every
+        # LLM answer is in the ledger (so cached), and every prediction created is either in
+        # the ledger or noted in the job journal (the run notes one as soon as its create
+        # answers, before its first poll; a kill before that note loses the id, as a kill
+        # during the create call itself would)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             answered = len(oa.answered) + len(rp.answered)
-            recorded = sum(not c["cache_hit"] for c in st.project.calls(st.run_id))
-            if list(jobs.glob("*.json")) and gate.held and answered == gate.admitted and \
-                    recorded >= len(paid_requests(oa, rp)) - 1:
+            rows = [c for c in st.project.calls(st.run_id) if not c["cache_hit"]]
+            images = sum(c["service"] == "image" for c in rows)
+            created = [r for r in rp.creates if r.status == 201]
+            if gate.held and answered == gate.admitted and \
+                    len(rows) - images >= len([r for r in oa.answered if r.status == 200]) and \
+                    created and len(journaled_ids(proj)) + images >= len(created):
                 break
             time.sleep(0.01)
         else:
-            raise AssertionError("the run never reached 'polling the noted prediction'")
+            raise AssertionError("the run never reached 'polling the noted predictions'")
         os.kill(st.pid, signal.SIGKILL)
         assert st.finish(timeout=30).rc == -signal.SIGKILL
         gate.release(drop=True)
@@ -478,6 +483,7 @@ def test_sigkill_while_polling_a_prediction_pays_once(proj):
         assert run.rc == 0, run.out + run.err
         paid = [json.dumps(r.body, sort_keys=True) for r in rp.creates if r.status == 201]
         assert len(paid) == len(set(paid)), "a prediction was paid for twice"
+        assert rp.paid_twice() == {"id_known": [], "create_lost": []}
         slow = max(rp.predictions, key=lambda pid: rp.predictions[pid].polls
                    + rp.predictions[pid].polls_left)  # the one scripted to run long
         assert rp.predictions[slow].status == "succeeded"
@@ -486,6 +492,134 @@ def test_sigkill_while_polling_a_prediction_pays_once(proj):
         assert rp.requests_to(f"/v1/predictions/{slow}", "GET"), "the re-run did not resume it"
         assert not list((proj.root / "build" / ".cloops").rglob("jobs/*.json")), \
             "the job journal is empty once the prediction ended"
+
+
+# ------------------------------------------------ 3b. kills while the provider is generating
+
+def journaled_ids(proj: Project) -> set[str]:
+    """The provider job ids noted in the job journal now (``build/.cloops/cache/jobs``)."""
+    ids = set()
+    for note in (proj.root / "build" / ".cloops" / "cache" / "jobs").glob("*.json"):
+        try:
+            ids.add(json.loads(note.read_text())["id"])
+        except (OSError, ValueError, KeyError):
+            pass  # being replaced right now
+    return ids
+
+
+def kill_during_generation(proj: Project, env: dict, running, moments: list[float]) -> set[str]:
+    """Start the build once per moment and SIGKILL it ``moment`` seconds after one of its paid
+    jobs is generating: ``running(since)`` lists the provider jobs running now that the run
+    started at ``since`` created (their create answered) or polled. Returns every job id that
+    was in the journal at the instant of a kill."""
+    journaled: set[str] = set()
+    for moment in moments:
+        st = proj.start(env=env)
+        since = time.monotonic()
+        try:
+            deadline = since + 60
+            while not running(since):
+                assert st.proc.poll() is None, "the build ended before a job ran:\n" + \
+                    st.finish().out
+                assert time.monotonic() < deadline, "no job was generating"
+                time.sleep(0.005)
+            time.sleep(moment)
+            journaled |= journaled_ids(proj)
+            os.kill(st.pid, signal.SIGKILL)
+            assert st.finish(timeout=30).rc == -signal.SIGKILL
+        finally:
+            if st.proc.poll() is None:
+                st.proc.kill()
+                st.proc.wait()
+    return journaled
+
+
+def paid_twice_report(billed: list, journaled: set[str]) -> tuple[list, list]:
+    """Split the jobs a fake billed again for an input it had billed before into (paid again
+    although an earlier job of that input was in the journal when its run was killed, paid
+    again after a kill inside the create's own round trip: no earlier job's id was noted)."""
+    bad, round_trip = [], []
+    earlier: dict[str, list] = {}
+    for job in billed:
+        before = earlier.setdefault(job.fingerprint, [])
+        if before:
+            (bad if any(j.id in journaled for j in before) else round_trip).append(job)
+        before.append(job)
+    return bad, round_trip
+
+
+MOMENTS = [0.05 * k for k in range(1, 11)]  # seconds after a job started generating
+
+
+def test_sigkill_at_ten_moments_during_image_generation_pays_no_image_twice(proj):
+    """Through the real replicate SDK, against a fake that runs (and bills) a prediction whose
+    client went away: ten kills while images are generated, then a build that finishes."""
+    # one image at a time, each generating 5 s: ten runs' start-ups (2-3 s on a busy machine)
+    # fit in the 8 images' time, so every kill lands while one is generating (created by that
+    # run or resumed by it)
+    proj.edit_config(lambda c: c["generation"].update(concurrency=1))
+    oa = FakeOpenAI(responder=distinct_text)  # no two image prompts alike
+    rp = FakeReplicate(token=REPLICATE_TOKEN, latency_s=5.0)
+    with oa, rp:
+        env = env_for(oa, rp)
+
+        def running(since: float) -> list[str]:
+            now = time.monotonic()
+            return [p.id for p in rp.billed if not p.terminal and p.done_at > now and (
+                (p.request.at >= since and p.create_answered) or any(
+                    r.at >= since for r in rp.requests_to(f"/v1/predictions/{p.id}", "GET")))]
+        journaled = kill_during_generation(proj, env, running, MOMENTS)
+        final = proj.doit(env=env)
+        assert final.rc == 0, final.out + final.err
+        twice = rp.paid_twice()
+        bad, round_trip = paid_twice_report(rp.billed, journaled)
+        assert not bad, f"paid twice although their id was journaled: {[p.id for p in bad]}"
+        # the one way left to pay twice: a kill inside the create's own round trip (the first
+        # moments come 50 ms after the create answered: on a loaded machine the run may not
+        # have noted the id yet)
+        assert len(round_trip) <= 2, \
+            f"{len(round_trip)} predictions paid again after a kill inside their create"
+        assert len(twice["id_known"]) <= len(round_trip)
+        inputs = {p.fingerprint for p in rp.billed}
+        assert len(rp.billed) == len(inputs) + len(round_trip)
+        assert journaled, "no prediction was ever journaled while it ran"
+    for story in STORIES:
+        assert_story_built(proj, story)
+    assert_targets_valid(proj)
+    assert not journaled_ids(proj), "the journal is empty once every image is cached"
+
+
+def test_sigkill_at_ten_moments_during_background_llm_calls_pays_no_call_twice(proj):
+    """The same with ``llm.background`` on, through the real openai SDK: each response is
+    created in the background, its id journaled and polled; ten kills while the model runs."""
+    proj.edit_config(lambda c: c["llm"].update(background=True, pollIntervalS=0.01,
+                                               concurrency=1))
+    # one call at a time, each 3.5 s: the 12 calls outlast ten runs' start-ups
+    oa = FakeOpenAI(latency_s=3.5, responder=distinct_text)  # no two requests alike
+    rp = FakeReplicate(token=REPLICATE_TOKEN)
+    with oa, rp:
+        env = env_for(oa, rp)
+
+        def running(since: float) -> list[str]:
+            now = time.monotonic()
+            return [r.id for r in oa.billed if not r.cancelled
+                    and r.done_at > now and ((r.request.at >= since and r.answered) or any(
+                        q.at >= since for q in oa.requests_to(f"/v1/responses/{r.id}", "GET")))]
+        journaled = kill_during_generation(proj, env, running, MOMENTS)
+        final = proj.doit(env=env)
+        assert final.rc == 0, final.out + final.err
+        twice = oa.paid_twice()
+        bad, round_trip = paid_twice_report(oa.billed, journaled)
+        assert not bad, f"paid twice although their id was journaled: {[r.id for r in bad]}"
+        assert len(round_trip) <= 2, \
+            f"{len(round_trip)} calls paid again after a kill inside their create"
+        assert len(twice["id_known"]) <= len(round_trip)
+        assert all(r.background for r in oa.billed)
+        assert journaled, "no response was ever journaled while it ran"
+    for story in STORIES:
+        assert_story_built(proj, story)
+    assert_targets_valid(proj)
+    assert not journaled_ids(proj)
 
 
 # ---------------------------------------------------------------- 4. revert and re-roll

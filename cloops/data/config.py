@@ -55,6 +55,11 @@ class LLMConfig(StrictModel):
     ``openai-chat`` it is any OpenAI-compatible Chat Completions server (Ollama, vLLM, ...).
     ``concurrency`` (calls in flight) and ``requestsPerMinute`` are per backend; OpenAI's
     limits depend on the account's usage tier (source: platform.openai.com/docs/guides/rate-limits).
+    ``background`` (backend ``openai`` only) creates each response in the Responses API's
+    background mode and polls it every ``pollIntervalS`` seconds: its id is journaled at once,
+    so a run killed during a long call resumes it instead of paying again. OpenAI then keeps
+    the response data about 10 minutes for polling, which is not Zero Data Retention compatible
+    (source: developers.openai.com/api/docs/guides/background).
     """
 
     backend: str = "auto"
@@ -67,6 +72,8 @@ class LLMConfig(StrictModel):
     schema_retries: int = Field(default=2, ge=0, le=5, alias="schemaRetries")
     concurrency: int = Field(default=8, ge=1, le=256)
     requests_per_minute: float | None = Field(default=None, gt=0, alias="requestsPerMinute")
+    background: bool = False
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60, alias="pollIntervalS")
     steps: dict[str, LLMStepConfig] = Field(default_factory=dict)
 
 

@@ -44,6 +44,15 @@ from .targets import remove_target
 
 INPUTS_KEY = "_cloops_inputs"
 
+# doit's PythonAction captures a task's output by swapping the process-wide sys.stdout and
+# sys.stderr for a ``Writer`` that also writes to the stream it found, and puts the old one back
+# afterwards (doit 0.37 ``action.py``). Tasks run in threads: one task's Writer is found, wrapped
+# and later restored by another, so sys.stderr ends as a chain of Writers as long as the run
+# (thousands at 1,000 stories); flushing it at exit overflowed the recursion limit, Python lost
+# sys.stderr and exited 120. cloops' actions print nothing (the reporter writes to
+# sys.__stdout__/__stderr__ and failures travel as TaskFailed): they need no capture.
+UNCAPTURED = {"capture": False}
+
 
 class Inputs:
     """doit ``uptodate`` checker over a dict of named input values.
@@ -408,6 +417,7 @@ def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_i
                             str(sdir), outs[0])],
         "clean": [(clean_task, [str(sdir), outs])],
         "verbosity": 1,
+        "io": UNCAPTURED,
     }
 
 
@@ -454,7 +464,7 @@ def dynamic_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: di
         yield {"basename": name, "doc": f"{bad} of {story.key} is unreadable",
                "actions": [(actions.fail, [str(proj.root), tpl.name, story.id,
                                            f"{story.key}: {errors[bad]}"])],
-               "verbosity": 1}
+               "verbosity": 1, "io": UNCAPTURED}
     elif sources.items(source) is not None:
         for step in steps:
             if not all(sources.items(src) is not None for src in plan.needs[step.name]):

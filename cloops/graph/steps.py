@@ -285,6 +285,9 @@ class Services(Protocol):
     def complete(self, request: Any, *, accept: Callable[[Any], bool] | None = None) -> Any:
         """Answer an :class:`~cloops.services.base.LLMRequest` with an ``LLMResult``."""
 
+    def cached(self, request: Any) -> Any:
+        """The response cache's answer to an ``LLMRequest``, or None: no call is made."""
+
     def remember(self, request: Any, result: Any) -> None:
         """Cache ``result`` as the answer to ``request`` too (a re-asked step's first question)."""
 

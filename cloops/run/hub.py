@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..core.errors import ServiceError, TransientServiceError
-from .ledger import CallRecord, Ledger
-from .dispatch import call_priority
-from .limits import ServiceLimiter
-from ..data.project import Project
+from ..data.project import STATE_DIR, Project
 from ..services import registry
 from ..services.base import (ImageRequest, ImageResult, LLMRequest, LLMResult, VoiceRequest,
-                   VoiceResult)
+                             VoiceResult)
 from ..services.cache import ResponseCache, cache_key, job_journal
-
+from .dispatch import call_priority
+from .ledger import CallRecord, Ledger
+from .limits import ServiceLimiter
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,9 @@ class ServiceHub:
                 if service == "image":
                     section = section.model_copy(update={"comfyui": {
                         **section.comfyui, "template_dir": str(tpl.dir)}})
-                self._backends[key] = resolved.spec.factory(section, self.proj.env)
+                # CLOOPS_STATE_DIR: where a backend may keep what it learnt about its server
+                env = {"CLOOPS_STATE_DIR": str(self.proj.root / STATE_DIR), **self.proj.env}
+                self._backends[key] = resolved.spec.factory(section, env)
             return self._backends[key]
 
     def limiter(self, template: str, service: str) -> ServiceLimiter:
@@ -199,9 +200,9 @@ class ServiceHub:
                 retries = getattr(self.proj.template(meta.template).config.engine, section).max_retries
                 try:
                     # a job the provider runs past the request is noted under the request's key
-                    # (cloops.services.cache.current_job): a killed run's job is resumed, not
-                    # paid for twice
-                    with job_journal(cache, key):
+                    # (cloops.services.cache.current_job) until its answer is cached: a killed
+                    # run's job is resumed, not paid for twice
+                    with job_journal(cache, key) as job:
                         result, rec.attempts = self._retrying(
                             meta.template, self._limited(
                                 meta.template, service, lambda: call(backend),
@@ -215,6 +216,7 @@ class ServiceHub:
                     raise
                 if cache is not None and (accept is None or accept(result)):
                     getattr(cache, put)(key, result)
+                job.ended()
         finally:
             if owner:
                 with self._lock:
@@ -254,6 +256,15 @@ class ServiceHub:
         if not backend.offline:
             self.cache(meta.template).put_llm(
                 cache_key("llm", backend.name, request.cache_key()), result)
+
+    def cached(self, meta: CallMeta, request: LLMRequest) -> LLMResult | None:
+        """The response cache's answer to ``request``, or None — no call, no ledger row (a
+        step asking whether a file is what that answer made). Offline backends: None."""
+        backend = self.backend(meta.template, "llm")
+        if backend.offline or self._no_cache:
+            return None
+        return self.cache(meta.template).get_llm(
+            cache_key("llm", backend.name, request.cache_key()))
 
     def generate_image(self, meta: CallMeta, request: ImageRequest) -> ImageResult:
         """Answer an image request (cache first for paid backends).
@@ -301,6 +312,10 @@ class TaskServices:
                  accept: Callable[[LLMResult], bool] | None = None) -> LLMResult:
         """See :meth:`ServiceHub.complete`."""
         return self.hub.complete(self.meta, request, accept)
+
+    def cached(self, request: LLMRequest) -> LLMResult | None:
+        """See :meth:`ServiceHub.cached`."""
+        return self.hub.cached(self.meta, request)
 
     def remember(self, request: LLMRequest, result: LLMResult) -> None:
         """See :meth:`ServiceHub.remember`."""

@@ -1,7 +1,9 @@
 """Requests, results and protocols shared by every backend.
 
+Layer: **services**.
+
 A backend turns one request into one result, converting its SDK's exceptions into
-:mod:`cloops.errors` at the boundary. Requests are plain frozen data: their ``cache_key()`` is
+:mod:`cloops.core.errors` at the boundary. Requests are plain frozen data: their ``cache_key()`` is
 the whole request (what a response cache is addressed by), minus what never reaches the
 service (``draft``, ``annotations`` for backends that do not use them).
 """
@@ -84,6 +86,10 @@ class LLMResult:
         usage: token counts.
         model: the model that answered.
         draft: True when made offline with no model call.
+        parse_error: with a schema, why ``text`` holds no JSON value (the parse error,
+            :func:`cloops.services.structured.extract_json`); ``data`` is then None. Such an
+            answer was paid for: the caller re-asks it like a schema violation, and it is
+            never cached.
     """
 
     text: str
@@ -91,6 +97,7 @@ class LLMResult:
     usage: Usage = Usage()
     model: str = ""
     draft: bool = False
+    parse_error: str | None = None
 
 
 # How many reference images a model takes in ``image_input`` (sources: replicate.com model
@@ -199,7 +206,7 @@ class LLMBackend(Protocol):
     offline: bool
 
     def complete(self, request: LLMRequest) -> LLMResult:
-        """Return the model's answer. Raises :class:`cloops.errors.ServiceError`."""
+        """Return the model's answer. Raises :class:`cloops.core.errors.ServiceError`."""
         ...
 
 
@@ -218,7 +225,7 @@ class ImageBackend(Protocol):
     uses_annotations: bool
 
     def generate_image(self, request: ImageRequest) -> ImageResult:
-        """Return the image. Raises :class:`cloops.errors.ServiceError`."""
+        """Return the image. Raises :class:`cloops.core.errors.ServiceError`."""
         ...
 
 
@@ -277,7 +284,7 @@ class VoiceBackend(Protocol):
     offline: bool
 
     def synthesize(self, request: VoiceRequest) -> VoiceResult:
-        """Return the track. Raises :class:`cloops.errors.ServiceError`."""
+        """Return the track. Raises :class:`cloops.core.errors.ServiceError`."""
         ...
 
 

@@ -1,5 +1,7 @@
 """The response cache: every paid call's result, addressed by the whole request.
 
+Layer: **services**.
+
 The key is the SHA-256 of the canonical JSON of ``{service, backend, request}`` where
 ``request`` is the request's ``cache_key()`` — model, every parameter, the rendered prompts and
 schema. A hit restores the output with no call. Entries are written atomically as soon as a
@@ -10,9 +12,10 @@ Layout: ``<dir>/<key[:2]>/<key>.json`` (LLM results) and ``<key>.jpg`` + ``<key>
 (images, the JSON holding size and billing).
 
 The cache also keeps the **jobs in flight** (``<dir>/jobs/<key>.json``): a provider job that
-outlives its request (a Replicate prediction still running when the create call returns) is
-noted by request key until it ends, so a run killed while it runs resumes that job next time
-instead of paying for a second one (:func:`current_job`).
+outlives its request (a Replicate prediction, an OpenAI background response: created, then
+polled) is noted by request key from the moment its id is known until its answer is in the
+cache, so a run killed while it runs (or while its output is downloaded) resumes that job next
+time instead of paying for a second one (:func:`current_job`).
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ class ResponseCache:
     def prune(self, *, older_than_s: float) -> tuple[int, int]:
         """Delete entries not used for ``older_than_s`` seconds, and the temp files of writes a
         killed run left behind (``.<name>.<pid>-<thread>-<n>.tmp``, see
-        :func:`cloops.fileio.atomic_write_bytes`) once they are :data:`TEMP_GRACE_S` old — a
+        :func:`cloops.core.fileio.atomic_write_bytes`) once they are :data:`TEMP_GRACE_S` old — a
         write takes milliseconds, so none of a run still going is touched. Returns (entries,
         bytes) removed; temp files count in the bytes only."""
         now = time.time()
@@ -198,9 +201,11 @@ class ResponseCache:
 
 class Job:
     """The job journal of the call a backend is making (:func:`current_job`): ``resumable()``
-    before starting a job, ``started(job_id)`` once a job runs past its request, ``ended()`` once
-    it is terminal. Without a journal (offline backends, calls outside the hub) every method
-    does nothing."""
+    before starting a job, ``started(job_id)`` as soon as its id is known, ``ended()`` once
+    nothing more can come of it — the backend calls it when the job failed or cannot be
+    resumed, the hub once the answer is in the cache (until then a kill, or a failed download,
+    can still resume the job). Without a journal (offline backends, calls outside the hub)
+    every method does nothing."""
 
     def __init__(self, cache: ResponseCache | None = None, key: str = ""):
         self._cache = cache
@@ -235,13 +240,15 @@ _current = threading.local()
 
 
 @contextmanager
-def job_journal(cache: ResponseCache | None, key: str) -> Iterator[None]:
+def job_journal(cache: ResponseCache | None, key: str) -> Iterator[Job]:
     """Make ``cache``'s journal of request ``key`` the calling thread's :func:`current_job`
-    for the duration (the hub wraps each paid call in it)."""
+    for the duration, and yield it (the hub wraps each paid call in it, and ends the job once
+    the answer is cached)."""
     previous = getattr(_current, "job", None)
-    _current.job = Job(cache, key) if cache is not None and key else None
+    job = Job(cache, key) if cache is not None and key else _NO_JOB
+    _current.job = job
     try:
-        yield
+        yield job
     finally:
         _current.job = previous
 

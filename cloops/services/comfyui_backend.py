@@ -1,5 +1,7 @@
 """Image backend on a ComfyUI server's HTTP API (a local or self-hosted GPU, no per-image fee).
 
+Layer: **services**.
+
 One :meth:`ComfyUIBackend.generate_image` call:
 
 1. loads the API-format workflow (``{node_id: {"class_type", "inputs", "_meta": {"title"}}}``,
@@ -205,7 +207,7 @@ class ComfyUIBackend:
             pass
 
     def _call(self, method: str, path: str, doing: str, **kwargs: Any) -> Any:
-        """Send one request; map httpx errors and HTTP status to :mod:`cloops.errors`."""
+        """Send one request; map httpx errors and HTTP status to :mod:`cloops.core.errors`."""
         httpx = self._httpx
         try:
             response = self._http.request(method, path, **kwargs)

@@ -1,5 +1,7 @@
 """The offline LLM backend: returns the draft the template built from the story input.
 
+Layer: **services**.
+
 No network, no key, no cost. Each LLM step of a template supplies a ``draft(inputs, ctx)``
 function that builds a schema-valid output from the story input (clearly marked as a draft);
 this backend hands it back as if a model had answered, so the whole graph can be built,

@@ -1,5 +1,7 @@
 """Voice backend on ElevenLabs text-to-speech, through the official ``elevenlabs`` SDK (2.x).
 
+Layer: **services**.
+
 One :meth:`ElevenLabsBackend.synthesize` call is ONE request, so the voice flows naturally from
 page to page::
 
@@ -395,7 +397,7 @@ class ElevenLabsBackend:
 
 
 def create_backend(section: Any, env: Mapping[str, str]) -> ElevenLabsBackend:
-    """Registry factory: build from ``voice`` (:class:`cloops.config.VoiceConfig`).
+    """Registry factory: build from ``voice`` (:class:`cloops.data.config.VoiceConfig`).
 
     ``base_url``: ``voice.baseUrl``, else ``ELEVENLABS_BASE_URL``, else the SDK default.
 

@@ -1,4 +1,7 @@
-"""Image helpers on Pillow: convert whatever a service returns into a JPEG target."""
+"""Image helpers on Pillow: convert whatever a service returns into a JPEG target.
+
+Layer: **services**.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """OpenAI LLM backends: the Responses API (``openai``) and any Chat Completions server
 (``openai-chat``: Ollama, vLLM, LM Studio, llama.cpp server).
 
+Layer: **services**.
+
 Both call the official ``openai`` SDK (>= 3, which sends over ``httpx2``) and convert its
-exceptions into :mod:`cloops.errors` here, at the boundary::
+exceptions into :mod:`cloops.core.errors` here, at the boundary::
 
     openai.AuthenticationError (401), PermissionDeniedError (403)   -> AuthError
     RateLimitError (429), InternalServerError (5xx), 408, 409,
@@ -12,7 +14,8 @@ exceptions into :mod:`cloops.errors` here, at the boundary::
     UnprocessableEntityError (422), other 4xx                        -> PermanentServiceError
     a ``refusal`` content item / ``message.refusal``                 -> RefusalError
     ``status == "incomplete"`` / ``finish_reason == "length"``       -> IncompleteError
-    output that is not JSON when a schema was requested              -> OutputInvalidError
+    a background response still running at ``request.timeout_s``     -> TransientServiceError
+                                                                        (after cancelling it)
 
 API facts (checked against the openai-python 3.x sources, ``resources/responses`` and
 ``types/responses/response.py``, and the OpenAI Structured Outputs / GPT-5.1 docs): a Response's
@@ -21,6 +24,28 @@ refusal is a message content item ``{"type": "refusal", "refusal": str}``; ``usa
 ``input_tokens``, ``output_tokens`` and ``output_tokens_details.reasoning_tokens``. The SDK
 itself retries 408/409/429/5xx and connection errors ``max_retries`` times.
 
+Output that is not JSON when a schema was requested is not an error here: JSON is looked for
+past a ``<think>`` block, a code fence or prose around it
+(:func:`cloops.services.structured.extract_json`), and when there is none the result comes back
+with ``parse_error`` set and ``data`` None, for the caller to re-ask like a schema violation
+(the answer was paid for: its usage counts).
+
+``openai-chat`` asks for JSON the way the server takes it
+(:data:`cloops.services.structured.CHAT_FORMATS`): ``response_format`` ``json_schema``; when
+the server rejects that the way llama-cpp-python's does (HTTP 500 "Input should be 'text' or
+'json_object'"), ``{"type": "json_object", "schema": ...}``; when that is rejected too, the
+schema in the system prompt alone. What a server accepted is remembered per base URL in
+``build/.cloops/chat-formats.json`` (:class:`cloops.services.structured.FormatMemory`).
+
+Background mode (``llm.background``, backend ``openai``): ``responses.create(...,
+background=True)`` answers at once with the response ``queued`` or ``in_progress`` and its id,
+which is noted in the call's job journal (:func:`cloops.services.cache.current_job`);
+``responses.retrieve(id)`` is polled until the status is terminal (``completed``, ``failed``,
+``incomplete``, ``cancelled``). A run killed meanwhile resumes that response next time instead of
+paying for the call again. OpenAI stores a background response's data about 10 minutes for
+polling (longer with ``store=true``, the API's default), so background mode is not Zero Data
+Retention compatible (developers.openai.com/api/docs/guides/background).
+
 ``openai`` is imported lazily (on the first call): this module is imported on every doit start.
 The API key is never put into a message, log line or repr.
 """
@@ -28,14 +53,18 @@ The API key is never put into a message, log line or repr.
 from __future__ import annotations
 
 import json
-import re
 import threading
+import time
+from pathlib import Path
 from typing import Any, Mapping
 
-from ..core.errors import (AuthError, IncompleteError, InputError, OutputInvalidError,
-                      PermanentServiceError, RefusalError, ServiceError, TransientServiceError)
+from ..core.errors import (AuthError, IncompleteError, InputError, PermanentServiceError,
+                           RefusalError, ServiceError, TransientServiceError)
 from .base import LLMRequest, LLMResult, Usage
+from .cache import Job, current_job
 from .registry import BackendSpec, register
+from .structured import (CHAT_FORMATS, MEMORY_FILE, FormatMemory, JSONNotFound, extract_json,
+                         format_rejected, schema_instructions)
 from .wire import retry_after_s, scrub, tls_context
 
 
@@ -44,8 +73,10 @@ BASE_URL_ENV = "OPENAI_BASE_URL"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CHAT_PLACEHOLDER_KEY = "not-needed"  # local Chat Completions servers ignore the key
 CHAT_KEY_ENV = "LLM_API_KEY"  # the key of the Chat Completions server at llm.baseUrl
+STATE_DIR_ENV = "CLOOPS_STATE_DIR"  # set by the hub: the project's build/.cloops
 OPENAI_HOSTS = ("api.openai.com",)  # where OPENAI_API_KEY may be sent by openai-chat
 
+PENDING = ("queued", "in_progress")  # a background response not finished yet
 MISSING_KEY_MESSAGE = (f"{KEY_ENV} is not set: add it to the environment or to .env, "
                        "or set llm.backend to \"draft\" to build offline drafts.")
 
@@ -77,7 +108,7 @@ def _api_message(exc: Any) -> str:
 
 def convert_error(exc: BaseException, *, backend: str, base_url: str | None,
                   key: str | None = None, timeout_s: float | None = None) -> ServiceError:
-    """Turn an ``openai`` SDK exception into a :class:`cloops.errors.ServiceError`.
+    """Turn an ``openai`` SDK exception into a :class:`cloops.core.errors.ServiceError`.
 
     ``backend`` is ``"openai"`` or ``"openai-chat"``; ``base_url`` is named in connection
     errors; ``key`` is scrubbed from every message. Returns (does not raise) the error.
@@ -140,19 +171,15 @@ def convert_error(exc: BaseException, *, backend: str, base_url: str | None,
                                  f"{_scrub(str(exc), key)}", **common)
 
 
-def _parse_json(text: str, *, lenient: bool = False) -> Any:
-    """Parse JSON output; ``lenient`` also strips a leading ``<think>...</think>`` block and a
-    Markdown code fence (local models add them). Raises ValueError."""
+def _parsed(text: str, request: LLMRequest) -> tuple[Any, str | None]:
+    """``(data, parse_error)`` of an answer: the JSON in it when the request has a schema
+    (``(None, None)`` without one; ``(None, error)`` when it holds no JSON)."""
+    if request.schema is None:
+        return None, None
     try:
-        return json.loads(text)
-    except ValueError:
-        if not lenient:
-            raise
-    cleaned = re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.S).strip()
-    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", cleaned, flags=re.S)
-    if fence:
-        cleaned = fence.group(1)
-    return json.loads(cleaned)
+        return extract_json(text), None
+    except JSONNotFound as exc:
+        return None, str(exc)
 
 
 def _shorten(text: str, limit: int = 200) -> str:
@@ -272,15 +299,24 @@ class OpenAIResponsesBackend(_SDKBackend):
         base_url: API root ending in ``/v1``; None for ``https://api.openai.com/v1``.
         timeout_s: client default timeout in seconds (each call uses ``request.timeout_s``).
         max_retries: the SDK's own retries of 408/409/429/5xx and connection errors.
+        background: create responses in background mode and poll them (module doc).
+        poll_interval_s: seconds between ``responses.retrieve`` polls in background mode.
 
     Sends ``model``, ``input`` (a system and a user message; with ``request.images`` the user
     message's content is an ``input_text`` part and ``input_image`` parts:
     :func:`responses_user_content`), ``reasoning.effort`` (omitted when
     None), ``text.format`` (strict ``json_schema``, omitted without a schema) and
-    ``text.verbosity`` (omitted when None).
+    ``text.verbosity`` (omitted when None); ``background: true`` in background mode.
     """
 
     name = "openai"
+
+    def __init__(self, *, api_key: str, base_url: str | None = None, timeout_s: float = 300.0,
+                 max_retries: int = 2, background: bool = False, poll_interval_s: float = 1.0):
+        super().__init__(api_key=api_key, base_url=base_url, timeout_s=timeout_s,
+                         max_retries=max_retries)
+        self.background = background
+        self.poll_interval_s = max(0.0, float(poll_interval_s))
 
     # a minimal ``response`` object (openai-python ``types/responses/response.py``)
     _WARM_BODY = {
@@ -327,12 +363,17 @@ class OpenAIResponsesBackend(_SDKBackend):
                 retries; ``retry_after_s`` is the server's ``retry-after`` when sent.
             RefusalError: the model refused (the refusal text is in the message).
             IncompleteError: ``status == "incomplete"`` (names the reason and the fix).
-            OutputInvalidError: a schema was given and the output is not JSON
-                (``raw_output`` holds it).
             PermanentServiceError: 400/404/422, ``status == "failed"`` and other errors.
+            TransientServiceError (background mode): the response was still running after
+                ``request.timeout_s`` (it is cancelled).
+
+        Output that holds no JSON although a schema was given is returned with
+        ``parse_error`` set (module doc), not raised.
         """
         import openai
 
+        if self.background:
+            return self._complete_in_background(request)
         try:
             response = self.client.responses.create(**self.request_params(request),
                                                     timeout=request.timeout_s)
@@ -340,10 +381,105 @@ class OpenAIResponsesBackend(_SDKBackend):
             raise self._convert(exc, request) from None
         return self._result(response, request)
 
+    # -- background mode -----------------------------------------------------------------------
+
+    def _complete_in_background(self, request: LLMRequest) -> LLMResult:
+        """Create (or resume) a background response, note its id, poll it to a terminal status.
+
+        The note is ended here when nothing can come of the response (failed, cancelled, gone,
+        refused, incomplete); on success the hub ends it once the answer is cached.
+        """
+        import openai
+
+        deadline = time.monotonic() + request.timeout_s
+        job = current_job()
+        response = self._resume(job, request)
+        if response is None:
+            try:
+                response = self.client.responses.create(
+                    **self.request_params(request), background=True,
+                    timeout=min(request.timeout_s, 60.0))
+            except openai.OpenAIError as exc:
+                raise self._convert(exc, request) from None
+            if getattr(response, "status", None) in PENDING:
+                job.started(response.id)  # a kill from here on resumes it
+        response = self._poll(response, deadline, request, job)
+        try:
+            return self._result(response, request)
+        except PermanentServiceError:
+            job.ended()
+            raise
+
+    def _resume(self, job: Job, request: LLMRequest) -> Any:
+        """The background response an interrupted run created for this same request, if it can
+        still give its answer (pending or finished); None otherwise (and the note is dropped).
+
+        Raises:
+            TransientServiceError: OpenAI could not be asked (the hub retries; creating a second
+                response meanwhile would pay twice).
+        """
+        import openai
+
+        rid = job.resumable()
+        if rid is None:
+            return None
+        try:
+            response = self.client.responses.retrieve(rid, timeout=min(request.timeout_s, 60.0))
+        except openai.OpenAIError as exc:
+            error = self._convert(exc, request)
+            if isinstance(error, TransientServiceError):
+                raise error from None
+            response = None  # gone (404: expired or never stored) or refused: start afresh
+        if response is None or getattr(response, "status", None) in ("failed", "cancelled"):
+            job.ended()
+            return None
+        return response
+
+    def _poll(self, response: Any, deadline: float, request: LLMRequest, job: Job) -> Any:
+        """Retrieve ``response`` every :attr:`poll_interval_s` until its status is terminal;
+        cancel it (and end its note) and raise when ``deadline`` passes.
+
+        A failed poll (429/5xx/dropped connection) is retried until the deadline rather than
+        raised: raising would make the caller create, and pay for, a second response.
+        """
+        import openai
+
+        while getattr(response, "status", None) in PENDING:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                try:
+                    self.client.responses.cancel(response.id, timeout=10.0)
+                except openai.OpenAIError:
+                    pass  # best effort: the timeout is what matters
+                job.ended()
+                raise self._error(
+                    TransientServiceError,
+                    f"the background response {response.id} of {request.model} was still "
+                    f"{response.status!r} after {request.timeout_s:g} s; cancelled it. Fix: "
+                    "re-run, or raise llm.timeoutS for slow steps.")
+            time.sleep(min(self.poll_interval_s, remaining))
+            try:
+                response = self.client.responses.retrieve(
+                    response.id, timeout=max(1.0, min(60.0, deadline - time.monotonic())))
+            except openai.OpenAIError as exc:
+                error = self._convert(exc, request)
+                if not isinstance(error, TransientServiceError):
+                    if isinstance(exc, openai.NotFoundError):
+                        job.ended()  # expired or deleted: nothing left to resume
+                    raise error from None
+                pause = error.retry_after_s or self.poll_interval_s
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        return response
+
     def _result(self, response: Any, request: LLMRequest) -> LLMResult:
         usage = _responses_usage(getattr(response, "usage", None))
         status = getattr(response, "status", None)
         model = getattr(response, "model", None) or request.model
+        if status == "cancelled":
+            raise self._error(PermanentServiceError,
+                              f"the background response {getattr(response, 'id', '?')} of "
+                              f"{model} was cancelled before it finished. Fix: re-run; check "
+                              "whether someone cancelled it.", usage=usage)
         if status == "failed":
             err = getattr(response, "error", None)
             detail = (f"{getattr(err, 'code', '')}: {getattr(err, 'message', '')}" if err
@@ -367,17 +503,8 @@ class OpenAIResponsesBackend(_SDKBackend):
                               f"{usage.output_tokens} output tokens of which "
                               f"{usage.reasoning_tokens} reasoning): {fix}",
                               raw_output=text, usage=usage)
-        data = None
-        if request.schema is not None:
-            try:
-                data = _parse_json(text)
-            except ValueError as exc:
-                raise self._error(OutputInvalidError,
-                                  f"the output of {model} for schema {request.schema_name!r} is "
-                                  f"not valid JSON ({exc}): {_shorten(text)!r}. Fix: re-run; "
-                                  "check the schema is strict.",
-                                  raw_output=text, usage=usage) from None
-        return LLMResult(text=text, data=data, usage=usage, model=model)
+        data, parse_error = _parsed(text, request)
+        return LLMResult(text=text, data=data, usage=usage, model=model, parse_error=parse_error)
 
 
 class OpenAIChatBackend(_SDKBackend):
@@ -388,11 +515,14 @@ class OpenAIChatBackend(_SDKBackend):
         base_url: the server's API root, e.g. ``http://localhost:11434/v1`` (required).
         api_key: sent as the bearer token; local servers ignore it (``"not-needed"``).
         timeout_s / max_retries: as for :class:`OpenAIResponsesBackend`.
+        formats: where to remember which structured-output format each server accepted
+            (None: in memory only).
 
-    Sends ``model``, ``messages`` (system, user) and, with a schema, ``response_format``
-    ``{"type": "json_schema", "json_schema": {"name", "schema", "strict": true}}``.
-    ``reasoning`` and ``verbosity`` are not sent (many such servers reject unknown fields).
-    JSON output is parsed leniently: a leading ``<think>`` block or a code fence is stripped.
+    Sends ``model``, ``messages`` (system, user) and, with a schema, the structured-output
+    format the server takes (module doc): ``response_format`` ``{"type": "json_schema",
+    "json_schema": {"name", "schema", "strict": true}}`` first. ``reasoning`` and
+    ``verbosity`` are not sent (many such servers reject unknown fields). JSON is read past a
+    leading ``<think>`` block, a code fence or prose.
     """
 
     name = "openai-chat"
@@ -409,36 +539,73 @@ class OpenAIChatBackend(_SDKBackend):
         client.chat.completions.create(**cls.request_params(cls._WARM_REQUEST))
 
     def __init__(self, *, base_url: str, api_key: str = CHAT_PLACEHOLDER_KEY,
-                 timeout_s: float = 300.0, max_retries: int = 2):
+                 timeout_s: float = 300.0, max_retries: int = 2,
+                 formats: FormatMemory | None = None):
         super().__init__(api_key=api_key or CHAT_PLACEHOLDER_KEY, base_url=base_url,
                          timeout_s=timeout_s, max_retries=max_retries)
+        self.formats = formats or FormatMemory(None)
 
     @staticmethod
-    def request_params(request: LLMRequest) -> dict[str, Any]:
-        """Return the keyword arguments of ``client.chat.completions.create``."""
+    def request_params(request: LLMRequest, fmt: str = "json_schema") -> dict[str, Any]:
+        """Return the keyword arguments of ``client.chat.completions.create``, asking for JSON
+        in format ``fmt`` (one of :data:`cloops.services.structured.CHAT_FORMATS`) when the
+        request has a schema."""
+        system = request.system
+        if request.schema is not None and fmt != "json_schema":
+            system += schema_instructions(request.schema)
         params: dict[str, Any] = {
             "model": request.model,
-            "messages": [{"role": "system", "content": request.system},
+            "messages": [{"role": "system", "content": system},
                          {"role": "user", "content": chat_user_content(request)}],
         }
-        if request.schema is not None:
+        if request.schema is not None and fmt == "json_schema":
             params["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": request.schema_name, "schema": request.schema,
                                 "strict": True}}
+        elif request.schema is not None and fmt == "json_object":
+            params["response_format"] = {"type": "json_object", "schema": request.schema}
         return params
+
+    def _create(self, request: LLMRequest) -> Any:
+        """Send the request in the first format the server takes, starting with the one it
+        accepted last (:class:`cloops.services.structured.FormatMemory`); remember it.
+
+        Raises:
+            openai.OpenAIError: as the SDK raised it (the last format's rejection included).
+        """
+        import openai
+
+        if request.schema is None:  # plain text: no format to fall back from
+            return self.client.chat.completions.create(**self.request_params(request),
+                                                       timeout=request.timeout_s)
+        known = self.formats.get(self.base_url)
+        formats = CHAT_FORMATS[CHAT_FORMATS.index(known):] if known else CHAT_FORMATS
+        for fmt in formats:
+            try:
+                completion = self.client.chat.completions.create(
+                    **self.request_params(request, fmt), timeout=request.timeout_s)
+            except openai.APIStatusError as exc:
+                body = exc.body if isinstance(exc.body, str) else json.dumps(exc.body)
+                if fmt != formats[-1] and format_rejected(exc.status_code,
+                                                          f"{body} {exc.message}"):
+                    continue  # this server does not take that response_format: the next one
+                raise
+            self.formats.set(self.base_url, fmt)
+            return completion
+        raise AssertionError("unreachable: the last format's error is raised")  # pragma: no cover
 
     def complete(self, request: LLMRequest) -> LLMResult:
         """Ask the model; return its text, the parsed JSON (with a schema), usage and model.
 
         Raises: as :meth:`OpenAIResponsesBackend.complete`; ``finish_reason`` ``length`` or
-        ``content_filter`` raises IncompleteError, ``message.refusal`` RefusalError.
+        ``content_filter`` raises IncompleteError, ``message.refusal`` RefusalError. Output
+        with no JSON in it comes back with ``parse_error`` set.
         """
         import openai
 
         try:
-            completion = self.client.chat.completions.create(**self.request_params(request),
-                                                             timeout=request.timeout_s)
+            completion = self._create(request)
         except openai.OpenAIError as exc:
             raise self._convert(exc, request) from None
         usage = _chat_usage(getattr(completion, "usage", None))
@@ -463,17 +630,8 @@ class OpenAIChatBackend(_SDKBackend):
                               f"the response of {model} is incomplete (finish_reason: {reason}, "
                               f"{usage.output_tokens} output tokens): {_INCOMPLETE_FIXES[reason]}",
                               raw_output=text, usage=usage)
-        data = None
-        if request.schema is not None:
-            try:
-                data = _parse_json(text, lenient=True)
-            except ValueError as exc:
-                raise self._error(OutputInvalidError,
-                                  f"the output of {model} for schema {request.schema_name!r} is "
-                                  f"not valid JSON ({exc}): {_shorten(text)!r}. Fix: re-run, or "
-                                  "use a model that supports structured outputs.",
-                                  raw_output=text, usage=usage) from None
-        return LLMResult(text=text, data=data, usage=usage, model=model)
+        data, parse_error = _parsed(text, request)
+        return LLMResult(text=text, data=data, usage=usage, model=model, parse_error=parse_error)
 
 
 def data_url(mime: str, data: bytes) -> str:
@@ -554,12 +712,15 @@ def make_responses_backend(section: Any, env: Mapping[str, str]) -> OpenAIRespon
     if not key:
         raise AuthError(MISSING_KEY_MESSAGE, service="llm", backend="openai")
     return OpenAIResponsesBackend(api_key=key, base_url=_base_url(section, env),
-                                  timeout_s=section.timeout_s, max_retries=0)  # cloops retries (hub)
+                                  timeout_s=section.timeout_s, max_retries=0,  # cloops retries (hub)
+                                  background=section.background,
+                                  poll_interval_s=section.poll_interval_s)
 
 
 def make_chat_backend(section: Any, env: Mapping[str, str]) -> OpenAIChatBackend:
     """Factory of ``openai-chat``: ``llm.baseUrl`` or ``OPENAI_BASE_URL`` is required; the key is
-    :func:`chat_key`'s.
+    :func:`chat_key`'s; the formats servers accepted are remembered under ``CLOOPS_STATE_DIR``
+    (the hub sets it to the project's ``build/.cloops``).
 
     Raises:
         InputError: no base URL is configured.
@@ -571,8 +732,10 @@ def make_chat_backend(section: Any, env: Mapping[str, str]) -> OpenAIChatBackend
                          fix="set llm.baseUrl to the server's OpenAI-compatible API root, e.g. "
                              "\"http://localhost:11434/v1\" (Ollama) or "
                              "\"http://localhost:8000/v1\" (vLLM), or set OPENAI_BASE_URL.")
+    state = env.get(STATE_DIR_ENV)
     return OpenAIChatBackend(base_url=base_url, api_key=chat_key(base_url, env),
-                             timeout_s=section.timeout_s, max_retries=0)  # cloops retries (hub)
+                             timeout_s=section.timeout_s, max_retries=0,  # cloops retries (hub)
+                             formats=FormatMemory(Path(state) / MEMORY_FILE if state else None))
 
 
 def chat_key(base_url: str, env: Mapping[str, str]) -> str:

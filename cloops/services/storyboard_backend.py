@@ -1,5 +1,7 @@
 """Offline image backend: a readable storyboard JPEG drawn with Pillow, no paid service.
 
+Layer: **services**.
+
 A producer uses it to judge a story's layout before paying for images. Each image carries a
 dark banner ``OFFLINE DRAFT · storyboard`` (so nobody mistakes it for final art), the
 request's label (``"Page 2 of 4"``, ``"Thumbnail"``) and title, then either

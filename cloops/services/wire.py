@@ -1,5 +1,8 @@
 """What every HTTP backend needs at its boundary: the server's Retry-After, error text with no
-secret in it, and one TLS context for the whole process."""
+secret in it, and one TLS context for the whole process.
+
+Layer: **services**.
+"""
 
 from __future__ import annotations
 

@@ -15,11 +15,20 @@ request takes the next scripted reply from the queue (:meth:`FakeOpenAI.enqueue`
 is empty the default responder answers with a schema-valid JSON instance of the request's
 ``text.format.schema`` (``response_format.json_schema.schema`` for chat) or plain text.
 Shapes follow openai-python 3.x ``types/responses/response.py`` and ``types/chat/chat_completion.py``.
+
+Background mode (developers.openai.com, guides/background): ``POST /v1/responses`` with
+``"background": true`` answers at once with the response ``queued`` (no output, no usage) and
+its id; the model runs ``latency_s`` (or the reply's ``delay_s``) from the request's arrival,
+whether or not its client stays. ``GET /v1/responses/{id}`` returns it ``in_progress`` until
+then, and the finished response after; ``POST /v1/responses/{id}/cancel`` cancels it
+(``cancelled``). Every model run is billed (``billed``, ``paid_twice``) from the moment its
+request arrived, background or not, whether or not its client stays for the answer.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +38,8 @@ from .loopback import RecordedRequest, Reply as _Reply, ScriptedServer
 
 RESPONSES_PATH = "/v1/responses"
 CHAT_PATH = "/v1/chat/completions"
+_STORED = re.compile(r"^/v1/responses/(?P<id>resp_[A-Za-z0-9]+)(?P<cancel>/cancel)?$")
+PENDING = ("queued", "in_progress")  # a background response not finished yet
 
 
 @dataclass
@@ -66,6 +77,19 @@ def error_body(status: int, message: str | None = None, *, code: str | None = No
     d_type, d_code, d_msg = _ERROR_TYPES.get(status, ("invalid_request_error", None, "Error."))
     return {"error": {"message": message or d_msg or "Error.", "type": type_ or d_type,
                       "param": param, "code": code if code is not None else d_code}}
+
+
+def llama_cpp_python_refusal(fmt: str, accepted: tuple[str, ...]) -> dict:
+    """The body the llama-cpp-python server (``python -m llama_cpp.server``) answers, with HTTP
+    500, to a ``response_format`` type it does not take: its ``RouteErrorHandler``
+    (``llama_cpp/server/errors.py``) wraps the request's pydantic validation error as an
+    ``internal_server_error`` (ggml-org/llama.cpp#23463)."""
+    allowed = " or ".join(f"'{a}'" for a in accepted)
+    detail = [{"type": "literal_error", "loc": ["body", "response_format", "type"],
+               "msg": f"Input should be {allowed}", "input": fmt,
+               "ctx": {"expected": allowed}}]
+    return {"error": {"message": str(detail), "type": "internal_server_error", "param": None,
+                      "code": None}}
 
 
 # ---------------------------------------------------------------- schema instance generator
@@ -258,6 +282,8 @@ def _chat_object(req: dict, reply: Reply, text: str | None) -> dict:
 def _request_schema(path: str, req: dict) -> dict | None:
     if path == CHAT_PATH:
         rf = req.get("response_format") or {}
+        if rf.get("type") == "json_object":  # llama-cpp-python's form: the schema beside it
+            return rf.get("schema")
         return (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" \
             else None
     fmt = (req.get("text") or {}).get("format") or {}
@@ -347,6 +373,53 @@ def distinct_text(path: str, req: dict, transform: Any = None) -> str:
     return json.dumps(walk(data, _request_schema(path, req)))
 
 
+# ---------------------------------------------------------------- background responses
+
+@dataclass
+class ModelRun:
+    """One run of the model the fake bills: a background response or a foreground call.
+
+    Attributes:
+        request: the request that started it.
+        final: the finished ``response`` (or ``chat.completion``) object.
+        done_at: ``time.monotonic()`` from which it is finished.
+        background: True for a background response (created, then polled).
+        cancelled: cancelled before it finished.
+        polls: ``GET /v1/responses/{id}`` requests that saw it.
+    """
+
+    request: RecordedRequest
+    final: dict
+    done_at: float = 0.0
+    background: bool = False
+    cancelled: bool = False
+    polls: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.final["id"]
+
+    @property
+    def answered(self) -> bool:
+        """Whether the reply that carried its id (a background create) or its answer (a
+        foreground call) was sent in full to the client."""
+        return self.request.status is not None
+
+    @property
+    def fingerprint(self) -> str:
+        return json.dumps(self.request.body, sort_keys=True)
+
+    def state(self, now: float) -> dict:
+        """The response as ``GET /v1/responses/{id}`` shows it ``now``."""
+        if self.cancelled:
+            return {**self.final, "status": "cancelled", "output": [], "usage": None,
+                    "completed_at": None, "incomplete_details": None}
+        if now >= self.done_at:
+            return self.final
+        return {**self.final, "status": "in_progress", "output": [], "usage": None,
+                "completed_at": None, "incomplete_details": None}
+
+
 # ---------------------------------------------------------------- the server
 
 class FakeOpenAI(ScriptedServer):
@@ -360,6 +433,10 @@ class FakeOpenAI(ScriptedServer):
             time; the fake's own work happens within it).
         responder: ``responder(path, body) -> str | None``: the output text for requests with
             no queued reply (None: the default schema instance).
+        chat_formats: the ``response_format.type`` values ``/v1/chat/completions`` accepts;
+            another is refused the way the llama-cpp-python server refuses ``json_schema``
+            (HTTP 500, :func:`llama_cpp_python_refusal`). ``("text", "json_object")`` is that
+            server, which takes ``{"type": "json_object", "schema": ...}``.
 
     Attributes:
         base_url: ``"http://127.0.0.1:PORT/v1"`` to pass to ``openai.OpenAI(base_url=...)``.
@@ -379,9 +456,37 @@ class FakeOpenAI(ScriptedServer):
     thread_name = "fake-openai"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, gate: Any = None,
-                 latency_s: float = 0.0, responder: Any = None):
+                 latency_s: float = 0.0, responder: Any = None,
+                 chat_formats: tuple[str, ...] = ("text", "json_object", "json_schema")):
         super().__init__(gate, host=host, port=port, latency_s=latency_s)
         self.responder = responder
+        self.chat_formats = chat_formats
+        self.runs: list[ModelRun] = []
+        self.stored: dict[str, ModelRun] = {}
+
+    # billing
+    @property
+    def billed(self) -> list[ModelRun]:
+        """Every model run, in order of arrival (background or not, answered or not: the
+        model runs on when its client leaves)."""
+        with self.lock:
+            return sorted(self.runs, key=lambda r: r.request.at)
+
+    def paid_twice(self) -> dict[str, list[ModelRun]]:
+        """The model runs made again for a request already billed, in two lists: ``"id_known"``
+        (an earlier run of it was a background response whose create reached the client: its
+        id could have been resumed) and ``"create_lost"`` (no earlier run's id or answer
+        reached the client: it died, or gave up, inside the call's own round trip). A second
+        foreground run after a first one's answer was delivered is ``"id_known"`` too."""
+        out: dict[str, list[ModelRun]] = {"id_known": [], "create_lost": []}
+        seen: dict[str, list[ModelRun]] = {}
+        for run in self.billed:
+            earlier = seen.setdefault(run.fingerprint, [])
+            if earlier:
+                known = any(r.answered for r in earlier)
+                out["id_known" if known else "create_lost"].append(run)
+            earlier.append(run)
+        return out
 
     @property
     def base_url(self) -> str:
@@ -426,6 +531,61 @@ class FakeOpenAI(ScriptedServer):
     def reply_headers(self, rec: RecordedRequest) -> dict[str, str]:
         return {"x-request-id": _new_id("req")}
 
+    def handle(self, handler, rec: RecordedRequest) -> None:
+        stored = _STORED.match(rec.path)
+        if stored and (rec.method == "GET" or (rec.method == "POST" and stored["cancel"])):
+            return self._stored(handler, rec, stored["id"], bool(stored["cancel"]))
+        body = rec.body if isinstance(rec.body, dict) else {}
+        if rec.method == "POST" and rec.path == RESPONSES_PATH and body.get("background"):
+            return self._background(handler, rec)
+        super().handle(handler, rec)
+
+    def _background(self, handler, rec: RecordedRequest) -> None:
+        """A background create: answered at once (``queued``); the model runs on."""
+        reply = self._pop(rec)
+        if reply.drop:
+            return self.drop(handler)
+        status, payload, headers = self.render(rec, reply)
+        if status != 200 or reply.body is not None:  # refused: nothing runs, nothing is billed
+            if reply.delay_s:
+                self._stopping.wait(max(0.0, rec.at + reply.delay_s - time.monotonic()))
+            return self.send_json(handler, status, payload,
+                                  {**self.reply_headers(rec), **headers})
+        payload["background"] = True
+        run = ModelRun(request=rec, final=payload, background=True,
+                       done_at=rec.at + (reply.delay_s or self.latency_s))
+        with self.lock:
+            self.runs.append(run)
+            self.stored[run.id] = run
+            created = {**run.state(rec.at), "status": "queued"}
+        self.send_json(handler, 200, created, {**self.reply_headers(rec), **headers})
+        with self.lock:
+            rec.reply = created
+
+    def _stored(self, handler, rec: RecordedRequest, rid: str, cancel: bool) -> None:
+        """``GET /v1/responses/{id}`` and ``POST /v1/responses/{id}/cancel``."""
+        reply = self._pop(rec)  # a scripted fault or a slow reply may be aimed at a poll
+        if reply.delay_s:
+            self._stopping.wait(max(0.0, rec.at + reply.delay_s - time.monotonic()))
+        if reply.drop:
+            return self.drop(handler)
+        headers = self.reply_headers(rec)
+        if reply.status != 200 or reply.body is not None:
+            status, payload, extra = self.render(rec, reply)
+            return self.send_json(handler, status, payload, {**headers, **extra})
+        with self.lock:
+            run = self.stored.get(rid)
+            if run is None:
+                return self.send_json(handler, 404, error_body(
+                    404, f"Response with id '{rid}' not found.", code=None), headers)
+            now = time.monotonic()
+            if cancel and now < run.done_at:
+                run.cancelled = True
+            if not cancel:
+                run.polls += 1
+            state = run.state(now)
+        self.send_json(handler, 200, state, headers)
+
     def render(self, rec: RecordedRequest, reply: Reply) -> tuple[int, Any, dict[str, str]]:
         headers = dict(reply.headers)
         if reply.body is not None:
@@ -447,10 +607,19 @@ class FakeOpenAI(ScriptedServer):
             rec.images = request_images(rec.path, req)
         except ValueError as exc:  # as the real API: 400 invalid_request_error
             return 400, error_body(400, str(exc), param="input"), headers
+        fmt = (req.get("response_format") or {}).get("type", "text")
+        if rec.path == CHAT_PATH and fmt not in self.chat_formats:
+            return 500, llama_cpp_python_refusal(fmt, self.chat_formats), headers
         text = reply.text
         if text is None and reply.refusal is None and reply.incomplete is None:
             text = self.responder(rec.path, req) if self.responder else None
             if text is None:
                 text = default_text(rec.path, req)
         build = _chat_object if rec.path == CHAT_PATH else _response_object
-        return 200, build(req, reply, text), headers
+        payload = build(req, reply, text)
+        if not req.get("background"):
+            # the model ran and produced its answer: billed, whether or not it reaches the client
+            with self.lock:
+                self.runs.append(ModelRun(request=rec, final=payload,
+                                          done_at=rec.at + (reply.delay_s or self.latency_s)))
+        return 200, payload, headers

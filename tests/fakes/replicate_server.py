@@ -7,15 +7,22 @@ with ``/v1``, so a base URL ending in ``/v1`` would request ``/v1/v1/...``)::
         client = replicate.Client(api_token="r8_test_token", base_url=srv.base_url)
         srv.enqueue(status=429, headers={"Retry-After": "3"})
         ...
-        assert srv.creates[0].headers["prefer"].startswith("wait")
+        assert not srv.paid_twice()["id_known"]
 
 Endpoints (shapes from the SDK's ``prediction.py``/``model.py`` and Replicate's HTTP API docs):
 
 * ``POST /v1/models/{owner}/{name}/predictions`` and ``POST /v1/predictions`` (``{"version",
-  "input"}``): create a prediction, HTTP 201. With ``Prefer: wait`` and no scripted polls it is
-  already terminal in the reply; otherwise it is ``starting`` and becomes terminal after
-  ``polls_before_done`` GETs (at least 1 without ``Prefer: wait``, as the real API does).
-* ``GET /v1/predictions/{id}``: the prediction (``processing`` while polls remain).
+  "input"}``): create a prediction, HTTP 201. The prediction exists, runs and is billed from the
+  moment the create arrives: it runs ``latency_s`` (counted from the create's arrival) and is
+  terminal once that time has passed and ``polls_before_done`` GETs have seen it.
+
+  Without ``Prefer: wait`` the create answers at once with the prediction ``starting``. With
+  ``Prefer: wait[=N]`` the create is held open while the prediction runs, at most N seconds
+  (60 for a bare ``wait``), and answers with its state then (terminal, or still ``starting``
+  when the wait ran out or polls are scripted), as Replicate's "sync mode" does. A client that
+  goes away while its create is held never gets the id; the prediction runs on and is billed
+  all the same (``billed``, ``create_answered``).
+* ``GET /v1/predictions/{id}``: the prediction (``processing`` while it runs).
 * ``POST /v1/predictions/{id}/cancel``: cancels it (``status: canceled``, ``output: null``).
 * ``GET /files/{id}.png`` (``/files/{id}-{k}.png`` for the k-th extra output): PNG bytes, a
   different colour per prediction. No auth needed, as on replicate.delivery.
@@ -35,6 +42,8 @@ import io
 import json
 import random
 import re
+import select
+import socket
 import string
 import time
 from collections import deque
@@ -108,6 +117,28 @@ class FakePrediction:
     created_at: str = ""
     completed_at: str | None = None
     polls: int = 0
+    done_at: float = 0.0  # time.monotonic() from which it may be terminal (it runs until then)
+    request: RecordedRequest | None = None  # its create request
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in ("succeeded", "failed", "canceled")
+
+    @property
+    def create_answered(self) -> bool:
+        """Whether its create's reply, which carried its id, was sent in full to the client."""
+        return self.request is not None and self.request.status is not None
+
+    @property
+    def fingerprint(self) -> str:
+        """Its create request's body as canonical JSON: equal for the same input and model."""
+        body = self.request.body if self.request is not None else {"input": self.input}
+        return json.dumps(body, sort_keys=True)
+
+    def advance(self, now: float) -> None:
+        """Finish it once it has run its time and the scripted polls have seen it."""
+        if not self.terminal and now >= self.done_at and self.polls_left <= 0:
+            self.finish()
 
     def finish(self) -> None:
         self.status = self.final_status
@@ -131,6 +162,25 @@ class FakePrediction:
                      "web": f"https://replicate.com/p/{self.id}"},
             "metrics": {"predict_time": 0.01} if self.status == "succeeded" else {},
         }
+
+
+def _prefer_wait_s(prefer: str) -> float:
+    """Seconds a ``Prefer`` header asks the create to be held (0: none). ``wait`` alone is 60 s,
+    ``wait=N`` N seconds, at most 60 (Replicate's sync-mode limit)."""
+    match = re.match(r"^\s*wait(?:\s*=\s*(\d+))?\s*$", prefer or "")
+    if not match:
+        return 0.0
+    return float(min(60, int(match[1]))) if match[1] else 60.0
+
+
+def _client_gone(handler: BaseHTTPRequestHandler) -> bool:
+    """True when the client closed its end of the connection (it died or gave up)."""
+    sock = handler.connection
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def _now() -> str:
@@ -160,6 +210,8 @@ class FakeReplicate(LoopbackServer):
         creates: the prediction-create requests (both routes), including scripted failures.
         create_count: ``len(creates)``.
         predictions: ``{id: FakePrediction}`` of the predictions created.
+        billed: the predictions created, in order (see :meth:`paid_twice`).
+        in_flight / max_in_flight: predictions running now / the most at once.
         canceled: ids of predictions canceled through the API.
     """
 
@@ -169,13 +221,12 @@ class FakeReplicate(LoopbackServer):
                  output_count: int = 1, output_list: bool = True,
                  image_size: tuple[int, int] = (32, 24), gate: Any = None,
                  latency_s: float = 0.0, colour_by: str = "prediction"):
-        """``latency_s``: each prediction takes this long to run, counted from the arrival of
-        the create request (a create with ``Prefer: wait`` answers that long after it arrived);
-        ``max_in_flight`` records the most at once."""
+        """``latency_s``: each prediction runs this long, counted from the arrival of its create
+        request (a create with ``Prefer: wait`` is held open that long); ``max_in_flight``
+        records the most predictions running at once."""
         super().__init__(gate)
         self.latency_s = latency_s
         self.colour_by = colour_by
-        self.in_flight = 0
         self.max_in_flight = 0
         if output_urls not in ("data", "http"):
             raise ValueError("output_urls must be 'data' or 'http'")
@@ -210,6 +261,42 @@ class FakeReplicate(LoopbackServer):
     def create_count(self) -> int:
         return len(self.creates)
 
+    @property
+    def in_flight(self) -> int:
+        """Predictions running now (created, not yet through their ``latency_s``)."""
+        now = time.monotonic()
+        with self.lock:
+            return sum(1 for p in self.predictions.values()
+                       if not p.terminal and p.done_at > now)
+
+    @property
+    def billed(self) -> list[FakePrediction]:
+        """Every prediction created, in creation order: each runs and is billed whether or not
+        its client stayed to see it (a canceled one too, for the time it ran)."""
+        now = time.monotonic()
+        with self.lock:
+            for pred in self.predictions.values():
+                pred.advance(now)
+            return list(self.predictions.values())
+
+    def paid_twice(self) -> dict[str, list[FakePrediction]]:
+        """The predictions created again for an input already billed, in two lists:
+
+        - ``"id_known"``: an earlier prediction of that input had its create answered, so its
+          client knew its id (and could have resumed it): paid twice for nothing;
+        - ``"create_lost"``: every earlier one's create went unanswered (the client died, or
+          gave up, inside the create's own round trip): the client could not know it existed.
+        """
+        out: dict[str, list[FakePrediction]] = {"id_known": [], "create_lost": []}
+        seen: dict[str, list[FakePrediction]] = {}
+        for pred in self.billed:
+            earlier = seen.setdefault(pred.fingerprint, [])
+            if earlier:
+                known = any(p.create_answered for p in earlier)
+                out["id_known" if known else "create_lost"].append(pred)
+            earlier.append(pred)
+        return out
+
     def enqueue(self, status: int = 201, body: Any = None, headers: dict | None = None,
                 delay_s: float = 0, drop: bool = False, prediction_status: str = "succeeded",
                 polls_before_done: int = 0, error: str | None = None, output: Any = _UNSET,
@@ -226,7 +313,8 @@ class FakeReplicate(LoopbackServer):
             prediction_status: the created prediction's terminal status: ``"succeeded"``,
                 ``"failed"`` or ``"canceled"``.
             polls_before_done: GETs that see it ``starting``/``processing`` before it is
-                terminal (0 with ``Prefer: wait``: terminal in the create reply).
+                terminal (0: terminal once it has run ``latency_s``; without ``Prefer: wait``
+                the create reply always says ``starting``).
             error: the ``error`` text of a failed prediction.
             output: the ``output`` of a succeeded prediction, instead of generated URLs.
             on: which request consumes this reply: ``"create"``, ``"get"``, ``"cancel"``,
@@ -327,8 +415,8 @@ class FakeReplicate(LoopbackServer):
         if reply.prediction_status not in ("succeeded", "failed", "canceled"):
             raise ValueError(f"bad prediction_status {reply.prediction_status!r}")
         pid = self._new_id()
-        wait = rec.headers.get("prefer", "").startswith("wait")
-        polls = reply.polls_before_done if wait else max(1, reply.polls_before_done)
+        wait_s = _prefer_wait_s(rec.headers.get("prefer", ""))
+        polls = reply.polls_before_done
         fingerprint = json.dumps(body["input"], sort_keys=True)
         with self.lock:
             self._seen[fingerprint] = self._seen.get(fingerprint, 0) + 1
@@ -337,24 +425,26 @@ class FakeReplicate(LoopbackServer):
         output = self._outputs(pid) if reply.output is _UNSET else reply.output
         pred = FakePrediction(id=pid, model=model, version=version, input=body["input"],
                               final_status=reply.prediction_status, polls_left=polls,
-                              error=reply.error, output=output, created_at=_now())
-        if self.latency_s:
-            # the prediction runs for latency_s from the request's arrival; the fake's own work
-            # (parsing, rendering the output) happens within that time, as a server's would
-            with self.lock:
-                self.in_flight += 1
-                self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            try:
-                time.sleep(max(0.0, rec.at + self.latency_s - time.monotonic()))
-            finally:
-                with self.lock:
-                    self.in_flight -= 1
-        if polls == 0:
-            pred.finish()
+                              error=reply.error, output=output, created_at=_now(),
+                              done_at=rec.at + self.latency_s, request=rec)
+        # the prediction exists (and is billed) from now on, whatever happens to this request
         with self.lock:
             self.predictions[pid] = pred
-        self.send_json(handler, reply.status if reply.status < 400 else 201,
-                       pred.json(self.base_url), reply.headers)
+            running = sum(1 for p in self.predictions.values()
+                          if not p.terminal and p.done_at > time.monotonic())
+            self.max_in_flight = max(self.max_in_flight, running)
+        if wait_s:
+            # sync mode: hold the create open while the prediction runs, up to the wait
+            until = min(pred.done_at, rec.at + wait_s)
+            while time.monotonic() < until and not self._stopping.is_set():
+                if _client_gone(handler):
+                    return  # no reply: the client never learns the id; the prediction runs on
+                self._stopping.wait(min(0.01, max(0.0, until - time.monotonic())))
+        with self.lock:
+            if wait_s:  # otherwise it has only just started, however short its run
+                pred.advance(time.monotonic())
+            data = pred.json(self.base_url)
+        self.send_json(handler, reply.status if reply.status < 400 else 201, data, reply.headers)
 
     def _get(self, handler, rec: RecordedRequest, path: str, reply: Reply) -> None:
         pid = _GET.match(path)["id"]
@@ -363,11 +453,10 @@ class FakeReplicate(LoopbackServer):
             if pred is None:
                 return self.send_json(handler, 404, problem(404, "Prediction not found"))
             pred.polls += 1
-            if pred.status not in ("succeeded", "failed", "canceled"):
+            if not pred.terminal:
                 pred.polls_left -= 1
-                if pred.polls_left <= 0:
-                    pred.finish()
-                else:
+                pred.advance(time.monotonic())
+                if not pred.terminal:
                     pred.status = "processing"
             data = pred.json(self.base_url)
         self.send_json(handler, 200, data, reply.headers)

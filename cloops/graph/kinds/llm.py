@@ -3,9 +3,10 @@
 Layer: **graph**. The call goes through :class:`cloops.graph.steps.Services` (the run layer's
 hub); offline, the draft backend answers with the step's ``draft``.
 
-The answer is validated — the strict JSON schema, then the step's own ``validate`` — and an
-invalid one is asked again with the errors (``llm.schemaRetries`` times; the
-validate → re-ask loop of *instructor*); an invalid answer is never cached.
+The answer is validated — JSON found in it (:mod:`cloops.services.structured`), the strict
+JSON schema, then the step's own ``validate`` — and an invalid one is asked again with the
+errors (``llm.schemaRetries`` times; the validate → re-ask loop of *instructor*); an invalid
+answer is never cached.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ...core.fileio import sha256_json
 from ...data import prompts as prompt_vars
 from ...data.schemas import check_schema, strict_schema_problems
 from ...services.base import LLMRequest
+from ...services.structured import parse_problem, reask_feedback
 from ..steps import DepContext, Fn, Step, StepContext, StepRun, short_value, step_kind
 
 
@@ -136,7 +138,8 @@ class LLMStep(Step):
         keep = () if self.previous is True else tuple(self.previous)
         saved = {k: job.inputs.get(k) for k in keep}
         job.inputs["previous"] = None
-        full = sha256_json(self.request(job).cache_key())[:16]
+        fresh = self.request(job)
+        full = sha256_json(fresh.cache_key())[:16]
         job.inputs.update({k: None for k in keep})
         base = sha256_json(self.request(job).cache_key())[:16]
         job.inputs.update(saved)
@@ -145,11 +148,30 @@ class LLMStep(Step):
         made = job.made_from(job.rel)
         if current is not None and made is not None and made == (source, False):
             return source, _UP_TO_DATE
+        if current is not None and made is None and self.made_by(job, fresh, current):
+            # what these inputs' answer made, written before a kill recorded where it came from
+            backend = job.services.backend("llm")
+            job.write(job.rel, current, made_by=f"{backend.name} {fresh.model}",
+                      offline=backend.offline, source=source)
+            return source, _UP_TO_DATE
         if self.previous is True:
             return source, current
         if current is not None and made is not None and made[0].split(":")[0] == base:
             return source, current  # only the revisable inputs changed (or a hand edit)
         return source, None
+
+    def made_by(self, job: StepRun, request: LLMRequest, current: Any) -> bool:
+        """True when ``current`` (the target's content) is what the cached answer to
+        ``request`` — the step asked afresh, without its previous output — makes."""
+        answer = job.services.cached(request)
+        if answer is None:
+            return False
+        data = answer.data if self.schema else answer.text
+        if data is None:
+            return False
+        out = self.write(data, {**job.inputs, "previous": None}, job.ctx) if self.write else data
+        return out == current or (isinstance(out, str) and out.rstrip("\n") == str(current)
+                                   .rstrip("\n"))
 
     def request(self, job: StepRun) -> LLMRequest:
         """The step's request for the task's inputs (re-asks add the errors to its user text)."""
@@ -205,9 +227,14 @@ class LLMStep(Step):
         usage_total = [0, 0, 0]
         errors: list[str] = []
 
+        def problems(result) -> list[str]:  # text with no JSON in it is re-asked like a violation
+            if schema is not None and result.parse_error is not None:
+                return [parse_problem(result.parse_error)]
+            return validate_output(schema, result.data if schema else result.text, self,
+                                   inputs, ctx)
+
         def valid(result) -> bool:  # an invalid answer is never cached: it is asked again
-            return not validate_output(schema, result.data if schema else result.text, self,
-                                       inputs, ctx)
+            return not problems(result)
 
         base = self.request(job)  # the draft: cheap; only offline backends use it
         for _attempt in range(1, tries + 1):
@@ -217,14 +244,13 @@ class LLMStep(Step):
             u = last.usage
             usage_total = [usage_total[0] + u.input_tokens, usage_total[1] + u.output_tokens,
                            usage_total[2] + u.reasoning_tokens]
-            errors = validate_output(schema, last.data if schema else last.text, self, inputs, ctx)
+            errors = problems(last)
             if not errors:
                 if req is not first:
                     job.services.remember(first, last)
                 return (last.data if schema else last.text), f"{backend.name} {req.model}", \
                     backend.offline
-            feedback = ("\n\nYour previous answer was invalid. Validation errors found:\n- "
-                        + "\n- ".join(errors) + "\nFix the errors and answer again in full.")
+            feedback = reask_feedback(errors, last.text, not_json=last.parse_error is not None)
         raise OutputInvalidError(
             f"the {backend.name} output for step '{self.name}' is still invalid after {tries} "
             f"attempt(s): {'; '.join(errors)}. Last raw output: {(last.text or '')[:300]!r}. "

@@ -1,11 +1,13 @@
 """Vertical video for ads: hook and body clips rendered from comic pages, and their probe.
 
+Layer: **services**.
+
 Modules: :mod:`~cloops.services.media.clips` (render_hook_clip, render_body_clip),
 :mod:`~cloops.services.media.panels` (find_panels), :mod:`~cloops.services.media.mp4` (probe),
 :mod:`~cloops.services.media.text` (Pillow text), :mod:`~cloops.services.media.captions` (cues, VTT/SRT),
 :mod:`~cloops.services.media.layout` (frame, safe area, boxes), :mod:`~cloops.services.media.frames` (camera
-moves and compositing), :mod:`~cloops.services.media.ffmpeg` (the encoder, RenderError). Nothing here imports the engine: only :mod:`cloops.errors` and
-:mod:`cloops.fileio`.
+moves and compositing), :mod:`~cloops.services.media.ffmpeg` (the encoder, RenderError). Nothing here imports the engine: only :mod:`cloops.core.errors` and
+:mod:`cloops.core.fileio`.
 
 Licences of what this package runs: the FFmpeg binary comes from the ``imageio-ffmpeg`` wheel
 (the wrapper is BSD-2-Clause; the binary is an FFmpeg build with libx264, ``--enable-gpl

@@ -1,6 +1,8 @@
 """Caption cues: narration cut into timed pieces that fit the caption box, and their
 WebVTT and SubRip files.
 
+Layer: **services**.
+
 A cue is at most as long as fits the caption box (three lines at the caption size, see
 :mod:`cloops.services.media.clips`); sentences stay whole when they fit, and a cue is shown for a share
 of its page's narration time proportional to its length in characters - the time a viewer

@@ -1,6 +1,8 @@
 """Render the vertical clips of an ad: a hook (one panel and one line) and a body (the pages,
 panel by panel, with narration captions and the voice).
 
+Layer: **services**.
+
 Every clip is 1080x1920, H.264 (High, yuv420p, BT.709) + AAC (48 kHz stereo) in MP4 with
 ``+faststart``, 30 fps (BRIEF.md "Vertical ads"). Frames are composed with Pillow
 (:mod:`cloops.services.media.frames`) and piped to FFmpeg (:mod:`cloops.services.media.ffmpeg`):

@@ -1,5 +1,7 @@
 """Run the FFmpeg that imageio-ffmpeg ships: find it, check it, encode frames into an MP4.
 
+Layer: **services**.
+
 The binary comes from the ``imageio-ffmpeg`` wheel on PyPI (a static build with libx264, the
 native ``aac`` encoder and libass; GPLv3, see :mod:`cloops.services.media`). ``IMAGEIO_FFMPEG_EXE``
 points it elsewhere (imageio-ffmpeg's own variable); that FFmpeg needs ``libx264`` and ``aac``.
@@ -15,10 +17,10 @@ Output is deterministic and atomic:
   repeatability"). Tested on one machine and FFmpeg build; another CPU or another
   imageio-ffmpeg release may give other (equally valid) bytes;
 * atomic - FFmpeg writes ``.<name>.<pid>-<thread>-<n>.tmp`` beside the target (the pattern
-  :func:`cloops.fileio.remove_temp_files` cleans), including its second ``+faststart`` pass,
+  :func:`cloops.core.fileio.remove_temp_files` cleans), including its second ``+faststart`` pass,
   and the file is renamed into place only once FFmpeg succeeded; on any failure it is deleted.
 
-Errors (all :class:`~cloops.errors.CloopsError`, never a raw traceback)::
+Errors (all :class:`~cloops.core.errors.CloopsError`, never a raw traceback)::
 
     RenderError     FFmpeg missing, unusable, or the encode failed: names the output file,
                     the inputs, FFmpeg's last message and the fix
@@ -119,7 +121,7 @@ def check_ffmpeg() -> str:
 
 
 def temp_path_for(path: Path) -> Path:
-    """A temp file name beside ``path`` in the pattern :mod:`cloops.fileio` uses."""
+    """A temp file name beside ``path`` in the pattern :mod:`cloops.core.fileio` uses."""
     return path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}-{next(_SEQ)}.tmp"
 
 

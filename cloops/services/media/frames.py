@@ -1,6 +1,8 @@
 """Frames of a clip: camera moves over an image (shots) and text composited on them, as the
 raw RGBX buffers FFmpeg reads.
 
+Layer: **services**.
+
 A :class:`Shot` is a camera window over one image moving from a start box to an end box; the
 window of each frame is computed from the frame number alone and resampled by Pillow from a
 float box, so a push-in or a pan moves by sub-pixel steps: no jitter, unlike FFmpeg's

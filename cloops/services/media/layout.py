@@ -1,5 +1,7 @@
 """Frame geometry of a vertical ad: the frame, the text-safe area, boxes and fitting.
 
+Layer: **services**.
+
 Every coordinate is in pixels; a :class:`Box` is ``(left, top, right, bottom)`` with the right
 and bottom edges exclusive, so ``width = right - left``.
 

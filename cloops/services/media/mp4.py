@@ -1,5 +1,7 @@
 """Read an MP4's facts from its boxes (atoms): size, frame rate, codecs, duration, faststart.
 
+Layer: **services**.
+
 imageio-ffmpeg ships ``ffmpeg`` but no ``ffprobe``, and parsing FFmpeg's log is fragile, so
 :func:`probe` reads the ISO base media file format directly (ISO/IEC 14496-12: ``ftyp``,
 ``moov`` > ``mvhd``, ``trak`` > ``tkhd``/``mdia`` > ``mdhd``/``hdlr``/``minf`` > ``stbl`` >

@@ -1,5 +1,7 @@
 """Find the panels of a comic page: the boxes between its light gutters, in reading order.
 
+Layer: **services**.
+
 The method is a recursive XY cut: a *gutter* is a full row (or column) of the region being cut
 whose pixels are all light and nearly uniform - the white or pastel space between panels. Rows
 cut the page into bands, columns cut each band into cells, and so on, four levels deep. Cells

@@ -1,5 +1,7 @@
 """Text for vertical clips, drawn with Pillow: fonts, wrapping, fitting and overlay boxes.
 
+Layer: **services**.
+
 Text is drawn by Pillow rather than by FFmpeg's ``drawtext``/libass so that it needs no font
 files on the machine, comes out pixel-identical everywhere, and its box is known exactly (the
 tests check that every text pixel lies inside :data:`~cloops.services.media.layout.SAFE_AREA`).
