@@ -198,3 +198,42 @@ def test_registered_and_picked_by_auto_when_the_url_is_set(tmp_path):
     assert isinstance(backend, ImageBackend)
     assert (backend.name, backend.offline, backend.uses_annotations) == ("comfyui", False, False)
     assert backend.url == "http://127.0.0.1:8188"
+
+
+# -- reference images -----------------------------------------------------------------------
+
+def _sheet(colour) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 16), colour).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_references_fill_the_nodes_titled_reference_n_and_are_uploaded_once(tmp_path):
+    from cloops.services.base import Reference
+    wf = copy.deepcopy(WORKFLOW)
+    wf["20"] = {"class_type": "LoadImage", "_meta": {"title": "Reference 1"},
+                "inputs": {"image": "placeholder.png"}}
+    wf["21"] = {"class_type": "LoadImage", "_meta": {"title": "reference 2"},
+                "inputs": {"image": "placeholder.png"}}
+    refs = tuple(Reference(label=f"{n}'s reference sheet", jpeg=_sheet(c))
+                 for n, c in (("Noah", (200, 0, 0)), ("Shem", (0, 200, 0)), ("Ham", (0, 0, 200))))
+    with FakeComfyUI() as srv:
+        name = write_workflow(tmp_path, wf, "refs.json")
+        backend = make_backend(srv, tmp_path, workflow=name)
+        first = backend.generate_image(request(references=refs))
+        second = backend.generate_image(request(references=refs[:2]))
+    sent = srv.workflows[0]
+    assert [n for n, _ in srv.uploads] == [f"cloops-{r.sha256[:16]}.jpg" for r in refs[:2]]
+    assert [b for _, b in srv.uploads] == [r.jpeg for r in refs[:2]]  # once each, in order
+    assert sent["20"]["inputs"]["image"] == srv.uploads[0][0]
+    assert sent["21"]["inputs"]["image"] == srv.uploads[1][0]
+    assert first.references_used == 2 and second.references_used == 2  # two nodes: Ham left out
+    assert srv.workflows[1]["21"]["inputs"]["image"] == srv.uploads[1][0]
+
+
+def test_a_workflow_without_reference_nodes_uses_none_and_says_so(tmp_path):
+    from cloops.services.base import Reference
+    ref = Reference(label="Noah's reference sheet", jpeg=_sheet((9, 9, 9)))
+    with FakeComfyUI() as srv:
+        result = make_backend(srv, tmp_path).generate_image(request(references=(ref,)))
+    assert result.references_used == 0 and srv.uploads == []

@@ -48,6 +48,22 @@ def test_whole_backlog_builds_offline(tmp_path):
         for name in expected | {"thumbnail.jpg"}:
             with Image.open(bundle / name) as img:
                 assert img.format == "JPEG" and img.width > 0
+        # a cast with a sheet per character, and every page drawn with its cast's sheets
+        sdir = project.story_dir(sid)
+        cast = json.loads((sdir / "cast.json").read_text())["characters"]
+        assert cast and len({c["id"] for c in cast}) == len(cast)
+        for c in cast:
+            assert (sdir / "cast" / f"{c['id']}.txt").is_file()
+            with Image.open(sdir / "cast" / f"{c['id']}.jpg") as img:
+                assert img.format == "JPEG" and img.width > img.height  # a 4:3 sheet
+        plan = json.loads((sdir / "pages.json").read_text())
+        cast_ids = {c["id"] for c in cast}
+        for page in plan["pages"]:
+            assert page["panels"] and all(set(p["cast"]) <= cast_ids for p in page["panels"])
+    # the library's characters are shared: Moses of two stories is the library's Moses
+    for sid in ("baby-moses", "parting-the-red-sea"):
+        cast = json.loads((project.story_dir(sid) / "cast.json").read_text())["characters"]
+        assert {"id": "moses", "name": "Moses", "kind": "person", "library": True} in cast
     # offline drafts are never published
     assert {it["status"] for it in project.backlog()["items"]} == {"pending"}
     again = project.doit()

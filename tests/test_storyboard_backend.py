@@ -205,3 +205,33 @@ def test_render_is_fast():
     start = time.perf_counter()
     backend.generate_image(page(params={"resolution": "1K", "aspect_ratio": "1:1"}))
     assert time.perf_counter() - start < 0.5  # target well under 0.2 s; loose for slow CI
+
+
+def test_references_are_shown_as_thumbnails_in_a_strip_and_a_card_shows_its_body():
+    from cloops.services.base import Reference
+
+    def sheet(colour) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (120, 90), colour).save(buf, "JPEG")
+        return buf.getvalue()
+
+    refs = (Reference("Noah's reference sheet", sheet((220, 20, 20))),
+            Reference("Shem's reference sheet", sheet((20, 20, 220))))
+    plain = page()
+    with_refs = ImageRequest(prompt=plain.prompt, model=plain.model, params=plain.params,
+                             annotations=plain.annotations, references=refs)
+    a, _ = render(plain)
+    b, data = render(with_refs)
+    assert render(with_refs)[1] == data  # deterministic
+    # the lower part of the page now holds the two sheets' colours, left to right
+    strip = b.crop((0, int(b.height * 0.55), b.width, b.height)).convert("RGB")
+    colours = strip.getcolors(maxcolors=1 << 20)
+    reddish = sum(n for n, (r, g, bl) in colours if r > 180 and g < 70 and bl < 70)
+    bluish = sum(n for n, (r, g, bl) in colours if bl > 180 and r < 70 and g < 70)
+    assert reddish > 200 and bluish > 200
+    assert a.tobytes() != b.tobytes()
+    card = ImageRequest(prompt="sheet prompt", model="m", params={"size": "1K", "aspect_ratio": "4:3"},
+                        annotations={"title": "Noah", "label": "Reference sheet", "narration": "",
+                                     "panels": [], "body": "person · an old man, white beard"})
+    img, _ = render(card)
+    assert img.width > img.height  # the sheet's 4:3 shape

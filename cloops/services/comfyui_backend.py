@@ -15,9 +15,17 @@ One :meth:`ComfyUIBackend.generate_image` call:
 4. fetches the first output image (``type == "output"`` preferred) with ``GET
    {url}/view?filename=&subfolder=&type=`` and converts it to JPEG.
 
+**Reference images.** A workflow takes reference images (a character's sheet) in image-loading
+nodes titled ``Reference 1``, ``Reference 2``, ... (``comfyui.reference_node``, case
+insensitive): each reference is uploaded once per content (``POST {url}/upload/image``, a
+multipart ``image`` field, as ComfyUI's own front end does; named by its sha256 so a second
+upload of the same picture overwrites it in place) and its name set as the node's ``image``.
+Extra references, beyond the nodes the workflow has, are not used: the result says how many
+were (``references_used``), and the run says so.
+
 Config (``generation.comfyui``): ``url`` (else ``COMFYUI_URL``, else http://127.0.0.1:8188),
 ``workflow`` (required; relative to ``template_dir`` if given, else the working directory),
-``prompt_node``, ``poll_interval_s``. Other ``params`` are ignored: the workflow holds them.
+``prompt_node``, ``reference_node``, ``poll_interval_s``. Other ``params`` are ignored: the workflow holds them.
 
 API facts from ComfyUI's ``server.py`` (routes ``/prompt``, ``/history/{prompt_id}``, ``/view``,
 ``/queue``): a rejected workflow is HTTP 400 ``{"error": {"message", ...}, "node_errors"}``; a
@@ -44,6 +52,7 @@ from .wire import tls_context
 URL_ENV = "COMFYUI_URL"
 DEFAULT_URL = "http://127.0.0.1:8188"
 DEFAULT_PROMPT_NODE = "Positive Prompt"
+DEFAULT_REFERENCE_NODE = "Reference"  # reference image nodes: "Reference 1", "Reference 2", ...
 DEFAULT_POLL_INTERVAL_S = 0.5
 _LATENT_CLASS = re.compile(r"^Empty\w*LatentImage$")  # EmptyLatentImage, EmptySD3LatentImage
 _SAMPLER_CLASS = re.compile(r"^KSampler\w*$")  # KSampler, KSamplerAdvanced
@@ -75,9 +84,26 @@ def load_workflow(path: Path, *, shown: str | None = None) -> dict[str, dict]:
     return data
 
 
+def reference_nodes(workflow: dict[str, dict], title: str = DEFAULT_REFERENCE_NODE) -> list[str]:
+    """The ids of the workflow's reference image nodes, in order: those titled ``<title> 1``,
+    ``<title> 2``, ... (case insensitive), numbered from 1 without gaps."""
+    pattern = re.compile(rf"^\s*{re.escape(title)}\s*(\d+)\s*$", re.I)
+    numbered = {}
+    for nid, node in workflow.items():
+        m = pattern.match(str((node.get("_meta") or {}).get("title", "")))
+        if m:
+            numbered[int(m.group(1))] = nid
+    out = []
+    while len(out) + 1 in numbered:
+        out.append(numbered[len(out) + 1])
+    return out
+
+
 def inject(workflow: dict[str, dict], request: ImageRequest, *,
-           prompt_node: str = DEFAULT_PROMPT_NODE) -> dict[str, dict]:
-    """Return a copy of ``workflow`` with the request's prompt, size and seed filled in.
+           prompt_node: str = DEFAULT_PROMPT_NODE,
+           images: dict[str, str] | None = None) -> dict[str, dict]:
+    """Return a copy of ``workflow`` with the request's prompt, size and seed filled in, and
+    ``images`` (``{node id: uploaded image name}``) as those nodes' ``image`` input.
 
     The prompt goes to ``inputs.text`` of the node whose ``_meta.title`` is ``prompt_node``,
     else of the first ``CLIPTextEncode`` node; ``params["width"|"height"]`` (px) to every
@@ -110,6 +136,8 @@ def inject(workflow: dict[str, dict], request: ImageRequest, *,
         if _SAMPLER_CLASS.match(cls) and params.get("seed") is not None:
             key = "noise_seed" if "noise_seed" in inputs else "seed"
             inputs[key] = int(params["seed"])
+    for nid, name in (images or {}).items():
+        wf[nid].setdefault("inputs", {})["image"] = name
     return wf
 
 
@@ -132,13 +160,16 @@ class ComfyUIBackend:
 
     def __init__(self, url: str, workflow: dict[str, dict], *,
                  prompt_node: str = DEFAULT_PROMPT_NODE, http_timeout_s: float = 30.0,
-                 poll_interval_s: float = DEFAULT_POLL_INTERVAL_S):
+                 poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+                 reference_node: str = DEFAULT_REFERENCE_NODE):
         import httpx  # lazily: importing this module must stay cheap
 
         self._httpx = httpx
         self.url = url.rstrip("/")
         self.workflow = workflow
         self.prompt_node = prompt_node
+        self.reference_node = reference_node
+        self._uploaded: dict[str, str] = {}  # reference sha256 -> its name on the server
         self.poll_interval_s = max(0.0, float(poll_interval_s))
         self.client_id = uuid.uuid4().hex
         self._http = httpx.Client(base_url=self.url, verify=tls_context(),
@@ -154,7 +185,9 @@ class ComfyUIBackend:
             PermanentServiceError: the server rejected the workflow (400) or the run failed.
         """
         deadline = time.monotonic() + request.timeout_s
-        workflow = inject(self.workflow, request, prompt_node=self.prompt_node)
+        slots = reference_nodes(self.workflow, self.reference_node)
+        images = {nid: self._upload(ref) for nid, ref in zip(slots, request.references)}
+        workflow = inject(self.workflow, request, prompt_node=self.prompt_node, images=images)
         body = self._call("POST", "/prompt", "submitting the workflow",
                           json={"prompt": workflow, "client_id": self.client_id}).json()
         prompt_id = body.get("prompt_id")
@@ -176,7 +209,22 @@ class ComfyUIBackend:
         except ServiceError as exc:
             exc.backend = exc.backend or "comfyui"
             raise
-        return ImageResult(jpeg=jpeg, width_px=width_px, height_px=height_px, images_billed=1)
+        return ImageResult(jpeg=jpeg, width_px=width_px, height_px=height_px, images_billed=1,
+                           references_used=len(images))
+
+    def _upload(self, ref) -> str:
+        """Upload a reference image once per content; return the name ComfyUI gave it."""
+        name = self._uploaded.get(ref.sha256)
+        if name is None:
+            body = self._call("POST", "/upload/image", f"uploading the reference {ref.label!r}",
+                              files={"image": (f"cloops-{ref.sha256[:16]}.jpg", ref.jpeg,
+                                               "image/jpeg")},
+                              data={"overwrite": "true", "type": "input"}).json()
+            name = body.get("name") or f"cloops-{ref.sha256[:16]}.jpg"
+            if body.get("subfolder"):
+                name = f"{body['subfolder']}/{name}"
+            self._uploaded[ref.sha256] = name
+        return name
 
     def _wait(self, prompt_id: str, deadline: float, request: ImageRequest) -> dict:
         """Poll ``/history/{prompt_id}`` until the job has outputs or failed."""
@@ -290,7 +338,8 @@ def create_backend(section: Any, env: Mapping[str, str]) -> ComfyUIBackend:
         str(url), load_workflow(path, shown=str(workflow_name)),
         prompt_node=str(conf.get("prompt_node") or DEFAULT_PROMPT_NODE),
         http_timeout_s=min(60.0, float(section.timeout_s)),
-        poll_interval_s=float(conf.get("poll_interval_s", DEFAULT_POLL_INTERVAL_S)))
+        poll_interval_s=float(conf.get("poll_interval_s", DEFAULT_POLL_INTERVAL_S)),
+        reference_node=str(conf.get("reference_node") or DEFAULT_REFERENCE_NODE))
 
 
 SPEC = register(BackendSpec(name="comfyui", service="image", offline=False, imports=("httpx",), key_env=(URL_ENV,),

@@ -43,8 +43,8 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloops.steps import (AssembleStep, BundleStep, CheckStep, EvalsStep, ForEach, ImageStep,
-                          JudgeStep, LLMStep, collection, derive, each, evidence, file, item,
-                          part, prose, story, verdict, view)
+                          JudgeStep, LLMStep, derive, each, evidence, file, item, part, prose,
+                          story, verdict, view)
 
 DRAFT_MARK = "[offline draft]"
 
@@ -198,12 +198,15 @@ def merge_cast(data, inputs, ctx) -> dict:
     kept = list(previous["characters"]) if isinstance(previous, dict) and \
         isinstance(previous.get("characters"), list) else []
     have = {c.get("id") for c in kept if isinstance(c, dict)}
+    library = ctx.collection("cast")
     for c in data["characters"]:
         if c["id"] in have:
             continue
         entry = {"id": c["id"], "name": c["name"], "kind": c["kind"]}
-        if c["library"]:
-            entry["library"] = True
+        if c["library"]:  # named as in the library: the sheet is the same in every story
+            lib = library.get(c["id"], {})
+            entry = {"id": c["id"], "name": lib.get("name", c["name"]),
+                     "kind": lib.get("kind", c["kind"]), "library": True}
         else:
             if c.get("lookOf"):
                 entry["lookOf"] = c["lookOf"]
@@ -227,9 +230,13 @@ def narrative_user(inputs, ctx) -> str:
 
 
 def cast_user(inputs, ctx) -> str:
+    """The cast step's message: the story, the series library's roster (consulted when the
+    cast is extracted, not a dependency: a character added to the library later does not
+    re-extract every story's cast) and the current cast to keep."""
     lines = [f"Title: {inputs['title']}", "", "Narrative:", inputs["narrative"].strip(), "",
              "Series library:"]
-    lines += [f"- {c['id']}: {c['name']} ({c['kind']})" for c in inputs["library"]] or ["- (empty)"]
+    roster = library_roster(ctx.collection("cast"))
+    lines += [f"- {c['id']}: {c['name']} ({c['kind']})" for c in roster] or ["- (empty)"]
     previous = inputs.get("previous")
     if isinstance(previous, dict) and previous.get("characters"):
         lines += ["", "Current cast (keep every entry as it is):",
@@ -470,7 +477,7 @@ def draft_cast(inputs, ctx) -> dict:
     the others marked as drafts."""
     s = ctx.story
     text = " ".join([s["summary"], *s["keyMoments"]])
-    library = {c["name"]: c["id"] for c in inputs["library"]}
+    library = {c["name"]: c["id"] for c in library_roster(ctx.collection("cast"))}
     names = _names(text) or ["The people of the story"]
     chars = []
     for name in names:
@@ -486,8 +493,10 @@ def draft_cast(inputs, ctx) -> dict:
 
 
 def _panel_cast(moment: str, cast: list[dict]) -> list[str]:
-    """The cast ids named in a moment; the main character when none is."""
-    named = [c["id"] for c in cast if c["name"].lower() in moment.lower()]
+    """The cast ids named in a moment (by name or id); the main character when none is."""
+    text = moment.lower()
+    named = [c["id"] for c in cast if c["name"].lower() in text
+             or re.search(rf"\b{re.escape(c['id'])}\b", text)]
     return named[:3] or [cast[0]["id"]] if cast else []
 
 
@@ -572,8 +581,7 @@ STEPS = [
             user=narrative_user, draft=draft_narrative),
     LLMStep(name="cast", target="cast.json", doc="the recurring characters, extracted once",
             system_prompt="cast.md", schema="cast.json",
-            inputs={"narrative": file("narrative.md"), "title": story("title"),
-                    "library": collection("cast", library_roster)},
+            inputs={"narrative": file("narrative.md"), "title": story("title")},
             previous=True, user=cast_user, draft=draft_cast, validate=check_cast,
             write=merge_cast),
     LLMStep(name="pages", target="pages.json", doc="step 2: the page plan",

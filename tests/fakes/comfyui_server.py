@@ -48,7 +48,8 @@ class FakeComfyUI(LoopbackServer):
         workflows: the submitted ``prompt`` workflows, in order.
         client_ids: the submitted ``client_id`` values.
         deleted: prompt ids removed through ``POST /queue``.
-        files: ``{filename: png bytes}`` of the images produced.
+        files: ``{filename: png bytes}`` of the images produced (and uploaded).
+        uploads: ``[(name, bytes)]`` of the images uploaded, in order.
     """
 
     thread_name = "fake-comfyui"
@@ -64,6 +65,7 @@ class FakeComfyUI(LoopbackServer):
         self.client_ids: list[Any] = []
         self.deleted: list[str] = []
         self.files: dict[str, bytes] = {}
+        self.uploads: list[tuple[str, bytes]] = []  # (name, bytes) of POST /upload/image
         self._jobs: dict[str, dict] = {}
 
     @property
@@ -83,11 +85,29 @@ class FakeComfyUI(LoopbackServer):
             if data is None or rec.query.get("type", "") not in ("output", "temp", "input"):
                 return self.send_bytes(handler, 404, b"404: Not Found", "text/plain")
             return self.send_bytes(handler, 200, data, "image/png")
+        if rec.method == "POST" and path == "/upload/image":
+            return self._upload(handler, rec)
         if rec.method == "POST" and path == "/queue":
             with self.lock:
                 self.deleted.extend((rec.body or {}).get("delete") or [])
             return self.send_json(handler, 200, {})
         return self.send_bytes(handler, 404, b"404: Not Found", "text/plain")
+
+    def _upload(self, handler: BaseHTTPRequestHandler, rec: RecordedRequest) -> None:
+        """``POST /upload/image``: the multipart ``image`` field is stored under its file name
+        (ComfyUI's input folder); ``{"name", "subfolder", "type"}`` as the server answers."""
+        from email.parser import BytesParser
+        ctype = rec.headers.get("content-type", "")
+        msg = BytesParser().parsebytes(f"Content-Type: {ctype}\r\n\r\n".encode() + rec.raw)
+        for part in msg.walk():
+            if part.get_param("name", header="content-disposition") == "image":
+                name = part.get_filename() or "image.png"
+                with self.lock:
+                    self.uploads.append((name, part.get_payload(decode=True)))
+                    self.files[name] = part.get_payload(decode=True)
+                return self.send_json(handler, 200, {"name": name, "subfolder": "",
+                                                     "type": "input"})
+        return self.send_bytes(handler, 400, b"no image field", "text/plain")
 
     def _prompt(self, handler: BaseHTTPRequestHandler, rec: RecordedRequest) -> None:
         body = rec.body if isinstance(rec.body, dict) else {}
