@@ -57,3 +57,27 @@ def test_relax_gc_raises_the_young_threshold_and_keeps_a_higher_one():
         assert gc.get_threshold() == (GC_YOUNG_THRESHOLD * 5, 3, 4)
     finally:
         gc.set_threshold(*saved)
+
+
+def test_an_unknown_story_names_the_backlogs_searched_and_the_nearest_ids():
+    from cloops.run.selection import unknown_story
+
+    def msg(*argv):
+        command, names, _ = parse_argv(list(argv))
+        return unknown_story([STD, KIDS], command, names)
+
+    assert msg("build:ruth") is None and msg("build:comic-books-kids/noah-s-ark") is None
+    assert msg("dry:jonah") is None and msg("build") is None and msg("list") is None
+    text = msg("build:noah-s-arc")
+    assert "no story 'noah-s-arc'" in text and "build:noah-s-ark" in text
+    assert "comic-books-standard.json (3 stories)" in text and "comic-books-kids.json" in text
+    assert "build:jonah" in msg("-n", "2", "build:jona")
+    assert "did you mean" not in msg("build:zzzzzz")
+
+
+def test_doit_build_of_an_unknown_story_is_one_clear_error(tmp_path):
+    from conftest import make_project
+    project = make_project(tmp_path, ["noah-s-ark"])
+    run = project.doit("build:noah-s-arc")
+    assert run.rc == 2 and "Traceback" not in run.err
+    assert "did you mean build:noah-s-ark?" in run.err and "comic-books-standard.json" in run.err

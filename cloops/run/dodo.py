@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import CloopsError
+from ..core.errors import CloopsError, InputError
 from ..data.project import StoryRef, load_project
 from ..graph.engine import Actions, story_tasks
 from ..graph.plan import plan_of
@@ -22,7 +22,7 @@ from ..graph.seals import SealBook
 from .context import RunState, begin
 from .dispatch import install, service_saturation, task_priority
 from .reporter import CloopsReporter
-from .selection import STORY_COMMANDS, dry_mode, parse_argv, selected_stories
+from .selection import STORY_COMMANDS, dry_mode, parse_argv, selected_stories, unknown_story
 from .tuning import freeze_live_objects, relax_gc
 
 DEFAULT_JOBS = 24  # doit worker threads; `doit -n 1` runs one task at a time
@@ -62,6 +62,9 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
     """
     proj = load_project(root)
     command, names, always = parse_argv(sys.argv[1:])
+    unknown = unknown_story(proj.backlogs, command, names)
+    if unknown:
+        raise InputError(unknown)
     wanted = selected_stories(proj.backlogs, command, names)
     stories: list[tuple[StoryRef, Any]] = []
     for b in proj.backlogs:

@@ -119,3 +119,37 @@ def selected_stories(backlogs: list, command: str, args: list[str]) -> set[str] 
     return keys
 
 
+
+
+STORY_GROUPS = ("build", "dry")  # the task groups named by a story: build:<id>, dry:<id>
+
+
+def unknown_story(backlogs: list, command: str, args: list[str]) -> str | None:
+    """A clear message when a ``build:<id>`` / ``dry:<id>`` (or ``<template>/<id>``) names no
+    story of any backlog: the backlogs searched and the nearest ids; None when every story
+    named exists (doit reports other unknown task names itself).
+
+    ``backlogs``: the project's :class:`~cloops.data.backlog.Backlog` list.
+    """
+    if command not in ("run", "info", "clean", "forget", "ignore"):
+        return None
+    import difflib
+    for a in args:
+        base, _, rest = a.partition(":")
+        if base not in STORY_GROUPS or not rest:
+            continue
+        parts = rest.split("/")
+        if len(parts) == 2 and any(b.template == parts[0] and b.get(parts[1]) for b in backlogs):
+            continue
+        if len(parts) == 1 and any(b.get(rest) is not None for b in backlogs):
+            continue
+        wanted = parts[-1]
+        ids = sorted({it.id for b in backlogs for it in b.items})
+        near = difflib.get_close_matches(wanted, ids, n=3, cutoff=0.5)
+        if not near:  # a word of it, then: "moses" finds baby-moses
+            near = [i for i in ids if wanted and (wanted in i or i in wanted)][:3]
+        searched = ", ".join(f"{b.path.name} ({len(b.items)} stories)" for b in backlogs)
+        hint = (f"did you mean {' or '.join(f'{base}:{n}' for n in near)}? " if near else "")
+        return (f"no story {rest!r} in the backlogs searched: {searched}. Fix: {hint}"
+                "`doit list` names every task; a story's id is its \"id\" in backlogs/.")
+    return None
