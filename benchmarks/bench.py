@@ -148,6 +148,9 @@ def calls_per_edit(tmp: Path) -> None:
     base = proj.doit(env=FAKE_ENV)
     assert base.rc == 0, base.out + base.err
     pages = 4
+    # every story's characters have a reference sheet each: an image the size and style touch
+    sheets = sum(len(json.loads((proj.story_dir(f"story-{i:05d}") / "cast.json").read_text())
+                     ["characters"]) for i in range(1, 4))
 
     def check(name: str, minimal: int, run) -> None:
         paid = sum(1 for c in run.calls if not c["cache_hit"])
@@ -160,10 +163,11 @@ def calls_per_edit(tmp: Path) -> None:
     p.write_text(p.read_text() + "\nPrefer wide shots.\n")
     check("step-3 prompt edited: prompt + image per page", 3 * 2 * pages, proj.doit("build", env=FAKE_ENV))
     proj.edit_config(lambda c: c["generation"]["params"].update(size="2K"))
-    check("generation.params.size: images + thumbnails only", 3 * (pages + 1), proj.doit("build", env=FAKE_ENV))
-    proj.edit_config(lambda c: c["style"].update(artStyle="linocut"))
-    check("style.artStyle: prompts, thumbnail prompt, their images", 3 * (2 * pages + 2),
+    check("generation.params.size: images, thumbnails and sheets only", 3 * (pages + 1) + sheets,
           proj.doit("build", env=FAKE_ENV))
+    proj.edit_config(lambda c: c["style"].update(artStyle="linocut"))
+    check("style.artStyle: prompts, thumbnail prompt, sheets, their images",
+          3 * (2 * pages + 2) + sheets, proj.doit("build", env=FAKE_ENV))
     f = proj.story_dir(sid) / "pages.json"
     plan = json.loads(f.read_text())
     plan["pages"][1]["narration"] = "Edited by hand."
@@ -237,7 +241,9 @@ def makespan(tmp: Path, n: int, pages: int, llm_s: float, image_s: float, image_
                 images = len(rp.creates)
                 if flow == "poll":
                     polls.append(len(rp.requests_to("/v1/predictions/", "GET")) / images)
-            ideal = images * image_s / image_limit + (3 * llm_s + image_s)
+            # one story's critical path: narrative, cast, plan, a page prompt (the sheets are
+            # drawn meanwhile), then a page image
+            ideal = images * image_s / image_limit + (4 * llm_s + image_s)
             times[flow].append(dt)
             print(f"  run {k + 1}, {flow:<4}: {dt:.2f}s = {dt / ideal:.3f} x ideal")
             shutil.rmtree(root, ignore_errors=True)
