@@ -714,3 +714,28 @@ def test_ledger_and_report_match_what_the_servers_answered(proj):
     total = next(line for line in text.out.splitlines() if "total" in line)
     assert f"{cost:.4f}" in total and f" {len(llm) + len(img)} " in total, total
     assert_no_secrets(proj, [run, rep, text])
+
+
+def test_temp_files_of_live_writers_survive_the_cleanup(tmp_path):
+    """A story's first task clears the temp files a killed run left; a write still in flight
+    (doit's up-to-date check marking a lock stale in another thread, another ``doit``) keeps its
+    temp file, or its rename would fail (found by the hand-edit property test in CI)."""
+    import subprocess
+    import sys
+    import threading
+
+    from cloops.core.fileio import remove_temp_files
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    meta = tmp_path / ".cloops"
+    meta.mkdir()
+    dead = meta / f".locks.json.{gone.pid}-{threading.get_ident()}-0.tmp"
+    mine = meta / f".locks.json.{os.getpid()}-{threading.get_ident()}-7.tmp"
+    other = meta / f".state.json.{os.getppid()}-1-2.tmp"  # a live process that is not this one
+    stored = meta / f".page.jpg.{gone.pid}-3.tmp"  # the storage writer's name: pid and counter
+    for f in (dead, mine, other, stored):
+        f.write_text("half")
+    assert remove_temp_files(tmp_path) == 2
+    assert not dead.exists() and not stored.exists()
+    assert mine.exists() and other.exists()

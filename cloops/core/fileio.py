@@ -13,6 +13,7 @@ import hashlib
 import json
 import itertools
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,37 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+_TEMP_PID = re.compile(r"\.(\d+)-\d+(?:-\d+)?\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    """True if a process with ``pid`` runs on this machine (this one included)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def remove_temp_files(folder: str | os.PathLike) -> int:
     """Delete the temp files a killed process left under ``folder`` mid-write (the
     ``.<name>.<pid>-<thread>-<n>.tmp`` files of :func:`atomic_write_bytes`); return how many.
 
-    Call it only while nothing else writes under ``folder``.
+    Only a file whose writer is gone is removed: the pid in its name no longer runs. A write in
+    flight (this process's other threads, doit's up-to-date checks marking a lock stale, another
+    ``doit`` on the same build) keeps its temp file until its rename.
     """
     removed = 0
     for tmp in Path(folder).rglob(".*.tmp"):
+        m = _TEMP_PID.search(tmp.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
         try:
             if tmp.is_file():
                 tmp.unlink()
