@@ -132,9 +132,14 @@ class Started:
 
 
 def make_project(tmp: Path, story_ids: list[str] | None = None, *, small_images: bool = True,
-                 templates: tuple[str, ...] | None = ("comic-books-standard",)) -> Project:
+                 templates: tuple[str, ...] | None = ("comic-books-standard",),
+                 ads: bool = False) -> Project:
     """A temp project: every template, and the backlogs of ``templates`` (None: all) with
-    only ``story_ids`` (default: all stories)."""
+    only ``story_ids`` (default: all stories).
+
+    ``ads``: keep the ad components as the templates ship them (the kids template renders
+    them); by default they are switched off, so that tests of everything else do not spend
+    a minute of CPU rendering clips (tests/test_ads.py switches them on)."""
     shutil.copytree(REPO / "templates", tmp / "templates")
     shutil.copy(REPO / "dodo.py", tmp / "dodo.py")
     (tmp / "backlogs").mkdir()
@@ -146,6 +151,12 @@ def make_project(tmp: Path, story_ids: list[str] | None = None, *, small_images:
             data["items"] = [it for it in data["items"] if it["id"] in story_ids]
         (tmp / "backlogs" / src.name).write_text(json.dumps(data, indent=2))
     proj = Project(tmp)
+    if not ads:
+        for cfg in (tmp / "templates").glob("*/config.json"):
+            data = json.loads(cfg.read_text())
+            if "ads" in data:
+                data["ads"]["enabled"] = False
+                cfg.write_text(json.dumps(data, indent=2))
     if small_images:
         for cfg in (tmp / "templates").glob("*/config.json"):
             data = json.loads(cfg.read_text())
