@@ -29,6 +29,10 @@ Then the evals (no call but the opt-in judges), under ``evals/`` and in ``evals.
 ``check-cover``, ``judge-story`` and ``judge-page`` (each page, with the page's reference
 sheets; off unless ``evals.judge.*``), ``evals``.
 
+With ``ads.enabled`` (off here, on in comic-books-kids) the ad components, under ``ads/``:
+``ad-hooks`` (hooks.json, LLM), ``ad-tags`` (tags.json, LLM), ``hook-clip`` (each line:
+hook-<k>.mp4), ``body-clip`` (body.mp4, timed by reading pace here), ``ad-manifest``.
+
 Step 6 and 8 return blocks (schemas/*.json); :func:`assemble_page_prompt` joins them into the
 prompt text by the knowledge layer's assembly rules, so the prompt file is readable and
 hand-editable. Offline drafts are built from the story input by the ``draft_*`` functions.
