@@ -88,6 +88,18 @@ def test_kids_ads_rebuild_exactly_what_each_edit_reaches(kids):
     assert by_id(manifest(sdir))["hook-2"]["hookText"] == "Who shuts the door of the ark?"
     assert json.loads((sdir / "ads" / "hooks.json").read_text())["hooks"] == hooks  # kept
 
+    # a line opening on a page the story does not have: the story fails, naming the field
+    wrong = [dict(h) for h in hooks]
+    wrong[2]["page"] = 9
+    (sdir / "ads" / "hooks.json").write_text(json.dumps({"hooks": wrong}, indent=2))
+    bad = kids.doit("build:noah-s-ark", env=FAKE)
+    assert bad.rc != 0 and bad.calls == [] and not ran(bad.out) & HOOK_TASKS
+    assert "ads/hooks.json, field 'hooks[3].page'" in bad.out + bad.err
+    (sdir / "ads" / "hooks.json").write_text(json.dumps({"hooks": hooks}, indent=2))
+    fixed = kids.doit("build:noah-s-ark", env=FAKE)  # doit runs what failed once more
+    assert fixed.rc == 0 and fixed.calls == []
+    assert ran(fixed.out) == {"hook-clip 3", "ad-manifest"}
+
     # page 2's narration edited by hand (the script the voice reads): one voice call, the
     # voice and the body re-render; no hook clip, no other call
     script = sdir / "narration-script.md"

@@ -1063,7 +1063,8 @@ AD_STEPS = [
     AdManifestStep(name="ad-manifest", target="ads/manifest.json",
                    doc="ads: the manifest of the components, for AdLoops",
                    inputs={"hooks": file("ads/hooks.json"), "tags": file("ads/tags.json"),
-                           "clips": each("ads/hook-{k}.mp4"), "body": file("ads/body.mp4")}),
+                           "clips": each("ads/hook-{k}.mp4"), "body": file("ads/body.mp4"),
+                           "title": story("title")}),
 ]
 
 STEPS = derive(STEPS, add=EVAL_STEPS + AD_STEPS)

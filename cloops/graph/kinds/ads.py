@@ -48,7 +48,8 @@ from .optin import OptIn
 ADS_SWITCH = "ads.enabled"
 MANIFEST_FORMAT = 1
 MADE_BY = "rendered"
-_RENDER_SLOTS = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+_RENDER_SLOTS = threading.BoundedSemaphore(max(1, _CORES or 1))
 
 
 def hook_shot(entry: dict) -> dict:
@@ -93,6 +94,19 @@ def _drop(job: StepRun, rels: list[str]) -> None:
 def _plus(paths: list[str], own: list[str]) -> list[str]:
     """``paths`` and then those of ``own`` it lacks."""
     return paths + [p for p in own if p not in paths]
+
+
+def _declared(step: Step, tpl, names: list[str | None]) -> None:
+    """Check that the inputs a kind reads by name are declared.
+
+    Raises:
+        InputError: naming the workflow file, the step and the input.
+    """
+    missing = [n for n in names if n and n not in step.inputs]
+    if missing:
+        raise InputError(f"{step.kind} step {step.name!r} reads input {missing[0]!r}, which it "
+                         "does not declare.", file=str(tpl.dir / "workflow.py"),
+                         fix="declare it in inputs=, or name another input.")
 
 
 # ---------------------------------------------------------------- LLM steps of the ads
@@ -157,12 +171,20 @@ class HookClipStep(OptIn, Step):
             targets.append(overlay_rel(targets[0]))
         return files, targets
 
+    def check(self, tpl) -> None:
+        if self.foreach is None:
+            raise InputError(f"hook-clip step {self.name!r} has no foreach: it makes one clip "
+                             "per hook line.", file=str(tpl.dir / "workflow.py"),
+                             fix='add foreach=ForEach("ads/hooks.json", "hooks", by="id", '
+                                 'name="k").')
+        _declared(self, tpl, [self.hook])
+
     def execute(self, job: StepRun) -> None:
         cfg = job.template.config.engine.ads
         shot = job.inputs[self.hook] or {}
         k = job.ctx.n
         image = self.image_of(shot, job.keys(placeholder_of(self.page_image)))
-        source = self.foreach.source if self.foreach else "the hooks file"
+        source = self.foreach.source
         if image is None:
             count = len(job.keys(placeholder_of(self.page_image)))
             raise InputError(f"hook {k} opens on page {shot.get('page')!r}, which the story "
@@ -255,6 +277,10 @@ class BodyClipStep(OptIn, Step):
             targets += caption_rels(targets[0])
         return files, targets
 
+    def check(self, tpl) -> None:
+        _declared(self, tpl, [self.images, self.counts, self.timings, self.audio,
+                              None if self.timings else self.narration])
+
     def pages(self, job: StepRun) -> list[BodyPage]:
         """The clip's pages: image, narration and, with a voice track, its seconds.
 
@@ -337,6 +363,7 @@ class AdManifestStep(OptIn, Step):
         voice, script: the inputs holding the voice track and the script it speaks (or None:
             no voice component).
         timings: the input holding ``voice.json`` (its ``durationS``).
+        title: the input holding the story's title (``story("title")``).
     """
 
     enabled: str = ADS_SWITCH
@@ -348,6 +375,7 @@ class AdManifestStep(OptIn, Step):
     voice: str | None = None
     timings: str | None = None
     script: str | None = None
+    title: str = "title"
 
     def template_files(self, tpl) -> list[str]:
         files = super().template_files(tpl)
@@ -369,15 +397,10 @@ class AdManifestStep(OptIn, Step):
         return files, targets
 
     def check(self, tpl) -> None:
-        if not self.is_enabled(tpl):
-            return
-        missing = [n for n in (self.hooks, self.tags, self.clips, self.body, self.voice,
-                               self.timings, self.script) if n and n not in self.inputs]
-        if missing:
-            raise InputError(f"ad-manifest step {self.name!r} reads input {missing[0]!r}, "
-                             "which it does not declare.", file=str(tpl.dir / "workflow.py"),
-                             fix="declare it in inputs=, or name another input.")
-        _schema(tpl, self.schema)
+        _declared(self, tpl, [self.hooks, self.tags, self.clips, self.body, self.voice,
+                              self.timings, self.script, self.title])
+        if self.is_enabled(tpl):
+            _schema(tpl, self.schema)
 
     def execute(self, job: StepRun) -> None:
         tpl, sdir = job.template, job.story_dir
@@ -428,7 +451,7 @@ class AdManifestStep(OptIn, Step):
                 "fps": None, "codecs": ["mp3"], "overlayBaked": None, "overlayFile": None,
                 "captions": None, "hookText": None, "hookAngle": None, "opensOn": None,
                 "tags": tags, "source": {**origin, "artifacts": made, "handEdited": False}})
-        data = {"format": MANIFEST_FORMAT, **origin, "title": job.ctx.story.get("title", ""),
+        data = {"format": MANIFEST_FORMAT, **origin, "title": job.inputs[self.title] or "",
                 "tags": tags, "components": components}
         problems = manifest_problems(tpl, self.schema, data)
         if problems:
