@@ -1,5 +1,5 @@
 """``doit publish`` against a real S3 server on 127.0.0.1 (moto, IAM auth enforced; the fixture
-of tests/test_publishing.py) and a local folder: completed stories arrive whole with their ad
+of tests/conftest.py) and a local folder: completed stories arrive whole with their ad
 components and an index per template; a re-run uploads nothing; drafts, failed stories and
 stories that need review are left out, saying why; a wrong credential is one clear error."""
 
@@ -11,8 +11,7 @@ import pytest
 
 from cloops.core.fileio import sha256_file
 
-from conftest import make_project
-from test_publishing import BUCKET, WRONG_SECRET, s3  # noqa: F401 - the moto server fixture
+from conftest import BUCKET, WRONG_SECRET, make_project
 from test_rebuild_rules import FAKE
 
 KIDS = "comic-books-kids"
@@ -68,7 +67,7 @@ def aws(s3, **over) -> dict:
     return env
 
 
-def test_publish_to_s3_uploads_completed_stories_once(built, s3):  # noqa: F811
+def test_publish_to_s3_uploads_completed_stories_once(built, s3):
     project = built
     prefix = "adloops"
     project.edit_config(lambda c: c.update(publish={
@@ -121,10 +120,10 @@ def test_publish_to_s3_uploads_completed_stories_once(built, s3):  # noqa: F811
     assert draft.rc == 1 and "not completed" in draft.out
 
 
-def test_a_wrong_credential_is_one_clear_error_without_the_secret(built, s3):  # noqa: F811
+def test_a_wrong_credential_is_one_clear_error_without_the_secret(built, s3):
     project = built
     project.edit_config(lambda c: c.update(publish={
-        "url": f"s3://{BUCKET}/denied", "storageOptions": {"endpoint_url": s3.endpoint}}), KIDS)
+        "url": f"s3://{BUCKET}/denied-command", "storageOptions": {"endpoint_url": s3.endpoint}}), KIDS)
     run = project.doit("publish", env=aws(s3, AWS_SECRET_ACCESS_KEY=WRONG_SECRET))
     assert run.rc == 2
     errors = [line for line in run.err.splitlines() if line.startswith("ERROR:")]
@@ -132,7 +131,7 @@ def test_a_wrong_credential_is_one_clear_error_without_the_secret(built, s3):  #
     assert "Traceback" not in run.err
     for secret in (WRONG_SECRET, s3.secret):
         assert secret not in run.out + run.err
-    listed = s3.client.list_objects_v2(Bucket=BUCKET, Prefix="denied/")
+    listed = s3.client.list_objects_v2(Bucket=BUCKET, Prefix="denied-command/")
     assert listed.get("KeyCount", 0) == 0
 
 
