@@ -1,4 +1,4 @@
-"""cloops benchmark: start-up and up-to-date cost, calls per edit, makespan, peak memory.
+"""cloops benchmark: start-up and up-to-date cost, calls per edit, makespan, peak memory, ad renders.
 
 Run from the repository root (after ``pip install -e '.[test]'``)::
 
@@ -12,7 +12,8 @@ limits"). Builds run in throwaway projects under a temp dir with a synthetic bac
   to build the state quickly, then time real ``doit`` processes that have nothing to do;
 - the makespan uses the real ``openai`` and ``replicate`` SDKs against loopback fake servers
   (``tests/fakes``) answering after a fixed latency per call;
-- peak memory is the doit process's maximum resident set size.
+- peak memory is the doit process's maximum resident set size;
+- the ad clips' render times come from ``benchmarks/render_bench.py`` (section E).
 """
 
 from __future__ import annotations
@@ -267,7 +268,7 @@ def makespan(tmp: Path, n: int, pages: int, llm_s: float, image_s: float, image_
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
-    ap.add_argument("--only", default="", help="comma list of sections: startup,calls,makespan")
+    ap.add_argument("--only", default="", help="comma list of sections: startup,calls,makespan,render")
     ap.add_argument("--runs", type=int, default=3, help="makespan builds to take the median of")
     ap.add_argument("--flows", default="poll,wait",
                     help="prediction flows to time in the makespan: poll (cloops'), wait "
@@ -292,6 +293,11 @@ def main() -> None:
             print("D. Peak memory")
             line(f"peak RSS of doit, {sizes[-1]} stories", f"{peak / 1024:.0f} MB",
                  "≤ 300 MB at 1,000", peak / 1024 <= 300 if sizes[-1] >= 1000 else None)
+    if not only or "render" in only:
+        print("E. Rendering ad clips (benchmarks/render_bench.py)")
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from render_bench import figures
+        figures(1 if args.quick else 3)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3, help="runs per figure; the best is shown")
     args = ap.parse_args()
+    return figures(args.runs)
+
+
+def figures(runs: int) -> int:
+    """Render each figure's clip ``runs`` times, print the best next to its target; return 0."""
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, libx264 preset {X264_PRESET}, "
           f"load average {os.getloadavg()[0]:.2f}")
@@ -132,14 +137,14 @@ def main() -> int:
         for label, pages in (("body, storyboard pages (20 s)", storyboard_pages(d)),
                              ("body, 2K pages with panels (20 s)", big_pages(d, gutters=True)),
                              ("body, 2K pages, pan fallback (20 s)", big_pages(d, gutters=False))):
-            wall, own, kids, clip = best_of(args.runs, body(pages, label.split(",")[1].strip()
+            wall, own, kids, clip = best_of(runs, body(pages, label.split(",")[1].strip()
                                                            .split(" ")[0]))
             assert abs(probe(clip.path)["duration_s"] - 20.0) < 0.05
             rows.append((label, wall, own, kids, clip.duration_s, 0.5))
         for label, crop in (("hook, cover layout (3 s)", None),
                             ("hook, fit layout (3 s)", (40, 704, 1112, 1344))):
             page = d / "panels-1.jpg"
-            wall, own, kids, clip = best_of(args.runs, lambda: render_hook_clip(
+            wall, own, kids, clip = best_of(runs, lambda: render_hook_clip(
                 page, d / "hook.mp4", line="Would you build a boat under a clear sky?",
                 crop_box=crop))
             rows.append((label, wall, own, kids, clip.duration_s, None))

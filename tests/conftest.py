@@ -14,9 +14,11 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -132,9 +134,14 @@ class Started:
 
 
 def make_project(tmp: Path, story_ids: list[str] | None = None, *, small_images: bool = True,
-                 templates: tuple[str, ...] | None = ("comic-books-standard",)) -> Project:
+                 templates: tuple[str, ...] | None = ("comic-books-standard",),
+                 ads: bool = False) -> Project:
     """A temp project: every template, and the backlogs of ``templates`` (None: all) with
-    only ``story_ids`` (default: all stories)."""
+    only ``story_ids`` (default: all stories).
+
+    ``ads``: keep the ad components as the templates ship them (the kids template renders
+    them); by default they are switched off, so that tests of everything else do not spend
+    a minute of CPU rendering clips (tests/test_ads.py switches them on)."""
     shutil.copytree(REPO / "templates", tmp / "templates")
     shutil.copy(REPO / "dodo.py", tmp / "dodo.py")
     (tmp / "backlogs").mkdir()
@@ -146,6 +153,12 @@ def make_project(tmp: Path, story_ids: list[str] | None = None, *, small_images:
             data["items"] = [it for it in data["items"] if it["id"] in story_ids]
         (tmp / "backlogs" / src.name).write_text(json.dumps(data, indent=2))
     proj = Project(tmp)
+    if not ads:
+        for cfg in (tmp / "templates").glob("*/config.json"):
+            data = json.loads(cfg.read_text())
+            if "ads" in data:
+                data["ads"]["enabled"] = False
+                cfg.write_text(json.dumps(data, indent=2))
     if small_images:
         for cfg in (tmp / "templates").glob("*/config.json"):
             data = json.loads(cfg.read_text())
@@ -168,3 +181,72 @@ def project(tmp_path) -> Project:
 def both_templates(tmp_path) -> Project:
     """noah-s-ark and david-and-goliath in comic-books-standard and comic-books-kids."""
     return make_project(tmp_path, ["noah-s-ark", "david-and-goliath"], templates=None)
+
+
+# ---------------------------------------------------------------- a real S3 server (moto)
+
+BUCKET = "cloops-ads"
+WRONG_SECRET = "wrong-SECRET-9f8e7d6c5b4a"
+
+
+def _no_cloud_lookups(mp: pytest.MonkeyPatch) -> None:
+    """Keep the AWS/Google SDKs on loopback: no metadata-server or config-file lookups."""
+    mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    mp.setenv("AWS_CONFIG_FILE", os.devnull)
+    mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    mp.setenv("NO_GCE_CHECK", "true")
+    mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HTTP_PROXY", "HTTPS_PROXY",
+                 "http_proxy", "https_proxy"):
+        mp.delenv(name, raising=False)
+
+
+def _moto_auth(endpoint: str, initial_no_auth: str) -> None:
+    """Moto's switch for IAM authentication: after ``initial_no_auth`` more requests ("0":
+    at once, "inf": never) every request must be signed by a known key with a policy."""
+    req = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=initial_no_auth.encode(),
+                                 method="POST", headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 with a bucket and an IAM user's key; auth enforced.
+
+    Moto keeps its accounts in the process, not the server: each module's server finds the
+    bucket of an earlier one and gets an IAM user of its own."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        _no_cloud_lookups(mp)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        _moto_auth(endpoint, "inf")  # an earlier module's server may have left it on
+        setup = dict(endpoint_url=endpoint, region_name="us-east-1",
+                     aws_access_key_id="setup", aws_secret_access_key="setup")
+        s3_setup = boto3.client("s3", **setup)
+        if BUCKET not in {b["Name"] for b in s3_setup.list_buckets().get("Buckets", [])}:
+            s3_setup.create_bucket(Bucket=BUCKET)
+        iam = boto3.client("iam", **setup)
+        user = f"publisher-{uuid.uuid4().hex[:8]}"
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="ads", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17",
+             "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        _moto_auth(endpoint, "0")
+        try:
+            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                  aws_access_key_id=key["AccessKeyId"],
+                                  aws_secret_access_key=key["SecretAccessKey"])
+            yield SimpleNamespace(endpoint=endpoint, key_id=key["AccessKeyId"],
+                                  secret=key["SecretAccessKey"], client=client)
+        finally:
+            _moto_auth(endpoint, "inf")
+            server.stop()
+

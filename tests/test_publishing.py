@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import traceback
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,63 +22,7 @@ from cloops.core.errors import InputError
 from cloops.services.storage import (MANIFEST_KEY, PublishAuthError, PublishError, publish,
                                redact_url)
 
-BUCKET = "cloops-ads"
-WRONG_SECRET = "wrong-SECRET-9f8e7d6c5b4a"
-
-
-def _no_cloud_lookups(mp: pytest.MonkeyPatch) -> None:
-    """Keep the AWS/Google SDKs on loopback: no metadata-server or config-file lookups."""
-    mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    mp.setenv("AWS_CONFIG_FILE", os.devnull)
-    mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    mp.setenv("NO_GCE_CHECK", "true")
-    mp.setenv("NO_PROXY", "127.0.0.1,localhost")
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HTTP_PROXY", "HTTPS_PROXY",
-                 "http_proxy", "https_proxy"):
-        mp.delenv(name, raising=False)
-
-
-def _moto_auth(endpoint: str, initial_no_auth: str) -> None:
-    """Moto's switch for IAM authentication: after ``initial_no_auth`` more requests ("0":
-    at once, "inf": never) every request must be signed by a known key with a policy."""
-    req = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=initial_no_auth.encode(),
-                                 method="POST", headers={"Content-Type": "text/plain"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on 127.0.0.1 with a bucket and an IAM user's key; auth enforced."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as mp:
-        _no_cloud_lookups(mp)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        setup = dict(endpoint_url=endpoint, region_name="us-east-1",
-                     aws_access_key_id="setup", aws_secret_access_key="setup")
-        boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
-        iam = boto3.client("iam", **setup)
-        iam.create_user(UserName="publisher")
-        iam.put_user_policy(UserName="publisher", PolicyName="ads", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17",
-             "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="publisher")["AccessKey"]
-        _moto_auth(endpoint, "0")
-        try:
-            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                                  aws_access_key_id=key["AccessKeyId"],
-                                  aws_secret_access_key=key["SecretAccessKey"])
-            yield SimpleNamespace(endpoint=endpoint, key_id=key["AccessKeyId"],
-                                  secret=key["SecretAccessKey"], client=client)
-        finally:
-            _moto_auth(endpoint, "inf")
-            server.stop()
+from conftest import BUCKET, WRONG_SECRET, _no_cloud_lookups  # the S3 server: conftest's s3
 
 
 @pytest.fixture

@@ -421,7 +421,9 @@ def test_sigterm_stops_and_the_next_run_redoes_nothing_finished(tmp_path, refere
         gate.hold_after(len(reference["paid"]) // 2)
         t0 = time.monotonic()
         stopped = _kill_when_held(proj.start(env=env), gate, signal.SIGTERM, oa, rp)
-        assert time.monotonic() - t0 < 30
+        # a guard against a hang, not a timing: the held calls never answer, so only the
+        # signal ends this run (a shared machine has taken 31 s to get here)
+        assert time.monotonic() - t0 < 180
         assert gate.dropped >= 1  # it stopped without waiting for its calls' answers
         assert "Traceback" not in stopped.err and "stopped (signal 15)" in stopped.err, stopped.err
         done = ran_tasks(stopped)

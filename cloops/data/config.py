@@ -220,6 +220,52 @@ class CacheConfig(StrictModel):
     dir: str = "build/.cloops/cache"
 
 
+class AdsConfig(StrictModel):
+    """``ads``: the ad components built from each story (hook lines and clips, a body clip,
+    tags, a manifest) for AdLoops.
+
+    Off by default (``enabled``): rendering costs CPU time (about 1.5 s of CPU per second of
+    1080x1920 video on this project's 2-core machine, benchmarks/README.md), so a template
+    opts in. ``hooks`` lines per story, each a ``hookDurationS`` clip; ``overlay``: ``baked``
+    draws the text into the video, ``separate`` writes a clean clip plus the text beside it (a
+    transparent PNG per hook, ``.vtt``/``.srt`` captions for the body). The body lasts
+    ``minS`` to ``maxS`` seconds (default 15-60: TikTok in-feed 5-60 s, Reels and Shorts up to
+    60 s in the feed; BRIEF.md "Vertical ads"); without a voice track its pages are timed at
+    ``readingWpm`` words a minute (160: the BBC subtitle guidelines' comfortable reading rate).
+    ``music``: a file of the template folder looped under the voice at ``musicGainDb`` dB and
+    ducked while the voice speaks (none by default).
+    """
+
+    enabled: bool = False
+    hooks: int = Field(default=3, ge=1, le=10)
+    hook_duration_s: float = Field(default=3.0, ge=1, le=15, alias="hookDurationS")
+    overlay: Literal["baked", "separate"] = "baked"
+    min_s: float = Field(default=15.0, ge=1, le=180, alias="minS")
+    max_s: float = Field(default=60.0, ge=1, le=180, alias="maxS")
+    reading_wpm: float = Field(default=160.0, ge=60, le=400, alias="readingWpm")
+    music: str | None = None
+    music_gain_db: float = Field(default=-20.0, ge=-60, le=0, alias="musicGainDb")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min_s > self.max_s:
+            raise ValueError(f"minS ({self.min_s:g}) must not exceed maxS ({self.max_s:g})")
+        return self
+
+
+class PublishConfig(StrictModel):
+    """``publish``: where ``doit publish`` uploads completed stories (an fsspec URL).
+
+    ``url``: a folder (relative to the project root), ``s3://bucket/prefix`` or
+    ``gs://bucket/prefix`` (Firebase Storage: ``gs://<project>.firebasestorage.app``);
+    ``storageOptions`` go to fsspec (``endpoint_url`` for an S3-compatible store or an
+    emulator). Credentials come from the providers' environment variables, never from here.
+    """
+
+    url: str = Field(default="build/published", min_length=1)
+    storage_options: dict[str, Any] = Field(default_factory=dict, alias="storageOptions")
+
+
 class EngineConfig(StrictModel):
     """The engine-owned part of a template's ``config.json``."""
 
@@ -235,6 +281,8 @@ class EngineConfig(StrictModel):
     voice: VoiceConfig = Field(default_factory=VoiceConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    ads: AdsConfig = Field(default_factory=AdsConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
 
     @field_validator("name")
     @classmethod
@@ -337,16 +385,34 @@ class TemplateConfig:
         return self.file
 
     def get(self, path: str, default: Any = _MISSING) -> Any:
-        """Return the value at dotted ``path`` (``style.artStyle``).
+        """Return the value at dotted ``path`` (``style.artStyle``): the file's, else the
+        default of an engine section (``ads.hookDurationS`` when config.json leaves it out).
 
         Raises:
             KeyError: the path does not exist and no default was given.
         """
-        return get_path(self.raw, path, default)
+        absent = object()
+        value = get_path(self.raw, path, absent)
+        if value is absent:
+            value = get_path(self.defaults, path, absent)
+        if value is absent:
+            if default is _MISSING:
+                raise KeyError(path)
+            return default
+        return value
 
     def has(self, path: str) -> bool:
         absent = object()  # not _MISSING: get_path takes that as "no default" and raises
-        return get_path(self.raw, path, absent) is not absent
+        return self.get(path, absent) is not absent
+
+    @property
+    def defaults(self) -> dict:
+        """The engine sections as validated, defaults filled in, by their config names."""
+        if self._defaults is None:
+            self._defaults = self.engine.model_dump(by_alias=True, exclude={"name"})
+        return self._defaults
+
+    _defaults: dict | None = None
 
 
 def get_path(data: Any, path: str, default: Any = _MISSING) -> Any:

@@ -492,7 +492,7 @@ def group_deps(tpl: Template, story: StoryRef, *, dry: bool) -> list[str]:
     steps and the creator of each fan-out."""
     plan = plan_of(tpl)
     deps = [task_name(s, story, None) for s in wanted_steps(tpl, dry) if s.name not in plan.dynamic]
-    return deps + [creator_name(src, story) for src in plan.fanouts]
+    return deps + [creator_name(src, story) for src in plan.live_fanouts]
 
 
 def story_tasks(proj: Project, stories: list[tuple[StoryRef, Any]], sealed: set[str],
@@ -515,7 +515,7 @@ def story_tasks(proj: Project, stories: list[tuple[StoryRef, Any]], sealed: set[
 
     for ref, it in checked:
         tpl = proj.template(ref.template)
-        for source in plan_of(tpl).fanouts:
+        for source in plan_of(tpl).live_fanouts:
             ns[f"task_{creator_name(source, ref)}"] = delayed_creator(
                 proj, tpl, ref, it.input, source, actions, dry)
 

@@ -58,6 +58,12 @@ class Plan:
     rank: dict[str, int] = field(default_factory=dict)
     inactive: set[str] = field(default_factory=set)
 
+    @property
+    def live_fanouts(self) -> list[str]:
+        """The fan-out sources made by an active step (or by none): those a story gets a
+        task creator for. A source made by a step switched off is never written."""
+        return [src for src in self.fanouts if not self.made_by_inactive(src)]
+
     def made_by_inactive(self, pattern: str) -> bool:
         """True when the step that makes ``pattern`` (a target pattern) is switched off."""
         prod = self.producers.get(pattern)
@@ -203,8 +209,17 @@ def _make(tpl) -> Plan:
     top = max(depth.values(), default=0) + 1
     rank = {s.name: top + depth[s.name] if creator.get(s.name) in waited else depth[s.name]
             for s in tpl.steps}
+    inactive = {s.name for s in tpl.steps if not s.active(tpl)}
+    for s in tpl.steps:
+        off = [src for src in needs[s.name] if src in producers and
+               producers[src].name in inactive]
+        if off and s.name not in inactive:
+            raise InputError(f"step {s.name!r} fans out over {off[0]}, which step "
+                             f"{producers[off[0]].name!r} makes, but that step is switched off "
+                             "in config.", file=wf,
+                             fix="switch both on or off together (the same config value).")
     return Plan(steps=list(tpl.steps), fanouts=fanouts, producers=producers, dynamic=dynamic,
                 creator=creator, needs={n: sorted(w, key=order.index) for n, w in needs.items()
                                         if w},
                 media=media, depth=depth, by_placeholder=by_placeholder, rank=rank,
-                inactive={s.name for s in tpl.steps if not s.active(tpl)})
+                inactive=inactive)

@@ -38,6 +38,7 @@ and must not call any SDK: services are reached through :class:`Services` only.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
@@ -173,6 +174,7 @@ def collection(name: str, fn: Callable[[dict], Any] | None = None) -> Collection
 Input = StoryValue | FileInput | ItemInput | PartInput | EachInput | ViewInput | CollectionInput
 
 PLACEHOLDERS = {"n": "{n}", "id": "{id}"}
+_PLACEHOLDER = re.compile(r"\{[a-z][a-z0-9_]*\}")
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,9 @@ class ForEach:
 
     ``by="n"``: tasks are numbered from 1 and ``{n}`` in paths is the number (pages);
     ``by="id"``: each element's ``id`` (a slug, unique in the list) names its task and ``{id}``
-    in paths (characters: ``cast/{id}.jpg``).
+    in paths (characters: ``cast/{id}.jpg``). Each fan-out of a template needs a placeholder of
+    its own: a second fan-out by id names another with ``name`` (``name="k"``: ``{k}``, the
+    hook lines of ``ads/hooks.json`` in ``ads/hook-{k}.mp4``).
 
     ``library``: a template collection (``"cast"``: ``templates/<t>/cast/<id>.json``) that
     elements marked ``"library": true`` refer to by id. Every step reading the file's values
@@ -194,17 +198,22 @@ class ForEach:
     key: str
     by: str = "n"
     library: str | None = None
+    name: str | None = None
 
     def __post_init__(self):
         if self.by not in PLACEHOLDERS:
             raise ValueError(f"ForEach(by={self.by!r}): use 'n' (numbered) or 'id'")
         if self.library and self.by != "id":
             raise ValueError("ForEach(library=...) needs by='id': library entries are named by id")
+        if self.name is not None and (self.by != "id" or self.name == "n"
+                                      or not _PLACEHOLDER.fullmatch("{" + self.name + "}")):
+            raise ValueError(f"ForEach(name={self.name!r}) needs by='id' and a lowercase name "
+                             "other than 'n' (numbered fan-outs use {n})")
 
     @property
     def placeholder(self) -> str:
-        """``{n}`` or ``{id}``: what stands for the item in this fan-out's paths."""
-        return PLACEHOLDERS[self.by]
+        """``{n}``, ``{id}`` or ``{<name>}``: what stands for the item in this fan-out's paths."""
+        return "{" + self.name + "}" if self.name else PLACEHOLDERS[self.by]
 
 
 def short_value(value: Any) -> str:
@@ -221,16 +230,22 @@ Key = int | str  # a foreach item's key: its number (``{n}``) or its id (``{id}`
 
 
 def expand(pattern: str, n: Key | None) -> str:
-    """``pattern`` with the item's key in place: ``{n}`` for a number, ``{id}`` for an id
-    (unchanged when ``n`` is None)."""
+    """``pattern`` with the item's key in place: ``{n}`` for a number; for an id, the
+    pattern's other placeholder (``{id}``, ``{k}``) (unchanged when ``n`` is None)."""
     if n is None:
         return pattern
-    return pattern.replace("{n}" if isinstance(n, int) else "{id}", str(n))
+    if isinstance(n, int):
+        return pattern.replace("{n}", str(n))
+    ph = next((p for p in _PLACEHOLDER.findall(pattern) if p != "{n}"), None)
+    return pattern.replace(ph, n) if ph else pattern
 
 
 def placeholder_of(pattern: str) -> str | None:
-    """The fan-out placeholder a path pattern holds (``{n}``, ``{id}``), or None."""
-    return next((p for p in PLACEHOLDERS.values() if p in pattern), None)
+    """The fan-out placeholder a path pattern holds (``{n}``, ``{id}``, ``{k}``), or None."""
+    if "{n}" in pattern:
+        return "{n}"
+    m = _PLACEHOLDER.search(pattern)
+    return m.group(0) if m else None
 
 
 # ---------------------------------------------------------------- context

@@ -20,11 +20,18 @@ from ..core.console import make_console
 from ..graph.engine import Inputs
 from ..graph.seals import file_stat
 from .context import current, current_project, run_context
+from .selection import is_command_task
 from .progress import LiveView, wants_lines
 from .summary import header_lines, review_lines, stale_completed_report, summary_rows
 from .tuning import freeze_live_objects, preload_sdks
 
 HIDDEN_PREFIXES = ("build:", "expand", "pending")
+
+
+def _hidden(name: str) -> bool:
+    """True for a task that is no build step: groups (``build:``, ``pending``), delayed
+    creators (``expand…``) and commands run as tasks (``publish:<id>``)."""
+    return name.startswith(HIDDEN_PREFIXES) or is_command_task(name)
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -72,6 +79,7 @@ class CloopsReporter:
         self.reasons: dict[str, str] = {}
         self.ran: list[str] = []
         self.failed: dict[str, str] = {}
+        self.commands = 0  # tasks of commands run as tasks (publish:<id>) started
         self.uptodate = 0
         self.uptodate_bundles: set[str] = set()  # stories whose bundle task was up to date
         self._finishing: dict[tuple[str, str], bool] = {}
@@ -137,14 +145,16 @@ class CloopsReporter:
         pass
 
     def execute_task(self, task):
-        if task.actions and not task.name.startswith(HIDDEN_PREFIXES):
+        if is_command_task(task.name):
+            self.commands += 1
+        if task.actions and not _hidden(task.name):
             self.started[task.name] = time.monotonic()
             self.reasons[task.name] = stale_reason(task)
             if self.view is not None:
                 self.view.started(task.name)
 
     def add_failure(self, task, fail):
-        if task.name.startswith(HIDDEN_PREFIXES):
+        if _hidden(task.name):
             return
         msg = fail.get_msg().strip() if hasattr(fail, "get_msg") else str(fail)
         self.failed[task.name] = msg
@@ -185,7 +195,7 @@ class CloopsReporter:
             self._seal_story(task.name.partition(":")[2])
         if task.actions:
             self._note_files(task)
-        if not task.actions or task.name.startswith(HIDDEN_PREFIXES):
+        if not task.actions or _hidden(task.name):
             return
         self.ran.append(task.name)
         step, story = _split(task.name)
@@ -287,7 +297,9 @@ class CloopsReporter:
         self.console.print()
         sealed_note = (f"{was_sealed} stories up to date as sealed (every input and file as at "
                        f"their last complete build); " if was_sealed else "")
-        if not self.ran and not self.failed:
+        if not self.ran and not self.failed and self.commands:
+            pass  # only commands run as tasks (publish:<id>): they printed their own outcome
+        elif not self.ran and not self.failed:
             self.console.print(f"[bold]Nothing to do:[/bold] {sealed_note}{self.uptodate} "
                                "targets up to date; no service was called.")
         else:

@@ -121,7 +121,27 @@ def selected_stories(backlogs: list, command: str, args: list[str]) -> set[str] 
 
 
 
-STORY_GROUPS = ("build", "dry")  # the task groups named by a story: build:<id>, dry:<id>
+# the task groups named by a story: build:<id>, dry:<id>, and those a higher layer adds
+# (cloops.steer.dodo: publish:<id>) through add_story_group
+STORY_GROUPS: list[str] = ["build", "dry"]
+# the groups of commands run as tasks (publish:<id>): they build nothing, so the run's
+# reporter leaves them out of its story accounting (the command prints its own outcome)
+COMMAND_GROUPS: list[str] = []
+
+
+def add_story_group(name: str) -> None:
+    """Make ``<name>:<id>`` name a story for a command run as a task (``publish:<id>``):
+    ``doit <name>:<id>`` selects that story only, an unknown id gets :func:`unknown_story`'s
+    message, and the reporter does not count the task as a build step. Call before doit loads
+    the tasks."""
+    if name not in STORY_GROUPS:
+        STORY_GROUPS.append(name)
+        COMMAND_GROUPS.append(name)
+
+
+def is_command_task(name: str) -> bool:
+    """True for a task of a group :func:`add_story_group` added (``publish:noah-s-ark``)."""
+    return bool(COMMAND_GROUPS) and name.partition(":")[0] in COMMAND_GROUPS
 
 
 def unknown_story(backlogs: list, command: str, args: list[str]) -> str | None:

@@ -72,8 +72,9 @@ class Address:
 
 
 def _pattern(pattern: str) -> re.Pattern:
-    return re.compile(re.escape(pattern).replace(r"\{n\}", r"([1-9][0-9]*)")
-                      .replace(r"\{id\}", r"([a-z0-9][a-z0-9-]*)") + r"\Z")
+    """A target pattern as a regex: ``{n}`` a page number, any other ``{x}`` an item's id."""
+    rx = re.escape(pattern).replace(r"\{n\}", r"([1-9][0-9]*)")
+    return re.compile(re.sub(r"\\\{[a-z][a-z0-9_]*\\\}", r"([a-z0-9][a-z0-9-]*)", rx) + r"\Z")
 
 
 def step_patterns(step: Step) -> list[str]:

@@ -9,6 +9,9 @@ and three changes to the steps:
                                         each page's start/end seconds
 - ``story-data``  adds ``audioFile`` and per-page ``audioStartS``/``audioEndS``
 - ``bundle``      adds ``voice.mp3``
+- ``body-clip``   the ad body follows the voice track (``voice.json`` times, the words spoken
+                  as captions, ``voice.mp3`` mixed in); ``ad-manifest`` adds the voice
+                  component (ads are on here: ``ads.enabled`` in ``config.json``)
 - ``check-narration`` (each page), ``check-reading``: each sentence of the narration within
                   ``settings.maxSentenceWords``; the reading level of the whole narration
                   (Flesch-Kincaid grade, textstat) within ``evals.maxReadingGrade``
@@ -23,8 +26,8 @@ import re
 
 from pydantic import Field
 
-from cloops.steps import (AssembleStep, CheckStep, EvalsStep, VoiceStep, derive, evidence, file,
-                          item, part, prose, verdict)
+from cloops.steps import (AssembleStep, CheckStep, EvalsStep, VoiceStep, derive, each, evidence,
+                          file, item, part, prose, verdict)
 
 BASE = globals()["BASE"]
 BASE_STEPS = globals()["BASE_STEPS"]
@@ -147,6 +150,16 @@ STEPS = derive(
         "bundle": dataclasses.replace(
             _base["bundle"], files={**_base["bundle"].files, "voice.mp3": "voice.mp3"}),
         "evals": EvalsStep.over(_checked),
+        # the ads follow the voice: pages timed to it, the words it speaks as captions
+        "body-clip": dataclasses.replace(
+            _base["body-clip"], timings="timings", audio="voice",
+            inputs={"images": each("images/{n}.jpg"), "timings": file("voice.json"),
+                    "voice": file("voice.mp3"),
+                    "panels": part("pages.json", "pages", select=BASE.panel_counts)}),
+        "ad-manifest": dataclasses.replace(
+            _base["ad-manifest"], voice="voice", timings="timings", script="script",
+            inputs={**_base["ad-manifest"].inputs, "voice": file("voice.mp3"),
+                    "timings": file("voice.json"), "script": file("narration-script.md")}),
     },
     add=[*NARRATION_CHECKS,
         AssembleStep(name="script", target="narration-script.md",

@@ -29,6 +29,10 @@ Then the evals (no call but the opt-in judges), under ``evals/`` and in ``evals.
 ``check-cover``, ``judge-story`` and ``judge-page`` (each page, with the page's reference
 sheets; off unless ``evals.judge.*``), ``evals``.
 
+With ``ads.enabled`` (off here, on in comic-books-kids) the ad components, under ``ads/``:
+``ad-hooks`` (hooks.json, LLM), ``ad-tags`` (tags.json, LLM), ``hook-clip`` (each line:
+hook-<k>.mp4), ``body-clip`` (body.mp4, timed by reading pace here), ``ad-manifest``.
+
 Step 6 and 8 return blocks (schemas/*.json); :func:`assemble_page_prompt` joins them into the
 prompt text by the knowledge layer's assembly rules, so the prompt file is readable and
 hand-editable. Offline drafts are built from the story input by the ``draft_*`` functions.
@@ -42,9 +46,10 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cloops.steps import (AssembleStep, BundleStep, CheckStep, EvalsStep, ForEach, ImageStep,
-                          JudgeStep, LLMStep, derive, each, evidence, file, item, part, prose,
-                          story, verdict, view)
+from cloops.steps import (AdCopyStep, AdManifestStep, AssembleStep, BodyClipStep, BundleStep,
+                          CheckStep, EvalsStep, ForEach, HookClipStep, ImageStep, JudgeStep,
+                          LLMStep, collection, derive, each, evidence, file, hook_shot, item,
+                          part, prose, story, verdict, view)
 
 DRAFT_MARK = "[offline draft]"
 
@@ -925,4 +930,149 @@ EVAL_STEPS = [
 ]
 EVAL_STEPS.append(EvalsStep.over(EVAL_STEPS))
 
-STEPS = derive(STEPS, add=EVAL_STEPS)
+
+# ---------------------------------------------------------------- ad components (ads.enabled)
+#
+# Hook lines and tags (LLM), one hook clip per line, a body clip and the manifest AdLoops reads
+# (README "Ad components"). Each depends on what it uses: a hook clip on its own line and the
+# picture it opens on; the body on the page images and the narration; nothing here reads the
+# narration but the body, so a narration edit re-renders the body alone.
+
+HOOKS = ForEach("ads/hooks.json", "hooks", by="id", name="k")
+HOOK_MAX_WORDS = 8
+_DANGLING = {"a", "an", "the", "and", "or", "with", "to", "of", "in", "on", "at", "for", "from",
+             "by", "his", "her", "their", "its", "into"}
+_WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")
+
+
+def panel_moments(pages) -> list[dict]:
+    """What the hook lines read of the plan: each page's title and its panels' moments and
+    visual anchors (not the narration: editing it writes no new hooks)."""
+    return [{"title": p.get("title", ""),
+             "panels": [{"moment": x.get("moment", ""), "visualAnchor": x.get("visualAnchor", "")}
+                        for x in p.get("panels") or []]} for p in pages]
+
+
+def page_narrations(pages) -> list[str]:
+    """What the body clip reads of the plan without a voice track: each page's narration."""
+    return [p.get("narration", "") for p in pages]
+
+
+def hooks_user(inputs, ctx) -> str:
+    lines = [f"Title: {inputs['title']}", "", "Narrative:", _prose_of(inputs["narrative"]).strip(),
+             "", "Pages:", "Page 0 (the cover): the story's title picture"]
+    for i, page in enumerate(inputs["plan"] or [], 1):
+        lines.append(f"Page {i}: {page['title']}")
+        lines += [f"  Panel {k}: {x['moment']} (visual anchor: {x['visualAnchor']})"
+                  for k, x in enumerate(page["panels"], 1)]
+    return "\n".join(lines)
+
+
+def hook_words(line: str) -> int:
+    """The words of a hook line (the offline draft's mark left out)."""
+    return len(_WORD.findall(line.replace(DRAFT_MARK, "")))
+
+
+def check_hooks(data, inputs, ctx) -> list[str]:
+    """``ads.hooks`` lines of at most 8 words, each opening on a panel the plan has."""
+    want = ctx.config.get("ads.hooks")
+    plan = inputs["plan"] or []
+    errors = [] if len(data["hooks"]) == want else [
+        f"hooks: {len(data['hooks'])} lines; write exactly {want}"]
+    for i, h in enumerate(data["hooks"]):
+        words = hook_words(h["line"])
+        if not 1 <= words <= HOOK_MAX_WORDS:
+            errors.append(f"hooks/{i}/line: {words} words; write 1 to {HOOK_MAX_WORDS}")
+        if h["page"] == 0:
+            continue
+        if not 1 <= h["page"] <= len(plan):
+            errors.append(f"hooks/{i}/page: {h['page']}; use a page from 1 to {len(plan)}, "
+                          "or 0 for the cover")
+        elif not 1 <= h["panel"] <= len(plan[h["page"] - 1]["panels"]):
+            errors.append(f"hooks/{i}/panel: page {h['page']} has "
+                          f"{len(plan[h['page'] - 1]['panels'])} panels; use one of them")
+    return errors
+
+
+def number_hooks(data, inputs, ctx) -> dict:
+    """ads/hooks.json: the lines with ids 1, 2, ... (``ads/hook-<id>.mp4`` is each one's clip)."""
+    return {"hooks": [{"id": str(i), **h} for i, h in enumerate(data["hooks"], 1)]}
+
+
+def draft_hooks(inputs, ctx) -> dict:
+    """Hook lines made from the panels' moments (no model), spread over the story."""
+    panels = [(p, k, x["moment"]) for p, page in enumerate(inputs["plan"] or [], 1)
+              for k, x in enumerate(page["panels"], 1)]
+    want = ctx.config.get("ads.hooks")
+    hooks = []
+    for i in range(want):
+        if not panels:
+            hooks.append({"line": f"{DRAFT_MARK} What happens next?", "angle": "question",
+                          "page": 0, "panel": 0})
+            continue
+        page, panel, moment = panels[i * len(panels) // want]
+        words = _WORD.findall(moment)[:5]
+        while len(words) > 1 and words[-1].lower() in _DANGLING:
+            words.pop()
+        hooks.append({"line": f"{DRAFT_MARK} {' '.join(words)}: what next?", "angle": "question",
+                      "page": page, "panel": panel})
+    return {"hooks": hooks}
+
+
+def tags_user(inputs, ctx) -> str:
+    cast = "\n".join(f"- {c['id']}: {c['name']}" for c in inputs["cast"] or [])
+    return (f"Title: {inputs['title']}\n\nCast:\n{cast or '- (none)'}\n\n"
+            f"Narrative:\n{_prose_of(inputs['narrative']).strip()}")
+
+
+def check_tags(data, inputs, ctx) -> list[str]:
+    """Every tagged character is a cast member."""
+    cast = {c["id"] for c in inputs["cast"] or []}
+    return [f"characters/{i}/id: {c['id']!r} is not in the Cast; use only {sorted(cast)}"
+            for i, c in enumerate(data["characters"]) if c["id"] not in cast]
+
+
+def cast_named_tags(data, inputs, ctx) -> dict:
+    """ads/tags.json: each character named as the cast names it (the cast is the authority)."""
+    names = {c["id"]: c["name"] for c in inputs["cast"] or []}
+    return {**data, "characters": [{"id": c["id"], "name": names.get(c["id"], c["name"])}
+                                   for c in data["characters"]]}
+
+
+def draft_tags(inputs, ctx) -> dict:
+    """Tags from the cast (no model): its first characters, and themes marked as a draft."""
+    return {"characters": [{"id": c["id"], "name": c["name"]} for c in (inputs["cast"] or [])[:6]],
+            "themes": [DRAFT_MARK, "bible story"], "mood": f"{DRAFT_MARK} hopeful",
+            "audience": "family"}
+
+
+AD_STEPS = [
+    AdCopyStep(name="ad-hooks", target="ads/hooks.json",
+               doc="ads: the hook lines, each with the panel it opens on",
+               system_prompt="ad-hooks.md", schema="ad-hooks.json",
+               inputs={"title": story("title"), "narrative": file("narrative.md"),
+                       "plan": part("pages.json", "pages", select=panel_moments)},
+               user=hooks_user, draft=draft_hooks, validate=check_hooks, write=number_hooks),
+    AdCopyStep(name="ad-tags", target="ads/tags.json",
+               doc="ads: characters, themes, mood, audience",
+               system_prompt="ad-tags.md", schema="ad-tags.json",
+               inputs={"title": story("title"), "narrative": file("narrative.md"),
+                       "cast": view("cast.json", roster)},
+               user=tags_user, draft=draft_tags, validate=check_tags, write=cast_named_tags),
+    HookClipStep(name="hook-clip", target="ads/hook-{k}.mp4", foreach=HOOKS,
+                 doc="ads: a hook clip, one line over the panel it opens on",
+                 inputs={"hook": item(select=hook_shot)}),
+    BodyClipStep(name="body-clip", target="ads/body.mp4",
+                 doc="ads: the body clip, the pages panel by panel with the narration",
+                 inputs={"images": each("images/{n}.jpg"),
+                         "panels": part("pages.json", "pages", select=panel_counts),
+                         "narration": part("pages.json", "pages", select=page_narrations)},
+                 counts="panels"),
+    AdManifestStep(name="ad-manifest", target="ads/manifest.json",
+                   doc="ads: the manifest of the components, for AdLoops",
+                   inputs={"hooks": file("ads/hooks.json"), "tags": file("ads/tags.json"),
+                           "clips": each("ads/hook-{k}.mp4"), "body": file("ads/body.mp4"),
+                           "title": story("title")}),
+]
+
+STEPS = derive(STEPS, add=EVAL_STEPS + AD_STEPS)

@@ -11,6 +11,11 @@ Layer: **graph**. Each built-in kind is one module that registers itself with
 - :mod:`.check`     ``CheckStep``     a judgement made without any call (evals), as a target
 - :mod:`.judge`     ``JudgeStep``     an opt-in LLM judge with a rubric, optionally shown images
 - :mod:`.evals`     ``EvalsStep``     a story's evals.json from its checks and judgements
+- :mod:`.ads`       ``AdCopyStep``    an ``llm`` step of the ad components (hook lines, tags);
+                    ``HookClipStep``, ``BodyClipStep``  vertical clips rendered from the pages
+                    (no service); ``AdManifestStep``  the components' manifest for AdLoops
+
+:mod:`.optin` holds ``OptIn``, the base of kinds switched on by a config value (judges, ads).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 
 from ...core.errors import InputError
 from ..steps import Step, registered_kinds
+from .ads import AdCopyStep, AdManifestStep, BodyClipStep, HookClipStep
 from .assemble import AssembleStep
 from .bundle import BundleStep
 from .check import CheckStep
@@ -27,10 +33,12 @@ from .evals import EvalsStep
 from .image import ImageStep
 from .judge import JudgeStep
 from .llm import LLMStep
+from .optin import OptIn
 from .voice import VoiceStep
 
-__all__ = ["AssembleStep", "BundleStep", "CheckStep", "EvalsStep", "ImageStep", "JudgeStep",
-           "LLMStep", "VoiceStep", "load_kinds"]
+__all__ = ["AdCopyStep", "AdManifestStep", "AssembleStep", "BodyClipStep", "BundleStep",
+           "CheckStep", "EvalsStep", "HookClipStep", "ImageStep", "JudgeStep", "LLMStep",
+           "OptIn", "VoiceStep", "load_kinds"]
 
 _loaded = False
 

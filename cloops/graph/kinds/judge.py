@@ -30,6 +30,7 @@ from typing import Any
 from ...core.errors import InputError
 from ..steps import DepContext, StepRun, step_kind
 from .llm import LLMStep
+from .optin import OptIn
 
 DRAFT_REASON = "[offline draft] no judge model was called; this is not a judgement"
 MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
@@ -55,7 +56,7 @@ def draft_judgement(schema: dict) -> Any:
 
 @step_kind("judge")
 @dataclass(frozen=True)
-class JudgeStep(LLMStep):
+class JudgeStep(OptIn, LLMStep):
     """An opt-in LLM judge (see the module docstring).
 
     Attributes:
@@ -68,32 +69,11 @@ class JudgeStep(LLMStep):
             artifact graph knows which step makes them.
     """
 
-    enabled: str = ""
     images: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
     reference_patterns: tuple[str, ...] = ()
 
-    def is_enabled(self, tpl) -> bool:
-        """Whether the judge runs (``enabled``'s config value; always when none is named)."""
-        return bool(tpl.config.get(self.enabled, False)) if self.enabled else True
-
-    def active(self, tpl) -> bool:
-        return self.is_enabled(tpl)
-
     # ------------------------------------------------------------ graph
-
-    def template_files(self, tpl) -> list[str]:
-        return super().template_files(tpl) if self.is_enabled(tpl) else []
-
-    def prompt_variables(self, tpl) -> list[str]:
-        return super().prompt_variables(tpl) if self.is_enabled(tpl) else []
-
-    def config_paths(self, tpl) -> list[str]:
-        paths = super().config_paths(tpl)
-        return paths + [self.enabled] if self.enabled and self.enabled not in paths else paths
-
-    def dependency_values(self, deps: DepContext) -> dict[str, str]:
-        return super().dependency_values(deps) if self.is_enabled(deps.template) else {}
 
     def reads(self) -> list[str]:
         return super().reads() + list(self.reference_patterns)

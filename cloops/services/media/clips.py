@@ -132,12 +132,17 @@ class BodyClip:
 @dataclass(frozen=True)
 class BodyPage:
     """One page of a body clip: its image, its narration and, with a voice track, the
-    seconds of that track in which the page is read (``audioStartS``/``audioEndS``)."""
+    seconds of that track in which the page is read (``audioStartS``/``audioEndS``).
+
+    ``panels``: the panel boxes to show, in reading order, in the image's pixels - None to
+    find them (:func:`~cloops.services.media.panels.find_panels`), empty to pan down the page.
+    """
 
     image_path: str | os.PathLike
     narration: str = ""
     start_s: float | None = None
     end_s: float | None = None
+    panels: Sequence[Sequence[float]] | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -294,11 +299,11 @@ def _as_page(raw: BodyPage | Mapping[str, Any], index: int) -> BodyPage:
         return raw
     if not isinstance(raw, Mapping) or "image_path" not in raw:
         raise InputError(f"page {index + 1} must have an image_path.", field=f"pages[{index}]")
-    unknown = set(raw) - {"image_path", "narration", "start_s", "end_s"}
+    unknown = set(raw) - {"image_path", "narration", "start_s", "end_s", "panels"}
     if unknown:
         raise InputError(f"page {index + 1} has unknown keys {sorted(unknown)}.",
                          field=f"pages[{index}]",
-                         fix="use image_path, narration, start_s, end_s.")
+                         fix="use image_path, narration, start_s, end_s, panels.")
     return BodyPage(**raw)
 
 
@@ -471,8 +476,8 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
     ``audioStartS``/``audioEndS``) a page is on screen from its start (the first from 0 s) to
     the next page's start, the last one until 0.8 s after its voice ends; without them each page
     gets its narration's reading time at ``reading_wpm`` words per minute plus 0.8 s, and at
-    least 1.2 s per panel. Within its time a page's panels (:func:`find_panels`) share it
-    equally, each with a slow push-in; a page whose panels are not found is panned top to
+    least 1.2 s per panel. Within its time a page's panels (``BodyPage.panels``, else
+    :func:`find_panels`) share it equally, each with a slow push-in; a page whose panels are not found is panned top to
     bottom. Captions (at most 3 lines of 50 px at the bottom of the safe area) split each
     page's narration by sentence and are timed within its narration window.
 
@@ -516,7 +521,8 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
 
     specs = [_as_page(p, i) for i, p in enumerate(pages)]
     images = [load_image(p.image_path) for p in specs]
-    panels = [find_panels(img) for img in images]
+    panels = [find_panels(img) if p.panels is None else _given_panels(p, img, i)
+              for i, (p, img) in enumerate(zip(specs, images))]
     timing, shown, spoken = _page_windows(specs, [len(p or ()) for p in panels], reading_wpm)
     natural = shown[-1][1]
     duration, n_pages, policy, shown, spoken, fade = _fit_duration(timing, shown, spoken,
@@ -570,6 +576,28 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
     return BodyClip(path=out, overlay=overlay, vtt_path=vtt, srt_path=srt, duration_s=duration,
                     frames=frames, natural_duration_s=round(natural, 3), policy=policy,
                     timing=timing, pages_shown=n_pages, panels=panels[:n_pages], cues=cues)
+
+
+def _given_panels(page: BodyPage, img: Image.Image, index: int) -> list[Box] | None:
+    """A page's given panel boxes as :class:`Box` es (None when empty: the page is panned).
+
+    Raises:
+        InputError: a box is not ``(left, top, right, bottom)`` inside the image.
+    """
+    full = Box(0, 0, img.width, img.height)
+    boxes = []
+    for k, raw in enumerate(page.panels or []):
+        try:
+            box = Box(*(float(v) for v in raw))
+        except (TypeError, ValueError):
+            box = None
+        if box is None or box.width < 2 or box.height < 2 or not full.contains(box):
+            raise InputError(f"panel {k + 1} {raw!r} is not a box inside the "
+                             f"{img.width}x{img.height} image.", file=str(page.image_path),
+                             field=f"pages[{index}].panels",
+                             fix="give [left, top, right, bottom] boxes, or none.")
+        boxes.append(box)
+    return boxes or None
 
 
 def _audio_graph(voice: str | None, music: str | None,

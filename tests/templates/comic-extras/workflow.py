@@ -33,7 +33,9 @@ class ExtrasStep(Step):
             job.write(rel, data, made_by="extras")
 
 
-STEPS = derive(BASE_STEPS, add=[
+# the base's own ad steps (switched off there) make these targets too: this stand-in replaces them
+STEPS = derive(BASE_STEPS, remove=("ad-hooks", "ad-tags", "hook-clip", "body-clip", "ad-manifest"),
+               add=[
     ExtrasStep(name="ads", target="ads/hooks.json", also=("ads/hook-1.mp4", "ads/body.mp4"),
                doc="ad components", inputs={"cover": file("thumbnail.jpg")}),
 ])
