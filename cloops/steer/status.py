@@ -16,6 +16,7 @@ from ..graph.engine import Inputs
 from ..graph.locks import is_locked, read_locks
 from ..graph.plan import plan_of
 from ..graph.targets import read_manifest, version_reason
+from ..run.selection import is_command_task
 from .evals import eval_summary
 from .spend import spend
 
@@ -34,7 +35,7 @@ def story_tasks(tasks: dict, key: str) -> list:
     out = []
     for name, task in tasks.items():
         base, _, rest = name.partition(":")
-        if base.startswith(GROUP_TASKS) or not task.actions:
+        if base.startswith(GROUP_TASKS) or not task.actions or is_command_task(name):
             continue
         if rest == key or (rest.startswith(key + "/") and "/" not in rest[len(key) + 1:]):
             out.append(task)
