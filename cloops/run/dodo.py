@@ -1,5 +1,6 @@
-"""What ``dodo.py`` imports: the run's doit namespace — task creators, ``DOIT_CONFIG`` with
-cloops' reporter and dispatch order — or a clean error and exit code 2.
+"""The run's doit namespace — task creators, ``DOIT_CONFIG`` with cloops' reporter and
+dispatch order — or a clean error and exit code 2. ``dodo.py`` imports it through
+:mod:`cloops.steer.dodo`, which adds the steering layer's ``publish:<id>`` tasks.
 
 Layer: **run**. The top of the run layer: it selects the stories a command line needs
 (:mod:`cloops.run.selection`), skips the sealed ones (:mod:`cloops.graph.seals`), has the engine
