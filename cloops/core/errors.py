@@ -25,21 +25,24 @@ class CloopsError(Exception):
     """Base of every error cloops raises on purpose; its message is meant for the user."""
 
 
+def user_message(message: str, *, file: str | None = None, field: str | None = None,
+                 fix: str | None = None) -> str:
+    """The one shape of a user-facing error: ``<file>, field '<field>': <message> Fix: <fix>``
+    (each part only when given)."""
+    parts = [str(file)] if file else []
+    if field:
+        parts.append(f"field '{field}'")
+    where = ", ".join(parts)
+    text = f"{where}: {message}" if where else message
+    return f"{text} Fix: {fix}" if fix else text
+
+
 class InputError(CloopsError):
     """Bad input: names the file, the field and the fix."""
 
     def __init__(self, message: str, *, file: str | None = None, field: str | None = None,
                  fix: str | None = None):
-        parts = []
-        if file:
-            parts.append(f"{file}")
-        if field:
-            parts.append(f"field '{field}'")
-        where = ", ".join(parts)
-        text = f"{where}: {message}" if where else message
-        if fix:
-            text += f" Fix: {fix}"
-        super().__init__(text)
+        super().__init__(user_message(message, file=file, field=field, fix=fix))
         self.file = file
         self.field = field
         self.fix = fix

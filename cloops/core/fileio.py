@@ -14,6 +14,7 @@ import json
 import itertools
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,13 @@ from typing import Any
 DURABLE = os.environ.get("CLOOPS_FSYNC", "").lower() in ("1", "true", "yes")
 _SEQ = itertools.count()
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def temp_path(path: Path) -> Path:
+    """A temp file name beside ``path``: ``.<name>.<pid>-<thread>-<n>.tmp``, unique per process,
+    thread and write (:func:`remove_temp_files` reads the pid back to tell a killed writer's
+    leftover from a write in flight)."""
+    return path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}-{next(_SEQ)}.tmp"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -34,7 +42,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     # unique per process, thread and write (tempfile.mkstemp's random names cost more than the
     # write of a small target); created like any file, so the umask decides its permissions
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}-{next(_SEQ)}.tmp"
+    tmp = temp_path(path)
     try:
         fd = os.open(tmp, _CREATE, 0o666)
     except FileNotFoundError:  # the first write into this folder
@@ -51,6 +59,30 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy the file ``src`` to ``dst`` atomically (temp file beside ``dst`` + rename, parents
+    created), streaming: a file of any size, never half of it at ``dst``.
+
+    Raises:
+        OSError: ``src`` unreadable or ``dst`` unwritable (no temp file is left).
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        if DURABLE:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -58,14 +58,13 @@ import json
 import mimetypes
 import os
 import re
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Mapping
 
 from ..core.errors import CloopsError, InputError
-from ..core.fileio import sha256_bytes, sha256_file
+from ..core.fileio import atomic_copy_file, atomic_write_bytes, sha256_bytes, sha256_file
 
 MANIFEST_KEY = ".cloops-publish.json"
 INDEX_KEY = "index.json"
@@ -332,24 +331,10 @@ class _Destination:
 
     @staticmethod
     def _put_local(target: Path, local: Path | None, data: bytes | None) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / (f".{target.name}.{os.getpid()}-{threading.get_ident()}-"
-                               f"{next(_SEQ)}.tmp")
-        try:
-            with open(tmp, "wb") as out:
-                if local is not None:
-                    with open(local, "rb") as src:
-                        while chunk := src.read(1 << 20):
-                            out.write(chunk)
-                else:
-                    out.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        if local is not None:
+            atomic_copy_file(local, target)
+        else:
+            atomic_write_bytes(target, data)
 
 
 # --------------------------------------------------------------------------- publish

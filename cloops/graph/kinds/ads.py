@@ -35,15 +35,25 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ...core.errors import InputError
 from ...core.fileio import sha256_file, sha256_json
-from ...services.media import BodyPage, find_panels, probe, render_body_clip, render_hook_clip
+
+if TYPE_CHECKING:
+    from ...services.media import BodyPage
 from ..steps import DepContext, Step, StepRun, expand, placeholder_of, step_kind
 from ..targets import remove_target
 from .llm import LLMStep
 from .optin import OptIn
+
+
+def _media():
+    """:mod:`cloops.services.media`, imported when a clip is rendered or probed: it brings
+    numpy and the panel finder, which every doit start-up would otherwise load (~140 ms) to
+    make tasks that mostly do not render."""
+    from ...services import media
+    return media
 
 ADS_SWITCH = "ads.enabled"
 MANIFEST_FORMAT = 1
@@ -204,7 +214,7 @@ class HookClipStep(OptIn, Step):
         png_rel = overlay_rel(job.rel)
         with rendering() as tmp:
             png = tmp / "overlay.png"
-            render_hook_clip(path, tmp / "hook.mp4", line=str(shot.get("line") or ""),
+            _media().render_hook_clip(path, tmp / "hook.mp4", line=str(shot.get("line") or ""),
                              duration_s=cfg.hook_duration_s, crop_box=crop, overlay=cfg.overlay,
                              overlay_path=png if cfg.overlay == "separate" else None)
             job.write(job.rel, (tmp / "hook.mp4").read_bytes(), made_by=MADE_BY, offline=False,
@@ -220,7 +230,7 @@ def page_panels(path: Path, count: int | None = None) -> list | None:
     found (a strip under the panels, such as the offline storyboard's reference sheets) - or
     None (an unreadable image fails at the render, which names the file)."""
     try:
-        found = find_panels(path)
+        found = _media().find_panels(path)
     except OSError:
         return None
     if found and isinstance(count, int) and 0 < count < len(found):
@@ -294,7 +304,7 @@ class BodyClipStep(OptIn, Step):
         if self.timings is None:
             texts = list(job.inputs[self.narration] or [])
             texts += [""] * (len(images) - len(texts))
-            return [BodyPage(img, str(t or ""), panels=p)
+            return [_media().BodyPage(img, str(t or ""), panels=p)
                     for img, t, p in zip(images, texts, panels)]
         segments = (job.inputs[self.timings] or {}).get("segments") or []
         if len(segments) != len(images):
@@ -302,7 +312,7 @@ class BodyClipStep(OptIn, Step):
                              file=str(job.story_dir / self.inputs[self.timings].path),
                              fix="rebuild the voice track (delete it and run doit): each page "
                                  "needs its own segment.")
-        return [BodyPage(img, s.get("text", ""), s.get("startS"), s.get("endS"), panels=p)
+        return [_media().BodyPage(img, s.get("text", ""), s.get("startS"), s.get("endS"), panels=p)
                 for img, s, p in zip(images, segments, panels)]
 
     def execute(self, job: StepRun) -> None:
@@ -333,7 +343,7 @@ class BodyClipStep(OptIn, Step):
         vtt_rel, srt_rel = caption_rels(job.rel)
         with rendering() as tmp:
             out = tmp / "body.mp4"
-            render_body_clip(pages, out, voice_mp3=voice, music_path=music,
+            _media().render_body_clip(pages, out, voice_mp3=voice, music_path=music,
                              music_gain_db=cfg.music_gain_db, overlay=cfg.overlay,
                              min_s=cfg.min_s, max_s=cfg.max_s, reading_wpm=cfg.reading_wpm)
             job.write(job.rel, out.read_bytes(), made_by=MADE_BY, offline=False,
@@ -464,7 +474,7 @@ class AdManifestStep(OptIn, Step):
 def _clip_facts(sdir: Path, rel: str) -> dict[str, Any]:
     """``file``, ``sha256``, ``durationS``, ``width``, ``height``, ``fps``, ``codecs`` of a
     clip, read from its MP4 boxes."""
-    facts = probe(sdir / rel)
+    facts = _media().probe(sdir / rel)
     return {"file": rel, "sha256": sha256_file(sdir / rel),
             "durationS": round(facts.get("duration_s", 0.0), 3), "width": facts.get("width"),
             "height": facts.get("height"), "fps": facts.get("fps"),

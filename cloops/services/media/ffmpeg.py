@@ -28,18 +28,17 @@ Errors (all :class:`~cloops.core.errors.CloopsError`, never a raw traceback)::
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import tempfile
-import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ...core.errors import CloopsError
+from ...core.errors import CloopsError, user_message
+from ...core.fileio import temp_path
 from .layout import FPS, FRAME_H_PX, FRAME_W_PX
 
 # libx264 settings. "superfast" keeps a 20 s body under half its running time on 2 cores
@@ -53,8 +52,6 @@ GOP_FRAMES = 2 * FPS
 AUDIO_RATE_HZ = 48000
 AUDIO_BITRATE = "128k"
 
-_SEQ = itertools.count()
-
 
 class RenderError(CloopsError):
     """Rendering a clip failed: FFmpeg is missing or unusable, or the encode failed.
@@ -64,10 +61,7 @@ class RenderError(CloopsError):
     """
 
     def __init__(self, message: str, *, file: str | None = None, fix: str | None = None):
-        text = f"{file}: {message}" if file else message
-        if fix:
-            text += f" Fix: {fix}"
-        super().__init__(text)
+        super().__init__(user_message(message, file=file, fix=fix))
         self.file = file
         self.fix = fix
 
@@ -118,11 +112,6 @@ def check_ffmpeg() -> str:
     exe = ffmpeg_exe()
     _checked(exe)
     return exe
-
-
-def temp_path_for(path: Path) -> Path:
-    """A temp file name beside ``path`` in the pattern :mod:`cloops.core.fileio` uses."""
-    return path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}-{next(_SEQ)}.tmp"
 
 
 def video_output_args() -> list[str]:
@@ -177,7 +166,7 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
     exe = check_ffmpeg()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(out)
+    tmp = temp_path(out)
     vchain = RGB_TO_YUV + (f",{video_filter}" if video_filter else "")
     cmd = [
         exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
