@@ -52,7 +52,7 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str], bool]:
             args.append(a)
     command = "run"
     if args and (args[0] in DOIT_COMMANDS or "=" not in args[0] and ":" not in args[0]
-                 and args[0] not in ("build", "dry", "pending") and not args[0].startswith("expand")):
+                 and args[0] not in (*BUILD_GROUPS, "pending") and not args[0].startswith("expand")):
         command, args = args[0], args[1:]
     # option values (doit -n 4) and var=value pairs are not task names
     return command, [a for a in args if not a.isdigit() and "=" not in a], always
@@ -121,11 +121,11 @@ def selected_stories(backlogs: list, command: str, args: list[str]) -> set[str] 
 
 
 
-# the task groups named by a story: build:<id>, dry:<id>, and those a higher layer adds
-# (cloops.steer.dodo: publish:<id>) through add_story_group
-STORY_GROUPS: list[str] = ["build", "dry"]
-# the groups of commands run as tasks (publish:<id>): they build nothing, so the run's
-# reporter leaves them out of its story accounting (the command prints its own outcome)
+# the task groups that build a story: build:<id>, dry:<id>
+BUILD_GROUPS = ("build", "dry")
+# the groups of commands run as tasks, added by a higher layer (cloops.steer.dodo:
+# publish:<id>): they build nothing, so the run's reporter leaves them out of its story
+# accounting (the command prints its own outcome)
 COMMAND_GROUPS: list[str] = []
 
 
@@ -134,8 +134,7 @@ def add_story_group(name: str) -> None:
     ``doit <name>:<id>`` selects that story only, an unknown id gets :func:`unknown_story`'s
     message, and the reporter does not count the task as a build step. Call before doit loads
     the tasks."""
-    if name not in STORY_GROUPS:
-        STORY_GROUPS.append(name)
+    if name not in BUILD_GROUPS and name not in COMMAND_GROUPS:
         COMMAND_GROUPS.append(name)
 
 
@@ -156,7 +155,7 @@ def unknown_story(backlogs: list, command: str, args: list[str]) -> str | None:
     import difflib
     for a in args:
         base, _, rest = a.partition(":")
-        if base not in STORY_GROUPS or not rest:
+        if (base not in BUILD_GROUPS and base not in COMMAND_GROUPS) or not rest:
             continue
         parts = rest.split("/")
         if len(parts) == 2 and any(b.template == parts[0] and b.get(parts[1]) for b in backlogs):
