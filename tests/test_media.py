@@ -63,6 +63,7 @@ def assert_vertical_clip(path: Path, duration_s: float) -> dict:
     assert info["audio_codec"] == "aac"
     assert info["audio_sample_rate_hz"] == 48000 and info["audio_channels"] == 2
     assert info["fps"] == 30.0
+    assert info["color"] == {"primaries": 1, "transfer": 1, "matrix": 1, "range": "tv"}
     assert info["faststart"] is True
     assert info["top_level"].index("moov") < info["top_level"].index("mdat")
     assert info["frames"] == round(duration_s * FPS)
@@ -229,6 +230,33 @@ def test_hook_moves_on_every_frame(hooks):
     frames = frames_of(hooks["panel"].path, [10, 11, 12])
     for a, b in zip(frames, frames[1:]):
         assert np.abs(a.astype(np.int16) - b.astype(np.int16)).max() > 10
+
+
+def test_frames_are_bt709_limited_range_planes():
+    """The reference colours of BT.709 colour bars (ITU-R BT.709-6: limited-range 8-bit
+    Y'CbCr), exactly; chroma is the 2x2 average, weighted by alpha for text."""
+    from cloops.services.media.frames import Sprite, yuv_planes
+    bars = {(255, 255, 255): (235, 128, 128), (0, 0, 0): (16, 128, 128),
+            (255, 0, 0): (63, 102, 240), (0, 255, 0): (173, 42, 26),
+            (0, 0, 255): (32, 240, 118), (128, 128, 128): (126, 128, 128)}
+    for rgb, ycc in bars.items():
+        p = yuv_planes(Image.new("RGB", (4, 2), rgb))
+        assert (p.y.size, p.u.size, p.v.size) == ((4, 2), (2, 1), (2, 1))
+        got = (p.y.getpixel((3, 1)), p.u.getpixel((1, 0)), p.v.getpixel((1, 0)))
+        assert got == ycc, (rgb, got)
+    # a red glyph pixel beside transparency keeps its chroma; the sprite lands on even pixels
+    rgba = Image.new("RGBA", (3, 3), (0, 0, 0, 0))
+    rgba.putpixel((1, 1), (255, 0, 0, 255))
+    sprite = Sprite.of(rgba, Box(5, 7, 8, 10))
+    assert sprite.box == Box(4, 6, 8, 10)
+    assert sprite.planes.v.getpixel((1, 1)) == 240 and sprite.masks[1].getpixel((1, 1)) == 64
+
+
+def test_clips_keep_the_source_colours(media, tmp_path):
+    """What a player shows is the image's colour: the frames are tagged as what they are."""
+    clip = render_hook_clip(media / "plain.png", tmp_path / "c.mp4", line="", duration_s=0.2)
+    frame = frames_of(clip.path, [3])[0]
+    assert np.abs(frame[200:1700, 100:1000].astype(int) - PLAIN_RGB).max() <= 3
 
 
 def test_hook_errors_name_the_file_and_the_fix(media, tmp_path):

@@ -12,7 +12,8 @@ Output is deterministic and atomic:
   ``-flags +bitexact`` on both encoders (no version strings or times in the file; the AAC
   encoder uses its exact C arithmetic), ``-map_metadata -1``, a fixed thread count for
   libx264 (its output depends on the count, never on timing, unless ``--non-deterministic``
-  is set), one filter thread, swscale's ``bitexact`` flag, and fixed encoder settings
+  is set), one filter thread, frames that arrive already in the encoder's format (no
+  swscale conversion, whose SIMD paths round differently per CPU), and fixed encoder settings
   (BRIEF.md "Rendering"; x264 ``--help``: "--non-deterministic ... at the cost of
   repeatability"). Tested on one machine and FFmpeg build; another CPU or another
   imageio-ffmpeg release may give other (equally valid) bytes;
@@ -129,11 +130,14 @@ def video_output_args() -> list[str]:
     ]
 
 
-# the RGBX frames FFmpeg reads from its stdin, converted to BT.709 limited-range 4:2:0;
-# "bitexact" keeps swscale on code that gives the same bytes on every CPU (its SIMD paths
-# round differently), at no measurable cost for a conversion without scaling
-RGB_TO_YUV = ("scale=out_color_matrix=bt709:out_range=tv:flags=bicubic+bitexact,"
-              "format=yuv420p")
+# What the piped frames are (see cloops.services.media.frames): BT.709 limited range, chroma
+# centre-sited. Tagging the frames themselves matters: FFmpeg (7.1 and later) negotiates colour
+# properties in the filter graph, and untagged frames meeting an encoder told "bt709" get a
+# swscale conversion inserted - a full-frame pass per frame for nothing - and an H.264 VUI
+# saying "unknown" primaries. Tagged here, the frames reach libx264 untouched and the stream
+# and the MP4's colr box both say BT.709, limited, chroma_sample_loc_type 1 (centre).
+FRAME_PARAMS = ("setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709:"
+                "chroma_location=center")
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -146,16 +150,17 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
                   make_frame: Callable[[int], Sequence[bytes | memoryview]], *, inputs: Sequence[str] = (),
                   video_filter: str = "", audio_filter: str, duration_s: float,
                   sources: Sequence[str] = (), workers: int = 2) -> None:
-    """Encode ``frame_count`` RGB frames and an audio graph into ``out_path`` (MP4),
+    """Encode ``frame_count`` yuv420p frames and an audio graph into ``out_path`` (MP4),
     atomically.
 
-    ``make_frame(i)`` returns frame ``i`` as buffers whose concatenation is 1080x1920x4 bytes
-    of RGBX (rows top to bottom, the 4th byte ignored): a frame whose still rows are shared
-    need not be copied.
+    ``make_frame(i)`` returns frame ``i`` as buffers whose concatenation is one 1080x1920
+    yuv420p frame (:data:`~cloops.services.media.frames.FRAME_BYTES` = 3,110,400 bytes: the
+    Y' plane, then Cb and Cr at 540x960, rows top to bottom, BT.709 limited range, chroma
+    centre-sited): a frame whose still rows are shared need not be copied.
 
     ``inputs`` are FFmpeg input arguments after the frame pipe (input 0), e.g.
     ``["-i", "voice.mp3"]``; ``audio_filter`` is a filter graph ending in ``[a]``;
-    ``video_filter`` is appended to the RGB->YUV conversion of ``[0:v]``. ``workers`` threads
+    ``video_filter`` filters ``[0:v]`` (e.g. a fade). ``workers`` threads
     make frames ahead of the encoder (Pillow releases the GIL while it resamples); frames are
     written in order, so the output does not depend on their timing. ``sources`` name the
     input files in error messages.
@@ -167,11 +172,11 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(out)
-    vchain = RGB_TO_YUV + (f",{video_filter}" if video_filter else "")
+    vchain = FRAME_PARAMS + (f",{video_filter}" if video_filter else "")
     cmd = [
         exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
         "-filter_threads", "1", "-filter_complex_threads", "1",
-        "-f", "rawvideo", "-pix_fmt", "rgb0", "-s", f"{FRAME_W_PX}x{FRAME_H_PX}",
+        "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{FRAME_W_PX}x{FRAME_H_PX}",
         "-framerate", str(FPS), "-i", "pipe:0",
         *inputs,
         "-filter_complex", f"[0:v]{vchain}[v];{audio_filter}",
@@ -226,8 +231,8 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
 
 
 def _widen_pipe(fd: int) -> None:
-    """Give the frame pipe a 1 MiB buffer (Linux; the default is 64 KiB): a 8 MB frame then
-    crosses in 8 writes instead of 128, which saves both processes thousands of context
+    """Give the frame pipe a 1 MiB buffer (Linux; the default is 64 KiB): a 3 MB frame then
+    crosses in 3 writes instead of 48, which saves both processes thousands of context
     switches per second of video. Best effort: elsewhere the default stays."""
     try:
         import fcntl
@@ -240,7 +245,7 @@ def _feed(proc: subprocess.Popen, frame_count: int,
           make_frame: Callable[[int], Sequence[bytes | memoryview]], workers: int) -> bool:
     """Write the frames to FFmpeg's stdin in order; True if FFmpeg closed its input early."""
     fd = proc.stdin.fileno()
-    ahead = max(1, workers) * 2  # frames in flight: bounds memory to a few 6 MB frames
+    ahead = max(1, workers) * 2  # frames in flight: bounds memory to a few 3 MB frames
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: deque = deque()
         next_index = 0

@@ -1,5 +1,5 @@
 """Frames of a clip: camera moves over an image (shots) and text composited on them, as the
-raw RGBX buffers FFmpeg reads.
+raw YUV 4:2:0 buffers FFmpeg encodes.
 
 Layer: **services**.
 
@@ -9,6 +9,14 @@ float box, so a push-in or a pan moves by sub-pixel steps: no jitter, unlike FFm
 ``zoompan``, which rounds its window to whole source pixels unless the input is upscaled
 first (BRIEF.md "Rendering"). A :class:`Compositor` turns shots and text into frame buffers,
 redrawing only the rows where the picture moves.
+
+Frames are composed in the encoder's own format - BT.709 limited-range Y'CbCr, chroma at half
+width and height (4:2:0, ``yuv420p``) - rather than in RGB: each image is converted once
+(:func:`yuv_planes`), and each frame then resamples one full-size plane and two quarter-size
+ones, and crosses the pipe in 1.5 bytes a pixel instead of 4, with no conversion left for
+FFmpeg. Chroma is the 2x2 average of the full-size chroma (centre-sited, which the clips are
+tagged with: ``chroma_sample_location=center``); everything placed in a frame sits on even
+pixels so that its chroma lines up.
 """
 
 from __future__ import annotations
@@ -18,21 +26,126 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from .layout import FRAME_H_PX, FRAME_W_PX, Box, cover_window
 
 FRAME_ASPECT = FRAME_W_PX / FRAME_H_PX
+FRAME_BYTES = FRAME_W_PX * FRAME_H_PX * 3 // 2  # one yuv420p frame
+
+# R'G'B' (0-255) -> limited-range Y'CbCr, ITU-R BT.709-6 items 3.2-3.5 (Kr 0.2126, Kb 0.0722;
+# Y' 16-235, Cb/Cr 16-240), in 16.16 fixed point so that every machine gives the same bytes.
+# The Cb/Cr rows sum to exactly 0 (grey stays at 128) and the Y' row to 219/255.
+_ONE = 1 << 16
 
 
-def backdrop(img: Image.Image, region: Box) -> Image.Image:
-    """A blurred, darkened copy of ``region`` filling the frame (computed once per shot)."""
+def _fixed_rows() -> np.ndarray:
+    kr, kb = 0.2126, 0.0722
+    kg = 1 - kr - kb
+    ys, cs = 219 / 255, 224 / 255
+    rows = [[kr * ys, kg * ys, kb * ys],
+            [-kr / (2 - 2 * kb) * cs, -kg / (2 - 2 * kb) * cs, 0.5 * cs],
+            [0.5 * cs, -kg / (2 - 2 * kr) * cs, -kb / (2 - 2 * kr) * cs]]
+    fixed = np.array([[round(v * _ONE) for v in row] for row in rows], dtype=np.int64)
+    fixed[0, 1] = round(ys * _ONE) - fixed[0, 0] - fixed[0, 2]
+    fixed[1, 1] = -fixed[1, 0] - fixed[1, 2]
+    fixed[2, 1] = -fixed[2, 0] - fixed[2, 2]
+    return fixed
+
+
+_RGB_TO_YCC = _fixed_rows()
+_OFFSETS = (16, 128, 128)
+
+
+def _ycc(rgb: np.ndarray) -> list[np.ndarray]:
+    """Full-size Y', Cb, Cr of an ``(h, w, 3)`` uint8 array, each ``(h, w)`` int32."""
+    r, g, b = (rgb[..., k].astype(np.int32) for k in range(3))
+    out = []
+    for row, offset in zip(_RGB_TO_YCC, _OFFSETS):
+        acc = r * int(row[0]) + g * int(row[1]) + b * int(row[2])
+        out.append((acc + (offset << 16) + (1 << 15)) >> 16)
+    return out
+
+
+def _halve(plane: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """The 2x2 average of ``plane`` (odd sizes padded by repeating the last row/column),
+    weighted by ``weight`` (alpha) when given; rounded to nearest."""
+    h, w = plane.shape
+    if h % 2 or w % 2:
+        plane = np.pad(plane, ((0, h % 2), (0, w % 2)), mode="edge")
+        if weight is not None:
+            weight = np.pad(weight, ((0, h % 2), (0, w % 2)), mode="edge")
+
+    def blocks(a: np.ndarray) -> np.ndarray:
+        return a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]
+
+    if weight is None:
+        return (blocks(plane) + 2) >> 2
+    wsum = blocks(weight)
+    return np.where(wsum > 0, (blocks(plane * weight) + wsum // 2) // np.maximum(wsum, 1), 128)
+
+
+def _l(a: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), mode="L")
+
+
+@dataclass(frozen=True)
+class Planes:
+    """An image as yuv420p planes: ``y`` full size, ``u`` (Cb) and ``v`` (Cr) at half width
+    and height (rounded up), each a Pillow ``L`` image."""
+
+    y: Image.Image
+    u: Image.Image
+    v: Image.Image
+
+    def copy(self) -> "Planes":
+        return Planes(self.y.copy(), self.u.copy(), self.v.copy())
+
+    def paste(self, other: "Planes", left: int, top: int,
+              masks: tuple[Image.Image, Image.Image] | None = None) -> None:
+        """Paste ``other`` at (``left``, ``top``) (even pixels), through ``masks`` (full and
+        half size) when given."""
+        full, half = masks or (None, None)
+        self.y.paste(other.y, (left, top), full)
+        self.u.paste(other.u, (left // 2, top // 2), half)
+        self.v.paste(other.v, (left // 2, top // 2), half)
+
+    def rows(self, top: int, bottom: int) -> "Planes":
+        """The rows ``top``..``bottom`` (even) as new planes."""
+        return Planes(self.y.crop((0, top, self.y.width, bottom)),
+                      self.u.crop((0, top // 2, self.u.width, bottom // 2)),
+                      self.v.crop((0, top // 2, self.v.width, bottom // 2)))
+
+
+def yuv_planes(img: Image.Image) -> Planes:
+    """Convert an RGB image to BT.709 limited-range yuv420p :class:`Planes`."""
+    y, u, v = _ycc(np.asarray(img.convert("RGB")))
+    return Planes(_l(y), _l(_halve(u)), _l(_halve(v)))
+
+
+def solid_planes(width: int, height: int, rgb: tuple[int, int, int] = (0, 0, 0)) -> Planes:
+    """Planes of one colour (black by default)."""
+    y, u, v = (int(c[0, 0]) for c in _ycc(np.array([[rgb]], dtype=np.uint8)))
+    cw, ch = (width + 1) // 2, (height + 1) // 2
+    return Planes(Image.new("L", (width, height), y), Image.new("L", (cw, ch), u),
+                  Image.new("L", (cw, ch), v))
+
+
+def even(box: Box) -> Box:
+    """``box`` with every edge rounded to the nearest even pixel (where chroma lines up)."""
+    return Box(*(2 * int(round(v / 2)) for v in box))
+
+
+def backdrop(img: Image.Image, region: Box) -> Planes:
+    """A blurred, darkened copy of ``region`` filling the frame, as planes (computed once per
+    page or shot and shared by its frames)."""
     window = cover_window(region, FRAME_ASPECT)
     small = img.resize((FRAME_W_PX // 8, FRAME_H_PX // 8), Image.Resampling.BOX,
                        box=tuple(window))
     small = small.filter(ImageFilter.GaussianBlur(6))
     big = small.resize((FRAME_W_PX, FRAME_H_PX), Image.Resampling.BILINEAR)
-    return ImageEnhance.Brightness(big).enhance(0.42)
+    return yuv_planes(ImageEnhance.Brightness(big).enhance(0.42))
 
 
 def ease(t: float) -> float:
@@ -42,16 +155,18 @@ def ease(t: float) -> float:
 
 class Shot:
     """A camera move over one image: the window goes from ``start`` to ``end`` (boxes in the
-    image's pixels) over ``frames`` frames, drawn into ``dest`` of the frame.
+    image's pixels) over ``frames`` frames, drawn into ``dest`` of the frame (rounded to even
+    pixels).
 
     The image is resampled once (Lanczos) so that the window at its smallest maps about 1:1 to
-    ``dest``; each frame is then one bilinear resample of an exact float window.
+    ``dest`` and converted to planes; each frame is then one bilinear resample of an exact
+    float window per plane (the chroma planes at half the coordinates).
     """
 
     def __init__(self, img: Image.Image, start: Box, end: Box, dest: Box, frames: int, *,
-                 backdrop: Image.Image | None, eased: bool):
+                 backdrop: Planes | None, eased: bool):
         self.frames = max(1, frames)
-        self.dest = dest.rounded()
+        self.dest = even(dest)
         self.backdrop = backdrop
         self.eased = eased
         union = Box(min(start.left, end.left), min(start.top, end.top),
@@ -60,8 +175,9 @@ class Shot:
                     math.ceil(union.right) + 2, math.ceil(union.bottom) + 2
                     ).clamp(img.width, img.height)
         scale = self.dest.width / min(start.width, end.width)
-        size = (max(1, round(union.width * scale)), max(1, round(union.height * scale)))
+        size = (max(2, round(union.width * scale)), max(2, round(union.height * scale)))
         self.image = img.resize(size, Image.Resampling.LANCZOS, box=tuple(union))
+        self.planes = yuv_planes(self.image)
         sx, sy = size[0] / union.width, size[1] / union.height
         self.start = Box((start.left - union.left) * sx, (start.top - union.top) * sy,
                          (start.right - union.left) * sx, (start.bottom - union.top) * sy)
@@ -77,37 +193,57 @@ class Shot:
         box = Box(*(a + (b - a) * t for a, b in zip(self.start, self.end)))
         return box.clamp(w, h)
 
-    def piece(self, i: int) -> Image.Image:
+    def piece(self, i: int) -> Planes:
         """What the window of frame ``i`` shows, resampled to the size of ``dest``."""
         d = self.dest
-        return self.image.resize((int(d.width), int(d.height)), Image.Resampling.BILINEAR,
-                                 box=tuple(self.window(i)))
+        w, h = int(d.width), int(d.height)
+        win = self.window(i)
+        half = tuple(v / 2 for v in win)
+        bilinear = Image.Resampling.BILINEAR
+        p = self.planes
+        return Planes(p.y.resize((w, h), bilinear, box=tuple(win)),
+                      p.u.resize((w // 2, h // 2), bilinear, box=half),
+                      p.v.resize((w // 2, h // 2), bilinear, box=half))
 
 
 @dataclass(frozen=True)
 class Sprite:
-    """Text ready to composite: RGB, its alpha mask and where it goes."""
+    """Text ready to composite: its planes, its alpha masks (full and half size) and where it
+    goes (``box``, on even pixels)."""
 
-    rgb: Image.Image
-    mask: Image.Image
+    planes: Planes
+    masks: tuple[Image.Image, Image.Image]
     box: Box
 
     @classmethod
     def of(cls, rgba: Image.Image, box: Box) -> "Sprite":
-        return cls(rgba.convert("RGB"), rgba.getchannel("A"), box)
+        """A sprite of an RGBA image placed at ``box`` (integer pixels, any parity): it is
+        widened with transparency to even edges. Chroma is averaged weighted by alpha, so a
+        glyph's edge keeps its colour."""
+        outer = Box(2 * math.floor(box.left / 2), 2 * math.floor(box.top / 2),
+                    2 * math.ceil(box.right / 2), 2 * math.ceil(box.bottom / 2))
+        canvas = Image.new("RGBA", (int(outer.width), int(outer.height)), (0, 0, 0, 0))
+        canvas.paste(rgba, (int(box.left - outer.left), int(box.top - outer.top)))
+        arr = np.asarray(canvas)
+        alpha = arr[..., 3].astype(np.int32)
+        y, u, v = _ycc(arr[..., :3])
+        half_alpha = _halve(alpha)
+        planes = Planes(_l(y), _l(_halve(u, alpha)), _l(_halve(v, alpha)))
+        return cls(planes, (_l(alpha), _l(half_alpha)), outer)
 
-    def onto(self, frame: Image.Image) -> None:
-        frame.paste(self.rgb, (int(self.box.left), int(self.box.top)), self.mask)
+    def onto(self, planes: Planes, top: int = 0) -> None:
+        """Composite onto ``planes`` whose first row is frame row ``top``."""
+        planes.paste(self.planes, int(self.box.left), int(self.box.top) - top, self.masks)
 
 
 class Compositor:
     """Frames as bytes, cheaply: only the rows the camera moves in change from frame to frame.
 
     For each (shot, texts) pair the still part of the frame - backdrop plus text - is drawn
-    once (a few are kept); a frame is then three buffers: the still rows above the shot's
-    ``dest``, the band of ``dest``'s rows with this frame's picture (and any text over it),
-    and the still rows below. FFmpeg reads them as one 1080x1920 frame of RGBX pixels (Pillow's own layout of an RGB
-    image: copied out without repacking, and converted to YUV faster than packed RGB).
+    once (a few are kept); a frame is then, for each of its three planes, three buffers: the
+    still rows above the shot's ``dest``, the band of ``dest``'s rows with this frame's
+    picture (and any text over it), and the still rows below. FFmpeg reads them as one
+    1080x1920 yuv420p frame (:data:`FRAME_BYTES` bytes).
     """
 
     def __init__(self, shots: list[tuple["Shot", int]], sprites: list[tuple["Sprite", ...]]):
@@ -116,7 +252,8 @@ class Compositor:
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
-    def _still(self, shot: "Shot", sprites: tuple["Sprite", ...]) -> tuple[bytes, Image.Image]:
+    def _still(self, shot: "Shot", sprites: tuple["Sprite", ...]
+               ) -> tuple[tuple[bytes, bytes, bytes], Planes]:
         key = (id(shot), tuple(id(s) for s in sprites))
         with self._lock:
             hit = self._cache.get(key)
@@ -124,12 +261,12 @@ class Compositor:
                 self._cache.move_to_end(key)
                 return hit
         frame = (shot.backdrop.copy() if shot.backdrop is not None
-                 else Image.new("RGB", (FRAME_W_PX, FRAME_H_PX)))
+                 else solid_planes(FRAME_W_PX, FRAME_H_PX))
         for sprite in sprites:
             sprite.onto(frame)
         d = shot.dest
-        band = frame.crop((0, int(d.top), FRAME_W_PX, int(d.bottom)))
-        still = (frame.tobytes("raw", "RGBX"), band)
+        band = frame.rows(int(d.top), int(d.bottom))
+        still = ((frame.y.tobytes(), frame.u.tobytes(), frame.v.tobytes()), band)
         with self._lock:
             self._cache[key] = still
             while len(self._cache) > 6:  # frames are made in order, a few at a time
@@ -137,22 +274,25 @@ class Compositor:
         return still
 
     def frame(self, i: int) -> tuple[memoryview, ...]:
-        """Frame ``i`` as buffers whose concatenation is the 1080x1920 RGBX frame."""
+        """Frame ``i`` as buffers whose concatenation is the 1080x1920 yuv420p frame."""
         shot, j = self.shots[i]
         sprites = self.sprites[i]
         still, still_band = self._still(shot, sprites)
         d = shot.dest
+        top, bottom = int(d.top), int(d.bottom)
         piece = shot.piece(j)
         if d.left == 0 and d.width == FRAME_W_PX:
             band = piece
         else:
             band = still_band.copy()
-            band.paste(piece, (int(d.left), 0))
+            band.paste(piece, int(d.left), 0)
         for sprite in sprites:
             if sprite.box.top < d.bottom and sprite.box.bottom > d.top:
-                band.paste(sprite.rgb, (int(sprite.box.left), int(sprite.box.top - d.top)),
-                           sprite.mask)
-        row = FRAME_W_PX * 4
-        view = memoryview(still)
-        return (view[:int(d.top) * row], memoryview(band.tobytes("raw", "RGBX")),
-                view[int(d.bottom) * row:])
+                sprite.onto(band, top)
+        out = []
+        for plane, rows, shift in zip(still, (band.y, band.u, band.v), (0, 1, 1)):
+            width = FRAME_W_PX >> shift
+            view = memoryview(plane)
+            out += [view[:(top >> shift) * width], memoryview(rows.tobytes()),
+                    view[(bottom >> shift) * width:]]
+        return tuple(out)

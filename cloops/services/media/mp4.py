@@ -5,7 +5,7 @@ Layer: **services**.
 imageio-ffmpeg ships ``ffmpeg`` but no ``ffprobe``, and parsing FFmpeg's log is fragile, so
 :func:`probe` reads the ISO base media file format directly (ISO/IEC 14496-12: ``ftyp``,
 ``moov`` > ``mvhd``, ``trak`` > ``tkhd``/``mdia`` > ``mdhd``/``hdlr``/``minf`` > ``stbl`` >
-``stsd``/``stts``; ISO/IEC 14496-14/-15 for ``esds`` and ``avcC``). Only the header boxes are
+``stsd``/``stts``, ``colr``; ISO/IEC 14496-14/-15 for ``esds`` and ``avcC``). Only the header boxes are
 read: the media data (``mdat``) is skipped, so probing a large file is instant.
 """
 
@@ -136,6 +136,13 @@ def _track(data: bytes, a: int, b: int) -> dict[str, Any]:
                 avcc = _child(data, ea + 78, eb, b"avcC")
                 if avcc:
                     info["profile"] = _AVC_PROFILES.get(data[avcc[0] + 1], str(data[avcc[0] + 1]))
+                colr = _child(data, ea + 78, eb, b"colr")
+                if colr and data[colr[0]:colr[0] + 4] == b"nclx" and colr[1] - colr[0] >= 11:
+                    primaries, transfer, matrix = struct.unpack(
+                        ">HHH", data[colr[0] + 4:colr[0] + 10])
+                    info["color"] = {"primaries": primaries, "transfer": transfer,
+                                     "matrix": matrix,
+                                     "range": "pc" if data[colr[0] + 10] >> 7 else "tv"}
             elif info["handler"] == "soun":
                 info["channels"] = struct.unpack(">H", data[ea + 16:ea + 18])[0]
                 info["sample_rate_hz"] = struct.unpack(">I", data[ea + 24:ea + 28])[0] >> 16
@@ -176,6 +183,8 @@ def probe(path: str | os.PathLike) -> dict[str, Any]:
          "fps": 30.0, "frames": 90,                # frames per second, frame count
          "codecs": ["h264", "aac"],                # one per track, in file order
          "video_codec": "h264", "video_profile": "High",
+         "color": {"primaries": 1, "transfer": 1,  # the colr box (nclx), ISO/IEC 23091-2
+                   "matrix": 1, "range": "tv"},    # code points: 1 = BT.709; tv = limited
          "audio_codec": "aac", "audio_sample_rate_hz": 48000, "audio_channels": 2,
          "duration_s": 3.0,                        # the movie's (longest track's) duration
          "video_duration_s": 3.0, "audio_duration_s": 3.0,
@@ -222,6 +231,8 @@ def probe(path: str | os.PathLike) -> dict[str, Any]:
             out["video_codec"] = codec
             if "profile" in track:
                 out["video_profile"] = track["profile"]
+            if "color" in track:
+                out["color"] = track["color"]
             out["video_duration_s"] = track["duration_s"]
             frames = track.get("samples", 0)
             out["frames"] = frames
