@@ -210,3 +210,43 @@ def test_a_freed_slot_goes_to_the_waiting_call_with_the_best_priority():
         t.join(5)
     assert order == ["story 1 image", "story 1 prompt", "story 2 narrative", "story 3 narrative"]
     assert lim.peak == 1 and lim.in_flight == 0
+
+
+def test_a_backends_preparation_runs_outside_the_slot_and_inside_the_retries(tmp_path):
+    """Uploading reference images is not what a provider's concurrency limit is about: the
+    hub runs ``prepare_image`` before taking the slot (a slot held through uploads sits idle),
+    retries it like the call, and skips both for a cache hit."""
+    from conftest import make_project
+    from cloops.core.errors import TransientServiceError
+    from cloops.data.project import load_project
+    from cloops.run.hub import CallMeta, ServiceHub
+    from cloops.services.base import ImageRequest, ImageResult
+
+    project = make_project(tmp_path, ["noah-s-ark"])
+    project.edit_config(lambda c: c["generation"].update(concurrency=1, requestsPerMinute=None))
+    hub = ServiceHub(load_project(project.root), sleep=lambda s: None)
+    seen: list[tuple[str, int]] = []
+
+    class Uploading:
+        name, offline, uses_annotations = "replicate", False, False
+        failures = 1
+
+        def prepare_image(self, request):
+            seen.append(("prepare", hub.limiter("comic-books-standard", "image").in_flight))
+            if self.failures:
+                self.failures -= 1
+                raise TransientServiceError("upload dropped")
+
+        def generate_image(self, request):
+            seen.append(("call", hub.limiter("comic-books-standard", "image").in_flight))
+            return ImageResult(jpeg=b"\xff\xd8jpeg", width_px=1, height_px=1)
+
+    stub = Uploading()
+    hub.backend = lambda template, service: stub
+    meta = CallMeta(template="comic-books-standard", story="noah-s-ark", step="image",
+                    target="images/1.jpg")
+    request = ImageRequest(prompt="a page", model="bytedance/seedream-4", params={})
+    assert hub.generate_image(meta, request).jpeg == b"\xff\xd8jpeg"
+    assert seen == [("prepare", 0), ("prepare", 0), ("call", 1)]
+    hub.generate_image(meta, request)  # the response cache answers: nothing runs
+    assert seen == [("prepare", 0), ("prepare", 0), ("call", 1)]

@@ -152,10 +152,13 @@ class ServiceHub:
 
     def _serve(self, meta: CallMeta, service: str, request, call: Callable[[Any], Any],
                get: str, put: str, account: Callable[[Any, CallRecord, Any], None],
-               accept: Callable[[Any], bool] | None = None):
+               accept: Callable[[Any], bool] | None = None,
+               prepare: Callable[[Any], None] | None = None):
         """The path of every call: cache → (single flight) → limits → retries → cache → ledger.
 
-        ``call(backend)`` makes the request; ``get``/``put`` name the cache's methods;
+        ``call(backend)`` makes the request; ``prepare(backend)``, if given, runs before each
+        attempt outside the service slot (uploads the provider's limit is not about, which
+        would otherwise hold a slot idle); ``get``/``put`` name the cache's methods;
         ``account(result, rec, backend)`` fills usage and cost into the ledger record.
         Identical requests in flight at once are paid once: the others wait for the first and
         take its result from the cache. ``accept(result)`` false: the result is returned but
@@ -202,12 +205,16 @@ class ServiceHub:
                     # a job the provider runs past the request is noted under the request's key
                     # (cloops.services.cache.current_job) until its answer is cached: a killed
                     # run's job is resumed, not paid for twice
+                    limited = self._limited(meta.template, service, lambda: call(backend),
+                                            call_priority(meta.template, meta.story, meta.step))
+
+                    def attempt():
+                        if prepare is not None:
+                            prepare(backend)
+                        return limited()
                     with job_journal(cache, key) as job:
                         result, rec.attempts = self._retrying(
-                            meta.template, self._limited(
-                                meta.template, service, lambda: call(backend),
-                                call_priority(meta.template, meta.story, meta.step)),
-                            0 if backend.offline else retries)
+                            meta.template, attempt, 0 if backend.offline else retries)
                 except ServiceError as exc:
                     rec.error = str(exc)[:500]
                     rec.attempts = exc.attempts
@@ -276,8 +283,12 @@ class ServiceHub:
             rec.images = 0 if rec.cache_hit else result.images_billed
             self._book(rec, 0.0 if backend.offline else
                        self._cost_image(meta.template, request.model, result.images_billed))
+        def prepare(backend) -> None:
+            hook = getattr(backend, "prepare_image", None)
+            if hook is not None:
+                hook(request)
         return self._serve(meta, "image", request, lambda b: b.generate_image(request),
-                           "get_image", "put_image", account)
+                           "get_image", "put_image", account, prepare=prepare)
 
     def synthesize(self, meta: CallMeta, request: VoiceRequest) -> VoiceResult:
         """Answer a voice request (cache first for paid backends).

@@ -218,6 +218,10 @@ class ImageBackend(Protocol):
         name: backend name as written in config (``"replicate"``, ``"storyboard"``).
         offline: True when it calls no paid service.
         uses_annotations: True when the output depends on ``request.annotations``.
+
+    A backend may also have ``prepare_image(request) -> None``: work before the call that the
+    provider's concurrency limit is not about (uploading reference images). The hub runs it
+    outside the service slot, inside the retries, only when the call is not a cache hit.
     """
 
     name: str

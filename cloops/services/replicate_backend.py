@@ -199,6 +199,18 @@ class ReplicateBackend:
 
     # -- the protocol --------------------------------------------------------------------------
 
+    def prepare_image(self, request: ImageRequest) -> None:
+        """Upload the request's reference images not uploaded yet (the hub calls this outside
+        the prediction slot: Replicate's concurrency limit is about running predictions, and
+        a slot held through uploads would leave it idle). :meth:`generate_image` then finds
+        their URLs noted.
+
+        Raises:
+            TransientServiceError / AuthError / PermanentServiceError: an upload failed.
+        """
+        if request.references:
+            self._reference_urls(request)
+
     def generate_image(self, request: ImageRequest) -> ImageResult:
         """Run one prediction and return its first output as JPEG.
 

@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from ..core.fileio import atomic_write_text
+from ..core.fileio import atomic_write_json
 
 MARGIN_S = 600.0  # an upload expiring within this is not reused: a prediction may queue
 _LOCK = threading.Lock()
@@ -68,4 +68,4 @@ class UploadBook:
                 return
             data = self._read()
             data.setdefault(self.name, {})[sha256] = rec
-            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+            atomic_write_json(self.path, data)  # compact: the C encoder, under the lock
