@@ -283,7 +283,8 @@ class ServiceHub:
             rec.images = 0 if rec.cache_hit else result.images_billed
             self._book(rec, 0.0 if backend.offline else
                        self._cost_image(meta.template, request.model, result.images_billed))
-        def prepare(backend) -> None:
+
+        def prepare(backend) -> None:  # e.g. Replicate's reference uploads, outside the slot
             hook = getattr(backend, "prepare_image", None)
             if hook is not None:
                 hook(request)
