@@ -176,8 +176,8 @@ class Shot:
                     ).clamp(img.width, img.height)
         scale = self.dest.width / min(start.width, end.width)
         size = (max(2, round(union.width * scale)), max(2, round(union.height * scale)))
-        self.image = img.resize(size, Image.Resampling.LANCZOS, box=tuple(union))
-        self.planes = yuv_planes(self.image)
+        self.size = size  # of the resampled image, whose planes are all a frame needs
+        self.planes = yuv_planes(img.resize(size, Image.Resampling.LANCZOS, box=tuple(union)))
         sx, sy = size[0] / union.width, size[1] / union.height
         self.start = Box((start.left - union.left) * sx, (start.top - union.top) * sy,
                          (start.right - union.left) * sx, (start.bottom - union.top) * sy)
@@ -189,7 +189,7 @@ class Shot:
         t = i / (self.frames - 1) if self.frames > 1 else 0.0
         if self.eased:
             t = ease(t)
-        w, h = self.image.size
+        w, h = self.size
         box = Box(*(a + (b - a) * t for a, b in zip(self.start, self.end)))
         return box.clamp(w, h)
 
