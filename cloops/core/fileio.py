@@ -16,8 +16,9 @@ import os
 import re
 import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 DURABLE = os.environ.get("CLOOPS_FSYNC", "").lower() in ("1", "true", "yes")
@@ -32,6 +33,28 @@ def temp_path(path: Path) -> Path:
     return path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}-{next(_SEQ)}.tmp"
 
 
+@contextmanager
+def staged(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp name beside ``path`` (:func:`temp_path`) for the caller to write; when the
+    block ends normally the temp file is renamed onto ``path``, when it raises (or the rename
+    fails) the temp file is removed. ``path``'s folder must exist.
+
+    Raises:
+        OSError: the rename failed (the temp file is gone, ``path`` untouched).
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + rename), creating parents.
 
@@ -40,15 +63,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     which protects against power loss at a cost of milliseconds per target.
     """
     path = Path(path)
-    # unique per process, thread and write (tempfile.mkstemp's random names cost more than the
-    # write of a small target); created like any file, so the umask decides its permissions
-    tmp = temp_path(path)
-    try:
-        fd = os.open(tmp, _CREATE, 0o666)
-    except FileNotFoundError:  # the first write into this folder
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, _CREATE, 0o666)
-    try:
+    # the temp name is unique per process, thread and write (tempfile.mkstemp's random names
+    # cost more than the write of a small target); created like any file, so the umask decides
+    # its permissions
+    with staged(path) as tmp:
+        try:
+            fd = os.open(tmp, _CREATE, 0o666)
+        except FileNotFoundError:  # the first write into this folder
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, _CREATE, 0o666)
         try:
             # os.write, not a file object: no buffer, isatty or seek calls for a one-shot write
             view = memoryview(data)
@@ -58,13 +81,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def atomic_copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -76,19 +92,11 @@ def atomic_copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(dst)
-    try:
+    with staged(dst) as tmp:
         shutil.copyfile(src, tmp)
         if DURABLE:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 _TEMP_PID = re.compile(r"\.(\d+)-\d+(?:-\d+)?\.tmp$")

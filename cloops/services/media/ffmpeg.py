@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ...core.errors import CloopsError, user_message
-from ...core.fileio import temp_path
+from ...core.fileio import staged
 from .layout import FPS, FRAME_H_PX, FRAME_W_PX
 
 # libx264 settings. "superfast" keeps a 20 s body under half its running time on 2 cores
@@ -171,63 +171,73 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
     exe = check_ffmpeg()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(out)
     vchain = FRAME_PARAMS + (f",{video_filter}" if video_filter else "")
-    cmd = [
-        exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-        "-filter_threads", "1", "-filter_complex_threads", "1",
-        "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{FRAME_W_PX}x{FRAME_H_PX}",
-        "-framerate", str(FPS), "-i", "pipe:0",
-        *inputs,
-        "-filter_complex", f"[0:v]{vchain}[v];{audio_filter}",
-        "-map", "[v]", "-map", "[a]",
-        *video_output_args(),
-        "-t", f"{duration_s:.6f}",
-        str(tmp),
-    ]
-    with tempfile.TemporaryFile() as errlog:
-        try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=errlog, bufsize=0)
-        except OSError as exc:
-            raise RenderError(f"cannot start FFmpeg at {exe} ({exc.__class__.__name__}).",
-                              file=str(out),
-                              fix="reinstall imageio-ffmpeg, or correct IMAGEIO_FFMPEG_EXE."
-                              ) from None
-        _widen_pipe(proc.stdin.fileno())
-        ok = False
-        try:
-            broken = _feed(proc, frame_count, make_frame, workers)
-            proc.stdin.close()
-            rc = proc.wait()
-            if rc != 0 or broken:
-                errlog.seek(0)
-                tail = errlog.read().decode("utf-8", "replace").strip().splitlines()[-6:]
-                what = f" from {', '.join(sources)}" if sources else ""
-                raise RenderError(
-                    f"FFmpeg failed to encode the clip{what} (exit {rc}): "
-                    f"{' | '.join(tail) or 'no message'}",
-                    file=str(out),
-                    fix="check that the input files named above are readable audio/images; "
-                        "CLOOPS_DEBUG=1 shows the whole command.")
-            try:
-                os.replace(tmp, out)
-            except OSError as exc:
-                raise RenderError(f"cannot move the finished clip into place ({exc.strerror}).",
-                                  file=str(out), fix="check that the folder is writable and "
-                                  "the target is not a directory.") from None
-            ok = True
-        finally:
-            if not ok:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
-                if os.environ.get("CLOOPS_DEBUG"):
-                    print("ffmpeg command:", " ".join(cmd))
+    encoded = False
+    try:
+        # FFmpeg writes a temp file beside the clip, renamed into place once it succeeded
+        with staged(out) as tmp, tempfile.TemporaryFile() as errlog:
+            cmd = [
+                exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+                "-filter_threads", "1", "-filter_complex_threads", "1",
+                "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{FRAME_W_PX}x{FRAME_H_PX}",
+                "-framerate", str(FPS), "-i", "pipe:0",
+                *inputs,
+                "-filter_complex", f"[0:v]{vchain}[v];{audio_filter}",
+                "-map", "[v]", "-map", "[a]",
+                *video_output_args(),
+                "-t", f"{duration_s:.6f}",
+                str(tmp),
+            ]
+            _run(cmd, errlog, out, frame_count, make_frame, workers, sources)
+            encoded = True
+    except OSError as exc:
+        if not encoded:
+            raise
+        raise RenderError(f"cannot move the finished clip into place ({exc.strerror}).",
+                          file=str(out), fix="check that the folder is writable and the "
+                          "target is not a directory.") from None
+
+
+def _run(cmd: list[str], errlog, out: Path, frame_count: int,
+         make_frame: Callable[[int], Sequence[bytes | memoryview]], workers: int,
+         sources: Sequence[str]) -> None:
+    """Run FFmpeg on ``cmd``, feeding it the frames; on any failure FFmpeg is stopped.
+
+    Raises:
+        RenderError: FFmpeg could not start or failed (its last lines of ``errlog`` quoted).
+    """
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=errlog, bufsize=0)
+    except OSError as exc:
+        raise RenderError(f"cannot start FFmpeg at {cmd[0]} ({exc.__class__.__name__}).",
+                          file=str(out),
+                          fix="reinstall imageio-ffmpeg, or correct IMAGEIO_FFMPEG_EXE."
+                          ) from None
+    _widen_pipe(proc.stdin.fileno())
+    ok = False
+    try:
+        broken = _feed(proc, frame_count, make_frame, workers)
+        proc.stdin.close()
+        rc = proc.wait()
+        if rc != 0 or broken:
+            errlog.seek(0)
+            tail = errlog.read().decode("utf-8", "replace").strip().splitlines()[-6:]
+            what = f" from {', '.join(sources)}" if sources else ""
+            raise RenderError(
+                f"FFmpeg failed to encode the clip{what} (exit {rc}): "
+                f"{' | '.join(tail) or 'no message'}",
+                file=str(out),
+                fix="check that the input files named above are readable audio/images; "
+                    "CLOOPS_DEBUG=1 shows the whole command.")
+        ok = True
+    finally:
+        if not ok:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if os.environ.get("CLOOPS_DEBUG"):
+                print("ffmpeg command:", " ".join(cmd))
 
 
 def _widen_pipe(fd: int) -> None:
