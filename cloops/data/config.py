@@ -220,31 +220,80 @@ class CacheConfig(StrictModel):
     dir: str = "build/.cloops/cache"
 
 
-class AdsConfig(StrictModel):
-    """``ads``: the ad components built from each story (hook lines and clips, a body clip,
-    tags, a manifest) for AdLoops.
+OverlayMode = Literal["baked", "separate", "both"]
+AD_CLIP_TYPES = ("hook", "body", "cta")
 
-    Off by default (``enabled``): rendering costs CPU time (about 1.5 s of CPU per second of
+
+class LoudnessConfig(StrictModel):
+    """``ads.loudness``: the one loudness of every ad component with sound.
+
+    Integrated loudness in LUFS and true peak in dBTP (EBU R128 / ITU-R BS.1770); -14 LUFS
+    and -1 dBTP are what social delivery commonly targets (no official TikTok or Meta figure;
+    BRIEF.md "Loudness").
+    """
+
+    integrated_lufs: float = Field(default=-14.0, ge=-40, le=-5, alias="integratedLufs")
+    true_peak_dbtp: float = Field(default=-1.0, ge=-12, le=0, alias="truePeakDbtp")
+
+
+class AdsConfig(StrictModel):
+    """``ads``: the ad components built from each story (hook lines and clips, a body clip, CTA
+    end cards, the voice and music alone, tags, a manifest) for AdLoops.
+
+    Off by default (``enabled``): rendering costs CPU time (about 0.5 s of CPU per second of
     1080x1920 video on this project's 2-core machine, benchmarks/README.md), so a template
-    opts in. ``hooks`` lines per story, each a ``hookDurationS`` clip; ``overlay``: ``baked``
-    draws the text into the video, ``separate`` writes a clean clip plus the text beside it (a
-    transparent PNG per hook, ``.vtt``/``.srt`` captions for the body). The body lasts
-    ``minS`` to ``maxS`` seconds (default 15-60: TikTok in-feed 5-60 s, Reels and Shorts up to
-    60 s in the feed; BRIEF.md "Vertical ads"); without a voice track its pages are timed at
-    ``readingWpm`` words a minute (160: the BBC subtitle guidelines' comfortable reading rate).
-    ``music``: a file of the template folder looped under the voice at ``musicGainDb`` dB and
-    ducked while the voice speaks (none by default).
+    opts in. ``hooks`` lines per story, each a ``hookDurationS`` clip; ``ctas`` calls to action,
+    each a ``ctaDurationS`` end card (CTA end cards: "a few seconds", BRIEF.md "CTAs").
+    ``overlay``: ``baked`` draws the text into the video, ``separate`` writes a clean clip plus
+    the text beside it (a transparent PNG per hook and CTA, ``.vtt``/``.srt`` captions for the
+    body), ``both`` writes the baked clip and the clean one with its text beside it - one mode
+    for all, or a map per component type (``{"hook": "baked", "body": "separate"}``; a type
+    left out is ``baked``). The body lasts ``minS`` to ``maxS`` seconds (default 15-60:
+    TikTok in-feed 5-60 s, Reels and Shorts up to 60 s in the feed; BRIEF.md "Vertical ads");
+    without a voice track its pages are timed at ``readingWpm`` words a minute (160: the BBC
+    subtitle guidelines' comfortable reading rate). ``music``: a file of the template folder
+    looped under the clips, ``musicDuckDb`` below the voice while it speaks (12: BRIEF.md
+    "Loudness", music under speech ~12 dB lower). ``loudness``: what every component with
+    sound is normalized to.
     """
 
     enabled: bool = False
     hooks: int = Field(default=3, ge=1, le=10)
     hook_duration_s: float = Field(default=3.0, ge=1, le=15, alias="hookDurationS")
-    overlay: Literal["baked", "separate"] = "baked"
+    ctas: int = Field(default=2, ge=1, le=6)
+    cta_duration_s: float = Field(default=3.0, ge=1, le=10, alias="ctaDurationS")
+    overlay: OverlayMode | dict[str, OverlayMode] = "baked"
     min_s: float = Field(default=15.0, ge=1, le=180, alias="minS")
     max_s: float = Field(default=60.0, ge=1, le=180, alias="maxS")
     reading_wpm: float = Field(default=160.0, ge=60, le=400, alias="readingWpm")
     music: str | None = None
-    music_gain_db: float = Field(default=-20.0, ge=-60, le=0, alias="musicGainDb")
+    music_duck_db: float = Field(default=12.0, ge=0, le=40, alias="musicDuckDb")
+    loudness: LoudnessConfig = Field(default_factory=LoudnessConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "musicGainDb" in data:
+            raise ValueError("musicGainDb is no longer used: every component is normalized to "
+                             "ads.loudness and the music sits ads.musicDuckDb (dB) below the "
+                             "voice; remove musicGainDb (set musicDuckDb instead)")
+        return data
+
+    @field_validator("overlay")
+    @classmethod
+    def _overlay_types(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(AD_CLIP_TYPES))
+            if unknown:
+                raise ValueError(f"unknown component type {unknown[0]!r}: the overlay map's "
+                                 f"keys are {', '.join(AD_CLIP_TYPES)}")
+        return value
+
+    def overlay_for(self, kind: str) -> str:
+        """The overlay mode of a component type (``hook``, ``body``, ``cta``)."""
+        if isinstance(self.overlay, dict):
+            return self.overlay.get(kind, "baked")
+        return self.overlay
 
     @model_validator(mode="after")
     def _range(self):

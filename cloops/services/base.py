@@ -271,6 +271,10 @@ class VoiceResult:
         timings: ``[(start_s, end_s), ...]`` of each segment's speech within the track.
         characters: characters billed (ElevenLabs bills per character).
         draft: True when synthesized offline.
+        words: ``((word, start_s, end_s), ...)``: each spoken word of the segments in order
+            (punctuation kept on the word), or empty when the backend gave none.
+        words_estimated: True when the word times are estimated (spread over a sentence's
+            or segment's time by length) rather than aligned by the provider.
     """
 
     mp3: bytes
@@ -278,6 +282,30 @@ class VoiceResult:
     timings: tuple[tuple[float, float], ...]
     characters: int = 0
     draft: bool = False
+    words: tuple[tuple[str, float, float], ...] = ()
+    words_estimated: bool = False
+
+
+def estimate_words(texts: "list[str] | tuple[str, ...]",
+                   spans: "list[tuple[float, float]] | tuple[tuple[float, float], ...]"
+                   ) -> tuple[tuple[str, float, float], ...]:
+    """Word times estimated from the times of the pieces they are in: each piece's words
+    (split on whitespace) share its ``(start_s, end_s)`` in proportion to their length in
+    characters plus one (the gap after a word). Returns ``((word, start_s, end_s), ...)``."""
+    out: list[tuple[str, float, float]] = []
+    for text, (start, end) in zip(texts, spans):
+        words = str(text).split()
+        if not words:
+            continue
+        weights = [len(w) + 1 for w in words]
+        total = float(sum(weights))
+        t = float(start)
+        span = max(0.0, float(end) - float(start))
+        for w, k in zip(words, weights):
+            step = span * k / total
+            out.append((w, round(t, 3), round(t + step * len(w) / k, 3)))
+            t += step
+    return tuple(out)
 
 
 @runtime_checkable

@@ -104,13 +104,16 @@ class ResponseCache:
         self.touch(key)
         return VoiceResult(mp3=mp3, duration_s=meta["duration_s"],
                            timings=tuple(tuple(t) for t in meta["timings"]),
-                           characters=meta.get("characters", 0))
+                           characters=meta.get("characters", 0),
+                           words=tuple((w, s, e) for w, s, e in meta.get("words") or ()),
+                           words_estimated=bool(meta.get("words_estimated", False)))
 
     def put_voice(self, key: str, result: VoiceResult) -> None:
         atomic_write_bytes(self._path(key, ".mp3"), result.mp3)
         atomic_write_text(self._path(key, ".json"), canonical_json(
             {"duration_s": result.duration_s, "timings": [list(t) for t in result.timings],
-             "characters": result.characters}))
+             "characters": result.characters, "words": [list(w) for w in result.words],
+             "words_estimated": result.words_estimated}))
 
     def touch(self, key: str) -> None:
         """Mark an entry used now (a hit), so pruning by age keeps what is still in use."""

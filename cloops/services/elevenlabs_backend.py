@@ -230,6 +230,31 @@ def timings_from_alignment(text: str, spans: Sequence[tuple[int, int]],
     return tuple(out)
 
 
+def words_from_alignment(text: str, starts: Sequence[float], ends: Sequence[float],
+                         duration_s: float) -> tuple[tuple[str, float, float], ...]:
+    """Each word of ``text`` (a run of non-space characters) with the start of its first
+    character and the end of its last, from ElevenLabs' character alignment
+    (``character_start_times_seconds`` / ``character_end_times_seconds``; indices mapped
+    proportionally when the counts differ from ``len(text)``), clamped to ``[0, duration_s]``
+    and in order. Returns ``((word, start_s, end_s), ...)``."""
+    import re as _re
+    n = min(len(starts), len(ends))
+    if n == 0:
+        return ()
+
+    def index(i: int) -> int:
+        return i if n == len(text) else min(n - 1, i * n // max(1, len(text)))
+
+    out: list[tuple[str, float, float]] = []
+    prev = 0.0
+    for m in _re.finditer(r"\S+", text):
+        s = min(max(float(starts[index(m.start())]), prev, 0.0), duration_s)
+        e = min(max(float(ends[index(m.end() - 1)]), s), duration_s)
+        out.append((m.group(0), round(s, 3), round(e, 3)))
+        prev = s
+    return tuple(out)
+
+
 def mp3_duration_s(mp3: bytes) -> float | None:
     """Length of an MP3 in seconds from its frames (``mutagen``), or None when unreadable."""
     try:
@@ -382,6 +407,7 @@ class ElevenLabsBackend:
             if not ends:
                 raise self._malformed("the audio is not a readable MP3 and there is no alignment")
             duration = float(max(ends))
+        aligned = bool(starts and ends)
         if not starts or not ends:  # no alignment: split by character count
             total = max(1, sum(b - a for a, b in spans))
             acc = 0
@@ -393,7 +419,8 @@ class ElevenLabsBackend:
                 ends.append(duration * acc / total)
         timings = timings_from_alignment(text, spans, starts, ends, duration)
         return VoiceResult(mp3=mp3, duration_s=duration, timings=timings, characters=len(text),
-                           draft=False)
+                           draft=False, words=words_from_alignment(text, starts, ends, duration),
+                           words_estimated=not aligned)
 
 
 def create_backend(section: Any, env: Mapping[str, str]) -> ElevenLabsBackend:

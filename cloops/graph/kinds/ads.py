@@ -1,26 +1,36 @@
-"""The ad component kinds: hook lines and tags (LLM), hook and body clips (rendered), and the
-manifest AdLoops takes them in by.
+"""The ad component kinds: the lines (LLM), their spoken takes (voice), the clips (rendered).
+The manifest AdLoops takes them in by is :mod:`.ad_manifest`.
 
 Layer: **graph**. The render kinds call no service and pay nothing: they call
 :mod:`cloops.services.media` directly (1080x1920, H.264 + AAC, 30 fps, ``+faststart``,
-deterministic). Every kind here is switched on by ``ads.enabled``
-(:class:`~cloops.graph.kinds.optin.OptIn`) and depends on exactly what it uses:
+deterministic, every component with sound at ``ads.loudness``). Every kind here is switched on
+by ``ads.enabled`` (:class:`~cloops.graph.kinds.optin.OptIn`) and depends on exactly what it
+uses:
 
-- ``ad-copy``      an ``llm`` step of the ads (hook lines, tags);
-- ``hook-clip``    one hook line (its text and the page and panel it opens on: an
-                   ``item(select=hook_shot)``), that page's image (or the cover for page 0),
-                   ``ads.hookDurationS`` and ``ads.overlay``;
-- ``body-clip``    every page image and the narration: the voice track's ``voice.json``
-                   (per-page times and the words spoken) and ``voice.mp3`` when the template
-                   has one, else the pages' narration at ``ads.readingWpm``; ``ads.minS``,
-                   ``ads.maxS``, ``ads.overlay``, ``ads.music`` (the file's bytes too) and
-                   ``ads.musicGainDb``;
-- ``ad-manifest``  every component file, the hook lines, the tags, ``ads.overlay`` and the
-                   manifest's JSON schema (a template file), against which it is validated.
+- ``ad-copy``    an ``llm`` step of the ads (hook lines, CTA lines, tags);
+- ``ad-voice``   a ``voice`` step of the ads: one hook or CTA line spoken (the kids template);
+- ``hook-clip``  one hook line (its text and the page and panel it opens on: an
+                 ``item(select=hook_shot)``), that page's image (or the cover for page 0), its
+                 spoken take when the template has a voice, ``ads.hookDurationS``;
+- ``cta-clip``   one CTA line and its type, the cover, the title, its spoken take,
+                 ``ads.ctaDurationS``;
+- ``body-clip``  every page image and the narration: the voice track's ``voice.json`` (per-page
+                 times, the words spoken) and ``voice.mp3`` when the template has one, else the
+                 pages' narration at ``ads.readingWpm``; ``ads.minS``, ``ads.maxS``. It also
+                 writes the voice alone (``ads/voice.m4a``), the music bed alone
+                 (``ads/music.m4a``) and the body's words with their times
+                 (``ads/body.words.json``).
 
-With ``ads.overlay: separate`` a hook clip also writes ``<clip>-overlay.png`` and the body
-``<clip>.vtt`` and ``<clip>.srt``; switching back to ``baked`` removes them (a hand-edited one
-is kept in history first).
+Every clip kind also depends on its own overlay mode (``ads.overlay``, one mode or a map per
+component type: changing the body's mode re-renders no hook), ``ads.loudness.*``, ``ads.music``
+(and the file's bytes) and ``ads.musicDuckDb``; and writes a poster (``ads/<clip>.jpg``). Its
+render records what it was made from and what it measured (``source`` of the target:
+``{"artifacts": {path: sha256}, "facts": {...}}``), which the manifest reads back.
+
+Overlay modes: ``baked`` (the text in the clip), ``separate`` (the clip clean, the text beside
+it: ``<clip>-overlay.png`` for a hook or a CTA, ``<clip>.vtt``/``.srt`` for the body), ``both``
+(the baked clip, ``<clip>-clean.mp4`` and the text beside it). Switching modes removes the
+other mode's files (a hand-edited one is kept in history first).
 
 Renders run at most ``os.cpu_count()`` at a time in a process: composing frames holds the GIL
 and each encode uses two FFmpeg threads, so more would only share the same cores.
@@ -29,23 +39,25 @@ and each encode uses two FFmpeg threads, so more would only share the same cores
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 from ...core.errors import InputError
 from ...core.fileio import sha256_file, sha256_json
 
 if TYPE_CHECKING:
     from ...services.media import BodyPage
-from ..steps import DepContext, Step, StepRun, expand, placeholder_of, step_kind
+from ..steps import DepContext, Step, StepRun, expand, placeholder_of, short_value, step_kind
 from ..targets import remove_target
 from .llm import LLMStep
 from .optin import OptIn
+from .voice import VoiceStep
 
 
 def _media():
@@ -55,25 +67,43 @@ def _media():
     from ...services import media
     return media
 
+
 ADS_SWITCH = "ads.enabled"
-MANIFEST_FORMAT = 1
 MADE_BY = "rendered"
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 _RENDER_SLOTS = threading.BoundedSemaphore(max(1, _CORES or 1))
+SPEECH_TAIL_S = 0.35  # a spoken line's clip lasts at least this long after its last word
+LOUDNESS_PATHS = ["ads.loudness.integratedLufs", "ads.loudness.truePeakDbtp"]
 
 
 def hook_shot(entry: dict) -> dict:
     """What a hook clip reads of its line's entry in ``ads/hooks.json``: the line and where it
-    opens (``page``: 1.., or 0 for the cover; ``panel``: 1..), not its angle — editing the
+    opens (``page``: 1.., or 0 for the cover; ``panel``: 1..), not its angle - editing the
     angle renders nothing."""
     return {"line": entry.get("line", ""), "page": entry.get("page"),
             "panel": entry.get("panel")}
 
 
+def cta_card(entry: dict) -> dict:
+    """What a CTA end card reads of its entry in ``ads/ctas.json``: the line and its platform
+    CTA type."""
+    return {"line": entry.get("line", ""), "type": entry.get("type")}
+
+
 def overlay_rel(clip_rel: str) -> str:
-    """The transparent overlay PNG beside a hook clip: ``ads/hook-1.mp4`` ->
+    """The transparent overlay PNG beside a clip: ``ads/hook-1.mp4`` ->
     ``ads/hook-1-overlay.png``."""
     return clip_rel.removesuffix(".mp4") + "-overlay.png"
+
+
+def clean_rel(clip_rel: str) -> str:
+    """The clean clip beside a baked one (mode ``both``): ``ads/hook-1-clean.mp4``."""
+    return clip_rel.removesuffix(".mp4") + "-clean.mp4"
+
+
+def poster_rel(clip_rel: str) -> str:
+    """A clip's poster: ``ads/hook-1.mp4`` -> ``ads/hook-1.jpg``."""
+    return clip_rel.removesuffix(".mp4") + ".jpg"
 
 
 def caption_rels(clip_rel: str) -> tuple[str, str]:
@@ -82,9 +112,13 @@ def caption_rels(clip_rel: str) -> tuple[str, str]:
     return f"{stem}.vtt", f"{stem}.srt"
 
 
-def separate(tpl) -> bool:
-    """True when ``ads.overlay`` is ``separate`` (text beside the clips, not in them)."""
-    return tpl.config.engine.ads.overlay == "separate"
+def words_rel(clip_rel: str) -> str:
+    """The body's word timings: ``ads/body.mp4`` -> ``ads/body.words.json``."""
+    return clip_rel.removesuffix(".mp4") + ".words.json"
+
+
+VOICE_COMPONENT = "ads/voice.m4a"
+MUSIC_COMPONENT = "ads/music.m4a"
 
 
 @contextmanager
@@ -95,7 +129,7 @@ def rendering() -> Iterator[Path]:
 
 
 def _drop(job: StepRun, rels: list[str]) -> None:
-    """Remove targets of the other overlay mode (a hand-edited one is kept in history)."""
+    """Remove targets of another overlay mode (a hand-edited one is kept in history)."""
     for rel in rels:
         if (job.story_dir / rel).exists():
             remove_target(job.story_dir, rel)
@@ -119,16 +153,207 @@ def _declared(step: Step, tpl, names: list[str | None]) -> None:
                          fix="declare it in inputs=, or name another input.")
 
 
-# ---------------------------------------------------------------- LLM steps of the ads
+def source_record(raw: str | None) -> tuple[dict, dict]:
+    """``(artifacts, facts)`` of a render's recorded ``source`` (a clip made before facts were
+    recorded: its artifacts, no facts)."""
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}, {}
+    if isinstance(data, dict) and isinstance(data.get("artifacts"), dict):
+        return data["artifacts"], data.get("facts") or {}
+    return (data if isinstance(data, dict) else {}), {}
+
+
+# ---------------------------------------------------------------- lines: LLM and voice
 
 
 @step_kind("ad-copy")
 @dataclass(frozen=True)
 class AdCopyStep(OptIn, LLMStep):
-    """An ``llm`` step of the ad components (hook lines, tags), made only while
+    """An ``llm`` step of the ad components (hook lines, CTA lines, tags), made only while
     ``ads.enabled`` is true."""
 
     enabled: str = ADS_SWITCH
+
+
+@step_kind("ad-voice")
+@dataclass(frozen=True)
+class AdVoiceStep(OptIn, VoiceStep):
+    """A ``voice`` step of the ad components: one hook or CTA line spoken by the template's
+    voice (``voice.*``), its timings and words beside it (``also[0]``). Made only while
+    ``ads.enabled`` is true; one voice call per line, cached like every call."""
+
+    enabled: str = ADS_SWITCH
+
+
+# ---------------------------------------------------------------- the clips: what they share
+
+
+@dataclass(frozen=True)
+class AdClip(OptIn, Step):
+    """The base of the clip kinds: overlay mode, loudness, music, poster and facts.
+
+    Attributes:
+        voice: the input holding the spoken take (an MP3 file), or None: no voice.
+        timings: the input holding its timings (``{"segments": [{"startS", "endS"}], "words"}``),
+            with ``voice``.
+
+    Class attributes:
+        clip_type: the component type (``hook``, ``body``, ``cta``): picks its overlay mode.
+        text_beside: what ``separate``/``both`` write beside the clip (``"png"`` or
+            ``"captions"``).
+    """
+
+    clip_type: ClassVar[str] = ""
+    text_beside: ClassVar[str] = "png"
+
+    enabled: str = ADS_SWITCH
+    voice: str | None = None
+    timings: str | None = None
+
+    def mode(self, tpl) -> str:
+        """This clip type's overlay mode (``ads.overlay``)."""
+        return tpl.config.engine.ads.overlay_for(self.clip_type)
+
+    def config_paths(self, tpl) -> list[str]:
+        if not self.is_enabled(tpl):
+            return super().config_paths(tpl)
+        ads = tpl.config.engine.ads
+        own = LOUDNESS_PATHS + ["ads.music"]
+        own += ["ads.musicDuckDb"] if ads.music and self.voice else []
+        return _plus(super().config_paths(tpl), own + self.own_config(tpl))
+
+    def own_config(self, tpl) -> list[str]:
+        """The kind's own config paths (durations, pace)."""
+        return []
+
+    def dependency_values(self, deps: DepContext) -> dict[str, str]:
+        values = super().dependency_values(deps)
+        tpl = deps.template
+        if not self.is_enabled(tpl):
+            return values
+        values[f"ads.overlay ({self.clip_type})"] = short_value(self.mode(tpl))
+        music = tpl.config.engine.ads.music
+        if music:
+            path = tpl.template_file(music)
+            values["ads music file"] = (sha256_file(path) or "missing")[:16] if path \
+                else "missing"
+        return values
+
+    def task_files(self, deps: DepContext) -> tuple[list[str], list[str]]:
+        files, targets = super().task_files(deps)
+        clip = targets[0]
+        targets.append(poster_rel(clip))
+        mode = self.mode(deps.template)
+        if mode == "both":
+            targets.append(clean_rel(clip))
+        if mode != "baked":
+            targets += [overlay_rel(clip)] if self.text_beside == "png" else list(caption_rels(clip))
+        return files, targets
+
+    def other_mode_files(self, clip: str, mode: str) -> list[str]:
+        """The files another overlay mode would have made beside ``clip``."""
+        beside = [overlay_rel(clip)] if self.text_beside == "png" else list(caption_rels(clip))
+        return (beside if mode == "baked" else []) + ([] if mode == "both" else [clean_rel(clip)])
+
+    def check(self, tpl) -> None:
+        _declared(self, tpl, [self.voice, self.timings])
+
+    def music(self, job: StepRun) -> Path | None:
+        """The music file, or None.
+
+        Raises:
+            InputError: ``ads.music`` names a file the template folder does not have.
+        """
+        tpl = job.template
+        name = tpl.config.engine.ads.music
+        if not name:
+            return None
+        path = tpl.template_file(name)
+        if path is None:
+            raise InputError(f"names the music file {name!r}, which the template folder does "
+                             "not have.", file=tpl.config.source_of("ads.music"),
+                             field="ads.music", fix=f"put the file at {tpl.dir / name}, or set "
+                                                    "ads.music to null.")
+        return Path(path)
+
+    def spoken(self, job: StepRun) -> tuple[str | None, dict]:
+        """The spoken take's file and timings, or ``(None, {})``."""
+        if not self.voice or not job.inputs.get(self.voice):
+            return None, {}
+        return job.inputs[self.voice], (job.inputs.get(self.timings) or {}) if self.timings \
+            else {}
+
+    def line_soundtrack(self, job: StepRun, duration_s: float, speech_at_s: float
+                        ) -> tuple[Any, float, dict]:
+        """The soundtrack of a clip with a spoken line placed so its first word comes at
+        ``speech_at_s`` (or the music alone, or silence), the clip's duration (longer than
+        ``duration_s`` when the line needs it; noted), and what it was made from."""
+        media = _media()
+        cfg = job.template.config.engine.ads
+        music = self.music(job)
+        voice, timings = self.spoken(job)
+        made: dict[str, str] = {}
+        if music is not None:
+            made[f"template:{cfg.music}"] = sha256_file(music)
+        if voice is None:
+            return (media.Soundtrack(music=str(music) if music else None,
+                                     target_lufs=cfg.loudness.integrated_lufs,
+                                     true_peak_dbtp=cfg.loudness.true_peak_dbtp),
+                    duration_s, made)
+        rel = str(Path(voice).relative_to(job.story_dir))
+        made[rel] = sha256_file(voice)
+        segments = timings.get("segments") or [{"startS": 0.0,
+                                                "endS": timings.get("durationS", 0.0)}]
+        first = float(segments[0].get("startS") or 0.0)
+        last = float(segments[-1].get("endS") or first)
+        offset = speech_at_s - first
+        needed = offset + last + SPEECH_TAIL_S
+        if needed > duration_s:
+            longer = math.ceil(needed * 30) / 30
+            job.note(f"the spoken line takes {last - first:.2f} s: {job.rel} runs "
+                     f"{longer:.2f} s instead of {duration_s:g} s")
+            duration_s = longer
+        speech = tuple((float(s.get("startS", 0)) + offset, float(s.get("endS", 0)) + offset)
+                       for s in segments)
+        return (media.Soundtrack(voice=str(voice), voice_offset_s=offset, speech=speech,
+                                 music=str(music) if music else None,
+                                 duck_db=cfg.music_duck_db,
+                                 target_lufs=cfg.loudness.integrated_lufs,
+                                 true_peak_dbtp=cfg.loudness.true_peak_dbtp),
+                duration_s, made)
+
+    def deliver(self, job: StepRun, tmp: Path, clip: Any, made: dict, facts: dict) -> None:
+        """Write a rendered clip's files from ``tmp`` (clip, poster, clean clip, overlay) and
+        record what it was made from and what it measured; remove the other modes' files."""
+        mode = clip.overlay
+        rel = job.rel
+        boxes = [b.as_json() for b in clip.text_boxes]
+        facts = {"mode": mode, "audio": clip.audio,
+                 "loudness": clip.loudness.as_json() if clip.loudness else None,
+                 "speechStartS": None if clip.speech_start_s is None
+                 else round(clip.speech_start_s, 3),
+                 "textStartS": min((b["startS"] for b in boxes), default=None),
+                 "textBoxes": boxes, "durationS": round(clip.duration_s, 3), **facts}
+        source = json.dumps({"artifacts": made, "facts": facts}, sort_keys=True)
+        job.write(rel, clip.path.read_bytes(), made_by=MADE_BY, offline=False, source=source)
+        job.write(poster_rel(rel), clip.poster_path.read_bytes(), made_by=MADE_BY, offline=False)
+        if clip.clean_path is not None:
+            job.write(clean_rel(rel), clip.clean_path.read_bytes(), made_by=MADE_BY,
+                      offline=False)
+        if clip.overlay_path is not None:
+            job.write(overlay_rel(rel), clip.overlay_path.read_bytes(), made_by=MADE_BY,
+                      offline=False)
+        for note in clip.notes:
+            job.note(note)
+        _drop(job, self.other_mode_files(rel, mode))
+
+    def outputs(self, tmp: Path, stem: str) -> dict[str, Path]:
+        """Scratch paths of a render's files."""
+        return {"out_path": tmp / f"{stem}.mp4", "poster_path": tmp / f"{stem}.jpg",
+                "clean_path": tmp / f"{stem}-clean.mp4",
+                "overlay_path": tmp / f"{stem}-overlay.png"}
 
 
 # ---------------------------------------------------------------- hook clips
@@ -136,9 +361,10 @@ class AdCopyStep(OptIn, LLMStep):
 
 @step_kind("hook-clip")
 @dataclass(frozen=True)
-class HookClipStep(OptIn, Step):
+class HookClipStep(AdClip):
     """One hook clip per hook line: the panel the line opens on, pushed in slowly, with the
-    line over it in the platforms' safe area.
+    line over it in the platforms' safe area; spoken from 0.25 s when the template has a
+    voice (``voice``/``timings``), else the music bed (``ads.music``) or silence.
 
     Attributes:
         hook: the input holding the line's :func:`hook_shot` (``item(select=hook_shot)``).
@@ -146,14 +372,14 @@ class HookClipStep(OptIn, Step):
         cover: the image a line with ``page`` 0 opens on.
     """
 
-    enabled: str = ADS_SWITCH
+    clip_type: ClassVar[str] = "hook"
+
     hook: str = "hook"
     page_image: str = "images/{n}.jpg"
     cover: str = "thumbnail.jpg"
 
-    def config_paths(self, tpl) -> list[str]:
-        own = ["ads.hookDurationS", "ads.overlay"] if self.is_enabled(tpl) else []
-        return _plus(super().config_paths(tpl), own)
+    def own_config(self, tpl) -> list[str]:
+        return ["ads.hookDurationS"]
 
     def reads(self) -> list[str]:
         return super().reads() + [self.page_image, self.cover]
@@ -177,8 +403,6 @@ class HookClipStep(OptIn, Step):
         image = self.image_of(inputs.get(self.hook), deps.keys(placeholder_of(self.page_image)))
         if image is not None:
             files.append(image)
-        if separate(deps.template):
-            targets.append(overlay_rel(targets[0]))
         return files, targets
 
     def check(self, tpl) -> None:
@@ -187,9 +411,10 @@ class HookClipStep(OptIn, Step):
                              "per hook line.", file=str(tpl.dir / "workflow.py"),
                              fix='add foreach=ForEach("ads/hooks.json", "hooks", by="id", '
                                  'name="k").')
-        _declared(self, tpl, [self.hook])
+        _declared(self, tpl, [self.hook, self.voice, self.timings])
 
     def execute(self, job: StepRun) -> None:
+        media = _media()
         cfg = job.template.config.engine.ads
         shot = job.inputs[self.hook] or {}
         k = job.ctx.n
@@ -210,19 +435,15 @@ class HookClipStep(OptIn, Step):
                 crop = tuple(panels[panel - 1])
             else:
                 job.note(f"panel {panel} of {image} was not found: hook {k} shows the whole page")
-        made = {f"{source}#{k}": sha256_json(shot)[:16], image: sha256_file(path)}
-        png_rel = overlay_rel(job.rel)
+        track, duration, made = self.line_soundtrack(job, cfg.hook_duration_s,
+                                                     media.clips.HOOK_SPEECH_AT_S)
+        made.update({f"{source}#{k}": sha256_json(shot)[:16], image: sha256_file(path)})
         with rendering() as tmp:
-            png = tmp / "overlay.png"
-            _media().render_hook_clip(path, tmp / "hook.mp4", line=str(shot.get("line") or ""),
-                             duration_s=cfg.hook_duration_s, crop_box=crop, overlay=cfg.overlay,
-                             overlay_path=png if cfg.overlay == "separate" else None)
-            job.write(job.rel, (tmp / "hook.mp4").read_bytes(), made_by=MADE_BY, offline=False,
-                      source=json.dumps(made, sort_keys=True))
-            if cfg.overlay == "separate":
-                job.write(png_rel, png.read_bytes(), made_by=MADE_BY, offline=False)
-        if cfg.overlay != "separate":
-            _drop(job, [png_rel])
+            clip = media.render_hook_clip(path, line=str(shot.get("line") or ""),
+                                          duration_s=duration, crop_box=crop,
+                                          overlay=self.mode(job.template), soundtrack=track,
+                                          **self.outputs(tmp, "hook"))
+            self.deliver(job, tmp, clip, made, {})
 
 
 def page_panels(path: Path, count: int | None = None) -> list | None:
@@ -238,13 +459,68 @@ def page_panels(path: Path, count: int | None = None) -> list | None:
     return found
 
 
+# ---------------------------------------------------------------- CTA end cards
+
+
+@step_kind("cta-clip")
+@dataclass(frozen=True)
+class CtaClipStep(AdClip):
+    """One CTA end card per CTA line: the story's cover with its title and the line inside the
+    safe box, nothing drawn in the bottom 35 % (where the platform draws its own button);
+    spoken when the template has a voice.
+
+    Attributes:
+        cta: the input holding the line's :func:`cta_card` (``item(select=cta_card)``).
+        cover: the input holding the cover image (``file("thumbnail.jpg")``).
+        title: the input holding the story's title (``story("title")``).
+    """
+
+    clip_type: ClassVar[str] = "cta"
+
+    cta: str = "cta"
+    cover: str = "cover"
+    title: str = "title"
+
+    def own_config(self, tpl) -> list[str]:
+        return ["ads.ctaDurationS"]
+
+    def check(self, tpl) -> None:
+        if self.foreach is None:
+            raise InputError(f"cta-clip step {self.name!r} has no foreach: it makes one card "
+                             "per CTA line.", file=str(tpl.dir / "workflow.py"),
+                             fix='add foreach=ForEach("ads/ctas.json", "ctas", by="id", '
+                                 'name="c").')
+        _declared(self, tpl, [self.cta, self.cover, self.title, self.voice, self.timings])
+
+    def execute(self, job: StepRun) -> None:
+        media = _media()
+        cfg = job.template.config.engine.ads
+        card = job.inputs[self.cta] or {}
+        cover = Path(job.inputs[self.cover])
+        title = str(job.inputs[self.title] or "")
+        track, duration, made = self.line_soundtrack(job, cfg.cta_duration_s,
+                                                     media.clips.CTA_SPEECH_AT_S)
+        made.update({f"{self.foreach.source}#{job.ctx.n}": sha256_json(card)[:16],
+                     str(cover.relative_to(job.story_dir)): sha256_file(cover),
+                     "title": sha256_json(title)[:16]})
+        with rendering() as tmp:
+            clip = media.render_cta_clip(cover, title=title, line=str(card.get("line") or ""),
+                                         duration_s=duration, overlay=self.mode(job.template),
+                                         soundtrack=track, **self.outputs(tmp, "cta"))
+            self.deliver(job, tmp, clip, made, {"ctaType": card.get("type"),
+                                                "ctaText": card.get("line")})
+
+
 # ---------------------------------------------------------------- the body clip
 
 
 @step_kind("body-clip")
 @dataclass(frozen=True)
-class BodyClipStep(OptIn, Step):
-    """The body clip: the pages panel by panel, with the narration as captions.
+class BodyClipStep(AdClip):
+    """The body clip: the pages panel by panel, with the narration as captions - and beside
+    it the audio components (the voice alone ``ads/voice.m4a``, the bed alone
+    ``ads/music.m4a``, timed as in the body) and the words spoken with their times
+    (``ads/body.words.json``).
 
     Attributes:
         images: the input holding the page images (``each("images/{n}.jpg")``).
@@ -254,37 +530,36 @@ class BodyClipStep(OptIn, Step):
         narration: the input holding the pages' narration, a list of texts in page order,
             timed at ``ads.readingWpm`` (used without ``timings``).
         timings: the input holding the voice track's timings (``voice.json``:
-            ``{"segments": [{"startS", "endS", "text"}]}``, one per page): the pages follow
-            the voice and the captions are the words spoken. None: reading pace.
+            ``{"segments": [{"startS", "endS", "text"}], "words": [...]}``, one segment per
+            page): the pages follow the voice and the captions are the words spoken. None:
+            reading pace.
         audio: the input holding the voice track (``voice.mp3``), mixed in; or None.
     """
 
-    enabled: str = ADS_SWITCH
+    clip_type: ClassVar[str] = "body"
+    text_beside: ClassVar[str] = "captions"
+
     images: str = "images"
     counts: str | None = None
     narration: str = "narration"
-    timings: str | None = None
     audio: str | None = None
 
-    def config_paths(self, tpl) -> list[str]:
-        own = ["ads.minS", "ads.maxS", "ads.overlay", "ads.music"]
-        own += [] if self.timings else ["ads.readingWpm"]
-        own += ["ads.musicGainDb"] if tpl.config.engine.ads.music else []
-        return _plus(super().config_paths(tpl), own if self.is_enabled(tpl) else [])
+    def own_config(self, tpl) -> list[str]:
+        return ["ads.minS", "ads.maxS"] + ([] if self.timings else ["ads.readingWpm"])
 
-    def dependency_values(self, deps: DepContext) -> dict[str, str]:
-        values = super().dependency_values(deps)
-        music = deps.template.config.engine.ads.music
-        if music and self.is_enabled(deps.template):
-            path = deps.template.template_file(music)
-            values["ads music file"] = (sha256_file(path) or "missing")[:16] if path \
-                else "missing"
-        return values
+    def config_paths(self, tpl) -> list[str]:
+        paths = super().config_paths(tpl)
+        if self.is_enabled(tpl) and tpl.config.engine.ads.music and self.audio:
+            paths = _plus(paths, ["ads.musicDuckDb"])
+        return paths
 
     def task_files(self, deps: DepContext) -> tuple[list[str], list[str]]:
         files, targets = super().task_files(deps)
-        if separate(deps.template):
-            targets += caption_rels(targets[0])
+        clip = targets[0]
+        if self.audio:
+            targets += [words_rel(clip), VOICE_COMPONENT]
+        if deps.template.config.engine.ads.music:
+            targets.append(MUSIC_COMPONENT)
         return files, targets
 
     def check(self, tpl) -> None:
@@ -315,204 +590,75 @@ class BodyClipStep(OptIn, Step):
         return [_media().BodyPage(img, s.get("text", ""), s.get("startS"), s.get("endS"), panels=p)
                 for img, s, p in zip(images, segments, panels)]
 
+    def words(self, job: StepRun) -> tuple[list[dict], bool]:
+        """The words the voice speaks with their times (``voice.json``'s, else estimated from
+        its segments) and whether they are estimated."""
+        from ...services.base import estimate_words
+        timings = job.inputs[self.timings] or {} if self.timings else {}
+        if timings.get("words"):
+            return list(timings["words"]), bool(timings.get("wordsEstimated", False))
+        segments = timings.get("segments") or []
+        est = estimate_words([s.get("text", "") for s in segments],
+                             [(s.get("startS", 0.0), s.get("endS", 0.0)) for s in segments])
+        return [{"word": w, "startS": a, "endS": b} for w, a, b in est], True
+
     def execute(self, job: StepRun) -> None:
+        media = _media()
         tpl = job.template
         cfg = tpl.config.engine.ads
         pages = self.pages(job)
-        music = None
-        if cfg.music:
-            music = tpl.template_file(cfg.music)
-            if music is None:
-                raise InputError(f"names the music file {cfg.music!r}, which the template "
-                                 "folder does not have.", file=tpl.config.source_of("ads.music"),
-                                 field="ads.music",
-                                 fix=f"put the file at {tpl.dir / cfg.music}, or set "
-                                     "ads.music to null.")
+        music = self.music(job)
         voice = job.inputs[self.audio] if self.audio else None
         made = {str(p.image_path.relative_to(job.story_dir)): sha256_file(p.image_path)
                 for p in pages}
+        words, estimated = ([], False)
         if self.timings is not None:  # the captions are the words the voice speaks
             rel = self.inputs[self.timings].path
             made[rel] = sha256_file(job.story_dir / rel)
+            words, estimated = self.words(job)
         else:
             made["narration"] = sha256_json(job.inputs[self.narration])[:16]
         if voice:
             made[self.inputs[self.audio].path] = sha256_file(voice)
         if music:
             made[f"template:{cfg.music}"] = sha256_file(music)
-        vtt_rel, srt_rel = caption_rels(job.rel)
+        speech = [(float(w["startS"]), float(w["endS"])) for w in words] or None
         with rendering() as tmp:
-            out = tmp / "body.mp4"
-            _media().render_body_clip(pages, out, voice_mp3=voice, music_path=music,
-                             music_gain_db=cfg.music_gain_db, overlay=cfg.overlay,
-                             min_s=cfg.min_s, max_s=cfg.max_s, reading_wpm=cfg.reading_wpm)
-            job.write(job.rel, out.read_bytes(), made_by=MADE_BY, offline=False,
-                      source=json.dumps(made, sort_keys=True))
-            if cfg.overlay == "separate":
-                job.write(vtt_rel, (tmp / "body.vtt").read_bytes(), made_by=MADE_BY,
-                          offline=False)
-                job.write(srt_rel, (tmp / "body.srt").read_bytes(), made_by=MADE_BY,
-                          offline=False)
-        if cfg.overlay != "separate":
-            _drop(job, [vtt_rel, srt_rel])
-
-
-# ---------------------------------------------------------------- the manifest
-
-
-@step_kind("ad-manifest")
-@dataclass(frozen=True)
-class AdManifestStep(OptIn, Step):
-    """``ads/manifest.json``: one record per component (hook, overlay, body, voice), validated
-    against the template's schema.
-
-    Attributes:
-        schema: the manifest's JSON schema, a file under the template's ``schemas/``.
-        hooks, tags, clips, body: the inputs holding ``ads/hooks.json`` (parsed), the tags
-            (parsed), the hook clips (``each("ads/hook-{k}.mp4")``) and the body clip.
-        voice, script: the inputs holding the voice track and the script it speaks (or None:
-            no voice component).
-        timings: the input holding ``voice.json`` (its ``durationS``).
-        title: the input holding the story's title (``story("title")``).
-    """
-
-    enabled: str = ADS_SWITCH
-    schema: str = "ad-manifest.json"
-    hooks: str = "hooks"
-    tags: str = "tags"
-    clips: str = "clips"
-    body: str = "body"
-    voice: str | None = None
-    timings: str | None = None
-    script: str | None = None
-    title: str = "title"
-
-    def template_files(self, tpl) -> list[str]:
-        files = super().template_files(tpl)
-        return files + [f"schemas/{self.schema}"] if self.is_enabled(tpl) else files
-
-    def config_paths(self, tpl) -> list[str]:
-        return _plus(super().config_paths(tpl), ["ads.overlay"] if self.is_enabled(tpl) else [])
-
-    def clip_pattern(self) -> str:
-        """The hook clips' pattern (``ads/hook-{k}.mp4``)."""
-        return self.inputs[self.clips].pattern
-
-    def task_files(self, deps: DepContext) -> tuple[list[str], list[str]]:
-        files, targets = super().task_files(deps)
-        if separate(deps.template):
-            pattern = self.clip_pattern()
-            files += [overlay_rel(expand(pattern, k)) for k in deps.keys(placeholder_of(pattern))]
-            files += caption_rels(self.inputs[self.body].path)
-        return files, targets
-
-    def check(self, tpl) -> None:
-        _declared(self, tpl, [self.hooks, self.tags, self.clips, self.body, self.voice,
-                              self.timings, self.script, self.title])
-        if self.is_enabled(tpl):
-            _schema(tpl, self.schema)
-
-    def execute(self, job: StepRun) -> None:
-        tpl, sdir = job.template, job.story_dir
-        cfg = tpl.config.engine.ads
-        sep = cfg.overlay == "separate"
-        tags = job.inputs[self.tags] or {}
-        origin = {"template": tpl.name, "story": job.ctx.story_id}
-        components: list[dict[str, Any]] = []
-        pattern = self.clip_pattern()
-        for entry in (job.inputs[self.hooks] or {}).get("hooks", []):
-            rel = expand(pattern, entry["id"])
-            cid = Path(rel).stem
-            angle = entry.get("angle")
-            record = {"id": cid, "type": "hook", **_clip_facts(sdir, rel),
-                      "overlayBaked": not sep, "overlayFile": overlay_rel(rel) if sep else None,
-                      "captions": None, "hookText": entry.get("line"), "hookAngle": angle,
-                      "opensOn": {"page": entry.get("page"), "panel": entry.get("panel")},
-                      "tags": {**tags, "hookAngle": angle},
-                      "source": _source(job, origin, rel)}
-            components.append(record)
-            if sep:
-                png = overlay_rel(rel)
-                components.append({
-                    "id": f"{cid}-overlay", "type": "overlay", "file": png,
-                    "sha256": sha256_file(sdir / png), "durationS": None, "width": 1080,
-                    "height": 1920, "fps": None, "codecs": ["png"], "overlayBaked": False,
-                    "overlayFile": None, "captions": None, "hookText": entry.get("line"),
-                    "hookAngle": angle, "opensOn": None, "for": cid, "tags": record["tags"],
-                    "source": {**record["source"], "artifacts": {rel: record["sha256"]}}})
-        body_rel = self.inputs[self.body].path
-        vtt, srt = caption_rels(body_rel)
-        components.append({
-            "id": "body", "type": "body", **_clip_facts(sdir, body_rel), "overlayBaked": not sep,
-            "overlayFile": None, "captions": {"vtt": vtt, "srt": srt} if sep else None,
-            "hookText": None, "hookAngle": None, "opensOn": None, "tags": tags,
-            "source": _source(job, origin, body_rel)})
-        if self.voice:
-            voice_rel = self.inputs[self.voice].path
-            timings = job.inputs[self.timings] if self.timings else {}
-            made = {}
-            if self.script:
-                script_rel = self.inputs[self.script].path
-                made[script_rel] = sha256_file(sdir / script_rel)
-            components.append({
-                "id": "voice", "type": "voice", "file": voice_rel,
-                "sha256": sha256_file(sdir / voice_rel),
-                "durationS": (timings or {}).get("durationS"), "width": None, "height": None,
-                "fps": None, "codecs": ["mp3"], "overlayBaked": None, "overlayFile": None,
-                "captions": None, "hookText": None, "hookAngle": None, "opensOn": None,
-                "tags": tags, "source": {**origin, "artifacts": made, "handEdited": False}})
-        data = {"format": MANIFEST_FORMAT, **origin, "title": job.inputs[self.title] or "",
-                "tags": tags, "components": components}
-        problems = manifest_problems(tpl, self.schema, data)
-        if problems:
-            raise InputError(f"the ad manifest does not match its schema: {problems[0]}.",
-                             file=tpl.shown(f"schemas/{self.schema}"),
-                             fix="correct the schema (or ads/tags.json, if edited by hand).")
-        job.write(job.rel, data, made_by="assembled", offline=False)
-
-
-def _clip_facts(sdir: Path, rel: str) -> dict[str, Any]:
-    """``file``, ``sha256``, ``durationS``, ``width``, ``height``, ``fps``, ``codecs`` of a
-    clip, read from its MP4 boxes."""
-    facts = _media().probe(sdir / rel)
-    return {"file": rel, "sha256": sha256_file(sdir / rel),
-            "durationS": round(facts.get("duration_s", 0.0), 3), "width": facts.get("width"),
-            "height": facts.get("height"), "fps": facts.get("fps"),
-            "codecs": facts.get("codecs", [])}
-
-
-def _source(job: StepRun, origin: dict, rel: str) -> dict[str, Any]:
-    """What a rendered clip was made from, as its render recorded it: ``{"template", "story",
-    "artifacts": {path: sha256}, "handEdited"}`` (no artifacts when the clip was replaced by
-    hand)."""
-    made = job.made_from(rel)
-    artifacts: dict[str, str] = {}
-    if made is not None and not made[1]:
-        try:
-            artifacts = json.loads(made[0])
-        except ValueError:
-            artifacts = {}
-    return {**origin, "artifacts": artifacts, "handEdited": made is None or made[1]}
-
-
-def _schema(tpl, name: str) -> dict:
-    """The template's JSON schema ``schemas/<name>``, parsed and checked.
-
-    Raises:
-        InputError: it is missing, not JSON or not a valid JSON schema.
-    """
-    from ...data.config import parse_json
-    from ...data.schemas import check_schema
-    rel = f"schemas/{name}"
-    schema = parse_json(tpl.text(rel), tpl.shown(rel))
-    check_schema(tpl, rel, schema)
-    return schema
-
-
-def manifest_problems(tpl, name: str, data: Any) -> list[str]:
-    """Where ``data`` breaks the template's manifest schema ``schemas/<name>`` (empty: valid)."""
-    import jsonschema
-    validator = jsonschema.Draft202012Validator(_schema(tpl, name))
-    return [f"{'/'.join(str(p) for p in e.path) or '(root)'}: {e.message}"
-            for e in sorted(validator.iter_errors(data), key=lambda e: list(e.path))[:5]]
-
+            out = self.outputs(tmp, "body")
+            clip = media.render_body_clip(
+                pages, out["out_path"], voice_mp3=voice, music_path=music, speech=speech,
+                music_duck_db=cfg.music_duck_db, target_lufs=cfg.loudness.integrated_lufs,
+                true_peak_dbtp=cfg.loudness.true_peak_dbtp, overlay=self.mode(tpl),
+                clean_path=out["clean_path"], poster_path=out["poster_path"],
+                voice_out=tmp / "voice.m4a" if voice else None,
+                music_out=tmp / "music.m4a" if music else None,
+                min_s=cfg.min_s, max_s=cfg.max_s, reading_wpm=cfg.reading_wpm)
+            shown = [{"word": w["word"], "startS": round(float(w["startS"]), 3),
+                      "endS": round(min(float(w["endS"]), clip.duration_s), 3)}
+                     for w in words if float(w["startS"]) < clip.duration_s]
+            audio = {}
+            for rel, path, loud in ((VOICE_COMPONENT, clip.voice_path, clip.voice_loudness),
+                                    (MUSIC_COMPONENT, clip.music_path, clip.music_loudness)):
+                if path is not None:
+                    audio[rel] = {"loudness": loud.as_json() if loud else None,
+                                  "durationS": round(clip.duration_s, 3)}
+            facts = {"policy": clip.policy, "pagesShown": clip.pages_shown,
+                     "wordsEstimated": estimated if words else None, "audioComponents": audio}
+            self.deliver(job, tmp, clip, made, facts)
+            if clip.overlay != "baked":
+                vtt, srt = caption_rels(job.rel)
+                job.write(vtt, clip.vtt_path.read_bytes(), made_by=MADE_BY, offline=False)
+                job.write(srt, clip.srt_path.read_bytes(), made_by=MADE_BY, offline=False)
+            if voice:
+                job.write(words_rel(job.rel), {"format": 1, "clip": job.rel,
+                                               "durationS": round(clip.duration_s, 3),
+                                               "estimated": estimated, "words": shown},
+                          made_by=MADE_BY, offline=False)
+            for rel, path in ((VOICE_COMPONENT, clip.voice_path),
+                              (MUSIC_COMPONENT, clip.music_path)):
+                if path is not None:
+                    job.write(rel, path.read_bytes(), made_by=MADE_BY, offline=False,
+                              source=json.dumps({"artifacts": made, "facts": audio[rel]},
+                                                sort_keys=True))
+        if not music:
+            _drop(job, [MUSIC_COMPONENT])

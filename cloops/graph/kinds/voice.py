@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...core.errors import InputError
-from ...services.base import VoiceRequest
+from ...services.base import VoiceRequest, estimate_words
 from ..steps import DepContext, FileInput, Fn, Step, StepRun, expand, short_value, step_kind
 
 
@@ -21,7 +21,10 @@ class VoiceStep(Step):
     Attributes:
         segments: ``segments(inputs, ctx) -> list[str]`` the texts to speak, in order (one per
             page); their start/end seconds are written to ``also[0]`` as
-            ``{"durationS": float, "segments": [{"startS", "endS", "text"}]}``.
+            ``{"durationS": float, "segments": [{"startS", "endS", "text"}],
+            "words": [{"word", "startS", "endS"}], "wordsEstimated": bool}`` - each word's
+            times from the provider's alignment (ElevenLabs), else estimated from the
+            sentence or segment it is in (piper; an answer cached before words were kept).
     """
 
     service = "voice"
@@ -54,8 +57,14 @@ class VoiceStep(Step):
         made_by = f"{backend.name} {req.model}"
         job.write(job.rel, res.mp3, made_by=made_by, offline=backend.offline)
         if self.also:
+            words, estimated = res.words, res.words_estimated
+            if not words:
+                words, estimated = estimate_words(segments, res.timings), True
             timings = {"durationS": round(res.duration_s, 3), "segments": [
                 {"startS": round(a, 3), "endS": round(b, 3), "text": t}
-                for (a, b), t in zip(res.timings, segments)]}
+                for (a, b), t in zip(res.timings, segments)],
+                "words": [{"word": w, "startS": round(a, 3), "endS": round(b, 3)}
+                          for w, a, b in words],
+                "wordsEstimated": bool(estimated)}
             job.write(expand(self.also[0], job.ctx.n), timings, made_by=made_by,
                       offline=backend.offline)

@@ -1,5 +1,6 @@
-"""Render the vertical clips of an ad: a hook (one panel and one line) and a body (the pages,
-panel by panel, with narration captions and the voice).
+"""Render the vertical clips of an ad: a hook (one panel and one line), a body (the pages,
+panel by panel, with narration captions and the voice) and a CTA end card (the cover, the
+title and a call to action).
 
 Layer: **services**.
 
@@ -12,10 +13,16 @@ Every clip is 1080x1920, H.264 (High, yuv420p, BT.709) + AAC (48 kHz stereo) in 
   steps, without ``zoompan``'s jitter;
 * **layout** - a portrait region (width/height <= 0.75) fills the frame; a wider one (a panel,
   a square cover) is shown whole on a blurred, darkened copy of itself;
-* **text** - hook lines and captions are drawn by Pillow (:mod:`cloops.services.media.text`) inside
-  the platforms' safe area x 65-930, y 270-1250; ``overlay="baked"`` draws them into the frames,
-  ``"separate"`` leaves the clip clean and writes the text beside it (a transparent PNG for a
-  hook, ``.vtt`` + ``.srt`` captions for a body) for AdLoops to lay its own.
+* **text** - hook lines, captions and CTAs are drawn by Pillow (:mod:`cloops.services.media.text`)
+  inside the box safe on TikTok, Reels and Shorts together, x 120-888, y 288-1248 - nothing
+  is drawn in the bottom 35 %, where the platforms put their own button; ``overlay="baked"``
+  draws them into the frames, ``"separate"`` leaves the clip clean and writes the text beside
+  it (a transparent PNG for a hook or a CTA, ``.vtt`` + ``.srt`` captions for a body) for
+  AdLoops to lay its own, ``"both"`` writes the baked clip *and* the clean one with its text
+  beside it;
+* **sound** - :mod:`cloops.services.media.audio`: the voice and the music bed mixed, every
+  component at one loudness (``ads.loudness``), faded at its edges, measured after encoding;
+* **poster** - the frame a feed shows before playback, as a 1080x1920 JPEG.
 
 Same inputs, same bytes: see :mod:`cloops.services.media.ffmpeg`. Outputs are written atomically.
 """
@@ -32,15 +39,17 @@ from PIL import Image, UnidentifiedImageError
 
 from ...core.errors import InputError
 from ...core.fileio import atomic_write_bytes, atomic_write_text
+from . import audio as snd
 from . import text as txt
 from .captions import Cue, chunk, time_cues, to_srt, to_vtt
-from .ffmpeg import AUDIO_RATE_HZ, encode_frames
+from .ffmpeg import encode_frames, frame_rgb
 from .frames import FRAME_ASPECT, Compositor, Shot, Sprite, backdrop
-from .layout import FPS, FRAME, FRAME_H_PX, FRAME_W_PX, SAFE_AREA, Box, cover_window, fit_inside
+from .layout import (BUTTON_ZONE_TOP_PX, FPS, FRAME, FRAME_H_PX, FRAME_W_PX, SAFE_AREA, Box,
+                     cover_window, fit_inside)
 from .panels import find_panels
 
-Overlay = Literal["baked", "separate"]
-OVERLAYS = ("baked", "separate")
+Overlay = Literal["baked", "separate", "both"]
+OVERLAYS = ("baked", "separate", "both")
 
 COVER_MAX_ASPECT = 0.75  # regions at most this wide (w/h) fill the frame; wider ones are fitted
 TEXT_INSET_PX = 10  # text boxes keep this far inside the safe area
@@ -48,6 +57,19 @@ TEXT_INSET_PX = 10  # text boxes keep this far inside the safe area
 # Hook: the line at the top of the safe area, the picture centred below it.
 HOOK_TEXT_AREA = Box(SAFE_AREA.left + TEXT_INSET_PX, SAFE_AREA.top + TEXT_INSET_PX,
                      SAFE_AREA.right - TEXT_INSET_PX, 860)
+HOOK_SPEECH_AT_S = 0.25  # a voiced hook's first word: ABCD wants speech within 1.5 s
+
+# CTA end card: the cover above the button zone, the title at the top of the safe area, the
+# call to action at its bottom - nothing below y 1248.
+CTA_STAGE = Box(0, 0, FRAME_W_PX, BUTTON_ZONE_TOP_PX)
+CTA_TITLE_AREA = Box(SAFE_AREA.left + TEXT_INSET_PX, SAFE_AREA.top + TEXT_INSET_PX,
+                     SAFE_AREA.right - TEXT_INSET_PX, 760)
+CTA_LINE_AREA = Box(SAFE_AREA.left + TEXT_INSET_PX, 940, SAFE_AREA.right - TEXT_INSET_PX,
+                    SAFE_AREA.bottom - TEXT_INSET_PX)
+CTA_TITLE_MAX_PX, CTA_TITLE_MIN_PX, CTA_TITLE_LINES = 84, 44, 3
+CTA_LINE_MAX_PX, CTA_LINE_MIN_PX, CTA_LINE_LINES = 88, 48, 2
+CTA_ZOOM = 1.04
+CTA_SPEECH_AT_S = 0.3
 HOOK_STAGE = Box(0, 560, FRAME_W_PX, 1560)
 HOOK_MAX_FONT_PX, HOOK_MIN_FONT_PX, HOOK_MAX_LINES = 96, 44, 4
 HOOK_ZOOM = 1.08  # a slow push-in: 8 % over the clip
@@ -71,13 +93,55 @@ DEFAULT_READING_WPM = 160.0
 # --------------------------------------------------------------------------- results
 
 @dataclass(frozen=True)
-class HookClip:
-    """A rendered hook clip.
+class TextBox:
+    """A piece of text a clip shows: what it says, where (``box``: left, top, right, bottom in
+    frame pixels, backing box included) and when (seconds of the clip)."""
+
+    text: str
+    box: Box
+    start_s: float
+    end_s: float
+
+    def as_json(self) -> dict:
+        return {"text": self.text, "box": [int(v) for v in self.box],
+                "startS": round(self.start_s, 3), "endS": round(self.end_s, 3)}
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What every rendered component shares: its files, sound and poster.
 
     Attributes:
-        path: the MP4.
-        overlay: ``"baked"`` or ``"separate"``.
-        overlay_path: the transparent 1080x1920 PNG with the text (separate mode), else None.
+        path: the clip (baked, or clean in ``separate`` mode).
+        overlay: ``"baked"``, ``"separate"`` or ``"both"``.
+        clean_path: the clean clip beside a baked one (``both``), else None.
+        overlay_path: the transparent 1080x1920 PNG with the text (hook, CTA: ``separate``
+            and ``both``), else None.
+        poster_path: the 1080x1920 JPEG a feed shows before playback, or None.
+        audio: ``"voice"``, ``"music"`` or ``"silent"``.
+        loudness: measured after encoding (None: silent).
+        speech_start_s: when speech starts (None: no speech).
+        text_boxes: every text shown, with its box and times.
+        notes: lines for the run's output (music silent, a line too long, ...).
+    """
+
+    path: Path
+    overlay: str
+    clean_path: Path | None
+    overlay_path: Path | None
+    poster_path: Path | None
+    audio: str
+    loudness: "snd.Loudness | None"
+    speech_start_s: float | None
+    text_boxes: tuple[TextBox, ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HookClip(Delivered):
+    """A rendered hook clip (see :class:`Delivered`).
+
+    Attributes:
         text: the line as drawn (whitespace collapsed, glyphs the font lacks replaced).
         text_box: where the text's box lies in the frame (inside the safe area), or None when
             the line is empty.
@@ -87,25 +151,31 @@ class HookClip:
         region: the part of the source image shown, in its pixels.
     """
 
-    path: Path
-    overlay: str
-    overlay_path: Path | None
-    text: str
-    text_box: Box | None
-    duration_s: float
-    frames: int
-    layout: str
-    region: Box
+    text: str = ""
+    text_box: Box | None = None
+    duration_s: float = 0.0
+    frames: int = 0
+    layout: str = ""
+    region: Box | None = None
 
 
 @dataclass(frozen=True)
-class BodyClip:
-    """A rendered body clip.
+class CtaClip(Delivered):
+    """A rendered CTA end card (see :class:`Delivered`): ``title`` and ``line`` as drawn,
+    ``duration_s`` and ``frames``."""
+
+    title: str = ""
+    line: str = ""
+    duration_s: float = 0.0
+    frames: int = 0
+
+
+@dataclass(frozen=True)
+class BodyClip(Delivered):
+    """A rendered body clip (see :class:`Delivered`).
 
     Attributes:
-        path: the MP4.
-        overlay: ``"baked"`` or ``"separate"``.
-        vtt_path, srt_path: the caption files (separate mode), else None.
+        vtt_path, srt_path: the caption files (``separate`` and ``both``), else None.
         duration_s, frames: running time (seconds) and frames (30 fps).
         natural_duration_s: what the pages would take before clamping to ``[min_s, max_s]``.
         policy: how the running time was fitted, in words (see :func:`render_body_clip`).
@@ -113,20 +183,25 @@ class BodyClip:
         pages_shown: how many pages are in the clip (the rest were cut by ``max_s``).
         panels: per page shown, the panel boxes found, or None where it panned down the page.
         cues: the captions, timed in the clip.
+        voice_path, music_path: the voice alone and the music bed alone, timed as in the
+            body, normalized (M4A), when asked for and there is one; else None.
+        voice_loudness, music_loudness: what those measure after encoding.
     """
 
-    path: Path
-    overlay: str
-    vtt_path: Path | None
-    srt_path: Path | None
-    duration_s: float
-    frames: int
-    natural_duration_s: float
-    policy: str
-    timing: str
-    pages_shown: int
-    panels: list[list[Box] | None]
+    vtt_path: Path | None = None
+    srt_path: Path | None = None
+    duration_s: float = 0.0
+    frames: int = 0
+    natural_duration_s: float = 0.0
+    policy: str = ""
+    timing: str = ""
+    pages_shown: int = 0
+    panels: list = field(default_factory=list)
     cues: list[Cue] = field(default_factory=list)
+    voice_path: Path | None = None
+    music_path: Path | None = None
+    voice_loudness: "snd.Loudness | None" = None
+    music_loudness: "snd.Loudness | None" = None
 
 
 @dataclass(frozen=True)
@@ -149,8 +224,8 @@ class BodyPage:
 
 def _check_overlay(overlay: str) -> None:
     if overlay not in OVERLAYS:
-        raise InputError(f"overlay must be 'baked' or 'separate', not {overlay!r}.",
-                         field="overlay", fix="use ads.overlay: baked | separate.")
+        raise InputError(f"overlay must be 'baked', 'separate' or 'both', not {overlay!r}.",
+                         field="overlay", fix="use ads.overlay: baked | separate | both.")
 
 
 def _positive(name: str, value: float) -> float:
@@ -209,8 +284,109 @@ def _region_shot(img: Image.Image, region: Box, stage: Box, frames: int,
                 eased=False), "fit"
 
 
-def _silence() -> tuple[list[str], str]:
-    return (["-f", "lavfi", "-i", f"anullsrc=r={AUDIO_RATE_HZ}:cl=stereo"], "[1:a]anull[a]")
+# --------------------------------------------------------------------------- delivery
+
+def _deliver(out: Path, *, frames: int, duration_s: float, baked: Compositor,
+             clean: Compositor, overlay: str, clean_path: str | os.PathLike | None,
+             overlay_png: "Image.Image | None", overlay_path: str | os.PathLike | None,
+             soundtrack: "snd.Soundtrack | None", poster_path: str | os.PathLike | None,
+             poster_s: float, text_boxes: Sequence[TextBox], sources: Sequence[str],
+             video_filter: str = "", fade_out_s: float = 0.0) -> dict:
+    """Encode a component in its overlay mode with its soundtrack; write its overlay PNG and
+    poster. Returns the :class:`Delivered` fields.
+
+    ``baked`` composes the frames with the text, ``clean`` without; ``overlay`` picks which
+    are encoded: ``baked`` -> ``out`` baked; ``separate`` -> ``out`` clean (+ the PNG);
+    ``both`` -> ``out`` baked and ``clean_path`` clean (+ the PNG). The soundtrack is mixed and
+    normalized once and shared by both renditions; when the encoded true peak comes out over
+    the limit the audio is made again with a lower ceiling and put in place of the first
+    (:func:`cloops.services.media.audio.finish_loudness`).
+
+    Raises:
+        InputError, RenderError: as the renderers.
+    """
+    _check_overlay(overlay)
+    out = Path(out)
+    clean_out = None
+    if overlay == "both":
+        clean_out = Path(clean_path) if clean_path else out.with_name(f"{out.stem}-clean.mp4")
+    png_path = None
+    if overlay != "baked" and overlay_png is not None:
+        png_path = Path(overlay_path) if overlay_path else out.with_name(f"{out.stem}-overlay.png")
+    track = soundtrack or snd.Soundtrack()
+    notes: list[str] = []
+    with snd.temp_folder() as scratch:
+        scratch = Path(scratch)
+        rendered = snd.render_soundtrack(track, duration_s, scratch)
+        notes += rendered.notes
+        if fade_out_s > 0 and rendered.path is not None:
+            _fade_out(rendered.path, fade_out_s)
+        inputs, audio = snd.audio_input(rendered, duration_s)
+        main = clean if overlay == "separate" else baked
+        encode_frames(out, frames, main.frame, inputs=inputs, video_filter=video_filter,
+                      audio_filter=audio, duration_s=duration_s, sources=sources)
+        if clean_out is not None:
+            encode_frames(clean_out, frames, clean.frame, inputs=inputs,
+                          video_filter=video_filter, audio_filter=audio,
+                          duration_s=duration_s, sources=sources)
+
+        def reencode(again: "snd.Rendered") -> None:
+            if fade_out_s > 0:
+                _fade_out(again.path, fade_out_s)
+            for path in (out, clean_out):
+                if path is not None:
+                    snd.remux_audio(path, again, path)
+        loudness = snd.finish_loudness(track, rendered, duration_s, out, scratch,
+                                       reencode=reencode)
+    if png_path is not None:
+        atomic_write_bytes(png_path, _png_bytes(overlay_png))
+    poster = None
+    if poster_path is not None:
+        poster = Path(poster_path)
+        write_poster(out, min(poster_s, frames / FPS - 1 / FPS), poster,
+                     overlay_png if overlay == "separate" else None)
+    speech = track.speech_start_s if rendered.kind == "voice" else None
+    return dict(path=out, overlay=overlay, clean_path=clean_out, overlay_path=png_path,
+                poster_path=poster, audio=rendered.kind, loudness=loudness,
+                speech_start_s=speech, text_boxes=tuple(text_boxes), notes=tuple(notes))
+
+
+def _fade_out(raw: Path, fade_s: float) -> None:
+    """Fade the last ``fade_s`` seconds of a raw f32le stereo file out (a body cut mid-page)."""
+    import numpy as np
+    pcm = np.fromfile(raw, dtype="<f4").reshape(-1, snd.CHANNELS)
+    n = min(len(pcm), round(fade_s * snd.AUDIO_RATE_HZ))
+    if n > 0:
+        pcm[-n:] *= np.linspace(1.0, 0.0, n, dtype=np.float32)[:, None]
+        pcm.tofile(raw)
+
+
+def write_poster(clip: str | os.PathLike, at_s: float, out_path: str | os.PathLike,
+                 overlay: "Image.Image | None" = None) -> Path:
+    """The poster of a clip: its frame at ``at_s`` seconds as a 1080x1920 JPEG (quality 90),
+    with ``overlay`` (an RGBA frame) laid over it when given - what a feed shows before
+    playback (TikTok's display image, Meta's thumbnail). Written atomically.
+
+    Raises:
+        RenderError: FFmpeg cannot decode the frame.
+    """
+    import io
+    k = max(0, math.floor(at_s * FPS + 1e-6))  # the frame shown at at_s, found by its time
+    img = frame_rgb(clip, max(0.0, k / FPS - 0.001))
+    if overlay is not None:
+        img = Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90, optimize=False, progressive=False)
+    atomic_write_bytes(out_path, buf.getvalue())
+    return Path(out_path)
+
+
+def _text_sprite(text: str, area: Box, style: "txt.TextStyle", *, max_px: int, min_px: int,
+                 lines: int, anchor: str, font: str | None) -> tuple[Sprite, Image.Image, Box]:
+    block = txt.fit(text, area, style, max_size_px=max_px, min_size_px=min_px,
+                    max_lines=lines, font_path=font)
+    rgba, box = txt.draw_block(block, area, style, anchor=anchor)
+    return Sprite.of(rgba, box), rgba, box
 
 
 # --------------------------------------------------------------------------- hook
@@ -218,7 +394,11 @@ def _silence() -> tuple[list[str], str]:
 def render_hook_clip(image_path: str | os.PathLike, out_path: str | os.PathLike, *,
                      line: str, duration_s: float = 3.0,
                      crop_box: Sequence[float] | None = None, overlay: Overlay = "baked",
-                     overlay_path: str | os.PathLike | None = None, zoom: float = HOOK_ZOOM,
+                     overlay_path: str | os.PathLike | None = None,
+                     clean_path: str | os.PathLike | None = None,
+                     soundtrack: "snd.Soundtrack | None" = None,
+                     poster_path: str | os.PathLike | None = None,
+                     zoom: float = HOOK_ZOOM,
                      font_path: str | os.PathLike | None = None) -> HookClip:
     """Render a hook clip: one region of an image with a slow push-in and ``line`` on it.
 
@@ -226,9 +406,12 @@ def render_hook_clip(image_path: str | os.PathLike, out_path: str | os.PathLike,
     :func:`~cloops.services.media.panels.find_panels`), or None for the whole image (the cover).
     ``zoom`` is how far the push-in goes (1.08 = the window shrinks by 8 % over the clip). The
     line is fitted (96 px down to 44 px, at most 4 lines, wrapped) in a box at the top of the
-    safe area. ``overlay="separate"`` writes the clean clip plus ``overlay_path`` (default
-    ``<out stem>-overlay.png``): a 1080x1920 RGBA PNG, transparent but for the text box.
-    The clip is silent (an AAC track of silence), ``round(duration_s * 30)`` frames long.
+    safe area and shown from the first frame. ``overlay``: see :func:`_deliver` (the PNG is
+    ``overlay_path``, default ``<out stem>-overlay.png``; the clean clip ``clean_path``,
+    default ``<out stem>-clean.mp4``). ``soundtrack``: the spoken line (place it with
+    ``voice_offset_s`` so speech starts at :data:`HOOK_SPEECH_AT_S`) and/or the music bed;
+    None: silent (an AAC track of silence). ``poster_path``: the poster, the frame at 1 s.
+    ``round(duration_s * 30)`` frames long.
 
     Raises:
         InputError: the image is missing/unreadable, ``crop_box`` is outside it, or a
@@ -254,34 +437,27 @@ def render_hook_clip(image_path: str | os.PathLike, out_path: str | os.PathLike,
                              f"{img.width}x{img.height} image.", file=str(image_path),
                              field="crop_box", fix="give a box inside the image, or none.")
     frames = max(1, round(duration_s * FPS))
+    duration = frames / FPS
     shot, layout_kind = _region_shot(img, region, HOOK_STAGE, frames, zoom)
 
     font = txt.font_key(font_path)
     text = txt.clean_text(line, font)
-    sprite = None
-    text_box = None
+    sprite = rgba = text_box = None
     if text:
-        block = txt.fit(text, HOOK_TEXT_AREA, txt.HOOK_STYLE, max_size_px=HOOK_MAX_FONT_PX,
-                        min_size_px=HOOK_MIN_FONT_PX, max_lines=HOOK_MAX_LINES, font_path=font)
-        rgba, text_box = txt.draw_block(block, HOOK_TEXT_AREA, txt.HOOK_STYLE, anchor="top")
-        sprite = Sprite.of(rgba, text_box)
-
-    texts = (sprite,) if overlay == "baked" and sprite is not None else ()
-    compositor = Compositor([(shot, i) for i in range(frames)], [texts] * frames)
-
-    png_path = None
-    if overlay == "separate":
-        png_path = Path(overlay_path) if overlay_path else out.with_name(f"{out.stem}-overlay.png")
-    inputs, audio = _silence()
-    encode_frames(out, frames, compositor.frame, inputs=inputs, audio_filter=audio,
-                  duration_s=frames / FPS, sources=[str(image_path)])
-    if png_path is not None:
-        page = Image.new("RGBA", (FRAME_W_PX, FRAME_H_PX), (0, 0, 0, 0))
-        if sprite is not None:
-            page = txt.full_frame(rgba, text_box, (FRAME_W_PX, FRAME_H_PX))
-        atomic_write_bytes(png_path, _png_bytes(page))
-    return HookClip(path=out, overlay=overlay, overlay_path=png_path, text=text,
-                    text_box=text_box, duration_s=frames / FPS, frames=frames,
+        sprite, rgba, text_box = _text_sprite(
+            text, HOOK_TEXT_AREA, txt.HOOK_STYLE, max_px=HOOK_MAX_FONT_PX,
+            min_px=HOOK_MIN_FONT_PX, lines=HOOK_MAX_LINES, anchor="top", font=font)
+    shots = [(shot, i) for i in range(frames)]
+    baked = Compositor(shots, [(sprite,) if sprite is not None else ()] * frames)
+    clean = Compositor(shots, [()] * frames)
+    png = txt.full_frame(rgba, text_box, (FRAME_W_PX, FRAME_H_PX)) if rgba is not None \
+        else Image.new("RGBA", (FRAME_W_PX, FRAME_H_PX), (0, 0, 0, 0))
+    boxes = [TextBox(text, text_box, 0.0, duration)] if text_box is not None else []
+    done = _deliver(out, frames=frames, duration_s=duration, baked=baked, clean=clean,
+                    overlay=overlay, clean_path=clean_path, overlay_png=png,
+                    overlay_path=overlay_path, soundtrack=soundtrack, poster_path=poster_path,
+                    poster_s=1.0, text_boxes=boxes, sources=[str(image_path)])
+    return HookClip(**done, text=text, text_box=text_box, duration_s=duration, frames=frames,
                     layout=layout_kind, region=region)
 
 
@@ -290,6 +466,76 @@ def _png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- CTA end card
+
+CTA_LINE_STYLE = txt.TextStyle(fill=(24, 24, 24, 255), stroke=(0, 0, 0, 0), stroke_ratio=0,
+                               backing=(255, 210, 60, 240), pad_px=30, radius_px=44,
+                               line_spacing=1.08)
+
+
+def render_cta_clip(image_path: str | os.PathLike, out_path: str | os.PathLike, *,
+                    title: str, line: str, duration_s: float = 3.0,
+                    overlay: Overlay = "baked", overlay_path: str | os.PathLike | None = None,
+                    clean_path: str | os.PathLike | None = None,
+                    soundtrack: "snd.Soundtrack | None" = None,
+                    poster_path: str | os.PathLike | None = None,
+                    font_path: str | os.PathLike | None = None) -> CtaClip:
+    """Render a CTA end card: the story's cover with a slow push-in above the button zone, its
+    ``title`` at the top of the safe area and the call to action ``line`` (a bright box, like
+    a button) at its bottom - every text pixel inside x 120-888, y 288-1248 and nothing drawn
+    below y 1248, where the platforms draw their own button (BRIEF.md "CTAs": "a few
+    seconds", CTA text around 20 characters, the bottom ~35 % kept free).
+
+    ``overlay``, ``soundtrack`` (the spoken line: speech at :data:`CTA_SPEECH_AT_S`),
+    ``poster_path`` (the card's last frame, fully shown): as :func:`render_hook_clip`.
+
+    Raises:
+        InputError: the image is missing/unreadable, the line is empty, or a parameter is out
+            of range.
+        RenderError: FFmpeg is missing or failed (nothing is left at ``out_path``).
+    """
+    _check_overlay(overlay)
+    duration_s = _positive("duration_s", duration_s)
+    font = txt.font_key(font_path)
+    cta = txt.clean_text(line, font)
+    if not cta:
+        raise InputError("a CTA end card needs its line.", field="line",
+                         fix="write the call to action (at most 24 characters).")
+    img = load_image(image_path)
+    frames = max(1, round(duration_s * FPS))
+    duration = frames / FPS
+    full = Box(0, 0, img.width, img.height)
+    start = cover_window(full, CTA_STAGE.aspect)
+    shot = Shot(img, start, start.zoomed(CTA_ZOOM), CTA_STAGE, frames,
+                backdrop=backdrop(img, full), eased=False)
+    heading = txt.clean_text(title, font)
+    sprites, layers, boxes = [], [], []
+    if heading:
+        sprite, rgba, box = _text_sprite(heading, CTA_TITLE_AREA, txt.HOOK_STYLE,
+                                         max_px=CTA_TITLE_MAX_PX, min_px=CTA_TITLE_MIN_PX,
+                                         lines=CTA_TITLE_LINES, anchor="top", font=font)
+        sprites.append(sprite)
+        layers.append((rgba, box))
+        boxes.append(TextBox(heading, box, 0.0, duration))
+    sprite, rgba, box = _text_sprite(cta, CTA_LINE_AREA, CTA_LINE_STYLE, max_px=CTA_LINE_MAX_PX,
+                                     min_px=CTA_LINE_MIN_PX, lines=CTA_LINE_LINES,
+                                     anchor="bottom", font=font)
+    sprites.append(sprite)
+    layers.append((rgba, box))
+    boxes.append(TextBox(cta, box, 0.0, duration))
+    png = Image.new("RGBA", (FRAME_W_PX, FRAME_H_PX), (0, 0, 0, 0))
+    for rgba, box in layers:
+        png.alpha_composite(rgba, (int(box.left), int(box.top)))
+    shots = [(shot, i) for i in range(frames)]
+    baked = Compositor(shots, [tuple(sprites)] * frames)
+    clean = Compositor(shots, [()] * frames)
+    done = _deliver(Path(out_path), frames=frames, duration_s=duration, baked=baked,
+                    clean=clean, overlay=overlay, clean_path=clean_path, overlay_png=png,
+                    overlay_path=overlay_path, soundtrack=soundtrack, poster_path=poster_path,
+                    poster_s=duration, text_boxes=boxes, sources=[str(image_path)])
+    return CtaClip(**done, title=heading, line=cta, duration_s=duration, frames=frames)
 
 
 # --------------------------------------------------------------------------- body
@@ -464,7 +710,13 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
                      out_path: str | os.PathLike, *,
                      voice_mp3: str | os.PathLike | None = None,
                      music_path: str | os.PathLike | None = None,
-                     music_gain_db: float = -20.0, overlay: Overlay = "baked",
+                     speech: Sequence[tuple[float, float]] | None = None,
+                     music_duck_db: float = 12.0, target_lufs: float = -14.0,
+                     true_peak_dbtp: float = -1.0, overlay: Overlay = "baked",
+                     clean_path: str | os.PathLike | None = None,
+                     poster_path: str | os.PathLike | None = None,
+                     voice_out: str | os.PathLike | None = None,
+                     music_out: str | os.PathLike | None = None,
                      min_s: float = 15.0, max_s: float = 60.0,
                      reading_wpm: float = DEFAULT_READING_WPM,
                      font_path: str | os.PathLike | None = None) -> BodyClip:
@@ -490,11 +742,17 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
       that ends between ``min_s`` and ``max_s`` - a body is a teaser, the story need not
       finish; if no page ends in that range, it is cut at ``max_s`` with a 0.5 s fade-out.
 
-    **Audio**: ``voice_mp3`` plays from 0 s, in step with the page times; ``music_path`` loops
-    under it at ``music_gain_db`` and is ducked by a sidechain compressor while the voice
-    speaks (about 12-18 dB more); with neither, the AAC track is silence.
+    **Audio** (:mod:`cloops.services.media.audio`): ``voice_mp3`` plays from 0 s, in step with
+    the page times; ``music_path`` loops under it, ``music_duck_db`` below the voice while it
+    speaks (``speech``: its spans in seconds, e.g. the words of ``voice.json``; default: the
+    pages' spoken windows); with neither, the AAC track is silence. The mix is normalized to
+    ``target_lufs`` with true peak at most ``true_peak_dbtp``. ``voice_out`` / ``music_out``:
+    also write the voice alone and the bed alone, timed as in the body and normalized the
+    same way, as M4A (AAC) - the audio components.
     **Overlay**: ``"baked"`` burns the captions in; ``"separate"`` writes a clean clip plus
-    ``<out stem>.vtt`` and ``<out stem>.srt`` beside it.
+    ``<out stem>.vtt`` and ``<out stem>.srt`` beside it; ``"both"`` the baked clip, the clean one
+    (``clean_path``, default ``<out stem>-clean.mp4``) and the captions. ``poster_path``: the
+    frame in the middle of the first caption (or at 1 s) as a JPEG.
 
     Raises:
         InputError: no pages, a missing/unreadable image, voice or music file, inconsistent
@@ -509,11 +767,6 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
     if min_s > max_s:
         raise InputError(f"min_s {min_s:g} is above max_s {max_s:g}.", field="min_s")
     reading_wpm = _positive("reading_wpm", reading_wpm)
-    try:
-        music_gain_db = float(music_gain_db)
-    except (TypeError, ValueError):
-        raise InputError(f"music_gain_db must be a number of dB, not {music_gain_db!r}.",
-                         field="music_gain_db") from None
     voice = _check_file(voice_mp3, "voice_mp3")
     music = _check_file(music_path, "music_path")
     out = Path(out_path)
@@ -556,26 +809,72 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
                            min(frames, math.ceil(cue.end_s * FPS - 1e-9))):
                 cue_of[i] = sprite
 
-    compositor = Compositor(shot_of, [(c,) if c is not None else () for c in cue_of])
-
-    inputs, audio = _audio_graph(voice, music, music_gain_db)
+    baked = Compositor(shot_of, [(c,) if c is not None else () for c in cue_of])
+    clean = Compositor(shot_of, [()] * frames)
+    spans = list(speech) if speech is not None else list(spoken[:n_pages])
+    track = snd.Soundtrack(voice=voice, speech=tuple(spans), music=music,
+                           duck_db=music_duck_db, target_lufs=target_lufs,
+                           true_peak_dbtp=true_peak_dbtp)
     vfilter = ""
+    fade_out = 0.0
     if fade:
         start = max(0.0, duration - FADE_S)
         vfilter = f"fade=t=out:st={start:.3f}:d={FADE_S}"
-        audio = audio[:-len("[a]")] + f"[pre];[pre]afade=t=out:st={start:.3f}:d={FADE_S}[a]"
+        fade_out = FADE_S
     sources = [str(p.image_path) for p in specs[:n_pages]] + [s for s in (voice, music) if s]
-    encode_frames(out, frames, compositor.frame, inputs=inputs, video_filter=vfilter,
-                  audio_filter=audio, duration_s=duration, sources=sources)
+    boxes = [TextBox(c.text, _caption_box(c, font), c.start_s, c.end_s) for c in cues]
+    poster_s = (cues[0].start_s + cues[0].end_s) / 2 if cues else 1.0
+    done = _deliver(out, frames=frames, duration_s=duration, baked=baked, clean=clean,
+                    overlay=overlay, clean_path=clean_path, overlay_png=None,
+                    overlay_path=None, soundtrack=track, poster_path=poster_path,
+                    poster_s=poster_s, text_boxes=boxes, sources=sources,
+                    video_filter=vfilter, fade_out_s=fade_out)
 
     vtt = srt = None
-    if overlay == "separate":
+    if overlay != "baked":
         vtt, srt = out.with_suffix(".vtt"), out.with_suffix(".srt")
         atomic_write_text(vtt, to_vtt(cues))
         atomic_write_text(srt, to_srt(cues))
-    return BodyClip(path=out, overlay=overlay, vtt_path=vtt, srt_path=srt, duration_s=duration,
+    parts = {}
+    for name, path, alone in (("voice", voice_out, snd.Soundtrack(
+            voice=voice, speech=tuple(spans), target_lufs=target_lufs,
+            true_peak_dbtp=true_peak_dbtp)), ("music", music_out, snd.Soundtrack(
+            music=music, target_lufs=target_lufs, true_peak_dbtp=true_peak_dbtp))):
+        parts[name] = (None, None)
+        if path is not None and (voice if name == "voice" else music):
+            parts[name] = (Path(path), _audio_component(alone, duration, Path(path), fade_out))
+    return BodyClip(**done, vtt_path=vtt, srt_path=srt, duration_s=duration,
                     frames=frames, natural_duration_s=round(natural, 3), policy=policy,
-                    timing=timing, pages_shown=n_pages, panels=panels[:n_pages], cues=cues)
+                    timing=timing, pages_shown=n_pages, panels=panels[:n_pages], cues=cues,
+                    voice_path=parts["voice"][0], music_path=parts["music"][0],
+                    voice_loudness=parts["voice"][1], music_loudness=parts["music"][1])
+
+
+def _audio_component(track: "snd.Soundtrack", duration_s: float, out: Path,
+                     fade_out_s: float) -> "snd.Loudness | None":
+    """Render one audio component (the voice or the bed alone) as an M4A; its loudness after
+    encoding."""
+    with snd.temp_folder() as scratch:
+        scratch = Path(scratch)
+        rendered = snd.render_soundtrack(track, duration_s, scratch)
+        if rendered.path is None:
+            raise InputError("the audio component would be silent.", file=str(out),
+                             fix="check the voice track or the music file.")
+        if fade_out_s > 0:
+            _fade_out(rendered.path, fade_out_s)
+        snd.encode_m4a(rendered, out)
+
+        def reencode(again: "snd.Rendered") -> None:
+            if fade_out_s > 0:
+                _fade_out(again.path, fade_out_s)
+            snd.encode_m4a(again, out)
+        return snd.finish_loudness(track, rendered, duration_s, out, scratch,
+                                   reencode=reencode)
+
+
+def _caption_box(cue: Cue, font: str | None) -> Box:
+    """Where a cue's caption lies in the frame (as :func:`_caption_sprite` draws it)."""
+    return _caption_sprite(cue, font).box
 
 
 def _given_panels(page: BodyPage, img: Image.Image, index: int) -> list[Box] | None:
@@ -598,26 +897,3 @@ def _given_panels(page: BodyPage, img: Image.Image, index: int) -> list[Box] | N
                              fix="give [left, top, right, bottom] boxes, or none.")
         boxes.append(box)
     return boxes or None
-
-
-def _audio_graph(voice: str | None, music: str | None,
-                 gain_db: float) -> tuple[list[str], str]:
-    """FFmpeg inputs (after the frame pipe) and the audio graph ending in ``[a]``.
-
-    The music is ducked with ``sidechaincompress`` keyed by the voice: threshold 0.03
-    (-30 dBFS), ratio 8, attack 20 ms, release 350 ms - speech at -12 to -6 dBFS pulls the
-    music down by about 16-21 dB and lets it back within a third of a second after a pause.
-    """
-    fmt = (f"aresample={AUDIO_RATE_HZ},"
-           f"aformat=sample_fmts=fltp:sample_rates={AUDIO_RATE_HZ}:channel_layouts=stereo")
-    if voice and music:
-        return (["-i", voice, "-stream_loop", "-1", "-i", music],
-                f"[1:a]{fmt},apad,asplit=2[vo][key];"
-                f"[2:a]{fmt},volume={gain_db:g}dB[mu];"
-                f"[mu][key]sidechaincompress=threshold=0.03:ratio=8:attack=20:release=350[duck];"
-                f"[vo][duck]amix=inputs=2:duration=first:normalize=0[a]")
-    if voice:
-        return ["-i", voice], f"[1:a]{fmt},apad[a]"
-    if music:
-        return (["-stream_loop", "-1", "-i", music], f"[1:a]{fmt},volume={gain_db:g}dB[a]")
-    return _silence()

@@ -5,9 +5,11 @@ Layer: **services**.
 Every coordinate is in pixels; a :class:`Box` is ``(left, top, right, bottom)`` with the right
 and bottom edges exclusive, so ``width = right - left``.
 
-Sources: the 1080x1920 frame at 30 fps and the safe text box x 65-930, y 270-1250 are the
-platform facts in BRIEF.md ("Vertical ads": TikTok in-feed, Instagram Reels and YouTube Shorts
-cover the top, the bottom ~35 % and the right edge with their own UI).
+Sources: the 1080x1920 frame at 30 fps and the text box safe on TikTok, Reels and Shorts
+together, x 120-888, y 288-1248, are the platform facts in BRIEF.md ("Vertical ads": Google's
+vertical ads reserve 288 px at the top, 672 at the bottom, 48 left and 192 right; Reels 14 %
+top, 35 % bottom, 6 % each side - Shotstack's "vertical video safe zones" guide). The bottom
+35 % (from y 1248) is where the platforms draw their own CTA button and captions.
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ class Box(NamedTuple):
 
 
 FRAME = Box(0, 0, FRAME_W_PX, FRAME_H_PX)
-# Where text may go: every caption and hook line (with its backing box) lies inside.
-SAFE_AREA = Box(65, 270, 930, 1250)
+# Where text may go: every caption, hook line and CTA (with its backing box) lies inside.
+SAFE_AREA = Box(120, 288, 888, 1248)
+# Where the platforms draw their own button: nothing of ours is drawn below this line.
+BUTTON_ZONE_TOP_PX = 1248
 
 
 def fit_inside(width: float, height: float, stage: Box) -> Box:
