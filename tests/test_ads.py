@@ -6,6 +6,7 @@ pixel by pixel."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import jsonschema
@@ -15,7 +16,8 @@ from PIL import Image
 
 from cloops.core.fileio import sha256_file
 from cloops.graph.kinds.ads import page_panels
-from cloops.services.media import SAFE_AREA, BodyPage, Box, probe, render_body_clip, render_hook_clip
+from cloops.services.media import (SAFE_AREA, BodyPage, Box, Soundtrack, probe, render_body_clip,
+                                   render_hook_clip)
 
 from conftest import REPO, make_project
 from test_media import assert_vertical_clip, diff_box, frames_of, sha
@@ -25,6 +27,8 @@ from test_step_kinds import ran
 KIDS = "comic-books-kids"
 STD = "comic-books-standard"
 HOOK_TASKS = {"hook-clip 1", "hook-clip 2", "hook-clip 3"}
+CTA_TASKS = {"cta-clip 1", "cta-clip 2"}
+VOICE_TASKS = {"hook-voice 1", "hook-voice 2", "hook-voice 3", "cta-voice 1", "cta-voice 2"}
 SCHEMA = json.loads((REPO / "templates" / STD / "schemas" / "ad-manifest.json").read_text())
 
 
@@ -64,9 +68,16 @@ def test_kids_ads_rebuild_exactly_what_each_edit_reaches(kids):
     assert kids.backlog(KIDS)["items"][0]["status"] == "completed"
     hooks = json.loads((sdir / "ads" / "hooks.json").read_text())["hooks"]
     assert [h["id"] for h in hooks] == ["1", "2", "3"]
+    assert VOICE_TASKS | CTA_TASKS <= ran(first.out)
     data = manifest(sdir)
-    assert sorted(by_id(data)) == ["body", "hook-1", "hook-2", "hook-3", "voice"]
-    assert by_id(data)["voice"]["file"] == "voice.mp3"
+    assert sorted(by_id(data)) == ["body", "cta-1", "cta-2", "hook-1", "hook-2", "hook-3",
+                                   "voice"]
+    assert by_id(data)["voice"]["file"] == "ads/voice.m4a"
+    assert by_id(data)["voice"]["type"] == "voice"
+    assert {c["audio"] for c in data["components"]} == {"voice"}  # every line is spoken
+    assert by_id(data)["cta-2"]["ctaType"] in {"LEARN_MORE", "WATCH_MORE", "LISTEN_NOW",
+                                               "DOWNLOAD", "INSTALL_MOBILE_APP", "USE_APP",
+                                               "SIGN_UP"}
     cast = {c["id"] for c in json.loads((sdir / "cast.json").read_text())["characters"]}
     assert {c["id"] for c in data["tags"]["characters"]} <= cast
     assert by_id(data)["hook-2"]["source"]["artifacts"]["ads/hooks.json#2"]
@@ -74,15 +85,16 @@ def test_kids_ads_rebuild_exactly_what_each_edit_reaches(kids):
     again = kids.doit("build:noah-s-ark", env=FAKE)
     assert again.rc == 0 and ran(again.out) == set() and again.calls == []
 
-    # hook line 2 edited by hand: its clip and the manifest, no call, no other clip
-    clips = ["hook-1.mp4", "hook-2.mp4", "hook-3.mp4", "body.mp4"]
+    # hook line 2 edited by hand: its spoken take (one voice call), its clip and the manifest;
+    # no other clip
+    clips = ["hook-1.mp4", "hook-2.mp4", "hook-3.mp4", "body.mp4", "cta-1.mp4", "cta-2.mp4"]
     before = shas(sdir, clips)
     hooks[1]["line"] = "Who shuts the door of the ark?"
     (sdir / "ads" / "hooks.json").write_text(json.dumps({"hooks": hooks}, indent=2))
     edit = kids.doit("build:noah-s-ark", env=FAKE)
     assert edit.rc == 0, edit.out + edit.err
-    assert ran(edit.out) == {"hook-clip 2", "ad-manifest"}
-    assert edit.calls == []
+    assert ran(edit.out) == {"hook-voice 2", "hook-clip 2", "ad-manifest"}
+    assert paid(edit) == 1 and paid(edit, service="voice", step="hook-voice") == 1
     after = shas(sdir, clips)
     assert [c for c in clips if before[c] != after[c]] == ["hook-2.mp4"]
     assert by_id(manifest(sdir))["hook-2"]["hookText"] == "Who shuts the door of the ark?"
@@ -97,8 +109,23 @@ def test_kids_ads_rebuild_exactly_what_each_edit_reaches(kids):
     assert "ads/hooks.json, field 'hooks[3].page'" in bad.out + bad.err
     (sdir / "ads" / "hooks.json").write_text(json.dumps({"hooks": hooks}, indent=2))
     fixed = kids.doit("build:noah-s-ark", env=FAKE)  # doit runs what failed once more
-    assert fixed.rc == 0 and fixed.calls == []
+    assert fixed.rc == 0 and paid(fixed) == 0
     assert ran(fixed.out) == {"hook-clip 3", "ad-manifest"}
+
+    # CTA line 2 edited by hand: its spoken take (one voice call), its card (and poster) and
+    # the manifest; nothing else
+    ctas = json.loads((sdir / "ads" / "ctas.json").read_text())["ctas"]
+    ctas[1]["line"] = "Hear how it ends"
+    (sdir / "ads" / "ctas.json").write_text(json.dumps({"ctas": ctas}, indent=2))
+    before = shas(sdir, clips + ["cta-1.jpg", "cta-2.jpg"])
+    cta = kids.doit("build:noah-s-ark", env=FAKE)
+    assert cta.rc == 0, cta.out + cta.err
+    assert ran(cta.out) == {"cta-voice 2", "cta-clip 2", "ad-manifest"}
+    assert paid(cta) == 1 and paid(cta, service="voice", step="cta-voice") == 1
+    now = shas(sdir, clips + ["cta-1.jpg", "cta-2.jpg"])
+    assert [c for c in now if now[c] != before[c]] == ["cta-2.mp4", "cta-2.jpg"]
+    assert by_id(manifest(sdir))["cta-2"]["ctaText"] == "Hear how it ends"
+    after = shas(sdir, clips)
 
     # page 2's narration edited by hand (the script the voice reads): one voice call, the
     # voice and the body re-render; no hook clip, no other call
@@ -116,18 +143,49 @@ def test_kids_ads_rebuild_exactly_what_each_edit_reaches(kids):
     body = by_id(manifest(sdir))["body"]
     assert body["source"]["artifacts"]["voice.mp3"] == sha256_file(sdir / "voice.mp3")
 
+    # a spoken line longer than its 1 s hook made the clip as long as it needs (and said so)
+    for c in manifest(sdir)["components"]:
+        if c["type"] == "hook":
+            spoken = json.loads((sdir / "ads" / "voice" / f"{c['id']}.json").read_text())
+            seg = spoken["segments"][0]
+            needed = math.ceil((0.25 + seg["endS"] - seg["startS"] + 0.35) * 30) / 30
+            assert c["durationS"] == pytest.approx(max(1.0, needed), abs=0.002)
+    assert "runs" in first.out and "instead of 1 s" in first.out
+
     # ads.hookDurationS: every hook clip (and the manifest), no call, not the body
-    kids.edit_config(lambda c: c["ads"].update(hookDurationS=2), KIDS)
+    kids.edit_config(lambda c: c["ads"].update(hookDurationS=4), KIDS)
     dur = kids.doit("build:noah-s-ark", env=FAKE)
     assert dur.rc == 0, dur.out + dur.err
     assert ran(dur.out) == HOOK_TASKS | {"ad-manifest"} and dur.calls == []
-    assert {c["durationS"] for c in manifest(sdir)["components"] if c["type"] == "hook"} == {2.0}
+    assert {c["durationS"] for c in manifest(sdir)["components"] if c["type"] == "hook"} == {4.0}
 
-    # the overlay mode: every clip (and the manifest), no call; the text moves beside them
+    # the loudness target: every clip and audio component re-renders; no paid call
+    kids.edit_config(lambda c: c["ads"].update(loudness={"integratedLufs": -16}), KIDS)
+    loud = kids.doit("build:noah-s-ark", env=FAKE)
+    assert loud.rc == 0, loud.out + loud.err
+    assert ran(loud.out) == HOOK_TASKS | CTA_TASKS | {"body-clip", "ad-manifest"}
+    assert paid(loud) == 0
+    for c in manifest(sdir)["components"]:
+        assert abs(c["loudness"]["integratedLufs"] + 16) <= 1.0, c["id"]
+        assert c["loudness"]["truePeakDbtp"] <= -1.0, c["id"]
+
+    # the body's overlay mode alone: the body's files and the manifest; no hook, no CTA
+    kids.edit_config(lambda c: c["ads"].update(overlay={"body": "both"}), KIDS)
+    body_only = kids.doit("build:noah-s-ark", env=FAKE)
+    assert body_only.rc == 0, body_only.out + body_only.err
+    assert ran(body_only.out) == {"body-clip", "ad-manifest"} and body_only.calls == []
+    data = by_id(manifest(sdir))
+    assert data["body"]["overlay"]["mode"] == "both"
+    assert {"ads/body.mp4", "ads/body-clean.mp4", "ads/body.vtt", "ads/body.srt",
+            "ads/body.jpg"} <= set(data["body"]["files"])
+
+    # the overlay mode of every type: every clip (and the manifest), no call; the text moves
+    # beside them
     kids.edit_config(lambda c: c["ads"].update(overlay="separate"), KIDS)
     sep = kids.doit("build:noah-s-ark", env=FAKE)
     assert sep.rc == 0, sep.out + sep.err
-    assert ran(sep.out) == HOOK_TASKS | {"body-clip", "ad-manifest"} and sep.calls == []
+    assert ran(sep.out) == HOOK_TASKS | CTA_TASKS | {"body-clip", "ad-manifest"}
+    assert sep.calls == []
     data = by_id(manifest(sdir))
     assert data["hook-1"]["overlayBaked"] is False
     assert data["hook-1"]["overlayFile"] == "ads/hook-1-overlay.png"
@@ -140,8 +198,10 @@ def test_kids_ads_rebuild_exactly_what_each_edit_reaches(kids):
     baked = kids.doit("build:noah-s-ark", env=FAKE)
     assert baked.rc == 0 and baked.calls == []
     assert sorted(p.name for p in (sdir / "ads").iterdir()) == [
-        "body.mp4", "hook-1.mp4", "hook-2.mp4", "hook-3.mp4", "hooks.json", "manifest.json",
-        "tags.json"]
+        "body.jpg", "body.mp4", "body.words.json", "cta-1.jpg", "cta-1.mp4", "cta-2.jpg",
+        "cta-2.mp4", "ctas.json", "hook-1.jpg", "hook-1.mp4", "hook-2.jpg", "hook-2.mp4",
+        "hook-3.jpg", "hook-3.mp4", "hooks.json", "manifest.json", "tags.json", "voice",
+        "voice.m4a"]
     assert kids.doit("build:noah-s-ark", env=FAKE).calls == []
 
 
@@ -158,10 +218,12 @@ def test_standard_ads_are_opt_in_and_follow_the_pages(tmp_path):
                                                   maxS=6))
     on = project.doit("build:noah-s-ark", env=FAKE)
     assert on.rc == 0, on.out + on.err
-    assert ran(on.out) == {"ad-hooks", "ad-tags", "body-clip", "ad-manifest"} | HOOK_TASKS
-    assert paid(on) == 2 and {c["step"] for c in on.calls} == {"ad-hooks", "ad-tags"}
+    assert ran(on.out) == {"ad-hooks", "ad-ctas", "ad-tags", "body-clip",
+                           "ad-manifest"} | HOOK_TASKS | CTA_TASKS
+    assert paid(on) == 3 and {c["step"] for c in on.calls} == {"ad-hooks", "ad-ctas", "ad-tags"}
     data = manifest(sdir)
-    assert sorted(by_id(data)) == ["body", "hook-1", "hook-2", "hook-3"]  # no voice
+    assert sorted(by_id(data)) == ["body", "cta-1", "cta-2", "hook-1", "hook-2", "hook-3"]
+    assert {c["audio"] for c in data["components"]} == {"silent"}  # no voice, no music
     assert 2 <= by_id(data)["body"]["durationS"] <= 6
     opens = {h["id"]: h["page"] for h in
              json.loads((sdir / "ads" / "hooks.json").read_text())["hooks"]}
@@ -201,17 +263,30 @@ def offline(tmp_path_factory):
 
 def test_every_clip_is_a_vertical_ad_of_the_configured_length(offline):
     _project, sdir, baked = offline
+    data = by_id(manifest(sdir))
     for folder in (baked, sdir / "ads"):
-        for k in (1, 2, 3):
-            assert_vertical_clip(folder / f"hook-{k}.mp4", 2.0)
+        for k in (1, 2, 3):  # 2 s, or as long as the spoken line needs
+            hook = data[f"hook-{k}"]
+            assert hook["durationS"] >= 2.0
+            assert_vertical_clip(folder / f"hook-{k}.mp4", hook["durationS"])
+        for k in (1, 2):
+            assert_vertical_clip(folder / f"cta-{k}.mp4", data[f"cta-{k}"]["durationS"])
         body = probe(folder / "body.mp4")
         assert 4.0 <= body["duration_s"] <= 6.05
         assert_vertical_clip(folder / "body.mp4", body["video_duration_s"])
-    data = manifest(sdir)
-    for c in data["components"]:
-        if c["type"] in ("hook", "body"):
+    for c in data.values():
+        if c["type"] in ("hook", "body", "cta"):
             assert (c["width"], c["height"], c["fps"], c["codecs"]) == (1080, 1920, 30.0,
                                                                         ["h264", "aac"])
+            assert Image.open(sdir / c["poster"]).size == (1080, 1920)
+        if c["type"] != "overlay":  # one loudness, measured after encoding
+            assert abs(c["loudness"]["integratedLufs"] + 14) <= 1.0, c["id"]
+            assert c["loudness"]["truePeakDbtp"] <= -1.0, c["id"]
+            assert c["measured"]["speechWithin1_5s"] is True, c["id"]
+    words = json.loads((sdir / "ads" / "body.words.json").read_text())
+    assert words["estimated"] is True and words["words"]  # piper: estimated from sentences
+    starts = [w["startS"] for w in words["words"]]
+    assert starts == sorted(starts) and starts[-1] < data["body"]["durationS"]
 
 
 def test_offline_hooks_open_on_their_panel_and_the_body_shows_the_pages_panels(offline):
@@ -227,8 +302,13 @@ def test_separate_clips_are_clean_and_the_text_is_beside_them(offline):
     hook = json.loads((sdir / "ads" / "hooks.json").read_text())["hooks"][0]
     image = sdir / "images" / f"{hook['page']}.jpg"
     crop = page_panels(image, 3)[hook["panel"] - 1]
-    clean = render_hook_clip(image, sdir.parent / "clean-hook.mp4", line="", duration_s=2.0,
-                             crop_box=tuple(crop))
+    spoken = json.loads((sdir / "ads" / "voice" / "hook-1.json").read_text())["segments"]
+    offset = 0.25 - spoken[0]["startS"]
+    track = Soundtrack(voice=str(sdir / "ads" / "voice" / "hook-1.mp3"), voice_offset_s=offset,
+                       speech=tuple((s["startS"] + offset, s["endS"] + offset) for s in spoken))
+    duration = by_id(manifest(sdir))["hook-1"]["durationS"]
+    clean = render_hook_clip(image, sdir.parent / "clean-hook.mp4", line="",
+                             duration_s=duration, crop_box=tuple(crop), soundtrack=track)
     assert sha(sdir / "ads" / "hook-1.mp4") == sha(clean.path)  # not a text pixel in it
     png = Image.open(sdir / "ads" / "hook-1-overlay.png")
     assert png.mode == "RGBA" and png.size == (1080, 1920)
@@ -247,8 +327,10 @@ def test_separate_clips_are_clean_and_the_text_is_beside_them(offline):
     pages = [BodyPage(sdir / "images" / f"{i}.jpg", "", s["startS"], s["endS"],
                       panels=page_panels(sdir / "images" / f"{i}.jpg", n) or [])
              for i, (s, n) in enumerate(zip(timings, counts), 1)]
+    words = json.loads((sdir / "voice.json").read_text())["words"]
     silent = render_body_clip(pages, sdir.parent / "clean-body.mp4",
-                              voice_mp3=sdir / "voice.mp3", min_s=4, max_s=6)
+                              voice_mp3=sdir / "voice.mp3", min_s=4, max_s=6,
+                              speech=[(w["startS"], w["endS"]) for w in words])
     assert sha(sdir / "ads" / "body.mp4") == sha(silent.path)  # no caption pixel in it
     vtt = (sdir / "ads" / "body.vtt").read_text()
     srt = (sdir / "ads" / "body.srt").read_text()

@@ -290,7 +290,7 @@ def test_failed_encode_keeps_the_old_file_and_leaves_no_temp(media, tmp_path):
     broken.write_bytes(b"ID3" + b"\x00" * 64 + b"garbage" * 100)
     target = tmp_path / "body.mp4"
     target.write_bytes(b"previous render")
-    with pytest.raises(RenderError, match=r"body.mp4: FFmpeg failed.*voice.mp3.*Fix:"):
+    with pytest.raises(RenderError, match=r"voice.mp3: FFmpeg failed to decode its audio.*Fix:"):
         render_body_clip([{"image_path": media / "plain.png", "narration": "Hi.",
                            "start_s": 0.0, "end_s": 1.0}], target, voice_mp3=broken,
                          min_s=1, max_s=5)
@@ -392,7 +392,10 @@ def test_body_music_bed_is_ducked_under_the_voice(bodies):
         return float(spectrum[int(hz * len(seg) / 48000)])
 
     under_voice, alone = level(110, 1.5), level(110, 4.6)
-    assert level(330, 1.5) > 5 * under_voice  # the voice is on top
+    # the bed is as loud as the voice alone and 12 dB (x 0.25) under it while it speaks
+    # (music_duck_db's default; K-weighting makes a 110 Hz tone need a little more amplitude
+    # than a 330 Hz one to be as loud)
+    assert level(330, 1.5) > 3 * under_voice  # the voice is on top
     assert alone > 0 and under_voice < 0.35 * alone  # ducked by more than 9 dB
 
 

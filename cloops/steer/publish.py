@@ -135,17 +135,21 @@ def _ads(sdir: Path, story_id: str) -> tuple[dict | None, str | None]:
     files = [MANIFEST, TAGS]
     out = []
     for c in components:
-        rels = [c["file"]] + ([c["overlayFile"]] if c.get("overlayFile") else [])
-        rels += list((c.get("captions") or {}).values())
+        rels = list(c.get("files") or [])  # format 2: every file of the component
+        rels = [c["file"]] + [r for r in rels if r != c["file"]]
+        rels += [r for r in ([c["overlayFile"]] if c.get("overlayFile") else [])
+                 + list((c.get("captions") or {}).values()) if r not in rels]
         if sha256_file(sdir / c["file"]) != c.get("sha256") or \
                 not all((sdir / r).is_file() for r in rels):
             return None, (f"its ad components are not what {MANIFEST} lists ({c['file']}): "
                           f"run doit build:{story_id}")
         files += [r for r in rels if r not in files]
         shown = {k: v for k, v in c.items() if k not in ("source", "tags")}
-        for k in ("file", "overlayFile"):
+        for k in ("file", "overlayFile", "poster", "words"):
             if shown.get(k):
                 shown[k] = f"{story_id}/{shown[k]}"
+        if shown.get("files"):
+            shown["files"] = [f"{story_id}/{f}" for f in shown["files"]]
         if shown.get("captions"):
             shown["captions"] = {k: f"{story_id}/{v}" for k, v in shown["captions"].items()}
         out.append(shown)

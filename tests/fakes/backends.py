@@ -8,6 +8,8 @@ image param and the output changes, as it would with a real model.
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 import io
 import json
@@ -77,7 +79,8 @@ register(BackendSpec(name="fake-image", service="image", offline=False,
 
 
 class FakeVoice:
-    """Silence as MP3: 0.05 s per character of each segment, with the pause between."""
+    """A tone as MP3 (220 Hz while a segment is "spoken", silence in the pauses): 0.05 s per
+    character of each segment, with the pause between - sound the ad kit can normalize."""
 
     name = "fake-voice"
     offline = False
@@ -94,7 +97,8 @@ class FakeVoice:
                 pcm += b"\0\0" * int(request.pause_s * rate)
                 t += request.pause_s
             n = int(len(seg) * 0.05 * rate)
-            pcm += b"\0\0" * n
+            pcm += b"".join(int(9000 * math.sin(2 * math.pi * 220 * k / rate)).to_bytes(
+                2, "little", signed=True) for k in range(n))
             timings.append((round(t, 3), round(t + n / rate, 3)))
             t += n / rate
         enc = lameenc.Encoder()

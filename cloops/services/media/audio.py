@@ -134,17 +134,21 @@ class Rendered:
 
 # ---------------------------------------------------------------- FFmpeg helpers
 
-def _ffmpeg(args: Sequence[str], *, data: bytes | None = None, what: str) -> subprocess.CompletedProcess:
-    """Run FFmpeg; raise :class:`RenderError` naming ``what`` on failure."""
+def _ffmpeg(args: Sequence[str], *, data: bytes | None = None, what: str,
+            file: str | None = None, fix: str | None = None) -> subprocess.CompletedProcess:
+    """Run FFmpeg; raise :class:`RenderError` naming ``what`` (and ``file``) on failure."""
     exe = check_ffmpeg()
     try:
         proc = subprocess.run([exe, "-hide_banner", "-nostdin", *args], input=data,
                               capture_output=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise RenderError(f"FFmpeg could not {what} ({exc.__class__.__name__}).") from None
+        raise RenderError(f"FFmpeg could not {what} ({exc.__class__.__name__}).", file=file,
+                          fix=fix) from None
     if proc.returncode != 0:
-        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-4:]
-        raise RenderError(f"FFmpeg failed to {what}: {' | '.join(tail) or 'no message'}")
+        tail = [line.split("] ", 1)[-1] for line in
+                proc.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]]
+        raise RenderError(f"FFmpeg failed to {what}: {' | '.join(tail) or 'no message'}",
+                          file=file, fix=fix)
     return proc
 
 
@@ -163,14 +167,11 @@ def decode(path: str | Path) -> np.ndarray:
     if not Path(path).is_file():
         raise InputError("the audio file does not exist.", file=str(path),
                          fix="build it first (run doit), or correct the path.")
-    try:
-        proc = _ffmpeg(["-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-vn",
-                        "-f", "f32le", "-acodec", "pcm_f32le", "-ar", str(AUDIO_RATE_HZ),
-                        "-ac", str(CHANNELS), "pipe:1"], what=f"decode {path}")
-    except RenderError as exc:
-        raise RenderError(f"cannot decode the audio of {path}: {exc}",
-                          file=str(path), fix="replace it with a readable MP3, WAV or M4A."
-                          ) from None
+    proc = _ffmpeg(["-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-vn",
+                    "-f", "f32le", "-acodec", "pcm_f32le", "-ar", str(AUDIO_RATE_HZ),
+                    "-ac", str(CHANNELS), "pipe:1"], what="decode its audio", file=str(path),
+                   fix="replace it with a readable MP3, WAV or M4A (or delete it and run "
+                       "doit to make it again).")
     return np.frombuffer(proc.stdout, dtype="<f4").reshape(-1, CHANNELS).copy()
 
 
@@ -415,6 +416,22 @@ def encode_m4a(rendered: Rendered, out_path: str | Path) -> None:
         _ffmpeg(["-loglevel", "error", "-y", *_raw_input(rendered.path), *aac_args(),
                  "-fflags", "+bitexact", "-map_metadata", "-1", "-movflags", "+faststart",
                  "-f", "mp4", str(tmp)], what=f"encode {out.name}")
+
+
+def encode_silence(duration_s: float, out_path: str | Path) -> None:
+    """An M4A of ``duration_s`` seconds of silence (48 kHz stereo AAC), atomically: an audio
+    component whose source is silent.
+
+    Raises:
+        RenderError: FFmpeg failed.
+    """
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with staged(out) as tmp:
+        _ffmpeg(["-loglevel", "error", "-y", "-f", "lavfi", "-t", f"{duration_s:.6f}", "-i",
+                 f"anullsrc=r={AUDIO_RATE_HZ}:cl=stereo", *aac_args(), "-fflags", "+bitexact",
+                 "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", str(tmp)],
+                what=f"encode {out.name}")
 
 
 def remux_audio(video_path: str | Path, rendered: Rendered, out_path: str | Path) -> None:

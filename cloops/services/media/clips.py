@@ -857,9 +857,9 @@ def _audio_component(track: "snd.Soundtrack", duration_s: float, out: Path,
     with snd.temp_folder() as scratch:
         scratch = Path(scratch)
         rendered = snd.render_soundtrack(track, duration_s, scratch)
-        if rendered.path is None:
-            raise InputError("the audio component would be silent.", file=str(out),
-                             fix="check the voice track or the music file.")
+        if rendered.path is None:  # a silent voice track (or bed): a silent component
+            snd.encode_silence(duration_s, out)
+            return None
         if fade_out_s > 0:
             _fade_out(rendered.path, fade_out_s)
         snd.encode_m4a(rendered, out)

@@ -312,10 +312,11 @@ def _pages(proj, tpl, plan, sdir: Path, targets: dict[str, dict], base: str) -> 
 
 
 def _voice(tpl, targets: dict[str, dict], sdir: Path) -> dict | None:
-    """The voice track: the audio target of a voice step, and its timings (a JSON target of
-    the same step holding ``segments`` with ``startS``/``endS``)."""
+    """The voice track: the audio target of a voice step that is not fanned out (a story's
+    narration, not the ads' spoken lines), and its timings (a JSON target of the same step
+    holding ``segments`` with ``startS``/``endS``)."""
     for s in tpl.steps:
-        if s.service != "voice":
+        if s.service != "voice" or s.foreach is not None:
             continue
         audio = next((t for t in targets.values() if t["step"] == s.name and
                       t["kind"] == "audio"), None)
