@@ -13,7 +13,12 @@ running time on this 2-core machine"):
 - **body, 2K pages**: the same with 1152x2048 pages (seedream-4 ``2K`` at 9:16) of drawn panels,
   so the per-shot downscaling of large art is included;
 - **body, pan fallback**: pages without findable panels (full-bleed art), panned top to bottom;
-- **hook**: a 3 s hook clip, cover layout (the most pixels per frame) and fit layout.
+- **hook**: a 3 s hook clip, cover layout (the most pixels per frame) and fit layout;
+- **CTA end card** (issue 20): a 3 s card with a spoken line, at most half its running time;
+- **loudness pass** (issue 20): what one loudness costs a component beyond its picture - the
+  mix decoded, measured with ``ebur128``, gained and limited on the oversampled signal,
+  encoded as AAC and measured again - for a 20 s body (at most a tenth of its running time)
+  and a 3 s hook line (at most a quarter: FFmpeg's start-up dominates short clips).
 
 Each line gives the wall time, its ratio to the clip's running time (the target), and the CPU
 seconds of the Python process and of FFmpeg with the "cpu ratio" they imply on idle cores: on a
@@ -38,7 +43,9 @@ sys.path.insert(0, str(REPO))
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from cloops.services.media import probe, render_body_clip, render_hook_clip  # noqa: E402
+from cloops.services.media import (Soundtrack, probe, render_body_clip,  # noqa: E402
+                                   render_cta_clip, render_hook_clip)
+from cloops.services.media import audio as snd  # noqa: E402
 from cloops.services.media.ffmpeg import X264_PRESET, ffmpeg_exe  # noqa: E402
 from cloops.services.base import ImageRequest  # noqa: E402
 from cloops.services.storyboard_backend import render_storyboard  # noqa: E402
@@ -148,6 +155,25 @@ def figures(runs: int) -> int:
                 page, d / "hook.mp4", line="Would you build a boat under a clear sky?",
                 crop_box=crop))
             rows.append((label, wall, own, kids, clip.duration_s, None))
+        line = Soundtrack(voice=str(voice), voice_offset_s=0.3, speech=((0.6, 2.4),))
+        wall, own, kids, clip = best_of(runs, lambda: render_cta_clip(
+            d / "panels-2.jpg", d / "cta.mp4", title="Noah's Ark", line="Read the whole story",
+            duration_s=3.0, soundtrack=line, poster_path=d / "cta.jpg"))
+        rows.append(("CTA end card, voiced (3 s)", wall, own, kids, clip.duration_s, 0.5))
+        for label, track, seconds, target in (
+                ("loudness pass, body mix (20 s)", Soundtrack(
+                    voice=str(voice), speech=tuple(windows), music=str(music)), 20.0, 0.10),
+                ("loudness pass, hook line (3 s)", line, 3.0, 0.25)):
+            def once(track=track, seconds=seconds):
+                with snd.temp_folder() as scratch:
+                    rendered = snd.render_soundtrack(track, seconds, Path(scratch))
+                    snd.encode_m4a(rendered, d / "pass.m4a")
+                    return snd.finish_loudness(track, rendered, seconds, d / "pass.m4a",
+                                               Path(scratch),
+                                               reencode=lambda r: snd.encode_m4a(r, d / "pass.m4a"))
+            wall, own, kids, loud = best_of(runs, once)
+            assert abs(loud.integrated_lufs + 14) <= 1 and loud.true_peak_dbtp <= -1.0, loud
+            rows.append((label, wall, own, kids, seconds, target))
 
     cores = os.cpu_count() or 1
     print(f"\n{'figure':<38} {'wall':>7} {'ratio':>6} {'target':>8}  {'py cpu':>7} "

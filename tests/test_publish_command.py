@@ -45,12 +45,12 @@ def built(tmp_path_factory):
 
 def expected_files(project, story: str) -> dict[str, bytes]:
     """Object key (under the template) -> bytes: the bundle, the manifest, the tags and every
-    component file."""
+    file of every component (clip, poster, overlays, word timings)."""
     sdir = project.story_dir(story, KIDS)
     out = {f"{story}/bundle/{p.name}": p.read_bytes() for p in (sdir / "bundle").iterdir()}
     manifest = json.loads((sdir / "ads" / "manifest.json").read_text())
-    for rel in ["ads/manifest.json", "ads/tags.json", *(c["file"] for c in
-                                                        manifest["components"])]:
+    for rel in ["ads/manifest.json", "ads/tags.json", *(f for c in manifest["components"]
+                                                        for f in c["files"])]:
         out[f"{story}/{rel}"] = (sdir / rel).read_bytes()
     return out
 
@@ -89,7 +89,7 @@ def test_publish_to_s3_uploads_completed_stories_once(built, s3):
     assert story["bundle"]["storyData"] == f"{PUBLISHED}/bundle/story-data.json"
     assert story["needsReview"] is False
     types = sorted(c["type"] for c in story["ads"]["components"])
-    assert types == ["body", "hook", "hook", "hook", "voice"]
+    assert types == ["body", "cta", "cta", "hook", "hook", "hook", "voice"]
     for c in story["ads"]["components"]:
         path = project.root / "build" / KIDS / c["file"]
         assert sha256_file(path) == c["sha256"]

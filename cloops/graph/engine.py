@@ -371,8 +371,10 @@ def _producer_task(plan: Plan, story: StoryRef, path: str) -> str | None:
 
 
 def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_input: dict,
-              n: Key | None, sources: Sources | None, actions: Actions) -> dict:
-    """The doit task dict for one step of one story (``n``: foreach key).
+              n: Key | None, sources: Sources | None, actions: Actions, *,
+              made_by: str | None = None) -> dict:
+    """The doit task dict for one step of one story (``n``: foreach key; ``made_by``: the
+    fan-out source whose creator makes it, default the plan's).
 
     Its value dependencies are taken when doit checks whether the task is up to date (after
     the tasks it depends on ran), not when it is made: a task made before ``cast.json`` is
@@ -400,7 +402,7 @@ def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_i
         prod = _producer_task(plan, story, src)
         if prod and prod not in task_dep:
             task_dep.append(prod)
-    creator = plan.creator.get(step.name)
+    creator = made_by or plan.creator.get(step.name)
     for src in plan.needs.get(step.name, []):
         if src != creator:  # its tasks need another fan-out's tasks: wait for all of them
             task_dep.append(creator_name(src, story))
@@ -452,7 +454,12 @@ def dynamic_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: di
     (:attr:`Plan.creator`); none but the group when it does not exist yet."""
     plan = plan_of(tpl)
     sources = Sources(tpl, proj.story_dir(tpl.name, story.id))
-    steps = [s for s in wanted_steps(tpl, dry) if plan.creator.get(s.name) == source]
+    # a step is made by the creator of the source its producer writes last (plan.creator);
+    # when that creator ran before another source the step needs was written (two producers
+    # the graph does not order: the CTA lines and the page plan), the creator of that other
+    # source makes it once it runs
+    steps = [s for s in wanted_steps(tpl, dry) if plan.creator.get(s.name) == source
+             or (source in plan.needs.get(s.name, ()) and (story.key, s.name) in _DEFERRED)]
     names: list[str] = []
     errors = {src: sources.error(src) for s in steps for src in plan.needs[s.name]}
     errors = {src: e for src, e in errors.items() if e}
@@ -468,13 +475,23 @@ def dynamic_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: di
     elif sources.items(source) is not None:
         for step in steps:
             if not all(sources.items(src) is not None for src in plan.needs[step.name]):
-                continue  # another file it fans out over is not written yet (doit list)
+                # another file it fans out over is not written yet: its creator makes it
+                _DEFERRED.add((story.key, step.name))
+                continue
+            _DEFERRED.discard((story.key, step.name))
             for n in (sources.keys(step.foreach.source) if step.foreach else [None]):
-                t = make_task(proj, tpl, step, story, story_input, n, sources, actions)
+                t = make_task(proj, tpl, step, story, story_input, n, sources, actions,
+                              made_by=source)
                 names.append(t["basename"])
                 yield t
     yield {"basename": creator_name(source, story), "actions": None, "task_dep": names,
            "doc": f"tasks of {story.key} per item of {source}"}
+
+
+# (story key, step name) of the steps a creator could not make yet because another fan-out
+# source they need was not written: the creator of that source makes them (one doit process
+# runs the creators one at a time, in its main thread)
+_DEFERRED: set[tuple[str, str]] = set()
 
 
 def delayed_creator(proj: Project, tpl: Template, story: StoryRef, story_input: dict,

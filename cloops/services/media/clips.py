@@ -42,8 +42,8 @@ from ...core.fileio import atomic_write_bytes, atomic_write_text
 from . import audio as snd
 from . import text as txt
 from .captions import Cue, chunk, time_cues, to_srt, to_vtt
-from .ffmpeg import encode_frames, frame_rgb
-from .frames import FRAME_ASPECT, Compositor, Shot, Sprite, backdrop
+from .ffmpeg import encode_frames
+from .frames import FRAME_ASPECT, Compositor, Shot, Sprite, backdrop, frame_to_rgb
 from .layout import (BUTTON_ZONE_TOP_PX, FPS, FRAME, FRAME_H_PX, FRAME_W_PX, SAFE_AREA, Box,
                      cover_window, fit_inside)
 from .panels import find_panels
@@ -343,8 +343,8 @@ def _deliver(out: Path, *, frames: int, duration_s: float, baked: Compositor,
     poster = None
     if poster_path is not None:
         poster = Path(poster_path)
-        write_poster(out, min(poster_s, frames / FPS - 1 / FPS), poster,
-                     overlay_png if overlay == "separate" else None)
+        index = min(frames - 1, max(0, math.floor(poster_s * FPS + 1e-6)))
+        write_poster(main, index, poster, overlay_png if overlay == "separate" else None)
     speech = track.speech_start_s if rendered.kind == "voice" else None
     return dict(path=out, overlay=overlay, clean_path=clean_out, overlay_path=png_path,
                 poster_path=poster, audio=rendered.kind, loudness=loudness,
@@ -361,18 +361,15 @@ def _fade_out(raw: Path, fade_s: float) -> None:
         pcm.tofile(raw)
 
 
-def write_poster(clip: str | os.PathLike, at_s: float, out_path: str | os.PathLike,
+def write_poster(compositor: Compositor, index: int, out_path: str | os.PathLike,
                  overlay: "Image.Image | None" = None) -> Path:
-    """The poster of a clip: its frame at ``at_s`` seconds as a 1080x1920 JPEG (quality 90),
-    with ``overlay`` (an RGBA frame) laid over it when given - what a feed shows before
-    playback (TikTok's display image, Meta's thumbnail). Written atomically.
-
-    Raises:
-        RenderError: FFmpeg cannot decode the frame.
-    """
+    """The poster of a clip: its frame ``index`` as a 1080x1920 JPEG (quality 90), with
+    ``overlay`` (an RGBA frame) laid over it when given - what a feed shows before playback
+    (TikTok's display image, Meta's thumbnail). The frame is the one the encoder was given
+    (:func:`~cloops.services.media.frames.frame_to_rgb`), not decoded back from the H.264
+    stream: the same picture without an FFmpeg run per poster. Written atomically."""
     import io
-    k = max(0, math.floor(at_s * FPS + 1e-6))  # the frame shown at at_s, found by its time
-    img = frame_rgb(clip, max(0.0, k / FPS - 0.001))
+    img = frame_to_rgb(b"".join(bytes(b) for b in compositor.frame(index)))
     if overlay is not None:
         img = Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB")
     buf = io.BytesIO()

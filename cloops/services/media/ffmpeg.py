@@ -276,29 +276,3 @@ def _feed(proc: subprocess.Popen, frame_count: int,
             raise
     return False
 
-
-def frame_rgb(clip: str | os.PathLike, at_s: float) -> "Image.Image":
-    """Decode the frame of ``clip`` shown at ``at_s`` seconds as a 1080x1920 RGB image (BT.709
-    limited range to full-range RGB, exact rounding), e.g. for a poster.
-
-    Raises:
-        RenderError: FFmpeg cannot decode the clip at that time (names the file).
-    """
-    from PIL import Image
-
-    exe = check_ffmpeg()
-    cmd = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-ss", f"{max(0.0, at_s):.3f}",
-           "-i", str(clip), "-frames:v", "1", "-vf",
-           "scale=in_range=tv:in_color_matrix=bt709:out_range=pc:flags=accurate_rnd+bitexact,"
-           "format=rgb24", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RenderError(f"cannot run FFmpeg ({exc.__class__.__name__}).", file=str(clip)) from None
-    size = FRAME_W_PX * FRAME_H_PX * 3
-    if proc.returncode != 0 or len(proc.stdout) < size:
-        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-        raise RenderError(f"cannot decode the frame at {at_s:.2f} s: "
-                          f"{' | '.join(tail) or 'no frame there'}", file=str(clip),
-                          fix="render the clip again (delete it and run doit).")
-    return Image.frombytes("RGB", (FRAME_W_PX, FRAME_H_PX), proc.stdout[:size])

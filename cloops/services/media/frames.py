@@ -296,3 +296,25 @@ class Compositor:
             out += [view[:(top >> shift) * width], memoryview(rows.tobytes()),
                     view[(bottom >> shift) * width:]]
         return tuple(out)
+
+
+def frame_to_rgb(frame: bytes) -> Image.Image:
+    """One yuv420p frame (:data:`FRAME_BYTES`: the Y' plane, then Cb and Cr at half size;
+    BT.709 limited range) as a 1080x1920 RGB image - the inverse of the frames' conversion,
+    chroma upsampled by repetition, rounded and clipped to 0-255 (ITU-R BT.709-6 items
+    3.2-3.5). For posters."""
+    w, h = FRAME_W_PX, FRAME_H_PX
+    y = np.frombuffer(frame, np.uint8, w * h).reshape(h, w).astype(np.float32) - 16.0
+    u = np.frombuffer(frame, np.uint8, (w // 2) * (h // 2), w * h).reshape(h // 2, w // 2)
+    v = np.frombuffer(frame, np.uint8, (w // 2) * (h // 2), w * h + (w // 2) * (h // 2)
+                      ).reshape(h // 2, w // 2)
+    cb = np.repeat(np.repeat(u.astype(np.float32) - 128.0, 2, 0), 2, 1)
+    cr = np.repeat(np.repeat(v.astype(np.float32) - 128.0, 2, 0), 2, 1)
+    kr, kb = 0.2126, 0.0722
+    kg = 1 - kr - kb
+    ys, cs = 255 / 219, 255 / 224
+    r = ys * y + cs * (2 - 2 * kr) * cr
+    b = ys * y + cs * (2 - 2 * kb) * cb
+    g = ys * y - cs * ((2 - 2 * kb) * kb / kg) * cb - cs * ((2 - 2 * kr) * kr / kg) * cr
+    rgb = np.stack([r, g, b], axis=2)
+    return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
