@@ -354,3 +354,59 @@ def test_a_status_write_racing_an_edit_in_the_app_keeps_the_edit(fs, monkeypatch
         fb.set_status(url, "creation", "in_progress", completed_at=None, error=None)
     assert docs(fs, "stories")["creation"]["input"]["title"] == "Creation (app)"
     assert docs(fs, "stories")["creation"]["status"] == "pending"
+
+
+def test_doit_publish_says_what_the_documents_came_to(kids, fs):
+    env = {"FIRESTORE_EMULATOR_HOST": fs.host}
+    first = kids.doit("publish", env=env)
+    assert first.rc == 0, first.out + first.err
+    assert f"firestore {fs.project}/(default) ({KIDS}): 6 documents written, 0 unchanged" \
+        in first.out
+    again = kids.doit("publish", env=env)
+    assert "0 documents written, 6 unchanged, 0 marked withdrawn" in again.out, again.out
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda c: c.update(publish={"firestore": {"project": "Not A Project"}}),
+     "publish.firestore.project"),
+    (lambda c: c.update(publish={"firestore": {"project": "my-app", "collections":
+                                               {"hook": "a/b"}}}),
+     "publish.firestore.collections"),
+    (lambda c: c.update(datasource="firestore://x/stories"), "datasource"),
+])
+def test_bad_firestore_settings_name_the_field(tmp_path, edit, field):
+    project = make_project(tmp_path, ["noah-s-ark"])
+    project.edit_config(edit, STANDARD)
+    run = project.doit("list")
+    assert run.rc == 2 and field in run.err and "config.json" in run.err, run.out + run.err
+
+
+def test_a_failed_database_keeps_the_objects_and_a_rerun_writes_the_documents(kids, fs,
+                                                                           monkeypatch):
+    real_write = Firestore.write
+
+    def refused(self, docs, **kw):
+        raise FirestoreAuthError("Firestore project 'x': permission denied while writing.")
+    monkeypatch.setattr(Firestore, "write", refused)
+    with pytest.raises(FirestoreAuthError):
+        publish(kids)
+    story_data = kids.root / "published" / KIDS / PUBLISHED / "bundle" / "story-data.json"
+    assert story_data.is_file() and docs(fs, "stories") == {}  # the objects are up, no document
+    monkeypatch.setattr(Firestore, "write", real_write)
+    out = publish(kids)
+    assert sum(len(r.uploaded) for _t, r in out.reports) == 0  # nothing uploaded again
+    assert len(out.documents[0][1].written) == 6
+    assert set(docs(fs, "stories")) == {f"{KIDS}~{PUBLISHED}"}
+
+
+@pytest.mark.parametrize("error, kind", [("PermissionDenied", FirestoreAuthError),
+                                         ("Unauthenticated", FirestoreAuthError),
+                                         ("NotFound", FirestoreError)])
+def test_a_wrong_project_names_the_setting(error, kind):
+    from google.api_core import exceptions
+    with pytest.raises(kind) as err:
+        with _calls("wrong-project", "publish.firestore.project in templates/x/config.json",
+                    "reading stories"):
+            raise getattr(exceptions, error)("The database (default) does not exist for "
+                                             "project wrong-project")
+    assert "publish.firestore.project" in str(err.value) and "wrong-project" in str(err.value)

@@ -73,7 +73,8 @@ def _client(project: str, database: str) -> Firestore:
     with _LOCK:
         key = (project, database)
         if key not in _CLIENTS:
-            _CLIENTS[key] = Firestore(project, database, setting="datasource")
+            _CLIENTS[key] = Firestore(project, database,
+                                     setting="datasource in the template's config.json")
         return _CLIENTS[key]
 
 
