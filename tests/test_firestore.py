@@ -209,6 +209,12 @@ def test_a_second_publish_writes_no_document(kids, fs):
     (sdir / "ads" / "manifest.json").write_text(json.dumps(manifest))
     report = publish(kids).documents[0][1]
     assert sorted(report.written) == [f"ctas/{KIDS}~{PUBLISHED}~cta-1", f"stories/{KIDS}~{PUBLISHED}"]
+    # a component the manifest no longer lists: its document is withdrawn, not deleted
+    del manifest["components"][3]
+    (sdir / "ads" / "manifest.json").write_text(json.dumps(manifest))
+    report = publish(kids).documents[0][1]
+    assert report.withdrawn == [f"voices/{KIDS}~{PUBLISHED}~voice"]
+    assert docs(fs, "voices")[f"{KIDS}~{PUBLISHED}~voice"]["status"] == "withdrawn"
 
 
 def test_a_published_story_that_fails_its_evals_is_withdrawn(kids, fs):

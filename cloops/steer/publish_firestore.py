@@ -25,8 +25,8 @@ type not configured goes to ``<type>s``). Document ids are stable: ``<template>~
 **Only what changed is written**: the documents there are read first and a document is written
 only when its content, ``publishedAt`` aside, differs (a re-publish writes none). A story that
 was published and is now failed or needs review gets ``"status": "withdrawn"`` (with
-``withdrawnReason`` and ``withdrawnAt``) on its documents; nothing is deleted, and a draft never
-gets a document. Writes go in commits within Firestore's limits (500 writes, 1 MiB a document).
+``withdrawnReason`` and ``withdrawnAt``) on its documents, as does a component its story's
+manifest no longer lists; nothing is deleted, and a draft never gets a document. Writes go in commits within Firestore's limits (500 writes, 1 MiB a document).
 """
 
 from __future__ import annotations
@@ -156,6 +156,19 @@ def sync_documents(cfg: FirestoreSinkConfig, template: str, published: Iterable,
         writes.append((collection, doc_id, {**doc, "publishedAt": now}))
     # withdrawals: the story's document says which component documents it has
     marks = []
+    dropped: list[tuple[str, str]] = []  # components a story's manifest no longer lists
+    for collection, doc_id, doc in wanted:
+        old = there.get((collection, doc_id))
+        if "components" in doc and old is not None and old.exists:
+            keep = {(r["collection"], r["document"]) for r in doc["components"]}
+            dropped += [(r["collection"], r["document"]) for r in old.data.get("components") or []
+                        if isinstance(r, dict) and r.get("collection") and r.get("document")
+                        and (r["collection"], r["document"]) not in keep]
+    for c in dict.fromkeys(c for c, _ in dropped):
+        for i, snap in db.get_many(c, [i for cc, i in dropped if cc == c]).items():
+            if snap.exists and snap.data.get("status") != STATUS_WITHDRAWN:
+                marks.append((c, i, {"status": STATUS_WITHDRAWN, "withdrawnAt": now,
+                                     "withdrawnReason": "no longer in its story's manifest"}))
     withdrawn = list(withdrawn)
     if withdrawn:
         stories = db.get_many(cfg.collection("story"),
