@@ -35,7 +35,7 @@ STANDARD = "comic-books-standard"
 
 
 @pytest.fixture(scope="module")
-def emulator():
+def emulator(tmp_path_factory):
     """The emulator on 127.0.0.1 and a free port: ``.host`` is ``127.0.0.1:<port>``."""
     node = shutil.which("node") or shutil.which("nodejs")
     if node is None:
@@ -44,15 +44,17 @@ def emulator():
     if not (EMULATOR_DIR / "node_modules" / "@firestore-emulator" / "server").is_dir():
         pytest.skip("@firestore-emulator/server is not installed: run `npm ci` in "
                     "tests/firestore (.ci/run does)")
+    log = tmp_path_factory.mktemp("firestore") / "emulator.log"
+    err = open(log, "w")
     proc = subprocess.Popen([node, "start.mjs", "0"], cwd=EMULATOR_DIR, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=err, text=True)
     first: list[str] = []
     reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
     reader.start()
     reader.join(30)
     if not first or not first[0].startswith("listening "):
         proc.kill()
-        pytest.fail(f"the Firestore emulator did not start: {proc.stderr.read()[:500]}")
+        pytest.fail(f"the Firestore emulator did not start: {log.read_text()[:500]}")
     host = f"127.0.0.1:{int(first[0].split()[1])}"
     try:
         yield SimpleNamespace(host=host)
@@ -62,6 +64,7 @@ def emulator():
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        err.close()
 
 
 @pytest.fixture
@@ -69,6 +72,7 @@ def fs(emulator, monkeypatch):
     """The emulator for this process; a project id of the test's own (isolated data)."""
     _no_cloud_lookups(monkeypatch)
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", emulator.host)
+    monkeypatch.setenv("GRPC_VERBOSITY", "ERROR")  # not gRPC's notes on the emulator closing
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     fb._CLIENTS.clear()
     fb._SEEN.clear()
