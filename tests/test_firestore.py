@@ -420,3 +420,30 @@ def test_a_wrong_project_names_the_setting(error, kind):
             raise getattr(exceptions, error)("The database (default) does not exist for "
                                              "project wrong-project")
     assert "publish.firestore.project" in str(err.value) and "wrong-project" in str(err.value)
+
+
+def test_an_edit_in_the_app_during_a_doit_run_is_kept_and_the_run_says_so(tmp_path, fs):
+    """A real run against the fake paid servers, held at its second call while the app edits
+    the story's summary: the completion is not written, the run says why, the edit stays."""
+    from tests.fakes.gate import Gate
+    from test_robustness import env_for, fakes
+    project = make_project(tmp_path, [], templates=())
+    url = f"firestore://{fs.project}/stories"
+    project.edit_config(lambda c: c.update(datasource=url), STANDARD)
+    fs.db.write([("stories", "noah-s-ark", story_doc("Noah's Ark"))])
+    gate = Gate()
+    oa, rp = fakes(gate)
+    with oa, rp:
+        gate.hold_after(1)
+        started = project.start("build:noah-s-ark", env={
+            **env_for(oa, rp), "FIRESTORE_EMULATOR_HOST": fs.host, "GRPC_VERBOSITY": "ERROR"})
+        assert gate.wait_held(60)
+        during = docs(fs, "stories")["noah-s-ark"]
+        assert during["status"] == "in_progress"
+        edited = {**during, "input": {**during["input"], "summary": "Edited in the app."}}
+        fs.db.write([("stories", "noah-s-ark", edited)])
+        gate.release()
+        run = started.finish(timeout=300)
+    assert run.rc != 0
+    assert "edited in the app while the run built it" in run.out + run.err
+    assert docs(fs, "stories")["noah-s-ark"] == edited  # the edit and its status, untouched
