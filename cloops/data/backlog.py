@@ -1,4 +1,6 @@
-"""The backlog datasource: ``backlogs/<template>.json``.
+"""The backlog datasource: ``backlogs/<template>.json`` (and, through the same interface,
+``backlogs/<template>.csv``: :mod:`cloops.data.csv_backlog`; a Firestore collection:
+:mod:`cloops.data.firestore_backlog`).
 
 Layer: **data**.
 
@@ -212,7 +214,9 @@ def set_status(root: Path, path: Path, item_id: str, status: str, *,
 
     ``path`` is the backlog's file, or its ``firestore://`` URL (text): then the document is
     updated under a precondition (:func:`cloops.data.firestore_backlog.set_status`, which
-    raises ``EditedMeanwhile`` when the app edited it meanwhile). Only that item's status fields change; every other byte of meaning (other items, key order,
+    raises ``EditedMeanwhile`` when the app edited it meanwhile).
+
+    Only that item's status fields change; every other byte of meaning (other items, key order,
     extra fields) is kept. A file that no longer parses is left untouched.
 
     Raises:

@@ -26,7 +26,8 @@ type not configured goes to ``<type>s``). Document ids are stable: ``<template>~
 only when its content, ``publishedAt`` aside, differs (a re-publish writes none). A story that
 was published and is now failed or needs review gets ``"status": "withdrawn"`` (with
 ``withdrawnReason`` and ``withdrawnAt``) on its documents, as does a component its story's
-manifest no longer lists; nothing is deleted, and a draft never gets a document. Writes go in commits within Firestore's limits (500 writes, 1 MiB a document).
+manifest no longer lists; nothing is deleted, and a draft never gets a document. Writes go in
+commits within Firestore's limits (500 writes, 1 MiB a document).
 """
 
 from __future__ import annotations
