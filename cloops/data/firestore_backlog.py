@@ -110,9 +110,11 @@ def _item(url: str, snap: Snapshot) -> Item:
     try:
         return validate_item(raw, "document", shown)
     except InputError as exc:  # the field as the app names it: input.title, not document.input.title
+        text = str(exc).removeprefix(f"{shown}, field '{exc.field}': ")
+        if exc.fix:
+            text = text.removesuffix(f" Fix: {exc.fix}")
         field = (exc.field or "").removeprefix("document").lstrip(".") or None
-        raise InputError(str(exc).split(": ", 1)[1].rsplit(" Fix: ", 1)[0], file=shown,
-                         field=field, fix=exc.fix) from None
+        raise InputError(text, file=shown, field=field, fix=exc.fix) from None
 
 
 class FirestoreBacklog:
