@@ -447,3 +447,20 @@ def test_an_edit_in_the_app_during_a_doit_run_is_kept_and_the_run_says_so(tmp_pa
     assert run.rc != 0
     assert "edited in the app while the run built it" in run.out + run.err
     assert docs(fs, "stories")["noah-s-ark"] == edited  # the edit and its status, untouched
+
+
+def test_an_unreachable_emulator_is_a_clear_error_not_a_hang(monkeypatch):
+    import socket
+    import cloops.services.firestore as firestore_mod
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _no_cloud_lookups(monkeypatch)
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{port}")
+    monkeypatch.setenv("GRPC_VERBOSITY", "ERROR")
+    monkeypatch.setattr(firestore_mod, "RETRY_S", 1.0)
+    fb._CLIENTS.clear()
+    with pytest.raises(FirestoreError, match="FIRESTORE_EMULATOR_HOST") as err:
+        fb.FirestoreBacklog("firestore://demo-cloops/stories", STANDARD).items
+    assert "unreachable" in str(err.value)
+    fb._CLIENTS.clear()

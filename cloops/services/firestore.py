@@ -38,7 +38,16 @@ from ..core.errors import CloopsError
 MAX_WRITES = 500                 # writes per commit (Firestore limit)
 MAX_DOCUMENT_BYTES = 1_048_576   # 1 MiB per document (Firestore limit)
 MAX_COMMIT_BYTES = 9 * 1_048_576  # a commit request may be 10 MiB: keep a margin
-TIMEOUT_S = 60.0                 # per call
+TIMEOUT_S = 20.0                 # per attempt
+RETRY_S = 30.0                   # retrying transient errors (unavailable, 429, 5xx) at most this long
+
+
+def _retry():
+    """Retry transient errors with backoff for at most ``RETRY_S`` seconds (the client's own
+    default retries a stream for minutes: a wrong FIRESTORE_EMULATOR_HOST would hang)."""
+    from google.api_core import retry as retries
+    return retries.Retry(predicate=retries.if_transient_error, initial=0.5, maximum=4.0,
+                         multiplier=2.0, timeout=RETRY_S)
 
 
 class FirestoreError(CloopsError):
@@ -174,7 +183,7 @@ class Firestore:
     def get(self, collection: str, doc_id: str) -> Snapshot:
         """One document (``Snapshot.data`` None when it does not exist)."""
         with self._calls(f"reading {collection}/{doc_id}"):
-            return self._snap(self._doc(collection, doc_id).get(timeout=TIMEOUT_S))
+            return self._snap(self._doc(collection, doc_id).get(retry=_retry(), timeout=TIMEOUT_S))
 
     def get_many(self, collection: str, ids: Iterable[str]) -> dict[str, Snapshot]:
         """Several documents of one collection by id, in one round trip per 300 ids."""
@@ -183,7 +192,7 @@ class Firestore:
         with self._calls(f"reading {collection}"):
             for start in range(0, len(ids), 300):
                 refs = [self._doc(collection, i) for i in ids[start:start + 300]]
-                for s in self._client.get_all(refs, timeout=TIMEOUT_S):
+                for s in self._client.get_all(refs, retry=_retry(), timeout=TIMEOUT_S):
                     out[s.id] = self._snap(s)
         return out
 
@@ -191,7 +200,7 @@ class Firestore:
         """Every document of a collection, by document id."""
         with self._calls(f"reading the collection {collection}"):
             return [self._snap(s) for s in self._client.collection(collection).stream(
-                timeout=TIMEOUT_S)]
+                retry=_retry(), timeout=TIMEOUT_S)]
 
     def write(self, docs: Iterable[tuple[str, str, Mapping[str, Any]]], *,
               merge: bool = False) -> int:
@@ -227,7 +236,7 @@ class Firestore:
                 batch = self._client.batch()
                 for collection, doc_id, data in chunk:
                     batch.set(self._doc(collection, doc_id), dict(data), merge=merge)
-                batch.commit(timeout=TIMEOUT_S)
+                batch.commit(retry=_retry(), timeout=TIMEOUT_S)
             written += len(chunk)
         return written
 
@@ -244,7 +253,7 @@ class Firestore:
             option = self._client.write_option(last_update_time=update_time)
             try:
                 result = self._doc(collection, doc_id).update(dict(fields), option=option,
-                                                              timeout=TIMEOUT_S)
+                                                              retry=_retry(), timeout=TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001
                 if type(exc).__name__ == "NotFound":
                     raise FirestoreConflict(f"Firestore document {collection}/{doc_id} was "
