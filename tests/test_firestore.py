@@ -464,3 +464,15 @@ def test_an_unreachable_emulator_is_a_clear_error_not_a_hang(monkeypatch):
         fb.FirestoreBacklog("firestore://demo-cloops/stories", STANDARD).items
     assert "unreachable" in str(err.value)
     fb._CLIENTS.clear()
+
+
+def test_no_credentials_is_one_clear_error(tmp_path, monkeypatch):
+    _no_cloud_lookups(monkeypatch)  # NO_GCE_CHECK: no metadata-server lookup
+    for name in ("FIRESTORE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))
+    with pytest.raises(FirestoreAuthError) as err:
+        Firestore("my-app-123", setting="publish.firestore.project in templates/x/config.json")
+    msg = str(err.value)
+    assert "publish.firestore.project" in msg and "GOOGLE_APPLICATION_CREDENTIALS" in msg
+    assert "FIRESTORE_EMULATOR_HOST" in msg
