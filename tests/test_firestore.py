@@ -46,7 +46,7 @@ def emulator(tmp_path_factory):
                     "tests/firestore (.ci/run does)")
     log = tmp_path_factory.mktemp("firestore") / "emulator.log"
     err = open(log, "w")
-    proc = subprocess.Popen([node, "start.mjs", "0"], cwd=EMULATOR_DIR, stdin=subprocess.PIPE,
+    proc = subprocess.Popen([node, "start.mjs", "0", "--watch-stdin"], cwd=EMULATOR_DIR, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=err, text=True)
     first: list[str] = []
     reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)

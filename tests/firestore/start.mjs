@@ -1,9 +1,10 @@
-// A Firestore emulator for cloops' tests: node tests/firestore/start.mjs [port]
+// A Firestore emulator for cloops' tests: node tests/firestore/start.mjs [port] [--watch-stdin]
 //
 // Serves @firestore-emulator/server (MIT; `new FirestoreServer()`) on 127.0.0.1 only (the
 // package's own start() binds 0.0.0.0), on the given port or, with 0, a free one; prints
 // "listening <port>" once it accepts connections. The Python client reaches it with
-// FIRESTORE_EMULATOR_HOST=127.0.0.1:<port>. Stops on SIGTERM/SIGINT or when stdin closes.
+// FIRESTORE_EMULATOR_HOST=127.0.0.1:<port>. Stops on SIGTERM/SIGINT, and with --watch-stdin
+// also when its stdin closes (the test fixture's pipe: no emulator outlives a killed pytest).
 //
 // One gap of the package is filled here: it ignores a write's `current_document.update_time`
 // precondition (it checks only `exists`), which real Firestore enforces with
@@ -38,7 +39,7 @@ FirestoreState.prototype.writeV1Document = function (date, write) {
 };
 
 const emulator = new FirestoreServer();
-const port = Number(process.argv[2] || 0);
+const port = Number(process.argv.slice(2).find((a) => !a.startsWith("--")) || 0);
 emulator.server.bindAsync(`127.0.0.1:${port}`, ServerCredentials.createInsecure(), (err, bound) => {
   if (err) {
     console.error(`cannot listen on 127.0.0.1:${port}: ${err.message}`);
@@ -49,5 +50,7 @@ emulator.server.bindAsync(`127.0.0.1:${port}`, ServerCredentials.createInsecure(
 const stop = () => { emulator.stop(); process.exit(0); };
 process.on("SIGTERM", stop);
 process.on("SIGINT", stop);
-process.stdin.on("end", stop);
-process.stdin.resume();
+if (process.argv.includes("--watch-stdin")) {
+  process.stdin.on("end", stop);
+  process.stdin.resume();
+}
