@@ -1,4 +1,6 @@
-"""The backlog datasource: ``backlogs/<template>.json``.
+"""The backlog datasource: ``backlogs/<template>.json`` (and, through the same interface,
+``backlogs/<template>.csv``: :mod:`cloops.data.csv_backlog`; a Firestore collection:
+:mod:`cloops.data.firestore_backlog`).
 
 Layer: **data**.
 
@@ -25,68 +27,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from .config import parse_json
 from ..core.errors import InputError
-from ..core.fileio import atomic_write_bytes, atomic_write_text, dump_json, sha256_bytes, sha256_json
+from ..core.fileio import atomic_write_bytes, atomic_write_text, dump_json, sha256_bytes
+from .items import SLUG, STATUSES, Item, validate_item  # noqa: F401 - this module's interface
 
-STATUSES = ("pending", "in_progress", "completed", "failed")
-SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 BACKLOGS_DIR = "backlogs"
 LOCK_DIR = "build/.cloops/locks"
-
-
-class Item:
-    """One backlog item (read-only once loaded).
-
-    Attributes:
-        id: slug ``[a-z0-9-]+``; the story's folder name.
-        status: one of ``STATUSES``.
-        input: ``{"title": str, "summary": str, "keyMoments": [str, ...], ...}``; extra keys
-            (e.g. ``reference``, the scripture passage) are kept and offered to steps. Items
-            loaded from a backlog index keep it as canonical JSON text until first read.
-        completed_at: ISO-8601 UTC time of completion or None.
-        error: the last failure's message or None.
-        input_digest: the first 16 hex digits of the SHA-256 of the input's canonical JSON
-            (what story seals and completed-story records compare).
-    """
-
-    __slots__ = ("id", "status", "completed_at", "error", "_input", "_text", "_digest")
-
-    def __init__(self, id: str, status: str, input: dict | None = None,
-                 completed_at: str | None = None, error: str | None = None, *,
-                 input_text: str | None = None, input_digest: str | None = None):
-        self.id = id
-        self.status = status
-        self.completed_at = completed_at
-        self.error = error
-        self._input = input
-        self._text = input_text
-        self._digest = input_digest
-
-    @property
-    def input(self) -> dict:
-        if self._input is None:
-            self._input = json.loads(self._text) if self._text is not None else {}
-        return self._input
-
-    @property
-    def input_digest(self) -> str:
-        if self._digest is None:
-            self._digest = sha256_json(self.input)[:16]
-        return self._digest
-
-    def _key(self) -> tuple:
-        return (self.id, self.status, self.input, self.completed_at, self.error)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Item) and self._key() == other._key()
-
-    __hash__ = None  # type: ignore[assignment]  # input is a dict: not hashable
-
-    def __repr__(self) -> str:
-        return f"Item(id={self.id!r}, status={self.status!r})"
 
 
 @dataclass
@@ -102,42 +51,6 @@ class Backlog:
         if self._by_id is None:
             self._by_id = {it.id: it for it in self.items}
         return self._by_id.get(item_id)
-
-
-def validate_item(raw: Any, where: str, file: str) -> Item:
-    """Validate one backlog item (``where`` is its field path, e.g. ``items[3]``).
-
-    Raises:
-        InputError: naming the file and field.
-    """
-    if not isinstance(raw, dict):
-        raise InputError("must be an object.", file=file, field=where)
-    item_id = raw.get("id")
-    if not isinstance(item_id, str) or not SLUG.fullmatch(item_id):
-        raise InputError(f"id {item_id!r} is not a slug.", file=file, field=f"{where}.id",
-                         fix="use lowercase letters, digits and single '-' only, e.g. "
-                             "\"noah-s-ark\".")
-    status = raw.get("status", "pending")
-    if status not in STATUSES:
-        raise InputError(f"status {status!r} is not one of {', '.join(STATUSES)}.", file=file,
-                         field=f"{where}.status", fix="set it to \"pending\".")
-    inp = raw.get("input")
-    if not isinstance(inp, dict):
-        raise InputError("is missing or not an object.", file=file, field=f"{where}.input",
-                         fix="add \"input\": {\"title\", \"summary\", \"keyMoments\"}.")
-    for key, kind in (("title", str), ("summary", str), ("keyMoments", list)):
-        value = inp.get(key)
-        if value is None:
-            raise InputError("is missing.", file=file, field=f"{where}.input.{key}",
-                             fix=f"add the story's {key}.")
-        if not isinstance(value, kind) or (kind is str and not value.strip()):
-            raise InputError(f"must be a non-empty {'string' if kind is str else 'list'}.",
-                             file=file, field=f"{where}.input.{key}")
-    if not inp["keyMoments"] or not all(isinstance(m, str) and m.strip() for m in inp["keyMoments"]):
-        raise InputError("must be a non-empty list of non-empty strings.", file=file,
-                         field=f"{where}.input.keyMoments")
-    return Item(id=item_id, status=status, input=inp, completed_at=raw.get("completedAt"),
-                error=raw.get("error"))
 
 
 INDEX_DIR = "build/.cloops/backlogs"
@@ -255,16 +168,27 @@ def load_csv_backlog(path: Path, *, shown: str | None = None) -> Backlog:
     return Backlog(path=Path(path), template=Path(path).stem, items=items)
 
 
-def discover(root: Path) -> list[Backlog]:
-    """Load every ``backlogs/*.json`` and ``backlogs/*.csv`` under ``root`` (by file name)."""
+def discover(root: Path) -> list:
+    """Load every ``backlogs/*.json`` and ``backlogs/*.csv`` under ``root`` (by file name), then
+    every template whose ``config.json`` names a Firestore collection as its ``datasource``
+    (:class:`cloops.data.firestore_backlog.FirestoreBacklog`: read when its stories are first
+    needed, so a project with one is loaded without a call)."""
+    out: list = []
     bdir = root / BACKLOGS_DIR
-    if not bdir.is_dir():
-        return []
-    out = []
-    for p in sorted([*bdir.glob("*.json"), *bdir.glob("*.csv")]):
-        shown = str(p.relative_to(root))
-        out.append(load_csv_backlog(p, shown=shown) if p.suffix == ".csv"
-                   else load_backlog(p, shown=shown, root=root))
+    if bdir.is_dir():
+        for p in sorted([*bdir.glob("*.json"), *bdir.glob("*.csv")]):
+            shown = str(p.relative_to(root))
+            out.append(load_csv_backlog(p, shown=shown) if p.suffix == ".csv"
+                       else load_backlog(p, shown=shown, root=root))
+    for config in sorted((root / "templates").glob("*/config.json")):
+        try:
+            source = json.loads(config.read_text(encoding="utf-8")).get("datasource")
+        except (OSError, ValueError, AttributeError):
+            continue  # the template's own loading reports a bad config
+        if isinstance(source, str) and source.startswith("firestore://"):
+            from .firestore_backlog import FirestoreBacklog, parse_url
+            parse_url(source, shown=str(config.relative_to(root)))
+            out.append(FirestoreBacklog(source, config.parent.name))
     return out
 
 
@@ -288,6 +212,10 @@ def set_status(root: Path, path: Path, item_id: str, status: str, *,
                error: str | None = None) -> bool:
     """Set one item's status (and ``completedAt``/``error``); return True if the file changed.
 
+    ``path`` is the backlog's file, or its ``firestore://`` URL (text): then the document is
+    updated under a precondition (:func:`cloops.data.firestore_backlog.set_status`, which
+    raises ``EditedMeanwhile`` when the app edited it meanwhile).
+
     Only that item's status fields change; every other byte of meaning (other items, key order,
     extra fields) is kept. A file that no longer parses is left untouched.
 
@@ -296,6 +224,11 @@ def set_status(root: Path, path: Path, item_id: str, status: str, *,
     """
     if status not in STATUSES:
         raise ValueError(status)
+    if isinstance(path, str) and path.startswith("firestore://"):
+        from .firestore_backlog import set_status as set_document_status
+        return set_document_status(path, item_id, status,
+                                   completed_at=now_iso() if status == "completed" else None,
+                                   error=error if status == "failed" else None)
     if Path(path).suffix == ".csv":
         from .csv_backlog import set_row_status
         with _locked(root, path):

@@ -302,8 +302,44 @@ class AdsConfig(StrictModel):
         return self
 
 
+DEFAULT_COLLECTIONS = {"story": "stories", "hook": "hooks", "body": "bodies", "cta": "ctas",
+                       "voice": "voices", "audio": "audios", "overlay": "overlays"}
+
+
+class FirestoreSinkConfig(StrictModel):
+    """``publish.firestore``: the Firestore database ``doit publish`` writes AdLoops' documents
+    to (:mod:`cloops.steer.publish`).
+
+    ``project``: the Google Cloud project id (6-30 characters: lowercase letters, digits, '-').
+    ``database``: the database id, ``(default)`` unless the project has several.
+    ``collections``: record type -> collection, over :data:`DEFAULT_COLLECTIONS` (``story``
+    names the stories' collection; an ad component's manifest ``type`` names its own); a type
+    named nowhere goes to ``<type>s``, so a new component type needs no setting.
+    """
+
+    project: str = Field(pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+    database: str = Field(default="(default)", min_length=1)
+    collections: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("collections")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+        for kind, name in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}", name) or name in (".", ".."):
+                raise ValueError(f"{kind}: {name!r} is not a collection id (letters, digits, "
+                                 "'_', '-', '.'; no '/')")
+        return v
+
+    def collection(self, record_type: str) -> str:
+        """The collection of ``record_type`` (``"story"``, ``"hook"``, ``"cta"``, ...)."""
+        return (self.collections.get(record_type) or DEFAULT_COLLECTIONS.get(record_type)
+                or f"{record_type}s")
+
+
 class PublishConfig(StrictModel):
-    """``publish``: where ``doit publish`` uploads completed stories (an fsspec URL).
+    """``publish``: where ``doit publish`` uploads completed stories (an fsspec URL) and, when
+    ``firestore`` is set, the database it writes a document per story and per ad component to.
 
     ``url``: a folder (relative to the project root), ``s3://bucket/prefix`` or
     ``gs://bucket/prefix`` (Firebase Storage: ``gs://<project>.firebasestorage.app``);
@@ -313,6 +349,7 @@ class PublishConfig(StrictModel):
 
     url: str = Field(default="build/published", min_length=1)
     storage_options: dict[str, Any] = Field(default_factory=dict, alias="storageOptions")
+    firestore: FirestoreSinkConfig | None = None
 
 
 class EngineConfig(StrictModel):
@@ -323,7 +360,7 @@ class EngineConfig(StrictModel):
     name: str
     description: str = ""
     extends: str | None = None
-    datasource: Literal["backlog", "csv"] = "backlog"
+    datasource: str = "backlog"
     llm: LLMConfig = Field(default_factory=LLMConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
@@ -332,6 +369,17 @@ class EngineConfig(StrictModel):
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     ads: AdsConfig = Field(default_factory=AdsConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+
+    @field_validator("datasource")
+    @classmethod
+    def _datasource(cls, v: str) -> str:
+        """``backlog`` / ``csv`` (a file in ``backlogs/``) or ``firestore://<project>/<collection>``
+        (:mod:`cloops.data.firestore_backlog`)."""
+        import re
+        if v in ("backlog", "csv") or re.fullmatch(
+                r"firestore://[a-z][a-z0-9-]{4,28}[a-z0-9]/(?:[^/]+/)?[^/]+", v):
+            return v
+        raise ValueError("must be \"backlog\", \"csv\" or firestore://<project id>/<collection>")
 
     @field_validator("name")
     @classmethod

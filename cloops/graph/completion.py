@@ -102,6 +102,8 @@ def stale_completed(proj: Project) -> list[tuple[str, str]]:
     """``[(story key, reason)]`` for completed stories that a change has made stale."""
     out: list[tuple[str, str]] = []
     for b in proj.backlogs:
+        if not getattr(b, "loaded", True):
+            continue  # a Firestore backlog read story by story (doit build:<id>): not listed
         done = [it for it in b.items if it.status == "completed"]
         if not done:
             continue

@@ -71,6 +71,11 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
     for b in proj.backlogs:
         path = str(b.path)
         prefix = b.template + "/"
+        if wanted is not None and not getattr(b, "loaded", True):
+            # a backlog read story by story (Firestore): `doit build:<id>` reads one document
+            chosen = [b.get(k[len(prefix):]) for k in sorted(wanted) if k.startswith(prefix)]
+            stories += [(StoryRef(b.template, it.id, path), it) for it in chosen if it]
+            continue
         stories += [(StoryRef(b.template, it.id, path), it) for it in b.items  # backlog order
                     if wanted is None or prefix + it.id in wanted]
 

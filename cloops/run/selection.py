@@ -167,7 +167,8 @@ def unknown_story(backlogs: list, command: str, args: list[str]) -> str | None:
         near = difflib.get_close_matches(wanted, ids, n=3, cutoff=0.5)
         if not near:  # a word of it, then: "moses" finds baby-moses
             near = [i for i in ids if wanted and (wanted in i or i in wanted)][:3]
-        searched = ", ".join(f"{b.path.name} ({len(b.items)} stories)" for b in backlogs)
+        searched = ", ".join(f"{getattr(b.path, 'name', b.path)} ({len(b.items)} stories)"
+                             for b in backlogs)
         hint = (f"did you mean {' or '.join(f'{base}:{n}' for n in near)}? " if near else "")
         return (f"no story {rest!r} in the backlogs searched: {searched}. Fix: {hint}"
                 "`doit list` names every task; a story's id is its \"id\" in backlogs/.")

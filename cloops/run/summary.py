@@ -19,7 +19,11 @@ def header_lines() -> list[str]:
         return []
     lines = []
     for b in proj.backlogs:
-        pending = sum(1 for it in b.items if it.status != "completed")
+        if getattr(b, "loaded", True):
+            pending = sum(1 for it in b.items if it.status != "completed")
+            count = f"{pending} of {len(b.items)} stories not completed"
+        else:  # a Firestore backlog of which only the stories named were read
+            count = f"stories named, from {b.path}"
         parts = []
         tpl = proj.template(b.template)
         services = sorted({s.service for s in tpl.steps if s.service})
@@ -27,8 +31,7 @@ def header_lines() -> list[str]:
             r = proj.resolved(b.template, service)
             style = "bold yellow" if r.spec.offline else "bold green"
             parts.append(f"{service}: [{style}]{r.spec.name}[/{style}] ({r.reason})")
-        lines.append(f"[bold]{b.template}[/bold]: {pending} of {len(b.items)} stories not "
-                     f"completed · " + " · ".join(parts))
+        lines.append(f"[bold]{b.template}[/bold]: {count} · " + " · ".join(parts))
         offline = [s for s in services if proj.resolved(b.template, s).spec.offline]
         if offline:
             keys = [spec.key_env[0] for s in offline

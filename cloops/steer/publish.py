@@ -15,6 +15,11 @@ from an offline backend, when its ad components are older than its manifest says
 interrupted build), or when its ``evals.json`` says it needs review — unless ``--force`` (the
 index then says ``"needsReview": true``).
 
+With ``publish.firestore`` set, each published story and each of its ad components also gets a
+Firestore document, written after its objects (:mod:`cloops.steer.publish_firestore`: only
+documents that changed; a story published before and now failed or needing review is marked
+``withdrawn``).
+
 The index lists what the destination holds: a bare ``doit publish`` lists every story it
 published; ``doit publish STORY`` adds or refreshes those stories in the list it published
 there before (``build/.cloops/published.json`` remembers it per destination).
@@ -48,6 +53,7 @@ from ..services.storage import PublishReport, publish, redact_url
 from .address import resolve, stories
 from .commands import _console, _project, _user_errors
 from .evals import read_evals
+from .publish_firestore import DocumentReport, component_files, sync_documents
 
 INDEX_FORMAT = 1
 RECORD = "published.json"
@@ -64,6 +70,10 @@ class StoryPlan:
         skip: why it is left out (None: it is published).
         files: object key (``<template>/<id>/bundle/1.jpg``) -> local file.
         entry: its entry in the template's index.
+        manifest: its parsed ``ads/manifest.json`` (None without ad components).
+        manifest_sha256: the SHA-256 of that file's bytes (hex), or None.
+        withdraw: for a story left out because it failed or needs review, why: its documents
+            in Firestore, if it was published there, say ``"status": "withdrawn"``.
     """
 
     template: str
@@ -71,6 +81,9 @@ class StoryPlan:
     skip: str | None = None
     files: dict[str, Path] = field(default_factory=dict)
     entry: dict[str, Any] | None = None
+    manifest: dict[str, Any] | None = None
+    manifest_sha256: str | None = None
+    withdraw: str | None = None
 
     @property
     def key(self) -> str:
@@ -88,6 +101,8 @@ def plan_story(proj: Project, template: str, story_id: str, *, force: bool) -> S
                "pending": "not completed (pending: a draft built with an offline backend, or "
                           "not built yet)"}.get(item.status, f"not completed ({item.status})")
         plan.skip = why
+        if item.status == "failed":
+            plan.withdraw = why
         return plan
     drafts = sorted(rel for rel, rec in read_manifest(sdir).items() if rec.get("offline"))
     if drafts:
@@ -99,6 +114,7 @@ def plan_story(proj: Project, template: str, story_id: str, *, force: bool) -> S
     if review and not force:
         first = (evals.get("reviewReasons") or ["see doit status"])[0]
         plan.skip = f"needs review ({first}); `doit publish --force {story_id}` publishes it anyway"
+        plan.withdraw = f"needs review ({first})"
         return plan
     bundle = sdir / "bundle"
     if not (bundle / "story-data.json").is_file():
@@ -115,6 +131,8 @@ def plan_story(proj: Project, template: str, story_id: str, *, force: bool) -> S
             plan.files = {}
             return plan
         plan.files.update({f"{prefix}/{rel}": sdir / rel for rel in ads.pop("_files")})
+        plan.manifest = ads.pop("_manifest")
+        plan.manifest_sha256 = sha256_file(sdir / MANIFEST)
     plan.entry = {
         "id": story_id, "title": item.input.get("title", story_id),
         "completedAt": item.completed_at, "needsReview": review, "score": evals.get("score"),
@@ -135,10 +153,7 @@ def _ads(sdir: Path, story_id: str) -> tuple[dict | None, str | None]:
     files = [MANIFEST, TAGS]
     out = []
     for c in components:
-        rels = list(c.get("files") or [])  # format 2: every file of the component
-        rels = [c["file"]] + [r for r in rels if r != c["file"]]
-        rels += [r for r in ([c["overlayFile"]] if c.get("overlayFile") else [])
-                 + list((c.get("captions") or {}).values()) if r not in rels]
+        rels = component_files(c)
         if sha256_file(sdir / c["file"]) != c.get("sha256") or \
                 not all((sdir / r).is_file() for r in rels):
             return None, (f"its ad components are not what {MANIFEST} lists ({c['file']}): "
@@ -148,24 +163,27 @@ def _ads(sdir: Path, story_id: str) -> tuple[dict | None, str | None]:
         for k in ("file", "overlayFile", "poster", "words"):
             if shown.get(k):
                 shown[k] = f"{story_id}/{shown[k]}"
-        if shown.get("files"):
-            shown["files"] = [f"{story_id}/{f}" for f in shown["files"]]
         if shown.get("captions"):
             shown["captions"] = {k: f"{story_id}/{v}" for k, v in shown["captions"].items()}
+        if isinstance(shown.get("files"), list):
+            shown["files"] = [f"{story_id}/{r}" for r in shown["files"]]
         out.append(shown)
     if not (sdir / TAGS).is_file():
         return None, f"{TAGS} is missing: run doit build:{story_id}"
     return {"manifest": f"{story_id}/{MANIFEST}", "tags": data.get("tags"),
-            "components": out, "_files": files}, None
+            "components": out, "_files": files, "_manifest": data}, None
+
 
 
 @dataclass
 class Outcome:
-    """What a publish did, per destination and template."""
+    """What a publish did, per destination and template (``documents``: per template with
+    ``publish.firestore``, what its Firestore documents came to)."""
 
     published: list[StoryPlan] = field(default_factory=list)
     skipped: list[StoryPlan] = field(default_factory=list)
     reports: list[tuple[str, PublishReport]] = field(default_factory=list)
+    documents: list[tuple[str, DocumentReport]] = field(default_factory=list)
 
 
 def publish_stories(proj: Project, keys: list[tuple[str, str]] | None = None, *,
@@ -176,10 +194,15 @@ def publish_stories(proj: Project, keys: list[tuple[str, str]] | None = None, *,
     ``url`` overrides each template's ``publish.url``. ``log`` receives one line per uploaded
     object (key and size).
 
+    With ``publish.firestore`` in a template's config, its stories' documents are written
+    after its objects (:func:`cloops.steer.publish_firestore.sync_documents`).
+
     Raises:
         InputError: a bad ``publish.url``.
         PublishAuthError: credentials missing or refused (names the variables, no secret).
         PublishError: the destination failed; what was uploaded stays, a re-run finishes.
+        FirestoreError: the database failed or refused (names the setting and the variable);
+            the objects uploaded stay, a re-run writes the documents.
     """
     everything = keys is None
     keys = keys if keys is not None else stories(proj)
@@ -209,13 +232,18 @@ def publish_stories(proj: Project, keys: list[tuple[str, str]] | None = None, *,
         index = {"format": INDEX_FORMAT, "templateId": template,
                  "stories": [listed[sid] for sid in order]}
         files = {k: v for p in plans for k, v in p.files.items()}
-        if not files and not listed and not had:
-            continue  # nothing of this template was ever published there
-        report = publish(files, dest, index=index, index_key=f"{template}/index.json",
-                         storage_options=cfg.storage_options, log=log)
-        out.reports.append((template, report))
-        out.published += plans
-        atomic_write_json(record_path, record, pretty=True)
+        if files or listed or had:  # else nothing of this template was ever published there
+            report = publish(files, dest, index=index, index_key=f"{template}/index.json",
+                             storage_options=cfg.storage_options, log=log)
+            out.reports.append((template, report))
+            out.published += plans
+            atomic_write_json(record_path, record, pretty=True)
+        gone = [p for p in out.skipped if p.template == template and p.withdraw]
+        if cfg.firestore is not None and (plans or gone):
+            # after the objects: a document never names an object that is not there yet
+            setting = f"publish.firestore.project in templates/{template}/config.json"
+            out.documents.append((template, sync_documents(
+                cfg.firestore, template, plans, gone, dest, setting=setting, log=log)))
     return out
 
 
@@ -248,6 +276,10 @@ def run_publish(proj: Project, keys: list[tuple[str, str]] | None, *, force: boo
     console.print(f"published {len(out.published)} stories to {where}: {uploaded} objects "
                   f"uploaded ({size:,} bytes), {unchanged} unchanged; "
                   f"{len(out.skipped)} skipped.", markup=False)
+    for template, docs in out.documents:
+        console.print(f"firestore {docs.database} ({template}): {len(docs.written)} documents "
+                      f"written, {docs.unchanged} unchanged, {len(docs.withdrawn)} marked "
+                      "withdrawn.", markup=False)
     return out
 
 
@@ -262,7 +294,9 @@ class Publish(Command):
         "publish.url (template config) is a folder, s3://bucket/prefix or gs://bucket/prefix "
         "(Firebase Storage: gs://<project>.firebasestorage.app); credentials come from "
         "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or GOOGLE_APPLICATION_CREDENTIALS. Only "
-        "objects that changed are uploaded. Drafts, failed stories and stories whose evals say "
+        "objects that changed are uploaded. With publish.firestore set, a document per story "
+        "and per ad component goes to Firestore (GOOGLE_APPLICATION_CREDENTIALS, or "
+        "FIRESTORE_EMULATOR_HOST for an emulator). Drafts, failed stories and stories whose evals say "
         "they need review are left out, saying why (--force publishes the last).")
     cmd_options = (
         {"name": "force", "long": "force", "type": bool, "default": False,
