@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import parse_json
+from .rules import validate_rules
 from ..core.errors import InputError
 from ..core.fileio import atomic_write_bytes, atomic_write_text, dump_json, sha256_bytes, sha256_json
 
@@ -136,6 +137,8 @@ def validate_item(raw: Any, where: str, file: str) -> Item:
     if not inp["keyMoments"] or not all(isinstance(m, str) and m.strip() for m in inp["keyMoments"]):
         raise InputError("must be a non-empty list of non-empty strings.", file=file,
                          field=f"{where}.input.keyMoments")
+    if "rules" in inp:  # the story's own rules (cloops.data.rules): checked, kept as written
+        validate_rules(inp["rules"], file=file, field=f"{where}.input.rules")
     return Item(id=item_id, status=status, input=inp, completed_at=raw.get("completedAt"),
                 error=raw.get("error"))
 
