@@ -1022,14 +1022,17 @@ def check_page_prompt_text(inputs, ctx) -> list[dict]:
     return [_visual_only(lines, inputs["lettering"], n),
             _characters_carried(lines, inputs["characters"], n),
             _prompt_budgets(lines, inputs["knowledge"], n),
-            _anachronisms("\n".join(lines), inputs["anachronisms"], n, "prompt")]
+            _anachronisms("\n".join(lines), inputs["anachronisms"], n, "prompt"),
+            *_rule_verdicts(inputs.get("rules"), "visual", [(n, "prompt", "\n".join(lines))])]
 
 
 def check_cover_prompt(inputs, ctx) -> list[dict]:
     """The cover prompt: visual-only, no anachronism."""
     lines = _judged_lines(inputs["prompt"], ctx.config)
     return [_visual_only(lines, inputs["lettering"], None),
-            _anachronisms("\n".join(lines), inputs["anachronisms"], None, "cover prompt")]
+            _anachronisms("\n".join(lines), inputs["anachronisms"], None, "cover prompt"),
+            *_rule_verdicts(inputs.get("rules"), "visual",
+                            [(None, "cover prompt", "\n".join(lines))])]
 
 
 def judge_story_user(inputs, ctx) -> str:
@@ -1075,28 +1078,14 @@ def narration_texts(pages) -> list[str]:
     return [p.get("narration", "") for p in pages]
 
 
-def check_rules(inputs, ctx) -> list[dict]:
-    """One verdict per rule with ``forbid`` (``rule <id>``): none of its words or patterns in
-    what the rule governs — a text rule the narrative and each page's narration, a visual rule
-    each page's prompt and the cover prompt, ``both`` all of them. Evidence names the page,
-    where, and the words found."""
+def _rule_verdicts(rules, scope: str, texts) -> list[dict]:
+    """One verdict per rule of ``scope`` (``text`` or ``visual``; ``both`` counts as each) with
+    ``forbid``, named ``rule <id>``: none of its words or patterns in ``texts``
+    (``[(page or None, where, text)]``). Evidence names the page, where, and the words found."""
     out = []
-    narrative = _prose_of(inputs["narrative"] or "")
-    narrations = inputs["narration"] or []
-    prompts = []
-    for rel in inputs["prompts"] or []:
-        path = ctx.story_dir / rel
-        n = int(re.search(r"(\d+)\.txt$", rel).group(1))
-        prompts.append((n, path.read_text(encoding="utf-8") if path.is_file() else ""))
-    cover = inputs["cover"] or ""
-    for rule in inputs["rules"] or []:
-        texts = []
-        if rule["scope"] in ("text", "both"):
-            texts += [(None, "narrative", narrative)]
-            texts += [(i, "narration", t) for i, t in enumerate(narrations, 1)]
-        if rule["scope"] in ("visual", "both"):
-            texts += [(n, "prompt", t) for n, t in prompts]
-            texts += [(None, "cover prompt", cover)]
+    for rule in rules or []:
+        if rule["scope"] not in (scope, "both"):
+            continue
         bad = []
         for page, where, text in texts:
             found = rulebook.forbidden(text, rule["forbid"])
@@ -1108,6 +1097,15 @@ def check_rules(inputs, ctx) -> list[dict]:
         out.append(verdict(f"rule {rule['id']}", bad,
                            passed=f"none of {len(rule['forbid'])} forbidden words or patterns"))
     return out
+
+
+def check_rules(inputs, ctx) -> list[dict]:
+    """The text rules with ``forbid``: none of their words in the narrative or in any page's
+    narration (the visual rules are checked with each prompt: ``check-prompt``,
+    ``check-cover``)."""
+    texts = [(None, "narrative", _prose_of(inputs["narrative"] or ""))]
+    texts += [(i, "narration", t) for i, t in enumerate(inputs["narration"] or [], 1)]
+    return _rule_verdicts(inputs["rules"], "text", texts)
 
 
 def text_rule_questions(rules) -> list[dict]:
@@ -1127,19 +1125,6 @@ def _rule_questions(rules) -> list[str]:
         return ["", "Rules: none (answer with an empty `rules` list)."]
     return ["", "Rules (answer each in `rules`, by id: obeyed or not, and why):",
             *[f"- {r['id']}: {r['text']}" for r in rules]]
-
-
-def check_rule_answers(data, inputs, ctx) -> list[str]:
-    """A judge answers every rule it is asked about, once, by id (an offline draft judges
-    nothing and answers none)."""
-    asked = [r["id"] for r in inputs.get("rules") or []]
-    given = [a["id"] for a in data.get("rules", [])]
-    if not given and all(str(v.get("reason", "")).startswith(DRAFT_MARK)
-                         for v in data.get("scores", {}).values()):
-        return []
-    if sorted(given) != sorted(asked):
-        return [f"rules: answer exactly the rules asked, once each, by id: {asked}"]
-    return []
 
 
 _PROMPT_FILES = {"lettering": "lexicons/lettering.txt",
@@ -1163,21 +1148,22 @@ EVAL_STEPS = [
               subject="prompts/{n}.txt",
               doc="check: a page prompt is visual-only, carries appearances, fits the budgets",
               inputs={"prompt": file("prompts/{n}.txt"), "page": item(select=panel_casts),
-                      "characters": view("cast.json", page_cast)},
+                      "characters": view("cast.json", page_cast),
+                      "rules": part("rules.json", "rules", select=forbidding)},
               uses=("style.artStyle", "style.inkStyle", "style.colorTreatment"),
               files={**_PROMPT_FILES, "knowledge": "knowledge/prompting.md"},
               run=check_page_prompt_text),
     CheckStep(name="check-cover", target="evals/checks/cover.json",
               subject="thumbnail-prompt.txt", doc="check: the cover prompt is visual-only",
-              inputs={"prompt": file("thumbnail-prompt.txt")},
+              inputs={"prompt": file("thumbnail-prompt.txt"),
+                      "rules": part("rules.json", "rules", select=forbidding)},
               uses=("style.artStyle", "style.inkStyle", "style.colorTreatment"),
               files=_PROMPT_FILES, run=check_cover_prompt),
     CheckStep(name="check-rules", target="evals/checks/rules.json", subject="rules.json",
-              doc="check: no rule's forbidden words in the narrative, narration or prompts",
+              doc="check: no text rule's forbidden words in the narrative or narration",
               inputs={"rules": part("rules.json", "rules", select=forbidding),
                       "narrative": file("narrative.md"),
-                      "narration": part("pages.json", "pages", select=narration_texts),
-                      "prompts": each("prompts/{n}.txt"), "cover": file("thumbnail-prompt.txt")},
+                      "narration": part("pages.json", "pages", select=narration_texts)},
               run=check_rules),
     JudgeStep(name="judge-story", target="evals/judge/story.json", enabled="evals.judge.story",
               doc="judge (opt-in, paid): faithfulness, family safety, narration quality",
@@ -1185,7 +1171,7 @@ EVAL_STEPS = [
               inputs={"story": story(select=told), "narrative": file("narrative.md"),
                       "pages": file("pages.json"),
                       "rules": part("rules.json", "rules", select=text_rule_questions)},
-              user=judge_story_user, validate=check_rule_answers),
+              user=judge_story_user),
     JudgeStep(name="judge-page", target="evals/judge/pages/{n}.json", foreach=PAGES,
               enabled="evals.judge.pages",
               doc="vision judge (opt-in, paid): character consistency, stray text in the image",
@@ -1196,7 +1182,7 @@ EVAL_STEPS = [
                       "image": file("images/{n}.jpg"),
                       "rules": part("rules.json", "rules", select=visual_rule_questions)},
               images=("image",), references=("sheets",), reference_patterns=("cast/{id}.jpg",),
-              user=judge_page_user, validate=check_rule_answers),
+              user=judge_page_user),
 ]
 EVAL_STEPS.append(EvalsStep.over(EVAL_STEPS))
 
