@@ -677,7 +677,7 @@ def draft_pages(inputs, ctx) -> dict:
         for page in plan["pages"]:
             for panel in page.get("panels", []):
                 panel["cast"] = _panel_cast(panel.get("moment", ""), cast)
-        plan["coverCast"] = [c["id"] for c in cast[:2]]
+        plan["coverCast"] = [c["id"] for c in characters_first(cast)[:2]]
         return plan
     s = ctx.story
     moments = s["keyMoments"]
@@ -700,7 +700,8 @@ def draft_pages(inputs, ctx) -> dict:
         pages.append({"pageNumber": p + 1, "title": _sentence(page_moments[0]).rstrip("."),
                       "narration": " ".join(_sentence(m) for m in page_moments),
                       "panels": panels})
-    return {"title": s["title"], "coverCast": [c["id"] for c in cast[:2]], "pages": pages}
+    return {"title": s["title"], "coverCast": [c["id"] for c in characters_first(cast)[:2]],
+            "pages": pages}
 
 
 def _panel_subject(cast, ids) -> str:
