@@ -184,3 +184,33 @@ def test_offline_the_storyboard_shows_the_style_frame_beside_each_sheet(tmp_path
     sheet = Image.open(project.story_dir(DAVID) / "cast" / "david.jpg").convert("RGB")
     magenta = sum(k for k, p in sheet.getcolors(1 << 24) if p[0] > 200 and p[1] < 60 and p[2] > 200)
     assert magenta > 50  # the frame's thumbnail is drawn in the card's reference strip
+
+
+# ---------------------------------------------------------------- review site and studio
+
+
+def test_the_review_page_and_the_studio_show_rules_places_props_and_the_style_frame(tmp_path):
+    from cloops.data.project import load_project
+    from cloops.steer.review.studio import Studio
+
+    project = make_project(tmp_path, [DAVID])
+    add_style_frame(project)
+    backlog = project.backlog()
+    backlog["items"][0]["input"]["rules"] = [
+        {"id": "sling-only", "scope": "visual", "text": "David carries only a sling."}]
+    project.write_backlog(backlog)
+    offline = {"CLOOPS_LLM_BACKEND": "draft", "CLOOPS_IMAGE_BACKEND": "storyboard"}
+    ok(project.doit(env=offline))
+    with_things(project, ARMOUR)
+    ok(project.doit("build:" + DAVID, env=offline))
+    ok(project.doit("review", env=offline))
+    page = (tmp_path / "build" / "review" / STD / "stories" / f"{DAVID}.html").read_text()
+    assert '<tr data-rule="no-gore">' in page and '<tr data-rule="sling-only">' in page
+    assert "David carries only a sling." in page and "this story (backlog)" in page
+    assert 'data-style-frame="style.png"' in page and 'src="data:image/jpeg;base64,' in page
+    assert "Cast, places and props" in page and '<span class="badge kind">prop</span>' in page
+    # characters first, then the prop
+    assert page.index('data-character="goliath"') < page.index('data-character="armour"')
+    live = Studio(load_project(tmp_path)).story(STD, DAVID)
+    assert '<tr data-rule="sling-only">' in live and 'data-style-frame="style.png"' in live
+    assert 'data-character="armour"' in live
