@@ -214,3 +214,28 @@ def test_the_review_page_and_the_studio_show_rules_places_props_and_the_style_fr
     live = Studio(load_project(tmp_path)).story(STD, DAVID)
     assert '<tr data-rule="sling-only">' in live and 'data-style-frame="style.png"' in live
     assert 'data-character="armour"' in live
+
+
+def test_a_library_place_is_reused_by_name_and_one_edit_redraws_its_pages_only(tmp_path):
+    project = make_project(tmp_path, ["noah-s-ark"])
+    lib = project.root / "templates" / STD / "cast" / "ark.json"
+    lib.write_text(json.dumps({"id": "ark", "name": "the ark", "kind": "place",
+                               "appearance": "a huge three-deck boat of dark gopher wood, "
+                                             "sealed with pitch, one door in its side"}))
+    ok(project.doit(env=FAKE))
+    sdir = project.story_dir("noah-s-ark")
+    cast = json.loads((sdir / "cast.json").read_text())["characters"]
+    assert {"id": "ark", "name": "the ark", "kind": "place", "library": True} in cast
+    assert "An establishing view of a place: the ark, a huge three-deck boat" in \
+        (sdir / "cast" / "ark.txt").read_text()
+    plan = json.loads((sdir / "pages.json").read_text())
+    on = {i for i, p in enumerate(plan["pages"], 1) if any("ark" in x["cast"] for x in p["panels"])}
+    assert on and "ark" not in plan["coverCast"]
+    entry = json.loads(lib.read_text())
+    entry["appearance"] = "a long boat of pale cedar planks with a reed roof and a wide ramp"
+    lib.write_text(json.dumps(entry))
+    run = ok(project.doit("build:noah-s-ark", env=FAKE))
+    assert sorted((c["step"], c["target"]) for c in run.calls) == sorted(
+        [("sheet", "cast/ark.jpg")] + [(s, f"{d}/{n}.{x}") for n in on
+                                        for s, d, x in (("prompt", "prompts", "txt"),
+                                                        ("image", "images", "jpg"))])

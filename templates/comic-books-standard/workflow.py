@@ -667,6 +667,11 @@ def _panel_cast(moment: str, cast: list[dict]) -> list[str]:
     return who + things[:2]
 
 
+def _cover_ids(cast) -> list[str]:
+    """The draft cover's cast: the first two characters (places and props stay off it)."""
+    return [c["id"] for c in cast if c.get("kind") not in THINGS][:2]
+
+
 def draft_pages(inputs, ctx) -> dict:
     """A page plan spreading the key moments over pages within settings.pageCount (the current
     plan with its cast lists set again, when revising)."""
@@ -677,7 +682,7 @@ def draft_pages(inputs, ctx) -> dict:
         for page in plan["pages"]:
             for panel in page.get("panels", []):
                 panel["cast"] = _panel_cast(panel.get("moment", ""), cast)
-        plan["coverCast"] = [c["id"] for c in characters_first(cast)[:2]]
+        plan["coverCast"] = _cover_ids(cast)
         return plan
     s = ctx.story
     moments = s["keyMoments"]
@@ -700,8 +705,7 @@ def draft_pages(inputs, ctx) -> dict:
         pages.append({"pageNumber": p + 1, "title": _sentence(page_moments[0]).rstrip("."),
                       "narration": " ".join(_sentence(m) for m in page_moments),
                       "panels": panels})
-    return {"title": s["title"], "coverCast": [c["id"] for c in characters_first(cast)[:2]],
-            "pages": pages}
+    return {"title": s["title"], "coverCast": _cover_ids(cast), "pages": pages}
 
 
 def _panel_subject(cast, ids) -> str:
