@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 
 from typing import Literal
 
@@ -280,6 +281,15 @@ def story_rules(inputs, ctx) -> dict:
     scoped = rulebook.by_scope(every)
     return {"rules": every, "text": [r["text"] for r in scoped["text"]],
             "visual": [r["text"] for r in scoped["visual"]]}
+
+
+@dataclass(frozen=True)
+class RulesStep(AssembleStep):
+    """The ``rules`` step: assembled like any, depending on config ``rules`` when the config
+    has it (a template without rules needs no ``"rules": []``)."""
+
+    def config_paths(self, tpl) -> list[str]:
+        return [p for p in super().config_paths(tpl) if p != "rules" or tpl.config.has("rules")]
 
 
 def told(story_input: dict) -> dict:
@@ -759,9 +769,9 @@ TEXT_RULES = part("rules.json", "text")
 VISUAL_RULES = part("rules.json", "visual")
 
 STEPS = [
-    AssembleStep(name="rules", target="rules.json",
-                 doc="the rules this story obeys: the series' and its own",
-                 inputs={"own": story("rules")}, uses=("rules",), run=story_rules),
+    RulesStep(name="rules", target="rules.json",
+              doc="the rules this story obeys: the series' and its own",
+              inputs={"own": story("rules")}, uses=("rules",), run=story_rules),
     LLMStep(name="narrative", target="narrative.md", doc="step 1: the story as prose",
             system_prompt="step1-narrative.md",
             inputs={"story": story(select=told), "rules": TEXT_RULES},
