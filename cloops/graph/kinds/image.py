@@ -148,7 +148,7 @@ class ImageStep(Step):
             if frame is not None:
                 path, label = frame
                 values["style frame"] = short_value(
-                    {"label": label, "sha256": (sha256_file(Path(path)) or "missing")[:16]})
+                    {"label": label, "sha256": frame_digest(tpl, Path(path))})
         if backend.offline and self.annotate is not None:
             # offline storyboards draw the page's text: that is then a dependency too
             inputs, ctx = deps.values()
@@ -249,6 +249,20 @@ def naming_lines(refs: list[Reference]) -> str:
     if any("establishing view" in r.label for r in refs):
         named += " Keep each place's shape, materials and colours as in its establishing view."
     return named
+
+
+def frame_digest(tpl, path: Path) -> str:
+    """The style frame's digest (16 hex digits; ``"missing"``), computed once per template
+    load and file version (path, size, mtime): every image task of every story depends on it,
+    and hashing a picture per task would cost more than the whole dependency check."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    key = ("style frame", str(path), st.st_size, st.st_mtime_ns)
+    if key not in tpl.memo:
+        tpl.memo[key] = (sha256_file(path) or "missing")[:16]
+    return tpl.memo[key]
 
 
 def comfyui_workflow_digest(tpl) -> str:

@@ -386,14 +386,15 @@ def _rules(sdir: Path, targets: dict[str, dict]) -> list[dict]:
             for r in rules or [] if isinstance(r, dict)]
 
 
-_FRAME_THUMBS: dict[str, str] = {}
+_FRAME_THUMBS: dict[tuple, tuple[str, str]] = {}
 
 
 def style_frame_of(tpl) -> dict | None:
     """The template's style frame (config ``style.referenceImage``, a picture in the template
     folder passed last with every image call), or None: ``{file, strength, missing, sha,
     dataUri}`` — a small JPEG ``data:`` URI (at most 320 px), so the static site and the studio
-    both show it though it lies outside build/."""
+    both show it though it lies outside build/. Read once per file version (path, size,
+    mtime), not once per story."""
     name = tpl.config.get("style.referenceImage", None) if tpl.config.has("style") else None
     if not isinstance(name, str) or not name:
         return None
@@ -402,23 +403,26 @@ def style_frame_of(tpl) -> dict | None:
     path = tpl.template_file(name)
     if path is None:
         return out
-    sha = sha256_file(path) or ""
-    if sha not in _FRAME_THUMBS:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FRAME_THUMBS:
         import base64
         import io
 
         from PIL import Image, UnidentifiedImageError
+        uri = ""
         try:
             with Image.open(path) as im:
                 im = im.convert("RGB")
                 im.thumbnail((320, 320))
                 buf = io.BytesIO()
                 im.save(buf, format="JPEG", quality=80)
-            _FRAME_THUMBS[sha] = "data:image/jpeg;base64," + base64.b64encode(
-                buf.getvalue()).decode()
+            uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
         except (UnidentifiedImageError, OSError):
-            _FRAME_THUMBS[sha] = ""
-    out.update(missing=False, sha=sha[:16], dataUri=_FRAME_THUMBS[sha] or None)
+            pass
+        _FRAME_THUMBS[key] = ((sha256_file(path) or "")[:16], uri)
+    sha, uri = _FRAME_THUMBS[key]
+    out.update(missing=False, sha=sha, dataUri=uri or None)
     return out
 
 
