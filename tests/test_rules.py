@@ -179,3 +179,49 @@ def test_a_forbidden_word_planted_in_a_pages_narration_is_caught_naming_the_page
     assert "page 2 narration" in gore["evidence"][0]["note"]
     evals = json.loads((built.story_dir(DAVID) / "evals.json").read_text())
     assert evals["needsReview"] and any("rule no-gore" in r for r in evals["reviewReasons"])
+
+
+def test_a_forbidden_word_in_a_page_prompt_is_caught_by_that_pages_check_only(built):
+    prompt = built.story_dir(DAVID) / "prompts" / "2.txt"
+    prompt.write_text(prompt.read_text().replace("focus on", "a bloodied sword, focus on", 1))
+    run = ok(built.doit("build:" + DAVID, env=FAKE))
+    assert "check-prompt 2" in run.out and "check-prompt 1" not in run.out
+    checks = json.loads((built.story_dir(DAVID) / "evals" / "checks" / "prompts" / "2.json")
+                        .read_text())
+    gore = next(c for c in checks["checks"] if c["name"] == "rule no-gore")
+    assert gore["result"] == "fail" and gore["evidence"][0]["page"] == 2
+    assert gore["evidence"][0]["words"] == ["bloodied"]
+    # a visual-only rule is not looked for in the narration, a text rule in no prompt
+    text_checks = json.loads((built.story_dir(DAVID) / "evals" / "checks" / "rules.json")
+                             .read_text())
+    assert {c["name"] for c in text_checks["checks"]} == {"rule no-gore"}
+    assert "rule god-as-light" in {c["name"] for c in checks["checks"]}
+
+
+def test_the_judges_are_asked_one_question_per_rule_and_a_broken_rule_needs_review():
+    from cloops.data.template import load_template
+    from cloops.graph.kinds.evals import summarize
+    from cloops.graph.steps import StepContext
+
+    tpl = load_template(REPO, STD)
+    wf = __import__("sys").modules["cloops_templates." + STD.replace("-", "_")]
+    ctx = StepContext(template=STD, story_id=DAVID, story={}, config=tpl.config, n=2, count=3,
+                      story_dir=None)
+    rules = [{"id": "no-gore", "text": "No gore.", "scope": "both"},
+             {"id": "god-as-light", "text": "God is light.", "scope": "visual"}]
+    page = {"title": "The stone", "panels": [{"moment": "David throws", "visualAnchor": "sling"}]}
+    user = wf.judge_page_user({"page": page, "characters": [],
+                               "rules": wf.visual_rule_questions(rules)}, ctx)
+    assert "- no-gore: No gore." in user and "- god-as-light: God is light." in user
+    story_user = wf.judge_story_user({"story": {"title": "T", "summary": "S", "keyMoments": ["m"]},
+                                      "narrative": "n", "pages": {"pages": []},
+                                      "rules": wf.text_rule_questions(rules)}, ctx)
+    assert "- no-gore: No gore." in story_user and "god-as-light" not in story_user
+    doc = {"judge": "judge-page", "page": 2, "enabled": True, "draft": False,
+           "scores": {"strayText": {"reason": "none", "score": 5}},
+           "rules": [{"id": "god-as-light", "obeyed": False,
+                      "reason": "panel 1 shows God as a bearded man"}]}
+    out = summarize(f"{STD}/{DAVID}", [("judge-page", doc)], 3)
+    assert out["needsReview"] and out["reviewReasons"] == [
+        "rule god-as-light broken on page 2: panel 1 shows God as a bearded man"]
+    assert out["judged"]["judge-page"]["2"]["rules"][0]["obeyed"] is False
