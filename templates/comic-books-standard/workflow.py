@@ -3,10 +3,14 @@ one image per page and a cover.
 
 Steps (per story, under ``build/comic-books-standard/<id>/``):
 
-1. ``narrative``        narrative.md          LLM, text            story input
+0. ``rules``            rules.json            assembled            config ``rules``, the story's
+                                                                   ``input.rules``
+1. ``narrative``        narrative.md          LLM, text            story input, the text rules
 2. ``cast``             cast.json             LLM, cast.json       narrative.md, the library's roster
-3. ``pages``            pages.json            LLM, planning.json   narrative.md, the cast's ids and names
-4. ``sheet-prompt`` (each character) cast/<id>.txt  assembled      the character, style.*
+3. ``pages``            pages.json            LLM, planning.json   narrative.md, the cast's ids and
+                                                                   names, the text rules
+4. ``sheet-prompt`` (each character, place or prop) cast/<id>.txt  the entry, style.*, the
+                                                                   visual rules
 5. ``sheet``  (each character)       cast/<id>.jpg  image model    cast/<id>.txt (or a hand-made
                                                                    library sheet)
 6. ``prompt``  (each)   prompts/<n>.txt       LLM, page-prompt     page n of pages.json, its cast
@@ -24,9 +28,17 @@ entry: every step sees the library's appearance, and the sheet is the hand-made 
 is one. Page prompts and images depend on the cast of their own page only (``view``): editing
 one character's appearance rebuilds the pages that character is on, nothing else.
 
+Places and props (``kind`` ``place`` / ``prop``) are cast entries too: a place's sheet is an
+establishing view with no people, a prop's the object alone on white; panels list them after
+their characters, and their sheets are passed after the characters' (:func:`page_references`).
+Steps 6, 8 and the sheets are told the visual rules, steps 1 and 3 the text rules (rules.json
+parts, so each depends on its own scope only). Every image call also takes the style frame
+(``style.referenceImage``, :func:`style_frame`) as its last reference.
+
 Then the evals (no call but the opt-in judges), under ``evals/`` and in ``evals.json``:
-``check-plan``, ``check-moments``, ``check-narrative``, ``check-prompt`` (each page),
-``check-cover``, ``judge-story`` and ``judge-page`` (each page, with the page's reference
+``check-plan``, ``check-moments``, ``check-narrative``, ``check-prompt`` (each page; with the
+visual rules' forbidden words), ``check-cover`` (likewise), ``check-rules`` (the text rules'
+forbidden words in the narrative and narration), ``judge-story`` and ``judge-page`` (each page, with the page's reference
 sheets; off unless ``evals.judge.*``), ``evals``.
 
 With ``ads.enabled`` (off here, on in comic-books-kids) the ad components, under ``ads/``:
