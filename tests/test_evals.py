@@ -163,7 +163,9 @@ def test_editing_page_2_narration_reruns_only_the_evals_that_read_it(built):
     # sentence check and reading level; evals.json where a result changed (the kids' sentence
     # check fails). The judges are switched off: they make no task. Not the plan's shape,
     # other pages' narration, any prompt check, nor other pages' images.
+    # (and the rule check: the text rules' forbidden words in the narration; issue #22)
     assert evals_ran == {f"{std} check-moments", f"{kids} check-moments",
+                         f"{std} check-rules", f"{kids} check-rules",
                          f"{kids} check-narration 2", f"{kids} check-reading", f"{kids} evals"}
     kids_data = evals(built, template=KIDS)
     long = result(kids_data, "sentence-length", page=2)  # a hand edit: no longer a draft

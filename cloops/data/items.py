@@ -11,6 +11,7 @@ from typing import Any
 
 from ..core.errors import InputError
 from ..core.fileio import sha256_json
+from .rules import validate_rules
 
 STATUSES = ("pending", "in_progress", "completed", "failed")
 SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -100,5 +101,7 @@ def validate_item(raw: Any, where: str, file: str) -> Item:
     if not inp["keyMoments"] or not all(isinstance(m, str) and m.strip() for m in inp["keyMoments"]):
         raise InputError("must be a non-empty list of non-empty strings.", file=file,
                          field=f"{where}.input.keyMoments")
+    if "rules" in inp:  # the story's own rules (cloops.data.rules): checked, kept as written
+        validate_rules(inp["rules"], file=file, field=f"{where}.input.rules")
     return Item(id=item_id, status=status, input=inp, completed_at=raw.get("completedAt"),
                 error=raw.get("error"))

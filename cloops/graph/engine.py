@@ -313,7 +313,8 @@ def value_inputs(tpl: Template, step: Step, story_input: dict, n: Key | None,
     views = []
     for name, inp in step.inputs.items():
         if isinstance(inp, StoryValue):
-            out[name] = story_input if inp.field is None else story_input.get(inp.field)
+            out[name] = selected(inp, story_input if inp.field is None
+                                 else story_input.get(inp.field))
         elif isinstance(inp, ItemInput):
             out[name] = selected(inp, sources.item(step.foreach.source, n)
                                  if sources and step.foreach else None)

@@ -50,9 +50,14 @@ from ..core.fileio import canonical_json, sha256_json
 
 @dataclass(frozen=True)
 class StoryValue:
-    """The backlog item's input (``field=None``: all of it) — a value dependency."""
+    """The backlog item's input (``field=None``: all of it) — a value dependency.
+
+    ``select(value)``: depend on (and receive) only that projection of it, e.g. the input
+    without its ``rules`` (a story's own rule then does not re-write its narrative).
+    """
 
     field: str | None = None
+    select: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,9 +115,10 @@ class ViewInput:
     fn: Callable[[Any, dict, "StepContext"], Any]
 
 
-def story(field: str | None = None) -> StoryValue:
-    """Depend on the story input (or one field of it, e.g. ``story("title")``)."""
-    return StoryValue(field)
+def story(field: str | None = None, select: Callable[[Any], Any] | None = None) -> StoryValue:
+    """Depend on the story input (or one field of it, e.g. ``story("title")``), or on
+    ``select(value)`` only (a module-level function: doit's process mode pickles tasks)."""
+    return StoryValue(field, select)
 
 
 def file(path: str) -> FileInput:
@@ -140,7 +146,7 @@ def value_name(inp: ItemInput | PartInput, source: str | None, n: "Key | None" =
     return name + (f" ({getattr(inp.select, '__name__', 'select')})" if inp.select else "")
 
 
-def selected(inp: ItemInput | PartInput, value: Any) -> Any:
+def selected(inp: ItemInput | PartInput | StoryValue, value: Any) -> Any:
     """``value`` as the input receives it: its ``select`` projection when it has one (None
     stays None: the artifact does not exist yet)."""
     return inp.select(value) if inp.select is not None and value is not None else value

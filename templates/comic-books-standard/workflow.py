@@ -3,10 +3,14 @@ one image per page and a cover.
 
 Steps (per story, under ``build/comic-books-standard/<id>/``):
 
-1. ``narrative``        narrative.md          LLM, text            story input
+0. ``rules``            rules.json            assembled            config ``rules``, the story's
+                                                                   ``input.rules``
+1. ``narrative``        narrative.md          LLM, text            story input, the text rules
 2. ``cast``             cast.json             LLM, cast.json       narrative.md, the library's roster
-3. ``pages``            pages.json            LLM, planning.json   narrative.md, the cast's ids and names
-4. ``sheet-prompt`` (each character) cast/<id>.txt  assembled      the character, style.*
+3. ``pages``            pages.json            LLM, planning.json   narrative.md, the cast's ids and
+                                                                   names, the text rules
+4. ``sheet-prompt`` (each character, place or prop) cast/<id>.txt  the entry, style.*, the
+                                                                   visual rules
 5. ``sheet``  (each character)       cast/<id>.jpg  image model    cast/<id>.txt (or a hand-made
                                                                    library sheet)
 6. ``prompt``  (each)   prompts/<n>.txt       LLM, page-prompt     page n of pages.json, its cast
@@ -24,9 +28,17 @@ entry: every step sees the library's appearance, and the sheet is the hand-made 
 is one. Page prompts and images depend on the cast of their own page only (``view``): editing
 one character's appearance rebuilds the pages that character is on, nothing else.
 
+Places and props (``kind`` ``place`` / ``prop``) are cast entries too: a place's sheet is an
+establishing view with no people, a prop's the object alone on white; panels list them after
+their characters, and their sheets are passed after the characters' (:func:`page_references`).
+Steps 6, 8 and the sheets are told the visual rules, steps 1 and 3 the text rules (rules.json
+parts, so each depends on its own scope only). Every image call also takes the style frame
+(``style.referenceImage``, :func:`style_frame`) as its last reference.
+
 Then the evals (no call but the opt-in judges), under ``evals/`` and in ``evals.json``:
-``check-plan``, ``check-moments``, ``check-narrative``, ``check-prompt`` (each page),
-``check-cover``, ``judge-story`` and ``judge-page`` (each page, with the page's reference
+``check-plan``, ``check-moments``, ``check-narrative``, ``check-prompt`` (each page; with the
+visual rules' forbidden words), ``check-cover`` (likewise), ``check-rules`` (the text rules'
+forbidden words in the narrative and narration), ``judge-story`` and ``judge-page`` (each page, with the page's reference
 sheets; off unless ``evals.judge.*``), ``evals``.
 
 With ``ads.enabled`` (off here, on in comic-books-kids) the ad components, under ``ads/``:
@@ -44,8 +56,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cloops.core.errors import InputError
+from cloops.data import rules as rulebook
 
 from cloops.steps import (AdCopyStep, AdManifestStep, AssembleStep, BodyClipStep, BundleStep,
                           CheckStep, CtaClipStep, EvalsStep, ForEach, HookClipStep, ImageStep,
@@ -79,9 +97,16 @@ class Settings(_Strict):
 
 
 class Style(_Strict):
+    """``style``: the art style every prompt names, and the optional style frame —
+    ``referenceImage``, a picture in the template folder passed last with every image call
+    (sheets, pages, cover) as showing the art style only; ``referenceStrength`` (``loose`` |
+    ``close``) picks how strongly the prompt asks for it (:data:`STYLE_FRAME_LABELS`)."""
+
     artStyle: str = Field(min_length=1)
     inkStyle: str = Field(min_length=1)
     colorTreatment: str = Field(min_length=1)
+    referenceImage: str | None = Field(default=None, min_length=1)
+    referenceStrength: Literal["loose", "close"] = "close"
 
 
 class Thumbnail(_Strict):
@@ -113,6 +138,16 @@ class ComicConfig(_Strict):
     thumbnail: Thumbnail = Field(default_factory=Thumbnail)
     cast: Cast = Field(default_factory=Cast)
     evals: Evals = Field(default_factory=Evals)
+    rules: list = Field(default_factory=list)
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _rules(cls, value):
+        """The series' rules (:mod:`cloops.data.rules`): each ``{id, text, scope, forbid?}``."""
+        try:
+            return rulebook.validate_rules(value, file="config.json", field="rules")
+        except InputError as exc:
+            raise ValueError(f"{exc.field}: {exc.detail} {exc.fix or ''}".strip()) from None
 
 
 CONFIG_MODEL = ComicConfig
@@ -166,9 +201,28 @@ def page_sheets(data, inputs, ctx) -> list[str]:
     return [sheet_path(c) for c in page_cast(data, inputs, ctx)]
 
 
+THINGS = ("place", "prop")  # cast kinds that are not characters: settings and objects
+
+
+def characters_first(cast) -> list[dict]:
+    """The cast with its characters first, then its places and props (each in cast order):
+    the order of reference images, so a model's limit cuts places and props first."""
+    cast = list(cast or [])
+    return [c for c in cast if c.get("kind") not in THINGS] + \
+        [c for c in cast if c.get("kind") in THINGS]
+
+
+def _sheet_label(c: dict) -> str:
+    kind = c.get("kind")
+    what = {"place": "establishing view", "prop": "reference sheet"}.get(kind, "reference sheet")
+    return f"{c['name']}'s {what}" if kind not in THINGS else f"the {what} of {c['name']}"
+
+
 def page_references(inputs, ctx) -> list[tuple[str, str]]:
-    """The reference sheets of page n's cast, in cast order: ``[(cast/<id>.jpg, label)]``."""
-    return [(sheet_path(c), f"{c['name']}'s reference sheet") for c in inputs["cast"] or []]
+    """The reference sheets of page n's cast: its characters, then its places and props, each
+    in cast order: ``[(cast/<id>.jpg, label)]``. The style frame, when there is one, comes
+    after them (the image kind adds it: :func:`style_frame`)."""
+    return [(sheet_path(c), _sheet_label(c)) for c in characters_first(inputs["cast"])]
 
 
 def library_sheet(inputs, ctx):
@@ -222,6 +276,75 @@ def merge_cast(data, inputs, ctx) -> dict:
     return {"characters": kept}
 
 
+# ---------------------------------------------------------------- rules and the style frame
+#
+# rules.json (assembled, no call) holds the rules a story obeys: the series' (config.json
+# ``rules``) with the story's own (backlog ``input.rules``) over them. Steps depend on the part
+# they are told, the rules' texts only: ``text`` (narrative, plan) or ``visual`` (sheet
+# prompts, page and cover prompts); the rule check on ``rules`` (with ``forbid``).
+
+def story_rules(inputs, ctx) -> dict:
+    """rules.json: ``{"rules": [{id, text, scope, forbid, from}], "text": [text, ...],
+    "visual": [text, ...]}`` — every rule, then the texts each kind of step is told."""
+    series = rulebook.validate_rules(ctx.config.get("rules", []), file=ctx.config.file,
+                                     field="rules")
+    own = inputs.get("own")
+    own = rulebook.validate_rules(own, file="the backlog", field="input.rules") if own else []
+    every = rulebook.merged(series, own)
+    scoped = rulebook.by_scope(every)
+    return {"rules": every, "text": [r["text"] for r in scoped["text"]],
+            "visual": [r["text"] for r in scoped["visual"]]}
+
+
+@dataclass(frozen=True)
+class RulesStep(AssembleStep):
+    """The ``rules`` step: assembled like any, depending on config ``rules`` when the config
+    has it (a template without rules needs no ``"rules": []``)."""
+
+    def config_paths(self, tpl) -> list[str]:
+        return [p for p in super().config_paths(tpl) if p != "rules" or tpl.config.has("rules")]
+
+
+def told(story_input: dict) -> dict:
+    """The story input as the narrative and the story judge are told it: without its
+    ``rules`` (those reach them through rules.json, by scope)."""
+    return {k: v for k, v in story_input.items() if k != "rules"}
+
+
+def _rules_block(texts, heading="Rules (every one must hold)") -> list[str]:
+    """The rules as a step's message tells them: a heading and one line each (none: nothing)."""
+    return [f"{heading}:", *[f"- {t}" for t in texts]] if texts else []
+
+
+STYLE_FRAME_LABELS = {
+    "close": "the style frame: it shows the art style only, not content — match its linework, "
+             "colouring, texture and light closely; take none of its people, places, objects "
+             "or composition",
+    "loose": "the style frame: a loose guide to the art style only, not content — echo its "
+             "overall feel and palette; take none of its people, places, objects or "
+             "composition",
+}
+
+
+def style_frame(ctx):
+    """``(path, label)`` of the style frame (``style.referenceImage``, a picture in the
+    template folder), worded by ``style.referenceStrength``; None when none is set.
+
+    Raises:
+        InputError: the picture is not in the template folder (names config.json's field).
+    """
+    name = ctx.config.get("style.referenceImage", None)
+    if not name:
+        return None
+    path = ctx.template_file(name)
+    if path is None:
+        raise InputError(f"names {name!r}, which is not in the template folder.",
+                         file=ctx.config.file, field="style.referenceImage",
+                         fix="put the picture (JPEG or PNG) beside config.json, or remove the "
+                             "key.")
+    return path, STYLE_FRAME_LABELS[ctx.config.get("style.referenceStrength", "close")]
+
+
 # ---------------------------------------------------------------- user messages
 
 def narrative_user(inputs, ctx) -> str:
@@ -232,7 +355,8 @@ def narrative_user(inputs, ctx) -> str:
     lines.append(f"Summary: {s['summary']}")
     lines.append("Key moments:")
     lines += [f"- {m}" for m in s["keyMoments"]]
-    return "\n".join(lines)
+    rules = _rules_block(inputs.get("rules") or [])
+    return "\n".join(lines + ([""] + rules if rules else []))
 
 
 def cast_user(inputs, ctx) -> str:
@@ -254,6 +378,9 @@ def pages_user(inputs, ctx) -> str:
     cast = "\n".join(f"- {c['id']}: {c['name']} ({c['kind']})" for c in inputs["cast"] or [])
     text = (f"Title: {inputs['title']}\n\nCast:\n{cast or '- (none)'}\n\n"
             f"Narrative:\n{inputs['narrative'].strip()}")
+    rules = _rules_block(inputs.get("rules") or [])
+    if rules:
+        text += "\n\n" + "\n".join(rules)
     previous = inputs.get("previous")
     if isinstance(previous, dict):
         text += ("\n\nCurrent plan: the cast changed since it was made. Keep every page, panel "
@@ -263,9 +390,13 @@ def pages_user(inputs, ctx) -> str:
 
 
 def _characters_block(characters) -> str:
-    chars = characters or []
+    chars = [c for c in characters or [] if c.get("kind") not in THINGS]
+    things = [c for c in characters or [] if c.get("kind") in THINGS]
     lines = ["Characters (fixed appearance — copy exactly):"]
     lines += [f"- {c['name']}: {c['appearance']}" for c in chars] or ["- (none on this page)"]
+    if things:
+        lines += ["Places and props (fixed look — copy exactly):"]
+        lines += [f"- {c['name']} ({c['kind']}): {c['appearance']}" for c in things]
     return "\n".join(lines)
 
 
@@ -277,12 +408,15 @@ def page_prompt_user(inputs, ctx) -> str:
     for i, p in enumerate(page["panels"], 1):
         who = ", ".join(names.get(c, c) for c in p.get("cast", [])) or "no cast member"
         lines.append(f"{i}. {p['moment']} — visual anchor: {p['visualAnchor']} — cast: {who}")
-    return "\n".join(lines)
+    rules = _rules_block(inputs.get("rules") or [])
+    return "\n".join(lines + ([""] + rules if rules else []))
 
 
 def thumbnail_user(inputs, ctx) -> str:
+    rules = _rules_block(inputs.get("rules") or [])
     return (f"{_characters_block(inputs['cast'])}\n\nTitle: {inputs['title']}\n\n"
-            f"Narrative:\n{inputs['narrative'].strip()}")
+            f"Narrative:\n{inputs['narrative'].strip()}"
+            + ("\n\n" + "\n".join(rules) if rules else ""))
 
 
 # ---------------------------------------------------------------- checks and assembly
@@ -349,11 +483,18 @@ def _clean(text: str) -> str:
 
 
 def _cast_line(cast) -> list[str]:
-    """The characters' fixed appearance, kept in the text beside their reference sheets."""
-    if not cast:
-        return []
-    return ["Characters: " + "; ".join(f"{c['name']}: {_clean(c['appearance'])}"
-                                       for c in cast) + "."]
+    """The characters' fixed appearance, kept in the text beside their reference sheets (and
+    the places' and props' look on a line of their own)."""
+    chars = [c for c in cast or [] if c.get("kind") not in THINGS]
+    things = [c for c in cast or [] if c.get("kind") in THINGS]
+    out = []
+    if chars:
+        out.append("Characters: " + "; ".join(f"{c['name']}: {_clean(c['appearance'])}"
+                                              for c in chars) + ".")
+    if things:
+        out.append("Places and props: " + "; ".join(f"{c['name']}: {_clean(c['appearance'])}"
+                                                    for c in things) + ".")
+    return out
 
 
 def assemble_page_prompt(data, inputs, ctx) -> str:
@@ -387,9 +528,33 @@ def assemble_thumbnail_prompt(data, inputs, ctx) -> str:
 
 
 def sheet_prompt(inputs, ctx) -> str:
-    """A character's reference sheet prompt: their appearance in the template's art style, full
-    figure front, side and back views and a face close-up, on plain white, no text."""
+    """A cast member's reference sheet prompt, in the template's art style, no text: a
+    character's full figure front, side and back views and a face close-up on plain white; a
+    place's establishing view with no people; a prop alone on plain white. The story's visual
+    rules (rules.json ``visual``) close it."""
     c = inputs["character"]
+    rules = _rules_block(inputs.get("rules") or [], "Rules")
+    if c.get("kind") == "place":
+        return "\n".join([
+            _style_line(ctx.config),
+            f"An establishing view of a place: {c['name']}, {_clean(c.get('appearance', ''))}.",
+            "One wide view showing the whole place clearly, its shape, materials and colours, "
+            "in even daylight.",
+            "No people, no animals, no figures of any kind.",
+            *rules,
+            "No text, no letters, no labels, no captions.",
+        ]) + "\n"
+    if c.get("kind") == "prop":
+        return "\n".join([
+            _style_line(ctx.config),
+            f"A reference sheet of an object: {c['name']}, {_clean(c.get('appearance', ''))}.",
+            "The object alone on a plain white background, seen from the front, the side and "
+            "from above, all the same size and lighting.",
+            "Even soft studio light, no shadows on the background, no people, no hands, no "
+            "scenery.",
+            *rules,
+            "No text, no letters, no labels, no captions.",
+        ]) + "\n"
     what = {"animal": "an animal character", "group": "a group of characters"}.get(
         c.get("kind"), "a character")
     return "\n".join([
@@ -400,6 +565,7 @@ def sheet_prompt(inputs, ctx) -> str:
         "lighting, the same clothes and colours in every view.",
         "Even soft studio light, no shadows on the background, no scenery, no props but what "
         "the character carries.",
+        *rules,
         "No text, no letters, no labels, no captions.",
     ]) + "\n"
 
@@ -420,7 +586,9 @@ def storyboard_cover(inputs, ctx) -> dict:
 def storyboard_sheet(inputs, ctx) -> dict:
     """The offline storyboard's character card: name, kind and appearance."""
     c = inputs["character"] or {}
-    return {"title": c.get("name", ""), "label": "Reference sheet" + (
+    label = {"place": "Establishing view", "prop": "Prop sheet"}.get(c.get("kind"),
+                                                                       "Reference sheet")
+    return {"title": c.get("name", ""), "label": label + (
         " (library)" if c.get("library") else ""), "narration": "", "panels": [],
         "body": f"{c.get('kind', 'person')} · {c.get('appearance', '')}"}
 
@@ -478,12 +646,23 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "character"
 
 
+def _named_in(name: str, text: str) -> bool:
+    """``name`` in ``text`` as whole words, any case ("the ark" in "Noah builds the Ark")."""
+    words = [w for w in re.findall(r"[a-z0-9']+", name.lower()) if w not in ("the", "a", "an")]
+    return bool(words) and re.search(r"(?<![\w-])" + r"\W+".join(map(re.escape, words))
+                                     + r"(?![\w-])", text.lower()) is not None
+
+
 def draft_cast(inputs, ctx) -> dict:
     """A cast from the names in the story input (no model): library characters reused by name,
-    the others marked as drafts."""
+    the others marked as drafts; then the library's places and props the input names."""
     s = ctx.story
     text = " ".join([s["summary"], *s["keyMoments"]])
-    library = {c["name"]: c["id"] for c in library_roster(ctx.collection("cast"))}
+    roster_ = library_roster(ctx.collection("cast"))
+    library = {c["name"]: c["id"] for c in roster_ if c["kind"] not in THINGS}
+    things = [{"id": c["id"], "name": c["name"], "kind": c["kind"], "library": True,
+               "lookOf": None, "appearance": ""}
+              for c in roster_ if c["kind"] in THINGS and _named_in(c["name"], text)]
     names = _names(text) or ["The people of the story"]
     chars = []
     for name in names:
@@ -495,15 +674,25 @@ def draft_cast(inputs, ctx) -> dict:
                           "lookOf": None,
                           "appearance": f"{DRAFT_MARK} {name} in a plain ancient robe; a real "
                                         "cast describes age, build, hair and clothing"})
-    return {"characters": chars}
+    return {"characters": chars + things[:4]}
 
 
 def _panel_cast(moment: str, cast: list[dict]) -> list[str]:
-    """The cast ids named in a moment (by name or id); the main character when none is."""
+    """The cast ids named in a moment (by name or id): at most three characters (the main
+    character when none is named), then the places and props it names (at most two)."""
     text = moment.lower()
-    named = [c["id"] for c in cast if c["name"].lower() in text
+    chars = [c for c in cast if c.get("kind") not in THINGS]
+    named = [c["id"] for c in chars if c["name"].lower() in text
              or re.search(rf"\b{re.escape(c['id'])}\b", text)]
-    return named[:3] or [cast[0]["id"]] if cast else []
+    who = named[:3] or ([chars[0]["id"]] if chars else [])
+    things = [c["id"] for c in cast if c.get("kind") in THINGS
+              and (_named_in(c["name"], moment) or re.search(rf"\b{re.escape(c['id'])}\b", text))]
+    return who + things[:2]
+
+
+def _cover_ids(cast) -> list[str]:
+    """The draft cover's cast: the first two characters (places and props stay off it)."""
+    return [c["id"] for c in cast if c.get("kind") not in THINGS][:2]
 
 
 def draft_pages(inputs, ctx) -> dict:
@@ -516,7 +705,7 @@ def draft_pages(inputs, ctx) -> dict:
         for page in plan["pages"]:
             for panel in page.get("panels", []):
                 panel["cast"] = _panel_cast(panel.get("moment", ""), cast)
-        plan["coverCast"] = [c["id"] for c in cast[:2]]
+        plan["coverCast"] = _cover_ids(cast)
         return plan
     s = ctx.story
     moments = s["keyMoments"]
@@ -539,15 +728,21 @@ def draft_pages(inputs, ctx) -> dict:
         pages.append({"pageNumber": p + 1, "title": _sentence(page_moments[0]).rstrip("."),
                       "narration": " ".join(_sentence(m) for m in page_moments),
                       "panels": panels})
-    return {"title": s["title"], "coverCast": [c["id"] for c in cast[:2]], "pages": pages}
+    return {"title": s["title"], "coverCast": _cover_ids(cast), "pages": pages}
 
 
 def _panel_subject(cast, ids) -> str:
     """The cast members the panel lists (at most three), each with their appearance copied
     word for word, as the knowledge layer asks."""
-    named = [c for c in cast or [] if c["id"] in ids]
+    named = [c for c in cast or [] if c["id"] in ids and c.get("kind") not in THINGS]
     return "; ".join(f"{c['name']}, {_clean(c['appearance'])}" for c in named[:3]) or \
         "the figures of the story"
+
+
+def _panel_things(cast, ids) -> str:
+    """The places and props the panel lists, each with its look copied word for word."""
+    named = [c for c in cast or [] if c["id"] in ids and c.get("kind") in THINGS]
+    return "".join(f", with {c['name']}, {_clean(c['appearance'])}" for c in named)
 
 
 def draft_page_prompt(inputs, ctx) -> dict:
@@ -559,7 +754,8 @@ def draft_page_prompt(inputs, ctx) -> dict:
                     "subject": _panel_subject(inputs["cast"], p.get("cast", [])),
                     "action": f"shown in the moment: {p['moment']}",
                     "environment": f"focus on {p['visualAnchor']}, with simple ground in the "
-                                   "foreground and low hills behind",
+                                   "foreground and low hills behind"
+                                   + _panel_things(inputs["cast"], p.get("cast", [])),
                     "lighting": "soft even daylight from the left, gentle shadows"}
                    for i, p in enumerate(page["panels"])],
         "palette": "warm earth tones, sky blue, olive green",
@@ -568,7 +764,8 @@ def draft_page_prompt(inputs, ctx) -> dict:
 
 
 def draft_thumbnail(inputs, ctx) -> dict:
-    chars = ", ".join(c["name"] for c in inputs["cast"] or []) or "the figures of the story"
+    chars = ", ".join(c["name"] for c in inputs["cast"] or []
+                      if c.get("kind") not in THINGS) or "the figures of the story"
     return {"subject": f"{DRAFT_MARK} {chars}", "action": f"at the heart of {inputs['title']}",
             "composition": "centered figure, wide margins, empty sky at the top",
             "environment": "the story's landscape", "lighting": "golden hour light",
@@ -581,9 +778,16 @@ PAGES = ForEach("pages.json", "pages")
 CAST = ForEach("cast.json", "characters", by="id", library="cast")
 STYLE = ("style.artStyle", "style.inkStyle", "style.colorTreatment")
 
+TEXT_RULES = part("rules.json", "text")
+VISUAL_RULES = part("rules.json", "visual")
+
 STEPS = [
+    RulesStep(name="rules", target="rules.json",
+              doc="the rules this story obeys: the series' and its own",
+              inputs={"own": story("rules")}, uses=("rules",), run=story_rules),
     LLMStep(name="narrative", target="narrative.md", doc="step 1: the story as prose",
-            system_prompt="step1-narrative.md", inputs={"story": story()},
+            system_prompt="step1-narrative.md",
+            inputs={"story": story(select=told), "rules": TEXT_RULES},
             user=narrative_user, draft=draft_narrative),
     LLMStep(name="cast", target="cast.json", doc="the recurring characters, extracted once",
             system_prompt="cast.md", schema="cast.json",
@@ -593,34 +797,36 @@ STEPS = [
     LLMStep(name="pages", target="pages.json", doc="step 2: the page plan",
             system_prompt="step2-planning.md", schema="planning.json",
             inputs={"narrative": file("narrative.md"), "title": story("title"),
-                    "cast": view("cast.json", roster)},
+                    "cast": view("cast.json", roster), "rules": TEXT_RULES},
             uses=("settings.pageCount", "settings.panelsPerPage"), previous=("cast",),
             user=pages_user, draft=draft_pages, validate=check_pages, write=merge_plan),
     AssembleStep(name="sheet-prompt", target="cast/{id}.txt", foreach=CAST,
-                 doc="the reference sheet prompt of one character",
-                 inputs={"character": item()}, uses=STYLE, run=sheet_prompt),
+                 doc="the reference sheet prompt of one character, place or prop",
+                 inputs={"character": item(), "rules": VISUAL_RULES}, uses=STYLE,
+                 run=sheet_prompt),
     ImageStep(name="sheet", target="cast/{id}.jpg", foreach=CAST,
-              doc="the reference sheet of one character",
+              doc="the reference sheet of one character, place or prop",
               inputs={"prompt": file("cast/{id}.txt"), "character": item()},
-              params_override="cast.params", annotate=storyboard_sheet, use_file=library_sheet),
+              params_override="cast.params", annotate=storyboard_sheet, use_file=library_sheet,
+              style_frame=style_frame),
     LLMStep(name="prompt", target="prompts/{n}.txt", foreach=PAGES,
             doc="step 3: the image prompt of one page",
             system_prompt="step3-prompts.md", knowledge=("prompting.md",),
             schema="page-prompt.json",
-            inputs={"page": item(), "cast": view("cast.json", page_cast)},
+            inputs={"page": item(), "cast": view("cast.json", page_cast), "rules": VISUAL_RULES},
             uses=STYLE, user=page_prompt_user, draft=draft_page_prompt,
             validate=check_page_prompt, write=assemble_page_prompt, version=2),
     ImageStep(name="image", target="images/{n}.jpg", foreach=PAGES, doc="the page image",
               inputs={"prompt": file("prompts/{n}.txt"), "page": item(),
                       "cast": view("cast.json", page_cast)},
               annotate=storyboard_page, references=page_references,
-              reference_patterns=("cast/{id}.jpg",)),
+              reference_patterns=("cast/{id}.jpg",), style_frame=style_frame),
     LLMStep(name="thumbnail-prompt", target="thumbnail-prompt.txt",
             doc="step 4: the cover prompt", system_prompt="step4-thumbnail.md",
             schema="thumbnail.json",
             inputs={"narrative": file("narrative.md"), "title": story("title"),
                     "coverCast": part("pages.json", "coverCast"),
-                    "cast": view("cast.json", cover_cast)},
+                    "cast": view("cast.json", cover_cast), "rules": VISUAL_RULES},
             uses=STYLE, user=thumbnail_user, draft=draft_thumbnail,
             write=assemble_thumbnail_prompt),
     ImageStep(name="thumbnail", target="thumbnail.jpg", doc="the cover image",
@@ -628,7 +834,8 @@ STEPS = [
                       "coverCast": part("pages.json", "coverCast"),
                       "cast": view("cast.json", cover_cast)},
               params_override="thumbnail.params", annotate=storyboard_cover,
-              references=page_references, reference_patterns=("cast/{id}.jpg",)),
+              references=page_references, reference_patterns=("cast/{id}.jpg",),
+              style_frame=style_frame),
     AssembleStep(name="story-data", target="story-data.json", doc="story-data.json for the app",
                  inputs={"pages": file("pages.json"), "images": each("images/{n}.jpg"),
                          "thumbnail": file("thumbnail.jpg"), "title": story("title")},
@@ -815,7 +1022,8 @@ def _prompt_budgets(lines: list[str], knowledge: str, page) -> dict:
 
 def _characters_carried(lines: list[str], characters, page) -> dict:
     """Every character a panel names carries the appearance the plan lists, word for word."""
-    chars = [c for c in characters or [] if c.get("name") and c.get("appearance")]
+    chars = [c for c in characters or [] if c.get("name") and c.get("appearance")
+             and c.get("kind") not in THINGS]  # a place's look is carried by the setting
     norm = [(c["name"], " ".join(_clean(c["appearance"]).lower().split())) for c in chars]
     bad = []
     for line in lines:
@@ -842,14 +1050,17 @@ def check_page_prompt_text(inputs, ctx) -> list[dict]:
     return [_visual_only(lines, inputs["lettering"], n),
             _characters_carried(lines, inputs["characters"], n),
             _prompt_budgets(lines, inputs["knowledge"], n),
-            _anachronisms("\n".join(lines), inputs["anachronisms"], n, "prompt")]
+            _anachronisms("\n".join(lines), inputs["anachronisms"], n, "prompt"),
+            *_rule_verdicts(inputs.get("rules"), "visual", [(n, "prompt", "\n".join(lines))])]
 
 
 def check_cover_prompt(inputs, ctx) -> list[dict]:
     """The cover prompt: visual-only, no anachronism."""
     lines = _judged_lines(inputs["prompt"], ctx.config)
     return [_visual_only(lines, inputs["lettering"], None),
-            _anachronisms("\n".join(lines), inputs["anachronisms"], None, "cover prompt")]
+            _anachronisms("\n".join(lines), inputs["anachronisms"], None, "cover prompt"),
+            *_rule_verdicts(inputs.get("rules"), "visual",
+                            [(None, "cover prompt", "\n".join(lines))])]
 
 
 def judge_story_user(inputs, ctx) -> str:
@@ -865,7 +1076,7 @@ def judge_story_user(inputs, ctx) -> str:
         for x in p.get("panels", []):
             lines.append(f"  Panel {x.get('panel')}: {x.get('moment', '')} "
                          f"(visual anchor: {x.get('visualAnchor', '')})")
-    return "\n".join(lines)
+    return "\n".join(lines + _rule_questions(inputs.get("rules")))
 
 
 def drawn_page(page) -> dict:
@@ -880,7 +1091,68 @@ def judge_page_user(inputs, ctx) -> str:
              "Panels (top to bottom):"]
     for i, p in enumerate(page["panels"], 1):
         lines.append(f"{i}. {p['moment']} — visual anchor: {p['visualAnchor']}")
-    return "\n".join(lines)
+    return "\n".join(lines + _rule_questions(inputs.get("rules")))
+
+
+def forbidding(rules) -> list[dict]:
+    """What the rule check reads of rules.json's ``rules``: the rules with ``forbid``, each as
+    ``{id, scope, forbid}`` (a rule's text edited does not re-run it)."""
+    return [{"id": r["id"], "scope": r["scope"], "forbid": r["forbid"]}
+            for r in rules or [] if r.get("forbid")]
+
+
+def narration_texts(pages) -> list[str]:
+    """What the rule check reads of the plan: each page's narration."""
+    return [p.get("narration", "") for p in pages]
+
+
+def _rule_verdicts(rules, scope: str, texts) -> list[dict]:
+    """One verdict per rule of ``scope`` (``text`` or ``visual``; ``both`` counts as each) with
+    ``forbid``, named ``rule <id>``: none of its words or patterns in ``texts``
+    (``[(page or None, where, text)]``). Evidence names the page, where, and the words found."""
+    out = []
+    for rule in rules or []:
+        if rule["scope"] not in (scope, "both"):
+            continue
+        bad = []
+        for page, where, text in texts:
+            found = rulebook.forbidden(text, rule["forbid"])
+            if found:
+                at = f"page {page} {where}" if page else f"the {where}"
+                bad.append(evidence(f"{at} has {', '.join(repr(w) for w in found)}, which rule "
+                                    f"{rule['id']!r} forbids (rules.json)", page=page,
+                                    where=where, words=found))
+        out.append(verdict(f"rule {rule['id']}", bad,
+                           passed=f"none of {len(rule['forbid'])} forbidden words or patterns"))
+    return out
+
+
+def check_rules(inputs, ctx) -> list[dict]:
+    """The text rules with ``forbid``: none of their words in the narrative or in any page's
+    narration (the visual rules are checked with each prompt: ``check-prompt``,
+    ``check-cover``)."""
+    texts = [(None, "narrative", _prose_of(inputs["narrative"] or ""))]
+    texts += [(i, "narration", t) for i, t in enumerate(inputs["narration"] or [], 1)]
+    return _rule_verdicts(inputs["rules"], "text", texts)
+
+
+def text_rule_questions(rules) -> list[dict]:
+    """What the story judge reads of rules.json's ``rules``: ``{id, text}`` of each text rule."""
+    return [{"id": r["id"], "text": r["text"]} for r in rules or []
+            if r.get("scope") in ("text", "both")]
+
+
+def visual_rule_questions(rules) -> list[dict]:
+    """What the page judge reads of rules.json's ``rules``: ``{id, text}`` of each visual rule."""
+    return [{"id": r["id"], "text": r["text"]} for r in rules or []
+            if r.get("scope") in ("visual", "both")]
+
+
+def _rule_questions(rules) -> list[str]:
+    if not rules:
+        return ["", "Rules: none (answer with an empty `rules` list)."]
+    return ["", "Rules (answer each in `rules`, by id: obeyed or not, and why):",
+            *[f"- {r['id']}: {r['text']}" for r in rules]]
 
 
 _PROMPT_FILES = {"lettering": "lexicons/lettering.txt",
@@ -904,20 +1176,30 @@ EVAL_STEPS = [
               subject="prompts/{n}.txt",
               doc="check: a page prompt is visual-only, carries appearances, fits the budgets",
               inputs={"prompt": file("prompts/{n}.txt"), "page": item(select=panel_casts),
-                      "characters": view("cast.json", page_cast)},
+                      "characters": view("cast.json", page_cast),
+                      "rules": part("rules.json", "rules", select=forbidding)},
               uses=("style.artStyle", "style.inkStyle", "style.colorTreatment"),
               files={**_PROMPT_FILES, "knowledge": "knowledge/prompting.md"},
               run=check_page_prompt_text),
     CheckStep(name="check-cover", target="evals/checks/cover.json",
               subject="thumbnail-prompt.txt", doc="check: the cover prompt is visual-only",
-              inputs={"prompt": file("thumbnail-prompt.txt")},
+              inputs={"prompt": file("thumbnail-prompt.txt"),
+                      "rules": part("rules.json", "rules", select=forbidding)},
               uses=("style.artStyle", "style.inkStyle", "style.colorTreatment"),
               files=_PROMPT_FILES, run=check_cover_prompt),
+    CheckStep(name="check-rules", target="evals/checks/rules.json", subject="rules.json",
+              doc="check: no text rule's forbidden words in the narrative or narration",
+              inputs={"rules": part("rules.json", "rules", select=forbidding),
+                      "narrative": file("narrative.md"),
+                      "narration": part("pages.json", "pages", select=narration_texts)},
+              run=check_rules),
     JudgeStep(name="judge-story", target="evals/judge/story.json", enabled="evals.judge.story",
               doc="judge (opt-in, paid): faithfulness, family safety, narration quality",
               system_prompt="judge-story.md", schema="judge-story.json",
-              inputs={"story": story(), "narrative": file("narrative.md"),
-                      "pages": file("pages.json")}, user=judge_story_user),
+              inputs={"story": story(select=told), "narrative": file("narrative.md"),
+                      "pages": file("pages.json"),
+                      "rules": part("rules.json", "rules", select=text_rule_questions)},
+              user=judge_story_user),
     JudgeStep(name="judge-page", target="evals/judge/pages/{n}.json", foreach=PAGES,
               enabled="evals.judge.pages",
               doc="vision judge (opt-in, paid): character consistency, stray text in the image",
@@ -925,7 +1207,8 @@ EVAL_STEPS = [
               inputs={"page": item(select=drawn_page),
                       "characters": view("cast.json", page_cast),
                       "sheets": view("cast.json", page_sheets),
-                      "image": file("images/{n}.jpg")},
+                      "image": file("images/{n}.jpg"),
+                      "rules": part("rules.json", "rules", select=visual_rule_questions)},
               images=("image",), references=("sheets",), reference_patterns=("cast/{id}.jpg",),
               user=judge_page_user),
 ]

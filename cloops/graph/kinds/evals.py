@@ -14,11 +14,14 @@ those changes and only then. ``evals.threshold`` (config) marks the story "needs
      "reviewReasons": [str, ...],
      "checks": {"pass": int, "warn": int, "fail": int},
      "results": [{"name", "result", "subject", "page", "evidence": [...]}, ...],
-     "judged": {"<judge step>": {"draft": bool, "scores": {criterion: {"reason", "score"}}}
+     "judged": {"<judge step>": {"draft": bool, "scores": {criterion: {"reason", "score"}},
+                                 "rules": [{"id", "obeyed", "reason"}]  (when asked)}
                                     or, per page, {"<n>": {...}}},
      "judges": "off" | "draft" | "on"}
 
 Draft judgements (offline) are listed but never scored nor compared with the threshold.
+A judge asked about the story's rules answers ``rules``: one broken (``"obeyed": false``) marks
+the story "needs review", naming the rule and the page.
 """
 
 from __future__ import annotations
@@ -98,6 +101,9 @@ def summarize(story: str, docs: list[tuple[str, Any]], threshold: float) -> dict
         states.add("draft" if draft else "on")
         scores = doc.get("scores") if isinstance(doc.get("scores"), dict) else {}
         entry = {"draft": draft, "scores": scores}
+        answers = [a for a in doc.get("rules") or [] if isinstance(a, dict)]
+        if answers:
+            entry["rules"] = answers
         page = _page_of(doc)
         if page is None:
             judged[name] = entry
@@ -105,6 +111,11 @@ def summarize(story: str, docs: list[tuple[str, Any]], threshold: float) -> dict
             judged.setdefault(name, {})[str(page)] = entry
         if draft:
             continue
+        for a in answers:
+            if a.get("obeyed") is False:
+                where = f" on page {page}" if page is not None else ""
+                reasons.append(f"rule {a.get('id')} broken{where}: "
+                               f"{(a.get('reason') or '')[:160]}")
         for crit, s in scores.items():
             score = s.get("score") if isinstance(s, dict) else None
             if not isinstance(score, (int, float)):

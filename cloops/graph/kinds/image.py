@@ -16,6 +16,13 @@ built-in table (:data:`cloops.services.base.MODEL_REFERENCE_LIMITS`); the rest a
 the run says so. ``aspect_ratio`` must then be set in the params: the reference-image models
 default it to ``match_input_image``, which would copy the sheet's shape onto the page.
 
+**A style frame.** ``style_frame(ctx)`` may name a picture of the template (its art style) to
+pass with every call of the step as the **last** reference, after the story's own, as ``(path,
+label)``: the label is how the prompt names it ("the style frame: it shows the art style only
+..."). Its digest and label are dependencies of the step (replacing the picture redraws every
+image that takes it, and nothing else), its bytes go with the request as JPEG. Within the
+model's reference limit it keeps its slot: the story's references are cut first.
+
 **A file instead of a call.** ``use_file(inputs, ctx)`` may name a file to take as the image
 (a hand-made library sheet): the step then copies it, calls nothing, and depends on its digest.
 """
@@ -29,9 +36,11 @@ from typing import Any, Callable
 from ...core.errors import InputError
 from ...core.fileio import sha256_file
 from ...services.base import ImageRequest, Reference
+from ...services.imaging import to_jpeg
 from ..steps import DepContext, Fn, Step, StepContext, StepRun, short_value, step_kind
 
 RefFn = Callable[[dict, StepContext], list[tuple[str, str]]]
+FrameFn = Callable[[StepContext], "tuple[Any, str] | None"]
 
 
 @step_kind("image")
@@ -51,6 +60,8 @@ class ImageStep(Step):
             artifact graph needs to know which step makes them.
         use_file: ``use_file(inputs, ctx) -> Path | None`` a file to take as the image instead
             of calling the service, or None.
+        style_frame: ``style_frame(ctx) -> (Path, label) | None`` a picture passed last, after
+            the references, with every call (see the module docstring), or None.
     """
 
     service = "image"
@@ -61,6 +72,7 @@ class ImageStep(Step):
     references: RefFn | None = None
     reference_patterns: tuple[str, ...] = ()
     use_file: Callable[[dict, StepContext], Any] | None = None
+    style_frame: FrameFn | None = None
 
     # ------------------------------------------------------------ graph
 
@@ -130,6 +142,13 @@ class ImageStep(Step):
                 path = self.use_file(inputs, ctx)
                 values["file used"] = (sha256_file(Path(path)) or "missing")[:16] if path \
                     else "none"
+        if self.style_frame is not None:
+            _inputs, ctx = deps.values()
+            frame = self.style_frame(ctx)
+            if frame is not None:
+                path, label = frame
+                values["style frame"] = short_value(
+                    {"label": label, "sha256": frame_digest(tpl, Path(path))})
         if backend.offline and self.annotate is not None:
             # offline storyboards draw the page's text: that is then a dependency too
             inputs, ctx = deps.values()
@@ -137,7 +156,10 @@ class ImageStep(Step):
         return values
 
     def check(self, tpl) -> None:
-        if self.references is not None and "aspect_ratio" not in self.params(tpl):
+        framed = self.style_frame is not None and self.style_frame(StepContext(
+            template=tpl.name, story_id="", story={}, config=tpl.config, n=None, count=None,
+            story_dir=None, collection=tpl.collection, template_file=tpl.template_file))
+        if (self.references is not None or framed) and "aspect_ratio" not in self.params(tpl):
             field = f"{self.params_override}.aspect_ratio" if self.params_override \
                 else "generation.params.aspect_ratio"
             raise InputError(
@@ -185,15 +207,20 @@ class ImageStep(Step):
         Raises:
             InputError: a reference file is missing (names it and the fix).
         """
-        if self.references is None:
-            return []
-        wanted = self.references(job.inputs, job.ctx)
+        wanted = self.references(job.inputs, job.ctx) if self.references is not None else []
+        frame = self.style_frame(job.ctx) if self.style_frame is not None else None
         limit = self.reference_limit(job.template, backend_name)
-        if limit is not None and len(wanted) > limit:
-            dropped = ", ".join(label for _p, label in wanted[limit:])
-            job.note(f"{len(wanted) - limit} reference images left out (the model takes "
-                     f"{limit}; generation.referenceLimits): {dropped}")
-            wanted = wanted[:limit]
+        room = None if limit is None else max(limit - (1 if frame else 0), 0)
+        if room is not None and len(wanted) > room:
+            dropped = ", ".join(label for _p, label in wanted[room:])
+            job.note(f"{len(wanted) - room} reference images left out (the model takes "
+                     f"{limit}" + ("; the style frame keeps the last" if frame and limit else "")
+                     + f"; generation.referenceLimits): {dropped}")
+            wanted = wanted[:room]
+        if frame is not None and limit == 0:
+            job.note(f"the style frame is left out (the model takes no reference images; "
+                     f"generation.referenceLimits): {frame[1]}")
+            frame = None
         refs = []
         for path, label in wanted:
             full = job.story_dir / path
@@ -204,15 +231,38 @@ class ImageStep(Step):
                                  f"{job.rel}.", file=str(full),
                                  fix="build the story again to make it, or put your own "
                                      "image there.") from None
+        if frame is not None:
+            path, label = frame
+            jpeg, _w, _h = to_jpeg(Path(path).read_bytes(), source=str(path))
+            refs.append(Reference(label=label, jpeg=jpeg))
         return refs
 
 
 def naming_lines(refs: list[Reference]) -> str:
     """The prompt's first line naming each reference by position:
-    ``Image 1 is Noah's reference sheet. Image 2 is ...``, and what to keep from them."""
+    ``Image 1 is Noah's reference sheet. Image 2 is ...``, and what to keep from them (no
+    sentence about sheets when the only reference is a style frame)."""
     named = " ".join(f"Image {i} is {r.label}." for i, r in enumerate(refs, 1))
-    return (f"{named} Keep each character's face, hair, clothing and colours exactly as in "
-            "their reference sheet; do not copy the sheets' layout or white background.")
+    if any("reference sheet" in r.label for r in refs):
+        named += (" Keep each character's face, hair, clothing and colours exactly as in "
+                  "their reference sheet; do not copy the sheets' layout or white background.")
+    if any("establishing view" in r.label for r in refs):
+        named += " Keep each place's shape, materials and colours as in its establishing view."
+    return named
+
+
+def frame_digest(tpl, path: Path) -> str:
+    """The style frame's digest (16 hex digits; ``"missing"``), computed once per template
+    load and file version (path, size, mtime): every image task of every story depends on it,
+    and hashing a picture per task would cost more than the whole dependency check."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    key = ("style frame", str(path), st.st_size, st.st_mtime_ns)
+    if key not in tpl.memo:
+        tpl.memo[key] = (sha256_file(path) or "missing")[:16]
+    return tpl.memo[key]
 
 
 def comfyui_workflow_digest(tpl) -> str:

@@ -185,7 +185,9 @@ def story_model(proj: Project, template: str, story_id: str, status: dict,
     saved_usd``); ``usage``: the ledger's usage, to estimate takes (read when None).
     Returns ``{key, template, id, title, status, error, draft, cover, marks,
     cost, steps: [{step, kind, service, doc, targets: [...]}], pages, cast, voice, evals,
-    ads, staleRows, staleLocked, handEdited, locked}``.
+    ads, rules, styleFrame, staleRows, staleLocked, handEdited, locked}`` (``cast``:
+    characters first, then places and props, each with its ``kind``; ``rules``:
+    :func:`_rules`; ``styleFrame``: :func:`style_frame_of`).
     """
     tpl = proj.template(template)
     sdir = proj.story_dir(template, story_id)
@@ -256,6 +258,8 @@ def story_model(proj: Project, template: str, story_id: str, status: dict,
     voice = _voice(tpl, targets, sdir)
     cast = _cast(sdir, targets, base)
     evals = _evals(sdir, targets)
+    rules = _rules(sdir, targets)
+    frame = style_frame_of(tpl)
     ads = [t for rel, t in targets.items() if rel.startswith("ads/")]
     total = {"calls": sum((s["cost"] or {}).get("calls", 0) for s in steps.values()),
              "cacheHits": sum((s["cost"] or {}).get("cacheHits", 0) for s in steps.values()),
@@ -269,7 +273,7 @@ def story_model(proj: Project, template: str, story_id: str, status: dict,
         "draft": any(r.get("offline") for r in manifest.values()),
         "built": bool(targets),
         "cover": cover, "pages": pages, "cast": cast, "voice": voice, "evals": evals,
-        "ads": ads, "steps": list(steps.values()),
+        "ads": ads, "rules": rules, "styleFrame": frame, "steps": list(steps.values()),
         "staleRows": status["stale"], "staleLocked": status["staleLocked"],
         "handEdited": hand_rows, "locked": status["locked"],
         "pagesKnown": status.get("pagesKnown", True),
@@ -357,11 +361,69 @@ def _cast(sdir: Path, targets: dict[str, dict], base: str) -> list[dict]:
         sheets = [t for rel, t in targets.items()
                   if cid and rel.startswith("cast/") and Path(rel).stem == cid]
         out.append({"id": cid, "name": str(c.get("name") or cid or f"character {i + 1}"),
+                    "kind": str(c.get("kind") or "person"),
                     "appearance": c.get("appearance") if isinstance(c.get("appearance"), str)
                     else None,
                     "source": source, "field": ["characters", i, "appearance"],
                     "sheets": [t for t in sheets if t["kind"] == "image"],
                     "sheetTexts": [t for t in sheets if t["kind"] == "text"]})
+    # characters first, then places and props (as their sheets are passed to the pages)
+    return [c for c in out if c["kind"] not in THINGS] + [c for c in out if c["kind"] in THINGS]
+
+
+THINGS = ("place", "prop")
+
+
+def _rules(sdir: Path, targets: dict[str, dict]) -> list[dict]:
+    """The rules the story obeys, from ``rules.json`` (the series' and its own, made by a
+    template's ``rules`` step): ``[{id, text, scope, forbid, from}]``; empty when none."""
+    if "rules.json" not in targets:
+        return []
+    data = _read_json(sdir / "rules.json")
+    rules = data.get("rules") if isinstance(data, dict) else None
+    return [{"id": str(r.get("id", "")), "text": str(r.get("text", "")),
+             "scope": str(r.get("scope", "")), "from": str(r.get("from", "")),
+             "forbid": [str(w) for w in r.get("forbid") or []]}
+            for r in rules or [] if isinstance(r, dict)]
+
+
+_FRAME_THUMBS: dict[tuple, tuple[str, str]] = {}
+
+
+def style_frame_of(tpl) -> dict | None:
+    """The template's style frame (config ``style.referenceImage``, a picture in the template
+    folder passed last with every image call), or None: ``{file, strength, missing, sha,
+    dataUri}`` — a small JPEG ``data:`` URI (at most 320 px), so the static site and the studio
+    both show it though it lies outside build/. Read once per file version (path, size,
+    mtime), not once per story."""
+    name = tpl.config.get("style.referenceImage", None) if tpl.config.has("style") else None
+    if not isinstance(name, str) or not name:
+        return None
+    out = {"file": name, "strength": tpl.config.get("style.referenceStrength", "close"),
+           "missing": True, "sha": None, "dataUri": None}
+    path = tpl.template_file(name)
+    if path is None:
+        return out
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FRAME_THUMBS:
+        import base64
+        import io
+
+        from PIL import Image, UnidentifiedImageError
+        uri = ""
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                im.thumbnail((320, 320))
+                buf = io.BytesIO()
+                im.save(buf, format="JPEG", quality=80)
+            uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+        except (UnidentifiedImageError, OSError):
+            pass
+        _FRAME_THUMBS[key] = ((sha256_file(path) or "")[:16], uri)
+    sha, uri = _FRAME_THUMBS[key]
+    out.update(missing=False, sha=sha, dataUri=uri or None)
     return out
 
 
