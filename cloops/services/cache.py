@@ -16,6 +16,12 @@ outlives its request (a Replicate prediction, an OpenAI background response: cre
 polled) is noted by request key from the moment its id is known until its answer is in the
 cache, so a run killed while it runs (or while its output is downloaded) resumes that job next
 time instead of paying for a second one (:func:`current_job`).
+
+With a **shared tier** (:mod:`cloops.services.shared_cache`, config ``cache.shared`` or
+``CLOOPS_CACHE_URL``) the same API spans workers: a miss here is looked up there (and copied
+here), an answer stored here is stored there create-only, :meth:`ResponseCache.claim` makes
+one worker pay while the others wait for its answer, and a job noted here is noted in that
+worker's claim too, so whichever worker takes the request over resumes it.
 """
 
 from __future__ import annotations
