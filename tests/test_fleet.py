@@ -101,7 +101,8 @@ def noted_jobs(client, prefix: str) -> set[str]:
 
 def built(proj: Project, story: str) -> bool:
     status = {it["id"]: it["status"] for it in proj.backlog()["items"]}[story]
-    return status == "completed" and (proj.story_dir(story) / "bundle" / "story-data.json").is_file()
+    bundle = proj.story_dir(story) / "bundle"
+    return status == "completed" and (bundle / "story-data.json").is_file()
 
 
 def no_secrets(runs, s3) -> None:
@@ -322,3 +323,83 @@ def test_a_worker_killed_mid_build_is_replaced_and_nothing_noted_is_paid_twice(a
         assert "took over the expired claim" in run.err
         assert not [k for k in bucket_objects(aws.client, prefix + "/") if "/claims/" in k]
         no_secrets([run], aws)
+
+
+# ---------------------------------------------------------------- units: shards, limits, a folder
+
+def test_shards_come_from_cloops_shard_kubernetes_or_cloud_run():
+    from cloops.core.errors import InputError
+    from cloops.run.fleet import Shard, in_shard, shard_from_env, shard_of
+    assert shard_from_env({}) is None
+    assert shard_from_env({"CLOOPS_SHARD": "1/4"}) == Shard(1, 4, "CLOOPS_SHARD")
+    k8s = shard_from_env({"JOB_COMPLETION_INDEX": "2", "CLOOPS_SHARD_COUNT": "3"})
+    assert (k8s.index, k8s.count) == (2, 3)
+    assert shard_from_env({"CLOUD_RUN_TASK_INDEX": "0", "CLOUD_RUN_TASK_COUNT": "5"}).count == 5
+    for bad in ("4/4", "x/2", "3", "-1/2"):
+        with pytest.raises(InputError, match="CLOOPS_SHARD"):
+            shard_from_env({"CLOOPS_SHARD": bad})
+    # stable across machines and runs: the hash of template/id, not Python's hash()
+    assert [shard_of(STD, s, 2) for s in STORIES] == [0, 0, 1, 1]
+    ids = [f"story-{i}" for i in range(400)]
+    for n in (1, 3, 7):
+        parts = [sum(in_shard(STD, i, Shard(k, n, "t")) for i in ids) for k in range(n)]
+        assert sum(parts) == len(ids) and min(parts) > len(ids) / n * 0.7
+
+
+def test_each_worker_takes_its_share_of_the_account_limits(tmp_path):
+    from cloops.data.project import load_project
+    from cloops.run.fleet import worker_limits
+    (tmp_path / "a").mkdir()
+    proj = make_project(tmp_path / "a", ["noah-s-ark"])
+    loaded = load_project(proj.root)
+    loaded.env = {"CLOOPS_SHARD": "0/3"}
+    assert worker_limits(loaded, STD, "image", 8, 600) == \
+        (3, 200.0, "account limits ÷ 3, rounded up")
+    assert worker_limits(loaded, STD, "llm", 2, None)[:2] == (1, None)
+    (tmp_path / "b").mkdir()  # templates are cached per process: another project
+    proj = make_project(tmp_path / "b", ["noah-s-ark"])
+    proj.edit_config(lambda c: c.update(limits={"perWorker": {"image": {"concurrency": 5}}}))
+    loaded = load_project(proj.root)
+    loaded.env = {"CLOOPS_SHARD": "0/3"}
+    assert worker_limits(loaded, STD, "image", 8, 600) == (5, 600, "limits.perWorker")
+
+
+def test_a_folder_tier_claims_waits_takes_over_and_checks_bodies(tmp_path):
+    from cloops.services.base import LLMResult, Usage
+    from cloops.services.cache import ResponseCache
+    from cloops.services.shared_cache import SharedTier, pack_entry, unpack_entry
+    files = {".jpg": b"\xff\xd8jpeg", ".json": b'{"w":1}'}
+    assert unpack_entry(pack_entry(files)) == files
+    packed = pack_entry(files)
+    assert unpack_entry(packed[:-1] + b"X") is None and unpack_entry(b"junk") is None
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    warned = []
+    a = SharedTier(str(shared), worker="a", lease_s=1.0, warn=warned.append)
+    b = SharedTier(str(shared), worker="b", lease_s=1.0, warn=warned.append)
+    ca, cb = ResponseCache(tmp_path / "a", shared=a), ResponseCache(tmp_path / "b", shared=b)
+    key = "ab" * 32
+    assert ca.claim(key, lambda: ca.get_llm(key)) is None  # a holds it
+    assert b.try_claim(key) == "live"
+    ca.start_job(key, "pred-1")
+    ca.put_llm(key, LLMResult(text="answer", data=None, usage=Usage(), model="m"))
+    ca.release(key)
+    assert cb.claim(key, lambda: cb.get_llm(key)).text == "answer"  # from the tier
+    # a dies holding a claim with a job noted: b takes it over after the lease, with the job
+    other = "cd" * 32
+    assert a.try_claim(other) == "held"
+    a.note_job(other, "pred-2")
+    a._held.clear()  # dead: no renewal, no release
+    assert b.try_claim(other) == "live"
+    time.sleep(1.1)
+    assert cb.claim(other, lambda: cb.get_llm(other)) is None and cb.job(other) == "pred-2"
+    assert any("took over" in w for w in warned)
+    # read mode: never writes
+    r = SharedTier(str(shared), worker="r", mode="read")
+    cr = ResponseCache(tmp_path / "r", shared=r)
+    before = sorted(p.name for p in shared.rglob("*"))
+    third = "ef" * 32
+    assert cr.claim(third, lambda: cr.get_llm(third)) is None
+    cr.put_llm(third, LLMResult(text="mine", data=None, usage=Usage(), model="m"))
+    cr.start_job(third, "x")
+    assert sorted(p.name for p in shared.rglob("*")) == before

@@ -234,8 +234,11 @@ class ServiceHub:
                     self.ledger.record(rec)
                     raise
                 if cache is not None and (accept is None or accept(result)):
-                    # another worker's answer to the same request, stored first, wins
-                    result = getattr(cache, put)(key, result) or result
+                    # another worker's answer to the same request, stored first, wins (not
+                    # over a deliberate new take)
+                    theirs = getattr(cache, put)(key, result, adopt=not meta.reroll)
+                    if theirs is not None:
+                        result = theirs
                 job.ended()
         finally:
             if owner:

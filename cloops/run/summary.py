@@ -61,8 +61,8 @@ def fleet_lines(keys: list[str]) -> list[str]:
         for k in mine:
             it = items.get(k.partition("/")[2])
             if it is not None:
-                statuses[k] = {"status": it.status, "completedAt": getattr(it, "completed_at", None),
-                               "error": getattr(it, "error", None)}
+                statuses[k] = {"status": it.status, "completedAt": it.completed_at,
+                               "error": it.error}
     return finish(proj, statuses)
 
 

@@ -89,10 +89,11 @@ class ResponseCache:
         for suffix in sorted(files, key=lambda s: s == ".json"):  # a meta file has its media
             atomic_write_bytes(self._path(key, suffix), files[suffix])
 
-    def _share(self, key: str, suffixes: tuple[str, ...], read: Callable[[str], Any]) -> Any:
+    def _share(self, key: str, suffixes: tuple[str, ...], read: Callable[[str], Any],
+                adopt: bool = True) -> Any:
         """Store the entry just written here in the shared tier; when another worker stored
         the same request first, take its entry (here too) and return its result (None: use
-        ours)."""
+        ours; always with ``adopt`` false: a deliberate new take keeps its own answer)."""
         if self.shared is None or not self.shared.writable:
             return None
         try:
@@ -100,8 +101,8 @@ class ResponseCache:
         except FileNotFoundError:
             return None
         theirs = self.shared.store(key, files)
-        if theirs is None:
-            return None
+        if theirs is None or not self.enabled or not adopt:
+            return None  # CLOOPS_NO_CACHE or a re-roll: a deliberate new take keeps its own
         self._write_files(key, theirs)
         return read(key)
 
@@ -152,7 +153,8 @@ class ResponseCache:
         return LLMResult(text=raw["text"], data=raw.get("data"), usage=Usage(**raw["usage"]),
                          model=raw.get("model", ""))
 
-    def put_llm(self, key: str, result: LLMResult) -> LLMResult | None:
+    def put_llm(self, key: str, result: LLMResult, *,
+                adopt: bool = True) -> LLMResult | None:
         """Store ``result`` (here, then in the shared tier). Returns None, or the answer
         another worker stored first for the same request (use it instead: every worker then
         builds from one answer)."""
@@ -161,7 +163,7 @@ class ResponseCache:
         atomic_write_text(self._path(key, ".json"), json.dumps(
             {"text": result.text, "data": result.data, "usage": result.usage.as_dict(),
              "model": result.model}, ensure_ascii=False, separators=(",", ":")))
-        return self._share(key, (".json",), self._get_llm)
+        return self._share(key, (".json",), self._get_llm, adopt)
 
     def get_image(self, key: str) -> ImageResult | None:
         return self._tiered(key, self._get_image)
@@ -176,14 +178,15 @@ class ResponseCache:
         return ImageResult(jpeg=jpeg, width_px=meta["width_px"], height_px=meta["height_px"],
                            images_billed=meta.get("images_billed", 1))
 
-    def put_image(self, key: str, result: ImageResult) -> ImageResult | None:
+    def put_image(self, key: str, result: ImageResult, *,
+                  adopt: bool = True) -> ImageResult | None:
         """Store ``result``; returns None or another worker's answer (see :meth:`put_llm`)."""
         # image bytes first: a meta file always has its image
         atomic_write_bytes(self._path(key, ".jpg"), result.jpeg)
         atomic_write_text(self._path(key, ".json"), canonical_json(
             {"width_px": result.width_px, "height_px": result.height_px,
              "images_billed": result.images_billed}))
-        return self._share(key, (".jpg", ".json"), self._get_image)
+        return self._share(key, (".jpg", ".json"), self._get_image, adopt)
 
     def get_voice(self, key: str) -> VoiceResult | None:
         return self._tiered(key, self._get_voice)
@@ -199,13 +202,14 @@ class ResponseCache:
                            timings=tuple(tuple(t) for t in meta["timings"]),
                            characters=meta.get("characters", 0))
 
-    def put_voice(self, key: str, result: VoiceResult) -> VoiceResult | None:
+    def put_voice(self, key: str, result: VoiceResult, *,
+                  adopt: bool = True) -> VoiceResult | None:
         """Store ``result``; returns None or another worker's answer (see :meth:`put_llm`)."""
         atomic_write_bytes(self._path(key, ".mp3"), result.mp3)
         atomic_write_text(self._path(key, ".json"), canonical_json(
             {"duration_s": result.duration_s, "timings": [list(t) for t in result.timings],
              "characters": result.characters}))
-        return self._share(key, (".mp3", ".json"), self._get_voice)
+        return self._share(key, (".mp3", ".json"), self._get_voice, adopt)
 
     def touch(self, key: str) -> None:
         """Mark an entry used now (a hit), so pruning by age keeps what is still in use."""

@@ -298,7 +298,8 @@ def unpack_entry(data: bytes) -> dict[str, bytes] | None:
         want = str(meta["sha256"])
     except (ValueError, KeyError, TypeError):
         return None
-    if not sep or hashlib.sha256(canonical_json(listing).encode() + b"\n" + body).hexdigest() != want:
+    got = hashlib.sha256(canonical_json(listing).encode() + b"\n" + body).hexdigest()
+    if not sep or got != want:
         return None
     out, at = {}, 0
     for suffix, n in listing:

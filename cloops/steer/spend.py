@@ -62,8 +62,8 @@ def shared_ledger(root: Path) -> tuple[sqlite3.Connection, str]:
                 row = json.loads(line)
             except ValueError:
                 continue  # a row cut short: the others still count
-            con.execute(f"INSERT INTO calls ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                        [row.get(c) for c in cols])
+            con.execute(f"INSERT INTO calls ({', '.join(cols)}) "
+                        f"VALUES ({', '.join('?' * len(cols))})", [row.get(c) for c in cols])
     return con, tier.url
 
 
