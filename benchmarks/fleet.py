@@ -13,10 +13,11 @@ Each worker is a real ``doit`` process with its own project copy and build folde
 every fleet size (``llm.concurrency``, ``generation.concurrency``); each worker takes its
 share (divided by N, rounded up, as ``cloops.run.fleet.worker_limits`` does).
 
-Printed per fleet size: the makespan (first start to last exit), the lower bound for it
-(the busiest service's paid calls × latency ÷ the account's concurrency, or one story's
-chain of calls, whichever is longer — start-up not included) and the requests paid twice
-across the fleet (target 0).
+Printed per fleet size: the stories of each shard, the makespan (first start to last exit),
+the ideal (the busiest service's paid calls × latency ÷ the account's concurrency, or one
+story's chain of calls, whichever is longer — start-up not included), the bound that static
+shards set (the largest shard's share of the calls at one worker's share of the limits) and
+the requests paid twice across the fleet (target 0).
 """
 
 from __future__ import annotations
@@ -109,11 +110,19 @@ def run_fleet(n: int, stories: list[str], endpoint: str, tmp: Path) -> dict:
         jobs = billed(oa, rp)
         llm_paid, images_paid = len(oa.billed), len(rp.billed)
     twice = len(jobs) - len(set(jobs))
+    chain = CHAIN[0] * LLM_LATENCY_S + CHAIN[1] * IMAGE_LATENCY_S
     ideal = max(llm_paid * LLM_LATENCY_S / ACCOUNT["llm"],
-                images_paid * IMAGE_LATENCY_S / ACCOUNT["image"],
-                CHAIN[0] * LLM_LATENCY_S + CHAIN[1] * IMAGE_LATENCY_S)
-    return {"workers": n, "makespan_s": makespan, "ideal_s": ideal, "llm_paid": llm_paid,
-            "images_paid": images_paid, "paid_twice": twice}
+                images_paid * IMAGE_LATENCY_S / ACCOUNT["image"], chain)
+    # with static shards each worker has only its share of the limits: the largest shard
+    # bounds the makespan (the stories' calls spread evenly over the stories)
+    from cloops.run.fleet import shard_of
+    sizes = [sum(shard_of(STD, s, n) == k for s in stories) for k in range(n)]
+    per_worker = max(llm_paid * LLM_LATENCY_S / -(-ACCOUNT["llm"] // n),
+                     images_paid * IMAGE_LATENCY_S / -(-ACCOUNT["image"] // n))
+    sharded = max(chain, max(sizes) / len(stories) * per_worker)
+    return {"workers": n, "makespan_s": makespan, "ideal_s": ideal, "sharded_s": sharded,
+            "shards": sizes, "llm_paid": llm_paid, "images_paid": images_paid,
+            "paid_twice": twice}
 
 
 def main() -> None:
@@ -137,15 +146,18 @@ def main() -> None:
           f"{LLM_LATENCY_S} s (LLM) and {IMAGE_LATENCY_S} s (image); the account allows "
           f"{ACCOUNT['llm']} LLM and {ACCOUNT['image']} image calls in flight; "
           f"{os.cpu_count()} CPUs")
-    print(f"{'workers':>7} {'makespan s':>11} {'ideal s':>8} {'ratio':>6} {'LLM paid':>9} "
-          f"{'images paid':>12} {'paid twice':>11}")
+    print(f"{'workers':>7} {'stories/shard':>14} {'makespan s':>11} {'ideal s':>8} "
+          f"{'ratio':>6} {'shard bound s':>14} {'LLM paid':>9} {'images paid':>12} "
+          f"{'paid twice':>11}")
     try:
         with tempfile.TemporaryDirectory(prefix="cloops-fleet-") as tmp:
             for n in (int(x) for x in args.workers.split(",")):
                 r = run_fleet(n, stories, endpoint, Path(tmp))
-                print(f"{r['workers']:>7} {r['makespan_s']:>11.1f} {r['ideal_s']:>8.1f} "
-                      f"{r['makespan_s'] / r['ideal_s']:>6.2f} {r['llm_paid']:>9} "
-                      f"{r['images_paid']:>12} {r['paid_twice']:>11}   (target 0)", flush=True)
+                shards = "/".join(str(k) for k in r["shards"])
+                print(f"{r['workers']:>7} {shards:>14} {r['makespan_s']:>11.1f} "
+                      f"{r['ideal_s']:>8.1f} {r['makespan_s'] / r['ideal_s']:>6.2f} "
+                      f"{r['sharded_s']:>14.1f} {r['llm_paid']:>9} {r['images_paid']:>12} "
+                      f"{r['paid_twice']:>11}   (target 0)", flush=True)
     finally:
         server.stop()
 
