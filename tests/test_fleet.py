@@ -36,7 +36,7 @@ STORIES = SHARD0 + SHARD1
 # ---------------------------------------------------------------- helpers
 
 def worker_project(root: Path, stories: list[str], url: str, endpoint: str, *,
-                   lease_s: float = 2.0, **llm) -> Project:
+                   lease_s: float = 10.0, **llm) -> Project:
     """A fresh worker: the templates, a backlog of ``stories`` and the shared URL; an empty
     build folder. comic-books-standard alone, fast retries, ads off."""
     root.mkdir(parents=True)
@@ -284,7 +284,8 @@ def test_a_worker_killed_mid_build_is_replaced_and_nothing_noted_is_paid_twice(a
     rp = FakeReplicate(token=REPLICATE_TOKEN, latency_s=1.5, colour_by="input")
     with oa, rp:
         env = env_for(oa, rp, aws)
-        first = worker_project(tmp_path / "first", SHARD1, url, aws.endpoint,
+        # a short lease: the fresh worker takes the dead one's claims over 2 s after
+        first = worker_project(tmp_path / "first", SHARD1, url, aws.endpoint, lease_s=2.0,
                                background=True, pollIntervalS=0.02)
         st = first.start(env=env)
         deadline = time.monotonic() + 90
@@ -299,7 +300,7 @@ def test_a_worker_killed_mid_build_is_replaced_and_nothing_noted_is_paid_twice(a
         os.kill(st.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         assert st.finish(timeout=30).rc == -signal.SIGKILL
-        fresh = worker_project(tmp_path / "fresh", SHARD1, url, aws.endpoint,
+        fresh = worker_project(tmp_path / "fresh", SHARD1, url, aws.endpoint, lease_s=2.0,
                                background=True, pollIntervalS=0.02)
         run = fresh.doit(env=env)
         assert run.rc == 0, run.out + run.err

@@ -500,9 +500,16 @@ class SharedTier:
             else:
                 self._op("storing an entry", lambda: self._store.create(rel, data))
         except _Refused:
+            theirs = self.fetch(key)
+            if theirs is None and corrupt is None:
+                # S3 409: a conflicting write under way, not stored yet: try once more
+                try:
+                    self._op("storing an entry", lambda: self._store.create(rel, data))
+                    return None
+                except _Refused:
+                    theirs = self.fetch(key)
             with self._lock:
                 self.counts["raced"] += 1
-            theirs = self.fetch(key)
             return theirs if theirs is not None and theirs != dict(files) else None
         with self._lock:
             self.counts["stored"] += not self.lost
