@@ -16,7 +16,12 @@ export CLOOPS_CACHE_URL=s3://your-bucket/cloops-cache   # or gs://…, or a shar
 seq 0 $((N - 1)) | parallel --sshloginfile "$HOSTS" -j1 --line-buffer --tag \
   --env OPENAI_API_KEY --env REPLICATE_API_TOKEN \
   --env AWS_ACCESS_KEY_ID --env AWS_SECRET_ACCESS_KEY --env CLOOPS_CACHE_URL \
-  'cd ~/cloops-project && CLOOPS_SHARD={}/'"$N"' CLOOPS_WORKER_ID=$(hostname)-{} .venv/bin/doit && .venv/bin/doit publish'
+  'cd ~/cloops-project && CLOOPS_SHARD={}/'"$N"' CLOOPS_WORKER_ID=$(hostname)-{} .venv/bin/doit'
+
+# publish from here, once: every story is built from the shared cache (paying nothing: every
+# answer is there) and published with one complete index.json per template (hosts publishing
+# their own shards would each rewrite the index with theirs only)
+CLOOPS_WORKER_ID=publisher .venv/bin/doit && .venv/bin/doit publish
 
 # what the whole fleet spent, per template, story, step and worker
 .venv/bin/doit report --shared
