@@ -394,6 +394,10 @@ def test_a_folder_tier_claims_waits_takes_over_and_checks_bodies(tmp_path):
     time.sleep(1.1)
     assert cb.claim(other, lambda: cb.get_llm(other)) is None and cb.job(other) == "pred-2"
     assert any("took over" in w for w in warned)
+    # stored first by another worker: its answer is used, here too — not by a re-roll
+    mine = LLMResult(text="mine", data=None, usage=Usage(), model="m")
+    assert cb.put_llm(key, mine).text == "answer" and cb.get_llm(key).text == "answer"
+    assert cb.put_llm(key, mine, adopt=False) is None and cb.get_llm(key).text == "mine"
     # read mode: never writes
     r = SharedTier(str(shared), worker="r", mode="read")
     cr = ResponseCache(tmp_path / "r", shared=r)
