@@ -157,9 +157,8 @@ def test_three_workers_pay_once_for_every_distinct_request(fleet):
     assert "shard 0/2" in fleet.runs[0].out and "shard 1/2" in fleet.runs[1].out
     # each worker takes half the account's limits (generation.concurrency 8 -> 4)
     assert "image 4 in flight" in fleet.runs[0].out
-    # the duplicate shard's workers waited for each other's answers instead of paying
-    waits = [int(r.out.split(" waits for another")[0].rsplit(" ", 1)[1]) for r in fleet.runs]
-    assert waits[1] + waits[2] > 0
+    # (whether the twins of shard 1 waited for each other's answers or found them stored
+    # depends on how far apart they ran; the folder-tier test below waits deterministically)
     jobs = billed(fleet.oa, fleet.rp)
     assert jobs and not paid_twice(jobs), "a request was paid twice across the fleet"
     # every call a worker made was paid by exactly one of them; the others were answered
@@ -394,6 +393,20 @@ def test_a_folder_tier_claims_waits_takes_over_and_checks_bodies(tmp_path):
     time.sleep(1.1)
     assert cb.claim(other, lambda: cb.get_llm(other)) is None and cb.job(other) == "pred-2"
     assert any("took over" in w for w in warned)
+    # a live claim: b waits for a's answer instead of paying
+    import threading
+    waiting_key = "12" * 32
+    assert ca.claim(waiting_key, lambda: ca.get_llm(waiting_key)) is None
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(
+        cb.claim(waiting_key, lambda: cb.get_llm(waiting_key))))
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive() and b.counts["waited"] == 1
+    ca.put_llm(waiting_key, LLMResult(text="waited for", data=None, usage=Usage(), model="m"))
+    ca.release(waiting_key)
+    waiter.join(10)
+    assert got[0].text == "waited for"
     # stored first by another worker: its answer is used, here too — not by a re-roll
     mine = LLMResult(text="mine", data=None, usage=Usage(), model="m")
     assert cb.put_llm(key, mine).text == "answer" and cb.get_llm(key).text == "answer"
