@@ -351,6 +351,7 @@ class SharedTier:
                        "taken_over": 0}
         self._lock = threading.RLock()
         self._held: dict[str, tuple[str, dict]] = {}  # key -> (version, claim body)
+        self._key_locks: dict[str, threading.Lock] = {}
         self._corrupt: dict[str, str] = {}  # key -> version of a corrupt entry to replace
         self._renewer: threading.Thread | None = None
         self._store = self._open(url, dict(storage_options or {}))
@@ -582,10 +583,17 @@ class SharedTier:
                                                  name="cloops-claim-lease")
                 self._renewer.start()
 
+    def _key_lock(self, key: str) -> threading.Lock:
+        """One lock per claimed key: its renewal, job notes and release never interleave,
+        and a slow store delays only that key, not the tier."""
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
     def _rewrite(self, key: str, **changes: Any) -> None:
         """Replace this worker's claim on ``key`` with ``changes`` (its version only)."""
-        with self._lock:
-            held = self._held.get(key)
+        with self._key_lock(key):
+            with self._lock:
+                held = self._held.get(key)
             if held is None or self.lost:
                 return
             version, body = held
@@ -594,12 +602,14 @@ class SharedTier:
                 new = self._op("renewing a claim", lambda: self._store.replace(
                     self._claim(key), canonical_json(body).encode(), version))
             except _Refused:
-                self._held.pop(key, None)
+                with self._lock:
+                    self._held.pop(key, None)
                 self._warn(f"shared cache: the claim on request {key[:12]} was taken over by "
                            "another worker (this one was too slow to renew it)")
                 return
             if new is not None:
-                self._held[key] = (new, body)
+                with self._lock:
+                    self._held[key] = (new, body)
 
     def _renew_loop(self) -> None:
         while True:
@@ -614,10 +624,12 @@ class SharedTier:
     def release(self, key: str) -> None:
         """Drop this worker's claim on ``key`` (its answer is stored, or it failed: another
         worker may try)."""
-        with self._lock:
-            held = self._held.pop(key, None)
-        if held is not None:
-            self._op("releasing a claim", lambda: self._store.delete(self._claim(key)))
+        with self._key_lock(key):
+            with self._lock:
+                held = self._held.pop(key, None)
+                self._key_locks.pop(key, None)
+            if held is not None:
+                self._op("releasing a claim", lambda: self._store.delete(self._claim(key)))
 
     def job(self, key: str) -> tuple[str, float] | None:
         """``(job id, noted at epoch s)`` in this worker's claim on ``key``, or None."""
