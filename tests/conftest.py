@@ -26,7 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 SECRET_VARS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLM_API_KEY", "REPLICATE_API_TOKEN",
                "REPLICATE_BASE_URL", "COMFYUI_URL", "ELEVENLABS_API_KEY", "ELEVENLABS_BASE_URL",
                "CLOOPS_LLM_BACKEND", "CLOOPS_IMAGE_BACKEND", "CLOOPS_VOICE_BACKEND",
-               "CLOOPS_NO_CACHE", "CLOOPS_DEBUG")
+               "CLOOPS_NO_CACHE", "CLOOPS_DEBUG",
+               # a fleet's variables (tests/test_fleet.py sets them where it means to)
+               "CLOOPS_CACHE_URL", "CLOOPS_CACHE_MODE", "CLOOPS_SHARD", "CLOOPS_SHARD_COUNT",
+               "CLOOPS_WORKER_ID", "CLOUD_RUN_TASK_INDEX", "CLOUD_RUN_TASK_COUNT")
 
 
 @dataclass

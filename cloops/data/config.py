@@ -214,10 +214,40 @@ class ModelPrice(StrictModel):
 
 
 class CacheConfig(StrictModel):
-    """``cache``: the response cache under every paid call."""
+    """``cache``: the response cache under every paid call.
+
+    ``shared``: an fsspec URL (``s3://bucket/prefix``, ``gs://bucket/prefix``, a folder)
+    holding a tier of the cache shared by every worker building the backlog
+    (:mod:`cloops.services.shared_cache`; ``CLOOPS_CACHE_URL`` overrides it);
+    ``sharedMode``: ``write`` (claims, stores) or ``read`` (never writes; ``CLOOPS_CACHE_MODE``
+    overrides it); ``sharedOptions`` go to fsspec (``endpoint_url`` for MinIO, R2 or a test
+    server; credentials come from the providers' variables, never from here); ``leaseS``: how
+    long a worker's claim on a request lives without renewal (it renews every third of it).
+    """
 
     enabled: bool = True
     dir: str = "build/.cloops/cache"
+    shared: str | None = None
+    shared_mode: Literal["write", "read"] = Field(default="write", alias="sharedMode")
+    shared_options: dict[str, Any] = Field(default_factory=dict, alias="sharedOptions")
+    lease_s: float = Field(default=60.0, ge=1, le=3600, alias="leaseS")
+
+
+class ServiceLimit(StrictModel):
+    """One service's limits for one worker (``limits.perWorker.<service>``)."""
+
+    concurrency: int | None = Field(default=None, ge=1, le=256)
+    requests_per_minute: float | None = Field(default=None, gt=0, alias="requestsPerMinute")
+
+
+class LimitsConfig(StrictModel):
+    """``limits``: with shards (``CLOOPS_SHARD=i/N``) each worker takes the configured account
+    limits (``llm``/``generation``/``voice`` ``concurrency`` and ``requestsPerMinute``) divided
+    by N, rounded up; ``perWorker`` sets a service's limits per worker instead
+    (``{"image": {"concurrency": 4}}``; services ``llm``, ``image``, ``voice``)."""
+
+    per_worker: dict[Literal["llm", "image", "voice"], ServiceLimit] = Field(
+        default_factory=dict, alias="perWorker")
 
 
 OverlayMode = Literal["baked", "separate", "both"]
@@ -364,6 +394,7 @@ class EngineConfig(StrictModel):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     voice: VoiceConfig = Field(default_factory=VoiceConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)

@@ -22,6 +22,7 @@ from ..graph.plan import plan_of
 from ..graph.seals import SealBook
 from .context import RunState, begin
 from .dispatch import install, service_saturation, task_priority
+from .fleet import check_shared, shard_from_env
 from .reporter import CloopsReporter
 from .selection import STORY_COMMANDS, dry_mode, parse_argv, selected_stories, unknown_story
 from .tuning import freeze_live_objects, relax_gc
@@ -66,7 +67,10 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
     unknown = unknown_story(proj.backlogs, command, names)
     if unknown:
         raise InputError(unknown)
-    wanted = selected_stories(proj.backlogs, command, names)
+    shard = shard_from_env(proj.env)  # CLOOPS_SHARD=i/N: this worker's part of the backlog
+    if command == "run":
+        check_shared(proj)  # the shared cache tier answers, or one clear error now
+    wanted = selected_stories(proj.backlogs, command, names, shard)
     stories: list[tuple[StoryRef, Any]] = []
     for b in proj.backlogs:
         path = str(b.path)

@@ -20,6 +20,7 @@ from ..services.base import (ImageRequest, ImageResult, LLMRequest, LLMResult, V
                              VoiceResult)
 from ..services.cache import ResponseCache, cache_key, job_journal
 from .dispatch import call_priority
+from .fleet import follow_ledger, shared_tier, worker_limits
 from .ledger import CallRecord, Ledger
 from .limits import ServiceLimiter
 
@@ -99,8 +100,11 @@ class ServiceHub:
             if (service, name) not in self._limiters:
                 eng = self.proj.template(template).config.engine
                 section = {"llm": eng.llm, "image": eng.generation, "voice": eng.voice}[service]
-                self._limiters[(service, name)] = ServiceLimiter(section.concurrency,
-                                                                 section.requests_per_minute)
+                # with shards, each worker takes its part of the account's limits
+                concurrency, per_minute, _ = worker_limits(
+                    self.proj, template, service, section.concurrency,
+                    section.requests_per_minute)
+                self._limiters[(service, name)] = ServiceLimiter(concurrency, per_minute)
             return self._limiters[(service, name)]
 
     def _limited(self, template: str, service: str, fn: Callable[[], Any],
@@ -118,8 +122,11 @@ class ServiceHub:
         with self._lock:
             if template not in self._caches:
                 cfg = self.proj.template(template).config.engine.cache
+                shared = shared_tier(self.proj, template)  # cache.shared / CLOOPS_CACHE_URL
+                follow_ledger(shared, self.ledger)
                 self._caches[template] = ResponseCache(
-                    self.proj.root / cfg.dir, enabled=cfg.enabled and not self._no_cache)
+                    self.proj.root / cfg.dir, enabled=cfg.enabled and not self._no_cache,
+                    shared=shared)
             return self._caches[template]
 
     def _retrying(self, template: str, fn: Callable[[], Any], max_retries: int) -> tuple[Any, int]:
@@ -191,9 +198,14 @@ class ServiceHub:
                     owner = True
             if owner:
                 # the previous owner may have stored its answer between our look-up and our
-                # claim: look once more before paying
-                again = getattr(cache, get)(key)
-                if again is not None and (accept is None or accept(again)):
+                # claim: look once more before paying; with a shared tier, claim the request
+                # across workers too (or wait for the answer of the worker paying for it)
+                def usable():
+                    found = getattr(cache, get)(key)
+                    return found if found is not None and (
+                        accept is None or accept(found)) else None
+                again = cache.claim(key, usable)
+                if again is not None:
                     result, rec.cache_hit = again, True
                 break
             waiting.wait()  # the same request is being paid for: take its answer
@@ -222,10 +234,15 @@ class ServiceHub:
                     self.ledger.record(rec)
                     raise
                 if cache is not None and (accept is None or accept(result)):
-                    getattr(cache, put)(key, result)
+                    # another worker's answer to the same request, stored first, wins (not
+                    # over a deliberate new take)
+                    theirs = getattr(cache, put)(key, result, adopt=not meta.reroll)
+                    if theirs is not None:
+                        result = theirs
                 job.ended()
         finally:
             if owner:
+                cache.release(key)  # the shared tier's claim, if this worker held one
                 with self._lock:
                     self._inflight.pop(key).set()
         account(result, rec, backend)

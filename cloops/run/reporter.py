@@ -22,7 +22,8 @@ from ..graph.seals import file_stat
 from .context import current, current_project, run_context
 from .selection import is_command_task
 from .progress import LiveView, wants_lines
-from .summary import header_lines, review_lines, stale_completed_report, summary_rows
+from .summary import (fleet_lines, header_lines, review_lines, stale_completed_report,
+                      summary_rows)
 from .tuning import freeze_live_objects, preload_sdks
 
 HIDDEN_PREFIXES = ("build:", "expand", "pending")
@@ -328,5 +329,7 @@ class CloopsReporter:
         for line in review_lines(sorted(stories)):
             self.console.print(line)
         for line in stale_completed_report():
+            self.console.print(line)
+        for line in fleet_lines(sorted(stories | set(failed_stories))):
             self.console.print(line)
         freeze_live_objects()  # the run is over: the interpreter's exit need not traverse it

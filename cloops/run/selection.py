@@ -80,7 +80,8 @@ def _story_keys(backlogs: list, args: list[str]) -> set[str] | None:
     return keys or None
 
 
-def selected_stories(backlogs: list, command: str, args: list[str]) -> set[str] | None:
+def selected_stories(backlogs: list, command: str, args: list[str],
+                     shard=None) -> set[str] | None:
     """The story keys (``<template>/<id>``) whose tasks this doit invocation needs, or None for
     all of them. ``backlogs``: the project's :class:`~cloops.data.backlog.Backlog` list.
 
@@ -88,6 +89,9 @@ def selected_stories(backlogs: list, command: str, args: list[str]) -> set[str] 
     only the stories that are not completed, and ``doit build:<id>`` only that story (found by
     id, without walking the backlog). Any task name not understood here selects every story
     (doit then finds it, or says it does not exist).
+
+    ``shard``: a :class:`cloops.run.fleet.Shard`: the pending stories are only those of that
+    shard (a story named on the command line is built whatever its shard).
     """
     if command in STORY_COMMANDS:
         return _story_keys(backlogs, args)
@@ -95,8 +99,9 @@ def selected_stories(backlogs: list, command: str, args: list[str]) -> set[str] 
         return None  # cloops' own commands (status, lock, ...) and doit's others: everything
 
     def pending() -> set[str]:
+        from .fleet import in_shard
         return {f"{b.template}/{it.id}" for b in backlogs for it in b.items
-                if it.status != "completed"}
+                if it.status != "completed" and in_shard(b.template, it.id, shard)}
 
     if not args:
         return pending() if command == "run" else None

@@ -39,7 +39,34 @@ def header_lines() -> list[str]:
                     if spec.key_env]
             lines.append("  [yellow]OFFLINE backends in use: outputs are drafts and stories stay "
                          f"pending. Set {' / '.join(keys)} (or .env) to build for real.[/yellow]")
-    return lines
+    from .fleet import header_lines as fleet_header
+    return lines + fleet_header(proj)
+
+
+def fleet_lines(keys: list[str]) -> list[str]:
+    """End of run with a shared cache tier or a shard: the last ledger upload, where the
+    statuses of ``keys`` (``<template>/<id>``, the stories this run touched) went, and what
+    the shared tier did (:func:`cloops.run.fleet.finish`). Empty on a lone machine."""
+    from .fleet import finish, shard_from_env, tiers
+    proj = current_project()
+    if proj is None or (not tiers() and shard_from_env(proj.env) is None):
+        return []
+    from ..data.backlog import load_backlog
+    statuses = {}
+    for b in proj.backlogs:
+        mine = [k for k in keys if k.startswith(b.template + "/")]
+        if not mine:
+            continue
+        try:
+            items = {it.id: it for it in load_backlog(b.path).items}
+        except Exception:  # noqa: BLE001 - a report line must not fail the run's end
+            continue
+        for k in mine:
+            it = items.get(k.partition("/")[2])
+            if it is not None:
+                statuses[k] = {"status": it.status, "completedAt": it.completed_at,
+                               "error": it.error}
+    return finish(proj, statuses)
 
 
 def summary_rows() -> list[tuple]:

@@ -16,6 +16,12 @@ outlives its request (a Replicate prediction, an OpenAI background response: cre
 polled) is noted by request key from the moment its id is known until its answer is in the
 cache, so a run killed while it runs (or while its output is downloaded) resumes that job next
 time instead of paying for a second one (:func:`current_job`).
+
+With a **shared tier** (:mod:`cloops.services.shared_cache`, config ``cache.shared`` or
+``CLOOPS_CACHE_URL``) the same API spans workers: a miss here is looked up there (and copied
+here), an answer stored here is stored there create-only, :meth:`ResponseCache.claim` makes
+one worker pay while the others wait for its answer, and a job noted here is noted in that
+worker's claim too, so whichever worker takes the request over resumes it.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..core.fileio import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
 from .base import ImageResult, LLMResult, Usage, VoiceResult
+
+if TYPE_CHECKING:
+    from .shared_cache import SharedTier
 
 
 TEMP_GRACE_S = 3600.0  # a temp file this old was left by a killed run, not one still writing
@@ -49,16 +58,93 @@ class ResponseCache:
     """A folder of cached responses. ``enabled=False`` makes every lookup miss (writes still
     happen, so a deliberate re-roll replaces what a later revert would restore)."""
 
-    def __init__(self, directory: Path, *, enabled: bool = True):
+    def __init__(self, directory: Path, *, enabled: bool = True,
+                 shared: "SharedTier | None" = None):
         self.dir = Path(directory)
         self.enabled = enabled
+        # the shared tier (cloops.services.shared_cache), consulted after this folder and
+        # written after it; None: this machine's folder alone
+        self.shared = shared
 
     def _path(self, key: str, suffix: str) -> Path:
         return self.dir / key[:2] / f"{key}{suffix}"
 
-    def get_llm(self, key: str) -> LLMResult | None:
+    # -- the shared tier -------------------------------------------------------------------
+
+    def _tiered(self, key: str, read: Callable[[str], Any]) -> Any:
+        """``read(key)`` from this folder; on a miss, the shared tier's entry copied here
+        first (checksum verified), then read again."""
         if not self.enabled:
             return None
+        result = read(key)
+        if result is not None or self.shared is None:
+            return result
+        files = self.shared.fetch(key)
+        if files is None:
+            return None
+        self._write_files(key, files)
+        return read(key)
+
+    def _write_files(self, key: str, files: dict[str, bytes]) -> None:
+        for suffix in sorted(files, key=lambda s: s == ".json"):  # a meta file has its media
+            atomic_write_bytes(self._path(key, suffix), files[suffix])
+
+    def _share(self, key: str, suffixes: tuple[str, ...], read: Callable[[str], Any],
+                adopt: bool = True) -> Any:
+        """Store the entry just written here in the shared tier; when another worker stored
+        the same request first, take its entry (here too) and return its result (None: use
+        ours; always with ``adopt`` false: a deliberate new take keeps its own answer)."""
+        if self.shared is None or not self.shared.writable:
+            return None
+        try:
+            files = {s: self._path(key, s).read_bytes() for s in suffixes}
+        except FileNotFoundError:
+            return None
+        theirs = self.shared.store(key, files)
+        if theirs is None or not self.enabled or not adopt:
+            return None  # CLOOPS_NO_CACHE or a re-roll: a deliberate new take keeps its own
+        self._write_files(key, theirs)
+        return read(key)
+
+    def claim(self, key: str, lookup: Callable[[], Any]) -> Any:
+        """``lookup()`` (this folder, then the shared tier); on a miss, claim the paying of
+        request ``key`` across workers: returns None once this worker holds the claim (pay,
+        ``put_*``, then :meth:`release`), or the answer another worker stored while this one
+        waited for its live claim (polled with backoff, 0.05 s growing to 2 s). Without a
+        writable shared tier: ``lookup()``."""
+        result = lookup()
+        if result is not None or self.shared is None or not self.enabled:
+            return result
+        wait = 0.05
+        waited = False
+        while True:
+            state = self.shared.try_claim(key)
+            if state != "live":
+                # stored just before its holder released the claim? look once more
+                result = lookup()
+                if result is not None:
+                    self.release(key)
+                return result
+            if not waited:
+                self.shared.note_wait()
+                waited = True
+            time.sleep(wait)
+            wait = min(2.0, wait * 1.5)
+            result = lookup()
+            if result is not None:
+                return result
+
+    def release(self, key: str) -> None:
+        """Drop this worker's claim on request ``key`` (see :meth:`claim`)."""
+        if self.shared is not None:
+            self.shared.release(key)
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def get_llm(self, key: str) -> LLMResult | None:
+        return self._tiered(key, self._get_llm)
+
+    def _get_llm(self, key: str) -> LLMResult | None:
         try:
             raw = json.loads(self._path(key, ".json").read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):
@@ -67,16 +153,22 @@ class ResponseCache:
         return LLMResult(text=raw["text"], data=raw.get("data"), usage=Usage(**raw["usage"]),
                          model=raw.get("model", ""))
 
-    def put_llm(self, key: str, result: LLMResult) -> None:
+    def put_llm(self, key: str, result: LLMResult, *,
+                adopt: bool = True) -> LLMResult | None:
+        """Store ``result`` (here, then in the shared tier). Returns None, or the answer
+        another worker stored first for the same request (use it instead: every worker then
+        builds from one answer)."""
         # not canonical_json: the parsed output keeps the model's key order, so a cache hit
         # writes the same pages.json, byte for byte, as the call it replays
         atomic_write_text(self._path(key, ".json"), json.dumps(
             {"text": result.text, "data": result.data, "usage": result.usage.as_dict(),
              "model": result.model}, ensure_ascii=False, separators=(",", ":")))
+        return self._share(key, (".json",), self._get_llm, adopt)
 
     def get_image(self, key: str) -> ImageResult | None:
-        if not self.enabled:
-            return None
+        return self._tiered(key, self._get_image)
+
+    def _get_image(self, key: str) -> ImageResult | None:
         try:
             meta = json.loads(self._path(key, ".json").read_text(encoding="utf-8"))
             jpeg = self._path(key, ".jpg").read_bytes()
@@ -86,16 +178,20 @@ class ResponseCache:
         return ImageResult(jpeg=jpeg, width_px=meta["width_px"], height_px=meta["height_px"],
                            images_billed=meta.get("images_billed", 1))
 
-    def put_image(self, key: str, result: ImageResult) -> None:
+    def put_image(self, key: str, result: ImageResult, *,
+                  adopt: bool = True) -> ImageResult | None:
+        """Store ``result``; returns None or another worker's answer (see :meth:`put_llm`)."""
         # image bytes first: a meta file always has its image
         atomic_write_bytes(self._path(key, ".jpg"), result.jpeg)
         atomic_write_text(self._path(key, ".json"), canonical_json(
             {"width_px": result.width_px, "height_px": result.height_px,
              "images_billed": result.images_billed}))
+        return self._share(key, (".jpg", ".json"), self._get_image, adopt)
 
     def get_voice(self, key: str) -> VoiceResult | None:
-        if not self.enabled:
-            return None
+        return self._tiered(key, self._get_voice)
+
+    def _get_voice(self, key: str) -> VoiceResult | None:
         try:
             meta = json.loads(self._path(key, ".json").read_text(encoding="utf-8"))
             mp3 = self._path(key, ".mp3").read_bytes()
@@ -108,12 +204,15 @@ class ResponseCache:
                            words=tuple((w, s, e) for w, s, e in meta.get("words") or ()),
                            words_estimated=bool(meta.get("words_estimated", False)))
 
-    def put_voice(self, key: str, result: VoiceResult) -> None:
+    def put_voice(self, key: str, result: VoiceResult, *,
+                  adopt: bool = True) -> VoiceResult | None:
+        """Store ``result``; returns None or another worker's answer (see :meth:`put_llm`)."""
         atomic_write_bytes(self._path(key, ".mp3"), result.mp3)
         atomic_write_text(self._path(key, ".json"), canonical_json(
             {"duration_s": result.duration_s, "timings": [list(t) for t in result.timings],
              "characters": result.characters, "words": [list(w) for w in result.words],
              "words_estimated": result.words_estimated}))
+        return self._share(key, (".mp3", ".json"), self._get_voice, adopt)
 
     def touch(self, key: str) -> None:
         """Mark an entry used now (a hit), so pruning by age keeps what is still in use."""
@@ -171,6 +270,12 @@ class ResponseCache:
             if time.time() - float(note["at"]) <= JOB_MAX_AGE_S:
                 return str(note["id"])
         except FileNotFoundError:
+            # another worker's: the claim this worker took over from it (shared tier)
+            noted = self.shared.job(key) if self.shared is not None else None
+            if noted is not None and time.time() - noted[1] <= JOB_MAX_AGE_S:
+                return noted[0]
+            if noted is not None:
+                self.end_job(key)
             return None
         except (ValueError, KeyError, TypeError):
             pass  # unreadable: as good as none
@@ -178,8 +283,11 @@ class ResponseCache:
         return None
 
     def start_job(self, key: str, job_id: str) -> None:
-        """Note that request ``key`` started provider job ``job_id``."""
+        """Note that request ``key`` started provider job ``job_id`` (here, and in this
+        worker's claim on the shared tier, so a worker that takes it over resumes it)."""
         atomic_write_text(self._job_path(key), json.dumps({"id": job_id, "at": time.time()}))
+        if self.shared is not None:
+            self.shared.note_job(key, job_id)
 
     def end_job(self, key: str) -> None:
         """Forget request ``key``'s job (it ended, or cannot be resumed)."""
@@ -187,6 +295,8 @@ class ResponseCache:
             self._job_path(key).unlink()
         except FileNotFoundError:
             pass
+        if self.shared is not None and self.shared.job(key) is not None:
+            self.shared.note_job(key, None)
 
     def stats(self) -> dict[str, Any]:
         """``{"entries": int, "bytes": int}``."""

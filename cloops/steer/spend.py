@@ -22,25 +22,66 @@ from doit.cmd_base import Command
 from rich.table import Table
 
 from ..core.console import make_console
-from ..run.ledger import LEDGER_FILE, connect
+from ..run.ledger import LEDGER_FILE, SCHEMA, connect
 from .evals import eval_summary, score_text
 
 _GROUPS = {"template": ["template"], "story": ["template", "story"], "step": ["template", "step"],
-           "story-step": ["template", "story", "step"]}
+           "story-step": ["template", "story", "step"], "worker": ["worker"]}
 
 
-def spend(root: Path, by: str, *, run: str | None = None) -> list[dict]:
-    """Totals of the ledger grouped ``by`` template, story, step or story-step.
+def shared_ledger(root: Path) -> tuple[sqlite3.Connection, str]:
+    """Every worker's ledger rows from the shared URL (``ledger/<worker>/<run>.jsonl``, see
+    :mod:`cloops.run.fleet`) in an in-memory ledger with a ``worker`` column, and the URL.
+    The URL is ``CLOOPS_CACHE_URL`` or the first backlog's template's ``cache.shared``;
+    nothing is written there.
+
+    Raises:
+        InputError: no shared URL is set. SharedCacheError: it cannot be read.
+    """
+    from ..core.errors import InputError
+    from ..data.project import load_project
+    from ..run.fleet import shared_setting
+    from ..services.shared_cache import SharedTier
+    proj = load_project(root)
+    setting = next((s for s in (shared_setting(proj, b.template) for b in proj.backlogs) if s),
+                   None)
+    if setting is None:
+        raise InputError("doit report --shared: no shared URL is set.", field="cache.shared",
+                         fix="set CLOOPS_CACHE_URL (or cache.shared in the template's config) "
+                             "to the URL the workers used.")
+    tier = SharedTier(setting.url, source=setting.source, storage_options=setting.options,
+                      mode="read", worker="report")
+    tier.check()
+    con = sqlite3.connect(":memory:")
+    con.executescript(SCHEMA)
+    con.execute("ALTER TABLE calls ADD COLUMN worker TEXT")
+    cols = [r[1] for r in con.execute("PRAGMA table_info(calls)") if r[1] != "id"]
+    for rel in tier.list("ledger"):
+        for line in (tier.read(rel) or b"").decode("utf-8", "replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a row cut short: the others still count
+            con.execute(f"INSERT INTO calls ({', '.join(cols)}) "
+                        f"VALUES ({', '.join('?' * len(cols))})", [row.get(c) for c in cols])
+    return con, tier.url
+
+
+def spend(root: Path, by: str, *, run: str | None = None,
+          con: sqlite3.Connection | None = None) -> list[dict]:
+    """Totals of the ledger grouped ``by`` template, story, step, story-step or (a merged
+    ledger from :func:`shared_ledger` as ``con``) worker.
 
     Returns rows ``{template, [story], [step], calls, cache_hits, retries, input_tokens,
     output_tokens, reasoning_tokens, images, cost_usd, saved_usd}`` (cost in US dollars),
     most expensive first. ``run``: only that run id (``"last"`` for the latest run).
     """
     path = root / LEDGER_FILE
-    if not path.exists():
+    if con is None and not path.exists():
         return []
     cols = _GROUPS[by]
-    con = connect(path)
+    owned = con is None
+    con = connect(path) if con is None else con
     con.row_factory = sqlite3.Row
     try:
         where, args = "", []
@@ -55,7 +96,8 @@ def spend(root: Path, by: str, *, run: str | None = None) -> list[dict]:
                f"FROM calls {where} GROUP BY {', '.join(cols)} ORDER BY cost_usd DESC, {', '.join(cols)}")
         return [dict(r) for r in con.execute(sql, args)]
     finally:
-        con.close()
+        if owned:
+            con.close()
 
 
 class Report(Command):
@@ -74,17 +116,31 @@ class Report(Command):
          "help": "only one run: 'last' or a run id (default: every run)"},
         {"name": "as_json", "long": "json", "type": bool, "default": False,
          "help": "print JSON for scripts"},
+        {"name": "shared", "long": "shared", "type": bool, "default": False,
+         "help": "every worker's rows from the shared URL (CLOOPS_CACHE_URL or cache.shared), "
+                 "with a table per worker"},
     )
 
     def execute(self, params, args):
         root = Path(os.getcwd())
-        groups = [params["by"]] if params["by"] else ["template", "story", "step"]
+        shared = params.get("shared")
+        groups = [params["by"]] if params["by"] else (
+            ["template", "story", "step"] + (["worker"] if shared else []))
         for g in groups:
-            if g not in _GROUPS:
-                print(f"ERROR: --by {g!r}: use template, story or step.", file=sys.stderr)
+            if g not in _GROUPS or (g == "worker" and not shared):
+                print(f"ERROR: --by {g!r}: use template, story or step (worker with --shared).",
+                      file=sys.stderr)
                 return 2
         run = params["run"] or None
-        data = {g: spend(root, g, run=run) for g in groups}
+        con = None
+        if shared:
+            from ..core.errors import CloopsError
+            try:
+                con, url = shared_ledger(root)
+            except CloopsError as exc:
+                print(f"ERROR: {exc}", file=sys.stderr)
+                return 2
+        data = {g: spend(root, g, run=run, con=con) for g in groups}
         evals = {}
         for r in data.get("story", []):  # what each story's evals.json says
             ev = evals[r["template"], r["story"]] = eval_summary(
@@ -96,10 +152,12 @@ class Report(Command):
             return 0
         console = make_console()
         if not any(data.values()):
-            console.print("No calls recorded yet (build/.cloops/ledger.sqlite is empty).")
+            console.print("No calls recorded yet (" + (f"no worker's ledger at {url}/ledger"
+                          if shared else "build/.cloops/ledger.sqlite is empty") + ").")
             return 0
         for g in groups:
-            table = Table(title=f"Spend per {g}" + (f" (run {run})" if run else ""),
+            table = Table(title=f"Spend per {g}" + (f" (run {run})" if run else "")
+                          + (f" across the workers at {url}" if shared else ""),
                           title_justify="left")
             for c in _GROUPS[g]:
                 table.add_column(c)
