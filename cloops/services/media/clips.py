@@ -68,7 +68,9 @@ CTA_LINE_AREA = Box(SAFE_AREA.left + TEXT_INSET_PX, 940, SAFE_AREA.right - TEXT_
                     SAFE_AREA.bottom - TEXT_INSET_PX)
 CTA_TITLE_MAX_PX, CTA_TITLE_MIN_PX, CTA_TITLE_LINES = 84, 44, 3
 CTA_LINE_MAX_PX, CTA_LINE_MIN_PX, CTA_LINE_LINES = 88, 48, 2
-CTA_ZOOM = 1.04
+# An end card is read, not watched: it holds still, so its frames cost one composition and
+# next to nothing to encode (a moving card cost as much CPU as a hook).
+CTA_ZOOM = 1.0
 CTA_SPEECH_AT_S = 0.3
 HOOK_STAGE = Box(0, 560, FRAME_W_PX, 1560)
 HOOK_MAX_FONT_PX, HOOK_MIN_FONT_PX, HOOK_MAX_LINES = 96, 44, 4
@@ -324,11 +326,12 @@ def _deliver(out: Path, *, frames: int, duration_s: float, baked: Compositor,
         inputs, audio = snd.audio_input(rendered, duration_s)
         main = clean if overlay == "separate" else baked
         encode_frames(out, frames, main.frame, inputs=inputs, video_filter=video_filter,
-                      audio_filter=audio, duration_s=duration_s, sources=sources)
+                      audio_filter=audio, duration_s=duration_s, sources=sources,
+                      still=main.still)
         if clean_out is not None:
             encode_frames(clean_out, frames, clean.frame, inputs=inputs,
                           video_filter=video_filter, audio_filter=audio,
-                          duration_s=duration_s, sources=sources)
+                          duration_s=duration_s, sources=sources, still=clean.still)
 
         def reencode(again: "snd.Rendered") -> None:
             if fade_out_s > 0:
@@ -479,7 +482,7 @@ def render_cta_clip(image_path: str | os.PathLike, out_path: str | os.PathLike, 
                     soundtrack: "snd.Soundtrack | None" = None,
                     poster_path: str | os.PathLike | None = None,
                     font_path: str | os.PathLike | None = None) -> CtaClip:
-    """Render a CTA end card: the story's cover with a slow push-in above the button zone, its
+    """Render a CTA end card: the story's cover, held still above the button zone, its
     ``title`` at the top of the safe area and the call to action ``line`` (a bright box, like
     a button) at its bottom - every text pixel inside x 120-888, y 288-1248 and nothing drawn
     below y 1248, where the platforms draw their own button (BRIEF.md "CTAs": "a few

@@ -149,7 +149,7 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 def encode_frames(out_path: str | os.PathLike, frame_count: int,
                   make_frame: Callable[[int], Sequence[bytes | memoryview]], *, inputs: Sequence[str] = (),
                   video_filter: str = "", audio_filter: str, duration_s: float,
-                  sources: Sequence[str] = (), workers: int = 2) -> None:
+                  sources: Sequence[str] = (), workers: int = 2, still: bool = False) -> None:
     """Encode ``frame_count`` yuv420p frames and an audio graph into ``out_path`` (MP4),
     atomically.
 
@@ -160,7 +160,9 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
 
     ``inputs`` are FFmpeg input arguments after the frame pipe (input 0), e.g.
     ``["-i", "voice.mp3"]``; ``audio_filter`` is a filter graph ending in ``[a]``;
-    ``video_filter`` filters ``[0:v]`` (e.g. a fade). ``workers`` threads
+    ``video_filter`` filters ``[0:v]`` (e.g. a fade). ``still``: every frame is frame 0 (an
+    end card): it crosses the pipe once and FFmpeg repeats it (``tpad``), so only the
+    encoder works per frame. ``workers`` threads
     make frames ahead of the encoder (Pillow releases the GIL while it resamples); frames are
     written in order, so the output does not depend on their timing. ``sources`` name the
     input files in error messages.
@@ -171,7 +173,9 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
     exe = check_ffmpeg()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    vchain = FRAME_PARAMS + (f",{video_filter}" if video_filter else "")
+    piped = 1 if still else frame_count
+    vchain = FRAME_PARAMS + (f",tpad=stop={frame_count - 1}:stop_mode=clone" if still else "")
+    vchain += f",{video_filter}" if video_filter else ""
     encoded = False
     try:
         # FFmpeg writes a temp file beside the clip, renamed into place once it succeeded
@@ -188,7 +192,7 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
                 "-t", f"{duration_s:.6f}",
                 str(tmp),
             ]
-            _run(cmd, errlog, out, frame_count, make_frame, workers, sources)
+            _run(cmd, errlog, out, piped, make_frame, workers, sources)
             encoded = True
     except OSError as exc:
         if not encoded:

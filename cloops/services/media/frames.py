@@ -166,6 +166,7 @@ class Shot:
     def __init__(self, img: Image.Image, start: Box, end: Box, dest: Box, frames: int, *,
                  backdrop: Planes | None, eased: bool):
         self.frames = max(1, frames)
+        self.still = tuple(start) == tuple(end)  # the window does not move
         self.dest = even(dest)
         self.backdrop = backdrop
         self.eased = eased
@@ -250,6 +251,7 @@ class Compositor:
         self.shots = shots  # per frame: (shot, frame within the shot)
         self.sprites = sprites  # per frame: the texts shown
         self._cache: OrderedDict = OrderedDict()
+        self._frames: dict = {}  # frames of still shots, composed once
         self._lock = threading.Lock()
 
     def _still(self, shot: "Shot", sprites: tuple["Sprite", ...]
@@ -273,10 +275,33 @@ class Compositor:
                 self._cache.popitem(last=False)
         return still
 
+    @property
+    def still(self) -> bool:
+        """Every frame is the same: one shot that does not move, the same texts throughout."""
+        first = self.shots[0] if self.shots else None
+        return bool(first) and first[0].still and all(
+            s is first[0] for s, _j in self.shots) and all(t == self.sprites[0]
+                                                        for t in self.sprites)
+
     def frame(self, i: int) -> tuple[memoryview, ...]:
-        """Frame ``i`` as buffers whose concatenation is the 1080x1920 yuv420p frame."""
+        """Frame ``i`` as buffers whose concatenation is the 1080x1920 yuv420p frame. A shot
+        that does not move (start and end windows the same) with the same texts is composed
+        once and its frame reused."""
         shot, j = self.shots[i]
         sprites = self.sprites[i]
+        if shot.still:
+            key = (id(shot), tuple(id(s) for s in sprites))
+            with self._lock:
+                hit = self._frames.get(key)
+            if hit is None:
+                hit = self._compose(shot, 0, sprites)
+                with self._lock:
+                    self._frames[key] = hit
+            return hit
+        return self._compose(shot, j, sprites)
+
+    def _compose(self, shot: "Shot", j: int, sprites: tuple["Sprite", ...]
+                 ) -> tuple[memoryview, ...]:
         still, still_band = self._still(shot, sprites)
         d = shot.dest
         top, bottom = int(d.top), int(d.bottom)
