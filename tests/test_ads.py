@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
 
 import jsonschema
 import numpy as np
@@ -18,6 +19,8 @@ from cloops.core.fileio import sha256_file
 from cloops.graph.kinds.ads import page_panels
 from cloops.services.media import (SAFE_AREA, BodyPage, Box, Soundtrack, probe, render_body_clip,
                                    render_hook_clip)
+
+from cloops.services.media.ffmpeg import ffmpeg_exe
 
 from conftest import REPO, make_project
 from test_media import assert_vertical_clip, diff_box, frames_of, sha
@@ -204,6 +207,17 @@ def test_kids_ads_rebuild_exactly_what_each_edit_reaches(kids):
         "voice.m4a"]
     assert kids.doit("build:noah-s-ark", env=FAKE).calls == []
 
+    # a clip replaced by hand is kept; the manifest says so, measures its loudness itself and
+    # knows no text boxes for it
+    shutil.copyfile(sdir / "ads" / "cta-2.mp4", sdir / "ads" / "cta-1.mp4")
+    hand = kids.doit("build:noah-s-ark", env=FAKE)
+    assert hand.rc == 0, hand.out + hand.err
+    assert ran(hand.out) == {"ad-manifest"} and hand.calls == []
+    cta1 = by_id(manifest(sdir))["cta-1"]
+    assert cta1["source"]["handEdited"] is True and cta1["overlay"]["textBoxes"] is None
+    assert abs(cta1["loudness"]["integratedLufs"] + 16) <= 1.0
+    assert sha256_file(sdir / "ads" / "cta-1.mp4") == sha256_file(sdir / "ads" / "cta-2.mp4")
+
 
 def test_standard_ads_are_opt_in_and_follow_the_pages(tmp_path):
     project = make_project(tmp_path, ["noah-s-ark"], ads=True)
@@ -239,6 +253,23 @@ def test_standard_ads_are_opt_in_and_follow_the_pages(tmp_path):
     rendered = ran(edit.out) & (HOOK_TASKS | {"body-clip"})
     assert rendered == {"body-clip"} | {f"hook-clip {k}" for k, p in opens.items() if p == 2}
     assert "ad-hooks" not in ran(edit.out) and "ad-tags" not in ran(edit.out)
+
+    # a music bed: without a voice the hooks and CTAs carry it, the body too, and the bed
+    # alone is a component of type audio - at the one loudness; no call
+    bed = project.root / "templates" / STD / "bed.mp3"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "aevalsrc=0.2*sin(2*PI*220*t)+0.1*sin(2*PI*330*t):s=44100:d=2", "-ac", "2",
+                    "-c:a", "libmp3lame", str(bed)], check=True)
+    project.edit_config(lambda c: c["ads"].update(music="bed.mp3"))
+    music = project.doit("build:noah-s-ark", env=FAKE)
+    assert music.rc == 0, music.out + music.err
+    assert ran(music.out) == HOOK_TASKS | CTA_TASKS | {"body-clip", "ad-manifest"}
+    assert music.calls == []
+    data = by_id(manifest(sdir))
+    assert {data[k]["audio"] for k in data if k != "music"} == {"music"}
+    assert data["music"]["type"] == "audio" and data["music"]["file"] == "ads/music.m4a"
+    for c in data.values():
+        assert abs(c["loudness"]["integratedLufs"] + 14) <= 1.0, c["id"]
 
 
 # ---------------------------------------------------------------- probing what the build made
