@@ -32,8 +32,9 @@ it: ``<clip>-overlay.png`` for a hook or a CTA, ``<clip>.vtt``/``.srt`` for the 
 (the baked clip, ``<clip>-clean.mp4`` and the text beside it). Switching modes removes the
 other mode's files (a hand-edited one is kept in history first).
 
-Renders run at most ``os.cpu_count()`` at a time in a process: composing frames holds the GIL
-and each encode uses two FFmpeg threads, so more would only share the same cores.
+Renders run at most one per core, plus one, at a time in a process: composing frames holds the
+GIL and each encode uses two FFmpeg threads, so more would only share the same cores - the one
+more fills the time a render waits on its sound's short FFmpeg runs.
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def _media():
 ADS_SWITCH = "ads.enabled"
 MADE_BY = "rendered"
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-_RENDER_SLOTS = threading.BoundedSemaphore(max(1, _CORES or 1))
+# one render per core, and one more: a render spends part of its time waiting on short FFmpeg
+# runs of its sound (mix, measure, limit, measure again), in which another render can compose
+_RENDER_SLOTS = threading.BoundedSemaphore(max(1, _CORES or 1) + 1)
 SPEECH_TAIL_S = 0.35  # a spoken line's clip lasts at least this long after its last word
 LOUDNESS_PATHS = ["ads.loudness.integratedLufs", "ads.loudness.truePeakDbtp"]
 
