@@ -23,6 +23,7 @@ from .graph.kinds import (AdCopyStep, AdManifestStep, AssembleStep, BodyClipStep
                           OptIn, VoiceStep)
 from .graph.kinds.ads import hook_shot
 from .graph.kinds.check import evidence, verdict
+from .graph.kinds.llm import constrain
 from .graph.steps import (CollectionInput, DepContext, EachInput, FileInput, ForEach, ItemInput,
                           PartInput, Services, Step, StepContext, StepRun, StoryValue, ViewInput,
                           collection, derive, each, expand, file, item, part, short_value,
@@ -32,6 +33,6 @@ __all__ = ["AdCopyStep", "AdManifestStep", "AssembleStep", "BodyClipStep", "Bund
            "CheckStep", "CollectionInput", "DepContext", "EachInput", "EvalsStep", "FileInput",
            "ForEach", "HookClipStep", "ImageStep", "ItemInput", "JudgeStep", "LLMStep", "OptIn",
            "PartInput", "Services", "Step", "StepContext", "StepRun", "StoryValue", "ViewInput",
-           "VoiceStep", "collection", "derive", "each", "evidence", "expand", "file",
+           "VoiceStep", "collection", "constrain", "derive", "each", "evidence", "expand", "file",
            "hook_shot", "item", "part", "prose", "short_value", "step_kind", "story",
            "verdict", "view"]

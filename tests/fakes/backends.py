@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import threading
 
 from PIL import Image
 
@@ -38,13 +40,26 @@ def _tag(value, tag: str, schema: dict | None = None):
     return value
 
 
+SCHEMAS_ENV = "FAKE_LLM_SCHEMAS"  # a file: every schema sent is appended to it, one JSON a line
+_SCHEMAS_LOCK = threading.Lock()
+
+
 class FakeLLM:
-    """Answers with the template's draft, every string tagged with a hash of the request."""
+    """Answers with the template's draft, every string tagged with a hash of the request.
+
+    With ``FAKE_LLM_SCHEMAS`` set, each request's ``{"name", "user", "schema"}`` is appended to
+    that file (what a test of the schema sent reads)."""
 
     name = "fake-llm"
     offline = False
 
     def complete(self, request: LLMRequest) -> LLMResult:
+        log = os.environ.get(SCHEMAS_ENV)
+        if log and request.schema is not None:
+            line = json.dumps({"name": request.schema_name, "user": request.user,
+                               "schema": request.schema})
+            with _SCHEMAS_LOCK, open(log, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
         tag = _h(request.cache_key())
         usage = Usage(input_tokens=len(request.system + request.user) // 4, output_tokens=50,
                       reasoning_tokens=10)
