@@ -14,8 +14,6 @@ import json
 import os
 import threading
 
-from PIL import Image
-
 from cloops.services.base import ImageRequest, ImageResult, LLMRequest, LLMResult, Usage
 from cloops.services.registry import BackendSpec, register
 
@@ -79,6 +77,7 @@ class FakeImage:
 
     def generate_image(self, request: ImageRequest) -> ImageResult:
         h = bytes.fromhex(_h(request.prompt, request.model, request.params)[:6])
+        from PIL import Image  # when drawing: a start-up with nothing to draw does not load it
         img = Image.new("RGB", (48, 64), tuple(h))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=80)
