@@ -38,6 +38,10 @@ def test_constrain_walks_properties_and_items_and_removes_none():
         constrain(schema, "page", minItems=1)
     with pytest.raises(KeyError, match="not an array"):
         constrain(schema, "title[]", enum=["x"])
+    with pytest.raises(ValueError, match="a count is an integer >= 0"):
+        constrain(schema, "pages", minItems=-1)
+    with pytest.raises(ValueError, match="a list of the allowed values"):
+        constrain(schema, "coverCast[]", enum="noah")
 
 
 def _plan_step_and_template():
@@ -82,10 +86,17 @@ def loose(schema, inputs, ctx):
     return schema
 
 
-def test_a_shape_that_breaks_strict_mode_is_an_input_error_naming_it():
+def negative(schema, inputs, ctx):
+    return constrain(schema, "pages", maxItems=len(inputs["cast"]) - 1) and schema
+
+
+def test_a_shape_that_breaks_strict_mode_or_fails_is_an_input_error_naming_it():
     step, tpl = _plan_step_and_template()
     with pytest.raises(InputError, match=r"shape=loose made a schema that is not a strict"):
         replace(step, shape=loose).schema_sent(tpl, {"cast": []}, _ctx(tpl))
+    with pytest.raises(InputError, match=r"shape=negative failed on schemas/planning.json: "
+                                         r"ValueError: maxItems=-1"):
+        replace(step, shape=negative).schema_sent(tpl, {"cast": []}, _ctx(tpl))
 
 
 # ---------------------------------------------------------------- a real llama-cpp-python server

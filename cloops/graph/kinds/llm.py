@@ -136,7 +136,7 @@ class LLMStep(Step):
                              f"{type(exc).__name__}: {exc}.", file=wf,
                              fix="make the function name paths the schema has "
                                  "(cloops.steps.constrain) and cope with None inputs.") from None
-        problems = _shape_problems(shaped)
+        problems = _shape_problems(shaped, (tpl.name, self.name))
         if problems:
             raise InputError(f"step {self.name!r}: shape={fn} made a schema that is not a strict "
                              f"structured-output schema: {problems[0]}.", file=wf,
@@ -307,24 +307,26 @@ class LLMStep(Step):
 
 _UP_TO_DATE = object()  # LLMStep.revision: the target is what these inputs made
 _VALIDATORS: dict[str, Any] = {}
-_SHAPED_OK: dict[str, list[str]] = {}  # a shaped schema (JSON) -> its problems (checked once)
+_META_CHECKED: set[tuple[str, str]] = set()  # (template, step) whose shaped schema was checked
+_MAX_VALIDATORS = 256  # shaped schemas differ per story (ids): keep a bounded number compiled
 
 
-def _shape_problems(schema: Any) -> list[str]:
-    """The problems of a schema a ``shape`` made: not a dict, not valid JSON Schema, or not
-    strict (:func:`cloops.data.schemas.strict_schema_problems`); checked once per content."""
+def _shape_problems(schema: Any, step: tuple[str, str]) -> list[str]:
+    """The problems of a schema a ``shape`` made: not a dict, not strict
+    (:func:`cloops.data.schemas.strict_schema_problems`, every time: ~0.05 ms), or not valid
+    JSON Schema (the meta-schema check, ~15 ms: the first time per ``(template, step)``; the
+    values :func:`constrain` sets are checked as it sets them)."""
     if not isinstance(schema, dict):
         return [f"it returned a {type(schema).__name__}, not the schema"]
-    key = json.dumps(schema, sort_keys=True)
-    if key not in _SHAPED_OK:
+    problems = strict_schema_problems(schema)
+    if not problems and step not in _META_CHECKED:
         import jsonschema
         try:
             jsonschema.Draft202012Validator.check_schema(schema)
-            problems = strict_schema_problems(schema)
         except jsonschema.SchemaError as exc:
-            problems = [f"not a valid JSON schema: {exc.message}"]
-        _SHAPED_OK[key] = problems
-    return _SHAPED_OK[key]
+            return [f"not a valid JSON schema: {exc.message}"]
+        _META_CHECKED.add(step)
+    return problems
 
 
 def constrain(schema: dict, path: str, **keywords: Any) -> dict:
@@ -340,7 +342,20 @@ def constrain(schema: dict, path: str, **keywords: Any) -> dict:
 
     Raises:
         KeyError: a name in ``path`` is not a property there, or ``[]`` follows a non-array.
+        ValueError: a count (``minItems``, ``maxItems``, ``minLength``, ``maxLength``) that is
+            not an integer >= 0, a bound that is not a number, an ``enum`` that is not a list.
     """
+    for key, value in keywords.items():
+        if value is None:
+            continue
+        if key in ("minItems", "maxItems", "minLength", "maxLength") and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{key}={value!r} at {path!r}: a count is an integer >= 0")
+        if key in ("minimum", "maximum") and (not isinstance(value, (int, float))
+                                              or isinstance(value, bool)):
+            raise ValueError(f"{key}={value!r} at {path!r}: a bound is a number")
+        if key == "enum" and not isinstance(value, list):
+            raise ValueError(f"enum={value!r} at {path!r}: a list of the allowed values")
     node = schema
     for part in path.split("."):
         name, arrays = part.rstrip("[]"), (len(part) - len(part.rstrip("[]"))) // 2
@@ -367,6 +382,8 @@ def _validator(schema: dict):
     v = _VALIDATORS.get(key)
     if v is None:
         import jsonschema
+        if len(_VALIDATORS) >= _MAX_VALIDATORS:
+            _VALIDATORS.clear()  # shaped per story: 10,000 stories must not keep 10,000
         v = _VALIDATORS[key] = jsonschema.Draft202012Validator(schema)
     return v
 
