@@ -69,7 +69,7 @@ def read_manifest(story_dir: Path) -> dict[str, dict]:
     return _read_manifest(story_dir)[0]
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -83,16 +83,18 @@ def _read_manifest(story_dir: Path) -> tuple[dict[str, dict], int]:
 
     Lock-free for readers: when the manifest was written whole while it was read (its inode
     changed: the journal read may be the next one), it is read again."""
-    meta = story_dir / META_DIR
+    meta = os.path.join(story_dir, META_DIR)
+    whole, journal = os.path.join(meta, MANIFEST_FILE), os.path.join(meta, JOURNAL_FILE)
     for _ in range(8):
-        before = _identity(meta / MANIFEST_FILE)
+        before = _identity(whole)
         try:
-            manifest = json.loads((meta / MANIFEST_FILE).read_text(encoding="utf-8"))
+            with open(whole, encoding="utf-8") as fh:
+                manifest = json.load(fh)
         except (FileNotFoundError, json.JSONDecodeError):
             manifest = {}
         lines = 0
         try:
-            with open(meta / JOURNAL_FILE, "rb") as fh:
+            with open(journal, "rb") as fh:
                 for line in fh:
                     lines += 1
                     try:
@@ -105,7 +107,7 @@ def _read_manifest(story_dir: Path) -> tuple[dict[str, dict], int]:
                         manifest[rel] = rec
         except FileNotFoundError:
             pass
-        if _identity(meta / MANIFEST_FILE) == before:
+        if _identity(whole) == before:
             break
     return manifest, lines
 
