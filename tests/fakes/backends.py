@@ -58,7 +58,9 @@ class FakeLLM:
                                "schema": request.schema})
             with _SCHEMAS_LOCK, open(log, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
-        tag = _h(request.cache_key())
+        # the tag in decimal digits: a hex tag ("[5e0ae3ba]") reads as a long word to the
+        # reading-level check, whose verdict then depended on the request's hash
+        tag = str(int(_h(request.cache_key()), 16) % 10 ** 8).zfill(8)
         usage = Usage(input_tokens=len(request.system + request.user) // 4, output_tokens=50,
                       reasoning_tokens=10)
         if request.schema is not None:
