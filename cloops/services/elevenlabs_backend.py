@@ -68,8 +68,9 @@ from .wire import not_as_documented_fix, retry_after_s, scrub, tls_context
 KEY_ENV = "ELEVENLABS_API_KEY"
 BASE_URL_ENV = "ELEVENLABS_BASE_URL"
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
+# ElevenLabs' own API hosts: the SDK's environments (elevenlabs 2.78 ``environment.py``)
 API_HOSTS = ("api.elevenlabs.io", "api.us.elevenlabs.io", "api.eu.residency.elevenlabs.io",
-             "api.in.residency.elevenlabs.io")  # ElevenLabs' own API hosts (its environments)
+             "api.in.residency.elevenlabs.io", "api.sg.residency.elevenlabs.io")
 ENDPOINT = "POST /v1/text-to-speech/{voice_id}/with-timestamps"
 SEGMENT_JOINER = "\n\n"  # a paragraph break: a natural pause between pages
 _TRANSIENT_STATUS = {408, 409, 425, 429}
