@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,11 @@ FAKE_ENV = {"CLOOPS_PLUGINS": "tests.fakes.backends", "CLOOPS_LLM_BACKEND": "fak
             "CLOOPS_IMAGE_BACKEND": "fake-image", "PYTHONPATH": str(REPO)}
 SECRET_VARS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLM_API_KEY", "REPLICATE_API_TOKEN",
                "REPLICATE_BASE_URL", "ELEVENLABS_API_KEY", "COMFYUI_URL")
+# Not passed to the timed doit processes: with PYTHONDONTWRITEBYTECODE set (as in some
+# sandboxes) an editable checkout never gets its __pycache__, and every start compiles the
+# ~60 cloops modules it imports from source (+20 % CPU for `doit build:<id>`, measured with
+# farm-bench on 2026-12-04) - a cost no installed cloops has (pip writes the .pyc files).
+NOT_PASSED = SECRET_VARS + ("PYTHONDONTWRITEBYTECODE",)
 RUNNER = ("import resource, sys\n"
           "from doit.doit_cmd import DoitMain\n"
           "from doit.cmd_base import DodoTaskLoader\n"
@@ -77,7 +83,7 @@ def write_backlog(root: Path, items: list[dict]) -> None:
 
 def doit(root: Path, *args: str, env: dict | None = None) -> tuple[float, int, str]:
     """Run doit in ``root``; return (wall seconds, peak RSS in KB, output)."""
-    full = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    full = {k: v for k, v in os.environ.items() if k not in NOT_PASSED}
     full.update({"NO_PROXY": "127.0.0.1,localhost", "COLUMNS": "160"})
     full.update(env or {})
     t0 = time.perf_counter()
@@ -111,9 +117,17 @@ def startup(tmp: Path, sizes: list[int]) -> int:
     for n in sizes:
         root = make_project(tmp / f"startup-{n}", n)
         t0 = time.perf_counter()
-        doit(root, env=FAKE_ENV)  # build all n (fake backends: every story completed)
+        _, _, out = doit(root, env=FAKE_ENV)  # build all n (fake backends: every story completed)
         build_s = time.perf_counter() - t0
         print(f"  (built {n} stories with in-process fakes in {build_s:.1f}s)")
+        # issue 24: the engine's own time per task, the fakes answering at once (the whole
+        # build's wall time, start-up and summary included, over the tasks it ran)
+        ran = re.search(r"(\d+) tasks ran", out)
+        if ran:
+            tasks = int(ran.group(1))
+            per_ms = 1000 * build_s / max(1, tasks)
+            line(f"engine time per task, {tasks:,} tasks, instant fakes", f"{per_ms:.2f} ms",
+                 "≤ 2 ms", per_ms <= 2.0 if tasks >= 10_000 else None)
         dt, rss, _ = best_of(3, lambda: doit(root, "build", env=FAKE_ENV))
         peak_kb = max(peak_kb, rss)
         target = 1.5 if n >= 1000 else None
@@ -125,15 +139,15 @@ def startup(tmp: Path, sizes: list[int]) -> int:
         write_backlog(root, items)
         dt, rss, out = best_of(3, lambda: doit(root, env=FAKE_ENV))
         line(f"bare doit, {n - 10} completed + 10 pending", f"{dt:.2f} s",
-             "≤ 0.5 s at 1,000", dt <= 0.5 if n >= 1000 else None)
+             "≤ 0.3 s at 1,000", dt <= 0.3 if n >= 1000 else None)  # issue 24
         dt, rss, _ = best_of(3, lambda: doit(root, "build:story-00005", env=FAKE_ENV))
-        line(f"doit build:<id>, {n} stories", f"{dt:.2f} s", "≤ 0.5 s", dt <= 0.5)
+        line(f"doit build:<id>, {n} stories", f"{dt:.2f} s", "≤ 0.3 s", dt <= 0.3)
     # build:<id> at a backlog size that is never built: only the backlog's size matters
     n = sizes[-1] * 10
     root = make_project(tmp / f"startup-{n}", n)
     doit(root, "build:story-00005", env=FAKE_ENV)
     dt, rss, _ = best_of(3, lambda: doit(root, "build:story-00005", env=FAKE_ENV))
-    line(f"doit build:<id>, {n} stories in the backlog", f"{dt:.2f} s", "≤ 0.5 s", dt <= 0.5)
+    line(f"doit build:<id>, {n} stories in the backlog", f"{dt:.2f} s", "≤ 0.3 s", dt <= 0.3)
     return peak_kb
 
 

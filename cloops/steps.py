@@ -24,6 +24,7 @@ from .graph.kinds import (AdCopyStep, AdManifestStep, AdVoiceStep, AssembleStep,
                           JudgeStep, LLMStep, OptIn, VoiceStep)
 from .graph.kinds.ads import cta_card, hook_shot
 from .graph.kinds.check import evidence, verdict
+from .graph.kinds.llm import constrain
 from .graph.steps import (CollectionInput, DepContext, EachInput, FileInput, ForEach, ItemInput,
                           PartInput, Services, Step, StepContext, StepRun, StoryValue, ViewInput,
                           collection, derive, each, expand, file, item, part, short_value,
@@ -31,8 +32,9 @@ from .graph.steps import (CollectionInput, DepContext, EachInput, FileInput, For
 
 __all__ = ["AdCopyStep", "AdManifestStep", "AdVoiceStep", "AssembleStep", "BodyClipStep",
            "BundleStep", "CheckStep", "CollectionInput", "CtaClipStep", "DepContext",
-           "EachInput", "EvalsStep", "FileInput", "ForEach", "HookClipStep", "ImageStep", "ItemInput", "JudgeStep", "LLMStep", "OptIn",
-           "PartInput", "Services", "Step", "StepContext", "StepRun", "StoryValue", "ViewInput",
-           "VoiceStep", "collection", "cta_card", "derive", "each", "evidence", "expand", "file",
+           "EachInput", "EvalsStep", "FileInput", "ForEach", "HookClipStep", "ImageStep",
+           "ItemInput", "JudgeStep", "LLMStep", "OptIn", "PartInput", "Services", "Step",
+           "StepContext", "StepRun", "StoryValue", "ViewInput", "VoiceStep", "collection",
+           "constrain", "cta_card", "derive", "each", "evidence", "expand", "file",
            "hook_shot", "item", "part", "prose", "short_value", "step_kind", "story",
            "verdict", "view"]

@@ -237,3 +237,21 @@ def test_a_workflow_without_reference_nodes_uses_none_and_says_so(tmp_path):
     with FakeComfyUI() as srv:
         result = make_backend(srv, tmp_path).generate_image(request(references=(ref,)))
     assert result.references_used == 0 and srv.uploads == []
+
+
+def test_an_answer_that_is_not_comfyuis_is_permanent_naming_the_endpoint(tmp_path):
+    # issue 24, item 4: another server at the URL (a web page on that port) is not retried
+    class NotComfy(FakeComfyUI):
+        def handle(self, handler, rec):
+            if rec.method == "POST" and rec.path == "/prompt":
+                return self.send_bytes(handler, 200, b"<html>welcome</html>", "text/html")
+            return super().handle(handler, rec)
+
+    with NotComfy() as srv:
+        with pytest.raises(PermanentServiceError) as info:
+            make_backend(srv, tmp_path).generate_image(request())
+        prompts = [r for r in srv.requests if r.path == "/prompt"]
+    message = str(info.value)
+    assert not isinstance(info.value, TransientServiceError) and len(prompts) == 1
+    assert "to POST /prompt is not what ComfyUI's API documents: its body is text/html" in message
+    assert "does not speak ComfyUI's API" in message

@@ -593,3 +593,40 @@ def test_chat_backend_with_its_format_memory_pickles(tmp_path, srv):
     copy = pickle.loads(pickle.dumps(backend))
     assert copy.formats.get(srv.base_url) == "json_schema"
     assert copy.complete(request(schema=None)).text
+
+
+# ---------------------------------------------------------------- answers not as documented (#24)
+
+def test_a_responses_answer_without_output_fails_at_once_naming_endpoint_and_field(srv, backend):
+    # the SDK builds its objects without validating: a missing field was an AttributeError
+    srv.omit = ("output",)
+    with pytest.raises(PermanentServiceError) as info:
+        backend.complete(request())
+    message = str(info.value)
+    assert len(srv.bodies(RESPONSES_PATH)) == 1
+    assert f"the answer of {srv.base_url} to POST /responses" in message
+    assert "not what OpenAI's Responses API documents: the field 'output' (missing)" in message
+    assert f"the server at OPENAI_BASE_URL ({srv.base_url}) does not speak" in message
+    assert KEY not in message
+
+
+def test_a_message_part_without_text_and_a_body_that_is_not_json_are_permanent(srv, backend):
+    srv.omit = ("output.1.content.0.text",)
+    with pytest.raises(PermanentServiceError, match=r"'output\.1\.content\.0\.text' \(missing\)"):
+        backend.complete(request())
+    srv.omit = ()
+    srv.enqueue(body=b"<html>a proxy's login page</html>", headers={"content-type": "text/html"})
+    with pytest.raises(PermanentServiceError, match="its body is not JSON"):
+        backend.complete(request())
+
+
+def test_a_chat_answer_without_choices_names_the_chat_endpoint_and_llm_base_url(srv):
+    srv.omit = ("choices",)
+    section = LLMConfig.model_validate({"backend": "openai-chat", "baseUrl": srv.base_url})
+    chat = make_chat_backend(section, {})
+    with pytest.raises(PermanentServiceError) as info:
+        chat.complete(request())
+    message = str(info.value)
+    assert "POST /chat/completions" in message and "the field 'choices' (missing)" in message
+    assert f"the server at llm.baseUrl ({srv.base_url}) does not speak the OpenAI Chat " \
+           "Completions API" in message

@@ -115,3 +115,22 @@ def test_auto_falls_back_to_offline_and_says_so(project):
     run = project.doit("dry:noah-s-ark")
     assert run.rc == 0
     assert "llm: draft" in run.out and "OFFLINE" in run.out
+
+
+def test_an_answer_the_sdk_cannot_read_fails_the_story_once_and_plainly(project):
+    # issue 24: Replicate's upload answer without `etag` made the SDK's pydantic raise "field
+    # required"; the build retried it dozens of times and said nothing of where it came from
+    with FakeOpenAI() as oa, FakeReplicate(token=REPLICATE_TOKEN) as rp:
+        rp.omit = {"upload": ("etag",)}
+        run = project.doit("build:comic-books-standard/noah-s-ark", env=_env(oa, rp))
+        uploads = rp.requests_to("/v1/files", "POST")
+    assert run.rc != 0
+    item = next(it for it in project.backlog()["items"] if it["id"] == "noah-s-ark")
+    error = item["error"]
+    assert item["status"] == "failed"
+    assert error.startswith("comic-books-standard/noah-s-ark step '")  # the story and step
+    assert "(image service, backend replicate)" in error  # the service; one attempt
+    assert "POST /v1/files" in error and "'etag' (field required)" in error
+    assert "the server at REPLICATE_BASE_URL" in error and "does not speak Replicate's API" in error
+    assert "attempts" not in error  # tried once: no retry of an answer that cannot change
+    assert uploads and error in run.out + run.err

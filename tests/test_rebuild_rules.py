@@ -265,3 +265,46 @@ def test_clean_keeps_hand_edits_in_history(built):
     run = built.doit("build:noah-s-ark", env=FAKE)
     assert run.rc == 0 and (sdir / "narrative.md").exists()
     assert paid(run) == 0
+
+
+def test_the_schema_sent_says_the_config_and_a_page_count_edit_rebuilds_as_before(project,
+                                                                                 tmp_path):
+    # issue 24, item 5: the page plan's schema is derived from config and the cast (shape=),
+    # so a constrained decoder cannot write what the plan's check rejects
+    from cloops.data.schemas import strict_schema_problems
+    log = tmp_path / "schemas.jsonl"
+    env = {**FAKE, "FAKE_LLM_SCHEMAS": str(log)}
+    assert project.doit(env=env).rc == 0
+
+    def plans() -> list[dict]:
+        sent = [json.loads(line) for line in log.read_text().splitlines()]
+        log.write_text("")
+        return [s for s in sent if s["name"] == "planning"]
+
+    first = plans()
+    assert len(first) == len(STORIES)
+    settings = json.loads(project.config_path().read_text())["settings"]
+    casts = {story: sorted(c["id"] for c in json.loads(
+        (project.story_dir(story) / "cast.json").read_text())["characters"]) for story in STORIES}
+    for sent in first:
+        schema = sent["schema"]
+        assert strict_schema_problems(schema) == []
+        pages = schema["properties"]["pages"]
+        assert (pages["minItems"], pages["maxItems"]) == (settings["pageCount"]["min"],
+                                                          settings["pageCount"]["max"])
+        panels = pages["items"]["properties"]["panels"]
+        per = settings["panelsPerPage"]
+        assert (panels["minItems"], panels["maxItems"]) == (per, per)
+        enum = panels["items"]["properties"]["cast"]["items"]["enum"]
+        assert enum == schema["properties"]["coverCast"]["items"]["enum"]
+        assert sorted(enum) in casts.values()  # that story's cast ids, and only they
+
+    project.edit_config(lambda d: d["settings"]["pageCount"].update(max=6))
+    run = project.doit("build:noah-s-ark", env=env)
+    assert run.rc == 0, run.out + run.err
+    [second] = plans()
+    assert second["schema"]["properties"]["pages"]["maxItems"] == 6
+    # rebuilds what a page-count edit always rebuilt: the plan and the pages that follow from
+    # it; the narrative, the cast, the sheets and the cover (its cast unchanged) do not
+    n = pages_of(project, "noah-s-ark")
+    assert run.by_step() == {"pages": 1, "prompt": n, "image": n}

@@ -419,3 +419,70 @@ def test_the_first_poll_waits_for_most_of_the_models_fastest_recent_run():
     assert len(polls[0]) >= 10  # nothing known: every 0.01 s from the create on
     assert polls[1][0].at - second.at >= 0.8 * 0.4 * 0.95
     assert len(polls[1]) < len(polls[0]) / 2
+
+
+# -- answers not as Replicate documents them (issue 24, item 4) ----------------------------------
+
+def _sheet_ref():
+    from cloops.services.base import Reference
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(out, format="JPEG")
+    return Reference(label="Noah's reference sheet", jpeg=out.getvalue())
+
+
+def test_an_upload_answer_without_etag_fails_at_once_naming_endpoint_field_and_server():
+    # the SDK's File model requires etag: its pydantic raised "field required", which used to
+    # be retried as an unreadable answer
+    with FakeReplicate() as srv:
+        srv.omit = {"upload": ("etag",)}
+        section = GenerationConfig.model_validate({"backend": "replicate", "timeoutS": 5})
+        backend = create_backend(section, {"REPLICATE_API_TOKEN": TOKEN,
+                                           "REPLICATE_BASE_URL": srv.base_url})
+        with pytest.raises(PermanentServiceError) as info:
+            backend.generate_image(seedream(references=(_sheet_ref(),)))
+        uploads = srv.requests_to("/v1/files", "POST")
+    assert not isinstance(info.value, TransientServiceError)
+    assert len(uploads) == 1 and srv.creates == []
+    message = str(info.value)
+    assert "POST /v1/files" in message and "'etag' (field required)" in message
+    assert "uploading the reference \"Noah's reference sheet\"" in message
+    assert f"the server at REPLICATE_BASE_URL ({srv.base_url}) does not speak Replicate's API" \
+        in message
+    assert TOKEN not in message
+
+
+def test_a_prediction_without_status_fails_at_once_naming_the_endpoint_and_field():
+    with FakeReplicate() as srv:
+        srv.omit = {"create": ("status",)}
+        with pytest.raises(PermanentServiceError) as info:
+            make_backend(srv).generate_image(seedream())
+        assert srv.create_count == 1
+    message = str(info.value)
+    assert "POST /v1/models/bytedance/seedream-4/predictions" in message
+    assert "'status' (field required)" in message
+    assert "the server at generation.baseUrl" in message  # where this base URL came from
+
+
+def test_a_poll_answer_with_a_mistyped_field_and_a_body_that_is_not_json_are_permanent():
+    with FakeReplicate() as srv:
+        srv.enqueue(status=200, body={"id": "x", "status": "done"}, on="get")
+        with pytest.raises(PermanentServiceError) as info:
+            make_backend(srv).generate_image(seedream())
+        [pid] = srv.predictions
+        assert f"GET /v1/predictions/{pid}" in str(info.value)
+        assert "'status'" in str(info.value)
+        srv.enqueue(status=201, body=b"<html>a proxy's page</html>")
+        with pytest.raises(PermanentServiceError) as info:
+            make_backend(srv).generate_image(seedream())
+    assert "its body is not valid JSON" in str(info.value)
+
+
+def test_answers_from_replicates_own_host_name_the_sdk_not_the_server():
+    with FakeReplicate() as srv:
+        srv.omit = {"create": ("id",)}
+        backend = make_backend(srv)
+        backend.base_url = "https://api.replicate.com"  # as if the answer came from Replicate
+        with pytest.raises(PermanentServiceError) as info:
+            backend.generate_image(seedream())
+    assert "does not speak" not in str(info.value)
+    assert "pip install -U replicate" in str(info.value)

@@ -145,3 +145,22 @@ def test_a_file_edited_during_the_run_is_not_sealed(built):
     assert book.seal({ref: (item, noted)}) == 0
     assert book.seal({ref: (item, {rel: file_stat(built.root / rel)})}) == 1
     reset()
+
+
+def test_a_run_with_every_selected_story_sealed_starts_no_worker_threads(built, monkeypatch):
+    # issue 24, item 2: no step task can run, so doit's pool of 24 threads is not started and
+    # joined (the plain runner still runs the story's group task)
+    from cloops.run.dodo import DEFAULT_JOBS, dodo_namespace
+    for key, value in FAKE.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("CLOOPS_JOBS", raising=False)
+    monkeypatch.setattr("cloops.services.registry._loaded", False)  # load CLOOPS_PLUGINS
+
+    def workers(*argv: str) -> int:
+        monkeypatch.setattr("sys.argv", ["doit", *argv])
+        reset()
+        return dodo_namespace(built.root)["DOIT_CONFIG"]["num_process"]
+
+    assert workers("build:noah-s-ark") == 0
+    os.utime(built.story_dir("noah-s-ark") / "narrative.md")  # a touch breaks the seal
+    assert workers("build:noah-s-ark") == DEFAULT_JOBS

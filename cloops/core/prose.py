@@ -100,10 +100,30 @@ def _term_re(term: str) -> re.Pattern:
         return pat
 
 
+_ANY_RES: dict[tuple[str, ...], re.Pattern] = {}
+
+
+def _any_term_re(terms: list[str]) -> re.Pattern:
+    """One pattern matching where any of ``terms`` would (their alternation): most texts hold
+    none, and one search then replaces one per term."""
+    key = tuple(terms)
+    pat = _ANY_RES.get(key)
+    if pat is None:
+        bodies = "|".join(r"\s+".join(re.escape(p) for p in t.split()) for t in terms)
+        pat = re.compile(rf"(?<![\w-])(?:{bodies})(?:e?s)?(?![\w-])", re.IGNORECASE)
+        with _TLOCK:
+            if len(_ANY_RES) > 64:
+                _ANY_RES.clear()
+            _ANY_RES[key] = pat
+    return pat
+
+
 def find_terms(text: str, terms: list[str]) -> list[str]:
     """The words of ``text`` that match a lexicon term (whole words or phrases, any case, a
     plural ``s``/``es`` allowed), as written in the text, in the order of ``terms``."""
     found: list[str] = []
+    if not terms or _any_term_re(terms).search(text) is None:
+        return found  # no term anywhere (the usual case): one search, not one per term
     for term in terms:
         for m in _term_re(term).finditer(text):
             if m.group(1) not in found:

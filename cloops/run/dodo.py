@@ -107,8 +107,9 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
         "default_tasks": ["pending"],
         "continue": True,
         # tasks wait on the network: run them in threads; each service's own limits (config
-        # concurrency / requestsPerMinute) decide how many calls are in flight
-        "num_process": int(os.environ.get("CLOOPS_JOBS", DEFAULT_JOBS)),
+        # concurrency / requestsPerMinute) decide how many calls are in flight. With every
+        # selected story sealed no step task exists: no pool of threads to start and join
+        "num_process": int(os.environ.get("CLOOPS_JOBS", DEFAULT_JOBS)) if checked else 0,
         "par_type": "thread",
         "cleandep": True,       # doit clean build:<id> cleans the story's tasks
         "cleanforget": True,    # and forgets their state

@@ -75,8 +75,11 @@ def summary_rows() -> list[tuple]:
     proj = current_project()
     if proj is None:
         return []
-    from .hub import existing_hub  # made by the first call; none when nothing ran
-    hub = existing_hub(proj)
+    import sys
+    hub_module = sys.modules.get(f"{__package__}.hub")  # imported by the first call's task:
+    if hub_module is None:  # a run that called nothing does not import it to learn so
+        return []
+    hub = hub_module.existing_hub(proj)
     if hub is None:
         return []
     agg: dict[tuple[str, str], list] = {}

@@ -188,8 +188,9 @@ class ComfyUIBackend:
         slots = reference_nodes(self.workflow, self.reference_node)
         images = {nid: self._upload(ref) for nid, ref in zip(slots, request.references)}
         workflow = inject(self.workflow, request, prompt_node=self.prompt_node, images=images)
-        body = self._call("POST", "/prompt", "submitting the workflow",
-                          json={"prompt": workflow, "client_id": self.client_id}).json()
+        body = self._json(self._call("POST", "/prompt", "submitting the workflow",
+                                     json={"prompt": workflow, "client_id": self.client_id}),
+                          "POST /prompt")
         prompt_id = body.get("prompt_id")
         if not prompt_id:
             raise PermanentServiceError(
@@ -219,7 +220,8 @@ class ComfyUIBackend:
             body = self._call("POST", "/upload/image", f"uploading the reference {ref.label!r}",
                               files={"image": (f"cloops-{ref.sha256[:16]}.jpg", ref.jpeg,
                                                "image/jpeg")},
-                              data={"overwrite": "true", "type": "input"}).json()
+                              data={"overwrite": "true", "type": "input"})
+            body = self._json(body, "POST /upload/image")
             name = body.get("name") or f"cloops-{ref.sha256[:16]}.jpg"
             if body.get("subfolder"):
                 name = f"{body['subfolder']}/{name}"
@@ -229,7 +231,8 @@ class ComfyUIBackend:
     def _wait(self, prompt_id: str, deadline: float, request: ImageRequest) -> dict:
         """Poll ``/history/{prompt_id}`` until the job has outputs or failed."""
         while True:
-            history = self._call("GET", f"/history/{prompt_id}", "polling the job").json()
+            history = self._json(self._call("GET", f"/history/{prompt_id}", "polling the job"),
+                                 f"GET /history/{prompt_id}")
             entry = history.get(prompt_id) if isinstance(history, dict) else None
             if entry:
                 status = entry.get("status") or {}
@@ -280,6 +283,30 @@ class ComfyUIBackend:
             f"ComfyUI at {self.url} answered HTTP {status} while {doing}: {detail}. Fix: check "
             "the workflow file and generation.comfyui.", service="image", backend="comfyui",
             status_code=status)
+
+    def _json(self, response: Any, endpoint: str) -> dict:
+        """The JSON object of a 2xx answer of ``endpoint`` (``"POST /prompt"``).
+
+        Raises:
+            PermanentServiceError: the body is not a JSON object (another server answers at
+                that URL, or a proxy's page): names the endpoint, the content type and the
+                fix; a retry gets the same answer.
+        """
+        try:
+            data = response.json()
+        except ValueError:
+            kind = (response.headers.get("content-type") or "no content type").split(";")[0]
+            data, problem = None, f"its body is {kind}, not JSON"
+        else:
+            problem = f"its body is a JSON {type(data).__name__}, not an object"
+        if isinstance(data, dict):
+            return data
+        raise PermanentServiceError(
+            f"the answer of {self.url} to {endpoint} is not what ComfyUI's API documents: "
+            f"{problem}. Fix: the server at generation.comfyui.url / {URL_ENV} "
+            f"({self.url}) does not speak ComfyUI's API: point it at ComfyUI's own port "
+            "(8188 by default). Retrying cannot help.", service="image", backend="comfyui",
+            status_code=response.status_code)
 
     def close(self) -> None:
         """Close the HTTP connections."""

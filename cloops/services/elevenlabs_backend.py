@@ -28,7 +28,12 @@ Error mapping at the boundary (the SDK raises ``elevenlabs.core.api_error.ApiErr
 401/400 with ``detail.status == quota_exceeded``  :class:`PermanentServiceError` (no credit)
 429, 408, 409, 5xx, connection error, timeout  :class:`TransientServiceError`
                                                (``retry_after_s`` from ``retry-after(-ms)``)
-400, 404, 422, other 4xx, a malformed answer   :class:`PermanentServiceError` (API detail)
+400, 404, 422, other 4xx                       :class:`PermanentServiceError` (API detail)
+an answer not as documented: a body that is    :class:`PermanentServiceError`, at once: names
+not JSON (the SDK raises ``ApiError`` with a   the endpoint and the field (or the content
+2xx status), ``audio_base64`` missing or not   type); with a base URL of another host, "the
+base64, an alignment that is not lists of      server at ELEVENLABS_BASE_URL does not speak
+numbers                                        ElevenLabs' API" (a retry gets the same answer)
 =============================================  ============================================
 
 SDK facts this relies on (read from elevenlabs 2.78 ``text_to_speech/raw_client.py``,
@@ -58,11 +63,15 @@ from ..core.errors import (AuthError, InputError, PermanentServiceError, Service
                       TransientServiceError)
 from .base import VoiceRequest, VoiceResult
 from .registry import BackendSpec, register
-from .wire import retry_after_s, scrub, tls_context
+from .wire import not_as_documented_fix, retry_after_s, scrub, tls_context
 
 KEY_ENV = "ELEVENLABS_API_KEY"
 BASE_URL_ENV = "ELEVENLABS_BASE_URL"
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
+# ElevenLabs' own API hosts: the SDK's environments (elevenlabs 2.78 ``environment.py``)
+API_HOSTS = ("api.elevenlabs.io", "api.us.elevenlabs.io", "api.eu.residency.elevenlabs.io",
+             "api.in.residency.elevenlabs.io", "api.sg.residency.elevenlabs.io")
+ENDPOINT = "POST /v1/text-to-speech/{voice_id}/with-timestamps"
 SEGMENT_JOINER = "\n\n"  # a paragraph break: a natural pause between pages
 _TRANSIENT_STATUS = {408, 409, 425, 429}
 
@@ -117,8 +126,24 @@ def api_detail(body: Any) -> tuple[str | None, str]:
     return None, " ".join(str(detail).split())[:500]
 
 
+def not_as_documented(problem: str, *, base_url: str | None, voice_id: str = "",
+                      source: str = BASE_URL_ENV) -> PermanentServiceError:
+    """The permanent error of an answer that is not what ElevenLabs' API documents: names the
+    server, the endpoint (:data:`ENDPOINT`), ``problem`` (the field, or the body's content
+    type) and the fix (:func:`cloops.services.wire.not_as_documented_fix`; ``source`` is where
+    ``base_url`` came from)."""
+    where = base_url or DEFAULT_BASE_URL
+    fix = not_as_documented_fix("ElevenLabs' API", base_url=base_url, source=source,
+                                official_hosts=API_HOSTS, package="elevenlabs")
+    endpoint = ENDPOINT.replace("{voice_id}", voice_id) if voice_id else ENDPOINT
+    return PermanentServiceError(f"the answer of ElevenLabs at {where} to {endpoint} is not "
+                                 f"what its API documents: {problem}. Fix: {fix}",
+                                 service="voice", backend="elevenlabs")
+
+
 def convert_error(exc: BaseException, *, base_url: str | None, key: str | None = None,
-                  timeout_s: float | None = None, voice_id: str = "") -> ServiceError:
+                  timeout_s: float | None = None, voice_id: str = "",
+                  source: str = BASE_URL_ENV) -> ServiceError:
     """Turn an ``elevenlabs`` SDK / ``httpx`` exception into a :class:`ServiceError`.
 
     ``base_url`` is named in connection errors, ``key`` is scrubbed from every message.
@@ -172,8 +197,18 @@ def convert_error(exc: BaseException, *, base_url: str | None, key: str | None =
                 + (", and that voice.baseUrl is the API root (without /v1)" if base_url else "")
                 + ".", **common)
         if status is not None and 200 <= status < 300:
-            return PermanentServiceError(f"ElevenLabs at {where} sent a malformed answer "
-                                         f"({label}): {msg}", **common)
+            # the SDK could not read a 2xx answer: its body is not JSON, or not of the shape
+            # its models take (ParsingError)
+            ctype = str((exc.headers or {}).get("content-type") or "").split(";")[0].strip()
+            body = exc.body if isinstance(exc.body, str) else None
+            problem = (f"its body is {ctype or 'of no content type'}, not JSON"
+                       if ctype and not ctype.endswith("json") else
+                       f"its body is not JSON (it began {body[:60]!r})" if body is not None
+                       else f"the SDK could not read it ({label}: {msg})")
+            error = not_as_documented(_scrub(problem, key), base_url=base_url,
+                                      voice_id=voice_id, source=source)
+            error.status_code = status
+            return error
         return PermanentServiceError(
             f"ElevenLabs at {where} rejected the request ({label}): {msg} Fix: correct "
             "voice.model, voice.outputFormat, voice.settings or the narration text as the "
@@ -286,7 +321,7 @@ class ElevenLabsBackend:
     offline = False
 
     def __init__(self, api_key: str | None, *, base_url: str | None = None,
-                 timeout_s: float = 300.0):
+                 timeout_s: float = 300.0, base_url_source: str = BASE_URL_ENV):
         if not api_key:
             raise AuthError(MISSING_KEY_MESSAGE, service="voice", backend=self.name)
         self._api_key = api_key
@@ -294,6 +329,7 @@ class ElevenLabsBackend:
         if base.endswith("/v1"):
             base = base[: -len("/v1")]
         self.base_url = base or None
+        self.base_url_source = base_url_source  # named when that server's answers are not ours
         self.timeout_s = float(timeout_s)
         self._lock = threading.Lock()
         self._client: Any = self._make_client()
@@ -381,31 +417,51 @@ class ElevenLabsBackend:
                 **self.request_params(request))
         except (ApiError, httpx.HTTPError) as exc:
             raise convert_error(exc, base_url=self.base_url, key=self._api_key,
-                                timeout_s=request.timeout_s, voice_id=request.voice_id) from None
-        return self._result(response, text, spans)
+                                timeout_s=request.timeout_s, voice_id=request.voice_id,
+                                source=self.base_url_source) from None
+        return self._result(response, text, spans, request.voice_id)
 
-    def _malformed(self, what: str) -> PermanentServiceError:
-        return PermanentServiceError(
-            f"ElevenLabs at {self.base_url or DEFAULT_BASE_URL} sent a malformed answer: {what}.",
-            service="voice", backend=self.name)
+    def _malformed(self, what: str, voice_id: str = "") -> PermanentServiceError:
+        return not_as_documented(what, base_url=self.base_url, voice_id=voice_id,
+                                 source=self.base_url_source)
 
-    def _result(self, response: Any, text: str, spans: list[tuple[int, int]]) -> VoiceResult:
+    def _result(self, response: Any, text: str, spans: list[tuple[int, int]],
+                voice_id: str = "") -> VoiceResult:
+        """The :class:`VoiceResult` of an answer, its fields checked first.
+
+        Raises:
+            PermanentServiceError: a field is missing or not of its documented type
+                (:meth:`_malformed`: names the endpoint, the field and the fix).
+        """
         audio_b64 = getattr(response, "audio_base_64", None)
         if not audio_b64 and isinstance(response, dict):
             audio_b64 = response.get("audio_base64")
         if not audio_b64:
-            raise self._malformed("no audio_base64")
+            raise self._malformed("the field 'audio_base64' (missing)", voice_id)
+        if not isinstance(audio_b64, (str, bytes)):
+            raise self._malformed(f"the field 'audio_base64' (a {type(audio_b64).__name__}, "
+                                  "not a string)", voice_id)
         try:
             mp3 = base64.b64decode(audio_b64, validate=False)
         except (binascii.Error, ValueError):
-            raise self._malformed("audio_base64 is not base64") from None
+            raise self._malformed("the field 'audio_base64' (not base64)", voice_id) from None
         alignment = getattr(response, "alignment", None)
-        starts = list(getattr(alignment, "character_start_times_seconds", None) or [])
-        ends = list(getattr(alignment, "character_end_times_seconds", None) or [])
+        times = {}
+        for name in ("character_start_times_seconds", "character_end_times_seconds"):
+            values = (alignment.get(name) if isinstance(alignment, dict)
+                      else getattr(alignment, name, None)) or []
+            if not isinstance(values, (list, tuple)) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise self._malformed(f"the field 'alignment.{name}' (not a list of numbers)",
+                                      voice_id)
+            times[name] = list(values)
+        starts = times["character_start_times_seconds"]
+        ends = times["character_end_times_seconds"]
         duration = mp3_duration_s(mp3)
         if duration is None:
             if not ends:
-                raise self._malformed("the audio is not a readable MP3 and there is no alignment")
+                raise self._malformed("the field 'audio_base64' (not a readable MP3) and no "
+                                      "alignment", voice_id)
             duration = float(max(ends))
         aligned = bool(starts and ends)
         if not starts or not ends:  # no alignment: split by character count
@@ -432,7 +488,9 @@ def create_backend(section: Any, env: Mapping[str, str]) -> ElevenLabsBackend:
         AuthError: ``ELEVENLABS_API_KEY`` is not set.
     """
     return ElevenLabsBackend(env.get(KEY_ENV), base_url=section.base_url
-                             or env.get(BASE_URL_ENV) or None, timeout_s=section.timeout_s)
+                             or env.get(BASE_URL_ENV) or None, timeout_s=section.timeout_s,
+                             base_url_source="voice.baseUrl" if section.base_url
+                             else BASE_URL_ENV)
 
 
 SPEC = register(BackendSpec(name="elevenlabs", service="voice", offline=False,

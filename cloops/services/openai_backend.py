@@ -16,6 +16,15 @@ exceptions into :mod:`cloops.core.errors` here, at the boundary::
     ``status == "incomplete"`` / ``finish_reason == "length"``       -> IncompleteError
     a background response still running at ``request.timeout_s``     -> TransientServiceError
                                                                         (after cancelling it)
+    an answer not as the API documents (a field the backend reads
+    missing or mistyped, a body that is not JSON)                    -> PermanentServiceError,
+        naming the endpoint and the field; with a base URL of another host, "the server at
+        OPENAI_BASE_URL (or llm.baseUrl) does not speak ...": a retry gets the same answer
+
+The SDK builds its response objects without validating them (``construct``): a missing field
+surfaces only when it is read, and a body whose content type is not JSON comes back as a
+``str``. So the fields this backend reads are checked here (:func:`responses_problem`,
+:func:`chat_problem`) before they are used.
 
 API facts (checked against the openai-python 3.x sources, ``resources/responses`` and
 ``types/responses/response.py``, and the OpenAI Structured Outputs / GPT-5.1 docs): a Response's
@@ -65,7 +74,7 @@ from .cache import Job, current_job
 from .registry import BackendSpec, register
 from .structured import (CHAT_FORMATS, MEMORY_FILE, FormatMemory, JSONNotFound, extract_json,
                          format_rejected, schema_instructions)
-from .wire import retry_after_s, scrub, tls_context
+from .wire import not_as_documented_fix, retry_after_s, scrub, tls_context
 
 
 KEY_ENV = "OPENAI_API_KEY"
@@ -182,6 +191,85 @@ def _parsed(text: str, request: LLMRequest) -> tuple[Any, str | None]:
         return None, str(exc)
 
 
+_ABSENT = object()
+
+
+def _field(obj: Any, name: str) -> Any:
+    """``obj.name`` of an SDK object (or ``obj[name]`` of a dict); :data:`_ABSENT` when unset."""
+    if isinstance(obj, dict):
+        return obj.get(name, _ABSENT)
+    return getattr(obj, name, _ABSENT)
+
+
+def _wrong(name: str, value: Any, want: str) -> str:
+    """``"the field 'name' (missing)"`` or ``"... (a dict, not a list)"``."""
+    how = ("missing" if value is _ABSENT or value is None
+           else f"a {type(value).__name__}, not {want}")
+    return f"the field '{name}' ({how})"
+
+
+def _not_json(body: Any) -> str | None:
+    """The problem of an answer the SDK returned as text (its content type was not JSON)."""
+    if isinstance(body, (str, bytes)):
+        start = body[:60] if isinstance(body, str) else body[:60].decode("utf-8", "replace")
+        return f"its body is not JSON (it began {start!r})"
+    return None
+
+
+def responses_problem(response: Any) -> str | None:
+    """What makes a Responses API answer unreadable, as a phrase naming the field
+    (``"the field 'output' (missing)"``), or None when every field this backend reads is as
+    documented (openai-python ``types/responses/response.py``: ``output`` a list of items with a
+    ``type``; a ``message`` item's ``content`` a list of parts; ``output_text`` parts carry a
+    string ``text``, ``refusal`` parts a string ``refusal``; ``status`` a string)."""
+    problem = _not_json(response)
+    if problem:
+        return problem
+    status = _field(response, "status")
+    if status is not _ABSENT and status is not None and not isinstance(status, str):
+        return _wrong("status", status, "a string")
+    output = _field(response, "output")
+    if (output is _ABSENT or output is None) and status in PENDING:
+        return None  # a background response still running has no output yet
+    if not isinstance(output, list):
+        return _wrong("output", output, "a list")
+    for i, item in enumerate(output):
+        kind = _field(item, "type")
+        if not isinstance(kind, str):
+            return _wrong(f"output.{i}.type", kind, "a string")
+        if kind != "message":
+            continue
+        content = _field(item, "content")
+        if not isinstance(content, list):
+            return _wrong(f"output.{i}.content", content, "a list")
+        for k, part in enumerate(content):
+            key = {"output_text": "text", "refusal": "refusal"}.get(_field(part, "type"))
+            if key is not None and not isinstance(_field(part, key), str):
+                return _wrong(f"output.{i}.content.{k}.{key}", _field(part, key), "a string")
+    return None
+
+
+def chat_problem(completion: Any) -> str | None:
+    """What makes a ``chat.completion`` answer unreadable, as a phrase naming the field, or None
+    (openai-python ``types/chat/chat_completion.py``: ``choices`` a list; each choice a
+    ``message`` whose ``content`` is a string or null)."""
+    problem = _not_json(completion)
+    if problem:
+        return problem
+    choices = _field(completion, "choices")
+    if not isinstance(choices, list):
+        return _wrong("choices", choices, "a list")
+    if not choices:
+        return None  # an empty list is an answer: "no choices" (the model is not loaded)
+    message = _field(choices[0], "message")
+    if message is _ABSENT or message is None or isinstance(message, (str, list, int, float)):
+        return _wrong("choices.0.message", message, "an object")
+    content = _field(message, "content")
+    if content is not _ABSENT and content is not None and not isinstance(content, str):
+        return _wrong("choices.0.message.content", content, "a string")
+    return None
+
+
 def _shorten(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + "..."
@@ -192,6 +280,8 @@ class _SDKBackend:
 
     name = ""
     offline = False
+    api = "OpenAI's API"  # what the server at base_url is expected to speak (named in errors)
+    base_url_source = BASE_URL_ENV  # where base_url came from (a factory sets llm.baseUrl)
 
     def __init__(self, *, api_key: str, base_url: str | None = None, timeout_s: float = 300.0,
                  max_retries: int = 2):
@@ -290,6 +380,17 @@ class _SDKBackend:
     def _error(self, cls: type[ServiceError], message: str, **kw: Any) -> ServiceError:
         return cls(_scrub(message, self._api_key), service="llm", backend=self.name, **kw)
 
+    def _not_as_documented(self, problem: str, endpoint: str) -> ServiceError:
+        """The permanent error of an answer that is not what :attr:`api` documents: names the
+        server, the endpoint (``"POST /responses"``) and the field, and the fix."""
+        where = self.base_url or DEFAULT_BASE_URL
+        fix = not_as_documented_fix(self.api, base_url=self.base_url,
+                                    source=self.base_url_source, official_hosts=OPENAI_HOSTS,
+                                    package="openai")
+        return self._error(PermanentServiceError,
+                           f"the answer of {where} to {endpoint} is not what {self.api} "
+                           f"documents: {problem}. Fix: {fix}")
+
 
 class OpenAIResponsesBackend(_SDKBackend):
     """LLM backend on the OpenAI Responses API (``POST {base_url}/responses``).
@@ -310,6 +411,7 @@ class OpenAIResponsesBackend(_SDKBackend):
     """
 
     name = "openai"
+    api = "OpenAI's Responses API"
 
     def __init__(self, *, api_key: str, base_url: str | None = None, timeout_s: float = 300.0,
                  max_retries: int = 2, background: bool = False, poll_interval_s: float = 1.0):
@@ -379,7 +481,7 @@ class OpenAIResponsesBackend(_SDKBackend):
                                                     timeout=request.timeout_s)
         except openai.OpenAIError as exc:
             raise self._convert(exc, request) from None
-        return self._result(response, request)
+        return self._result(response, request, "POST /responses")
 
     # -- background mode -----------------------------------------------------------------------
 
@@ -394,18 +496,22 @@ class OpenAIResponsesBackend(_SDKBackend):
         deadline = time.monotonic() + request.timeout_s
         job = current_job()
         response = self._resume(job, request)
+        created = None
         if response is None:
             try:
-                response = self.client.responses.create(
+                response = created = self.client.responses.create(
                     **self.request_params(request), background=True,
                     timeout=min(request.timeout_s, 60.0))
             except openai.OpenAIError as exc:
                 raise self._convert(exc, request) from None
             if getattr(response, "status", None) in PENDING:
+                if not isinstance(getattr(response, "id", None), str):
+                    raise self._not_as_documented("the field 'id' (missing)", "POST /responses")
                 job.started(response.id)  # a kill from here on resumes it
         response = self._poll(response, deadline, request, job)
         try:
-            return self._result(response, request)
+            return self._result(response, request, "POST /responses" if response is created
+                                else f"GET /responses/{getattr(response, 'id', '{id}')}")
         except PermanentServiceError:
             job.ended()
             raise
@@ -471,7 +577,10 @@ class OpenAIResponsesBackend(_SDKBackend):
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
         return response
 
-    def _result(self, response: Any, request: LLMRequest) -> LLMResult:
+    def _result(self, response: Any, request: LLMRequest, endpoint: str) -> LLMResult:
+        problem = responses_problem(response)
+        if problem is not None:
+            raise self._not_as_documented(problem, endpoint)
         usage = _responses_usage(getattr(response, "usage", None))
         status = getattr(response, "status", None)
         model = getattr(response, "model", None) or request.model
@@ -526,6 +635,7 @@ class OpenAIChatBackend(_SDKBackend):
     """
 
     name = "openai-chat"
+    api = "the OpenAI Chat Completions API"
 
     # a minimal ``chat.completion`` object (openai-python ``types/chat/chat_completion.py``)
     _WARM_BODY = {
@@ -608,6 +718,9 @@ class OpenAIChatBackend(_SDKBackend):
             completion = self._create(request)
         except openai.OpenAIError as exc:
             raise self._convert(exc, request) from None
+        problem = chat_problem(completion)
+        if problem is not None:
+            raise self._not_as_documented(problem, "POST /chat/completions")
         usage = _chat_usage(getattr(completion, "usage", None))
         model = getattr(completion, "model", None) or request.model
         choices = getattr(completion, "choices", None) or []
@@ -711,10 +824,13 @@ def make_responses_backend(section: Any, env: Mapping[str, str]) -> OpenAIRespon
     key = env.get(KEY_ENV)
     if not key:
         raise AuthError(MISSING_KEY_MESSAGE, service="llm", backend="openai")
-    return OpenAIResponsesBackend(api_key=key, base_url=_base_url(section, env),
-                                  timeout_s=section.timeout_s, max_retries=0,  # cloops retries (hub)
-                                  background=section.background,
-                                  poll_interval_s=section.poll_interval_s)
+    backend = OpenAIResponsesBackend(api_key=key, base_url=_base_url(section, env),
+                                     timeout_s=section.timeout_s, max_retries=0,  # cloops retries
+                                     background=section.background,
+                                     poll_interval_s=section.poll_interval_s)
+    if section.base_url:
+        backend.base_url_source = "llm.baseUrl"
+    return backend
 
 
 def make_chat_backend(section: Any, env: Mapping[str, str]) -> OpenAIChatBackend:
@@ -733,9 +849,12 @@ def make_chat_backend(section: Any, env: Mapping[str, str]) -> OpenAIChatBackend
                              "\"http://localhost:11434/v1\" (Ollama) or "
                              "\"http://localhost:8000/v1\" (vLLM), or set OPENAI_BASE_URL.")
     state = env.get(STATE_DIR_ENV)
-    return OpenAIChatBackend(base_url=base_url, api_key=chat_key(base_url, env),
-                             timeout_s=section.timeout_s, max_retries=0,  # cloops retries (hub)
-                             formats=FormatMemory(Path(state) / MEMORY_FILE if state else None))
+    backend = OpenAIChatBackend(base_url=base_url, api_key=chat_key(base_url, env),
+                                timeout_s=section.timeout_s, max_retries=0,  # cloops retries
+                                formats=FormatMemory(Path(state) / MEMORY_FILE if state else None))
+    if section.base_url:
+        backend.base_url_source = "llm.baseUrl"
+    return backend
 
 
 def chat_key(base_url: str, env: Mapping[str, str]) -> str:

@@ -36,6 +36,11 @@ Error mapping at the boundary (the SDK raises ``replicate.exceptions.ReplicateEr
 401, 403                                          :class:`AuthError` (names REPLICATE_API_TOKEN)
 other 4xx (400, 404, 422, ...)                    :class:`PermanentServiceError` (API detail)
 prediction ``failed`` / ``canceled`` / no output  :class:`PermanentServiceError`
+an answer the SDK cannot read: a field missing    :class:`PermanentServiceError`, at once: names
+or mistyped (the SDK's pydantic models raise       the endpoint and the field; with a base URL
+``ValidationError``), a body that is not JSON,     of another host, "the server at
+JSON of another shape                              REPLICATE_BASE_URL does not speak Replicate's
+                                                   API" (a retry gets the same answer)
 ================================================  =========================================
 
 SDK facts this relies on (read from replicate 1.0.7's ``client.py``, ``prediction.py``,
@@ -64,7 +69,7 @@ from .imaging import to_jpeg
 from .base import ImageRequest, ImageResult, service_done
 from .cache import Job, current_job
 from .registry import BackendSpec, register
-from .wire import parse_retry_after, tls_context
+from .wire import answer_problem, not_as_documented_fix, parse_retry_after, tls_context
 
 TOKEN_ENV = "REPLICATE_API_TOKEN"
 BASE_URL_ENV = "REPLICATE_BASE_URL"
@@ -75,6 +80,7 @@ MAX_PREFER_WAIT_S = 60  # Replicate holds a ``Prefer: wait`` request at most 60 
 RECENT_RUNS = 20  # per model, the run times (create to seen terminal) the first poll is timed by
 FIRST_POLL_FRACTION = 0.8  # of the fastest recent run: polls start a little before the earliest
 TERMINAL = ("succeeded", "failed", "canceled")
+API_HOSTS = ("api.replicate.com",)  # Replicate's own API: any other base URL is another server
 _TRANSIENT_STATUS = {408, 425, 429}
 _MODEL_REF = re.compile(r"^(?P<owner>[^/:\s]+)/(?P<name>[^/:\s]+)(:(?P<version>\S+))?$")
 
@@ -144,7 +150,7 @@ class ReplicateBackend:
 
     def __init__(self, api_token: str | None, *, base_url: str | None = None,
                  http_timeout_s: float = 30.0, poll_interval_s: float | None = None,
-                 prefer_wait_s: float = 0.0):
+                 prefer_wait_s: float = 0.0, base_url_source: str = BASE_URL_ENV):
         """Make the SDK client; no network call happens here.
 
         Args:
@@ -157,6 +163,8 @@ class ReplicateBackend:
                 (default 0.5).
             prefer_wait_s: see the attribute (0 keeps a kill during generation from paying
                 twice; anything else is for measuring, see the module doc).
+            base_url_source: where ``base_url`` came from (``REPLICATE_BASE_URL`` or
+                ``generation.baseUrl``), named when that server's answers are not Replicate's.
 
         Raises:
             AuthError: ``api_token`` is empty.
@@ -174,6 +182,7 @@ class ReplicateBackend:
         self._replicate = replicate
         self._token = api_token
         self.base_url = _root_url(base_url)
+        self.base_url_source = base_url_source
         if poll_interval_s is None:
             poll_interval_s = float(os.environ.get(POLL_INTERVAL_ENV, DEFAULT_POLL_INTERVAL_S))
         self.poll_interval_s = max(0.0, float(poll_interval_s))
@@ -293,11 +302,15 @@ class ReplicateBackend:
             with self._upload_lock(ref.sha256):
                 url = book.url(ref.sha256)
                 if url is None:
-                    with self._mapped(request.model, f"uploading the reference {ref.label!r}"):
+                    doing = f"uploading the reference {ref.label!r}"
+                    with self._mapped(request.model, doing):
                         made = self._client.files.create(
                             io.BytesIO(ref.jpeg), filename=f"{ref.sha256[:16]}.jpg",
                             content_type="image/jpeg")
-                    url = made.urls["get"]
+                    url = (made.urls or {}).get("get")
+                    if not isinstance(url, str) or not url:
+                        raise self._not_as_documented("the field 'urls.get' (missing)",
+                                                      request.model, doing)
                     book.note(ref.sha256, url, getattr(made, "expires_at", None))
             urls.append(url)
         return urls
@@ -429,9 +442,12 @@ class ReplicateBackend:
     # -- error mapping -------------------------------------------------------------------------
 
     def _remember_response(self, response: Any) -> None:
-        # ReplicateError keeps no headers; keep the last response's per thread for Retry-After.
+        # ReplicateError keeps no headers; keep the last response's per thread for Retry-After,
+        # and which endpoint answered (named when the SDK cannot read the answer).
         self._local.status = response.status_code
         self._local.headers = response.headers
+        request = response.request
+        self._local.endpoint = f"{request.method} {request.url.path}"
 
     def _clean(self, text: str) -> str:
         """Never let the token into a message."""
@@ -465,10 +481,14 @@ class ReplicateBackend:
                 f"{type(exc).__name__}: {self._clean(str(exc)) or 'connection dropped'}. "
                 "Fix: check the network (and generation.baseUrl / REPLICATE_BASE_URL); retry.",
                 service="image", backend="replicate")
-        elif isinstance(exc, ValueError):  # an unreadable JSON body (a proxy's HTML page, ...)
-            return TransientServiceError(
-                f"Replicate sent an unreadable response while {doing} ({model}): "
-                f"{self._clean(str(exc))[:200]}.", service="image", backend="replicate")
+        elif isinstance(exc, (ValueError, TypeError, AttributeError, KeyError)):
+            # the SDK could not read a 2xx answer (errors answer ReplicateError, above): a field
+            # missing or mistyped (pydantic's ValidationError is a ValueError), a body that is
+            # not JSON, JSON of another shape. The same request gets the same answer: permanent.
+            headers = getattr(self._local, "headers", None)
+            return self._not_as_documented(
+                answer_problem(exc, headers.get("content-type") if headers is not None
+                               else None), model, doing)
         else:
             return None
         detail = self._clean(str(detail))
@@ -487,6 +507,21 @@ class ReplicateBackend:
             f"Replicate answered HTTP {status} while {doing} ({model}): {detail}. Fix: check "
             "generation.model and generation.params against the model's API schema.",
             service="image", backend="replicate", status_code=status)
+
+    def _not_as_documented(self, problem: str, model: str, doing: str) -> PermanentServiceError:
+        """The error of an answer that is not what Replicate's API documents (``problem``: the
+        field, or the body's content type, :func:`cloops.services.wire.answer_problem`): names
+        the endpoint that answered last in this thread and the fix
+        (:func:`cloops.services.wire.not_as_documented_fix`)."""
+        endpoint = getattr(self._local, "endpoint", None) or "the API"
+        api_root = self.base_url or os.environ.get(BASE_URL_ENV) or None
+        fix = not_as_documented_fix("Replicate's API", base_url=api_root,
+                                    source=self.base_url_source, official_hosts=API_HOSTS,
+                                    package="replicate")
+        return PermanentServiceError(
+            f"Replicate's answer to {endpoint} while {doing} ({model}) is not what its API "
+            f"documents: {self._clean(problem)}. Fix: {fix}",
+            service="image", backend="replicate", status_code=getattr(self._local, "status", None))
 
     def close(self) -> None:
         """Close the HTTP connections."""
@@ -531,7 +566,8 @@ def create_backend(section: Any, env: Mapping[str, str]) -> ReplicateBackend:
         env.get(TOKEN_ENV), base_url=section.base_url or env.get(BASE_URL_ENV) or None,
         http_timeout_s=min(60.0, float(section.timeout_s)),
         poll_interval_s=float(interval) if interval else None,
-        prefer_wait_s=float(env.get(PREFER_WAIT_ENV) or 0))
+        prefer_wait_s=float(env.get(PREFER_WAIT_ENV) or 0),
+        base_url_source="generation.baseUrl" if section.base_url else BASE_URL_ENV)
 
 
 SPEC = register(BackendSpec(name="replicate", service="image", offline=False,

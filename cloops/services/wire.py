@@ -77,3 +77,61 @@ def tls_context() -> Any:
             import httpx
             _TLS.append(httpx.create_ssl_context())
         return _TLS[0]
+
+
+def answer_fields(exc: BaseException) -> list[str] | None:
+    """The fields a pydantic ``ValidationError`` (v1, as the replicate SDK raises it, or v2)
+    names, each as ``"'etag' (field required)"``, at most five; None when ``exc`` is not one.
+
+    An SDK raises such an error when a provider's answer lacks a field its model requires or
+    holds a value of another type: the answer, not the request, is at fault.
+    """
+    errors = getattr(exc, "errors", None)
+    if not isinstance(exc, ValueError) or not callable(errors):
+        return None
+    try:
+        items = list(errors())
+    except Exception:  # noqa: BLE001 - not a pydantic error after all
+        return None
+    out = []
+    for item in items[:5]:
+        if not isinstance(item, dict):
+            continue
+        loc = ".".join(str(p) for p in item.get("loc", ()) if p != "__root__")
+        out.append(f"'{loc or '(the whole body)'}' ({item.get('msg', 'invalid')})")
+    return out or None
+
+
+def answer_problem(exc: BaseException, content_type: str | None = None) -> str:
+    """What is wrong with an answer an SDK could not read, as a phrase for a message: the
+    fields of a pydantic error (:func:`answer_fields`), a body that is not JSON (naming its
+    content type when it is not ``application/json``), or the exception's own words."""
+    fields = answer_fields(exc)
+    if fields:
+        return "the field " + "; the field ".join(fields)
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if isinstance(exc, ValueError) and kind and not kind.endswith("json"):
+        return f"its body is {kind}, not JSON"
+    if type(exc).__name__ == "JSONDecodeError":
+        return f"its body is not valid JSON ({exc})"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def not_as_documented_fix(api: str, *, base_url: str | None, source: str,
+                          official_hosts: tuple[str, ...], package: str) -> str:
+    """The fix of a message about an answer that is not what ``api`` documents (no "Fix:").
+
+    When ``base_url`` points elsewhere than ``official_hosts``: the server at ``source`` (the
+    variable or config key the base URL came from, e.g. ``REPLICATE_BASE_URL``) does not speak
+    ``api``; otherwise the installed SDK ``package`` and the provider disagree. Either way a
+    retry cannot help.
+    """
+    import urllib.parse
+
+    host = (urllib.parse.urlsplit(base_url).hostname or "").lower() if base_url else ""
+    if base_url and host not in official_hosts:
+        return (f"the server at {source} ({base_url}) does not speak {api}: point {source} at "
+                f"a server that does, or unset it. Retrying cannot help.")
+    return (f"the provider's answer and the installed {package} SDK disagree: upgrade it "
+            f"(pip install -U {package}) or report the answer to the provider. Retrying "
+            "cannot help.")

@@ -67,8 +67,8 @@ from cloops.data import rules as rulebook
 
 from cloops.steps import (AdCopyStep, AdManifestStep, AssembleStep, BodyClipStep, BundleStep,
                           CheckStep, CtaClipStep, EvalsStep, ForEach, HookClipStep, ImageStep,
-                          JudgeStep, LLMStep, collection, cta_card, derive, each, evidence, file,
-                          hook_shot, item, part, prose, story, verdict, view)
+                          JudgeStep, LLMStep, collection, constrain, cta_card, derive, each,
+                          evidence, file, hook_shot, item, part, prose, story, verdict, view)
 
 DRAFT_MARK = "[offline draft]"
 
@@ -447,6 +447,51 @@ def check_pages(data, inputs, ctx) -> list[str]:
     return errors
 
 
+def shape_plan(schema, inputs, ctx) -> dict:
+    """The plan's schema as sent (planning.json, constrained): ``settings.pageCount`` as the
+    pages' ``minItems``/``maxItems`` and the page numbers' range, ``settings.panelsPerPage``
+    as each page's panel count and the panel numbers' range, and the cast's ids as the only
+    values of a panel's and the cover's cast lists (at most as many as there are). A
+    constrained decoder then cannot write what :func:`check_pages` rejects; that check keeps
+    what a schema cannot say (pages numbered in order)."""
+    lo = ctx.config.get("settings.pageCount.min")
+    hi = ctx.config.get("settings.pageCount.max")
+    per = ctx.config.get("settings.panelsPerPage")
+    constrain(schema, "pages", minItems=lo, maxItems=hi)
+    constrain(schema, "pages[].pageNumber", minimum=1, maximum=hi)
+    constrain(schema, "pages[].panels", minItems=per, maxItems=per)
+    constrain(schema, "pages[].panels[].panel", minimum=1, maximum=per)
+    if inputs.get("cast") is not None:  # None: a revision's digest, made without the cast
+        ids = [c["id"] for c in inputs["cast"]]
+        for path in ("pages[].panels[].cast", "coverCast"):
+            most = constrain(schema, path).get("maxItems", len(ids))
+            constrain(schema, path, maxItems=min(most, len(ids)))
+            constrain(schema, path + "[]", enum=ids or None)
+    return schema
+
+
+def shape_hooks(schema, inputs, ctx) -> dict:
+    """The hook lines' schema as sent (ad-hooks.json, constrained): exactly ``ads.hooks``
+    lines, each on a page of the plan (0: the cover) and a panel number it can have."""
+    want = ctx.config.get("ads.hooks")
+    constrain(schema, "hooks", minItems=want, maxItems=want)
+    plan = inputs.get("plan")
+    if plan is not None:
+        constrain(schema, "hooks[].page", minimum=0, maximum=len(plan))
+        constrain(schema, "hooks[].panel", minimum=0,
+                  maximum=max((len(p["panels"]) for p in plan), default=0))
+    return schema
+
+
+def shape_page_prompt(schema, inputs, ctx) -> dict:
+    """A page prompt's schema as sent (page-prompt.json): one block per panel of the page."""
+    want = len(inputs["page"]["panels"]) if inputs.get("page") else None
+    if want:
+        constrain(schema, "panels", minItems=want, maxItems=want)
+        constrain(schema, "panels[].panel", minimum=1, maximum=want)
+    return schema
+
+
 def merge_plan(data, inputs, ctx) -> dict:
     """pages.json: a revision of the current plan (the cast changed, nothing else) keeps every
     page as it was — hand edits included — and takes only the panels' ``cast`` lists and
@@ -799,7 +844,8 @@ STEPS = [
             inputs={"narrative": file("narrative.md"), "title": story("title"),
                     "cast": view("cast.json", roster), "rules": TEXT_RULES},
             uses=("settings.pageCount", "settings.panelsPerPage"), previous=("cast",),
-            user=pages_user, draft=draft_pages, validate=check_pages, write=merge_plan),
+            user=pages_user, draft=draft_pages, validate=check_pages, write=merge_plan,
+            shape=shape_plan),
     AssembleStep(name="sheet-prompt", target="cast/{id}.txt", foreach=CAST,
                  doc="the reference sheet prompt of one character, place or prop",
                  inputs={"character": item(), "rules": VISUAL_RULES}, uses=STYLE,
@@ -815,7 +861,8 @@ STEPS = [
             schema="page-prompt.json",
             inputs={"page": item(), "cast": view("cast.json", page_cast), "rules": VISUAL_RULES},
             uses=STYLE, user=page_prompt_user, draft=draft_page_prompt,
-            validate=check_page_prompt, write=assemble_page_prompt, version=2),
+            validate=check_page_prompt, write=assemble_page_prompt, version=2,
+            shape=shape_page_prompt),
     ImageStep(name="image", target="images/{n}.jpg", foreach=PAGES, doc="the page image",
               inputs={"prompt": file("prompts/{n}.txt"), "page": item(),
                       "cast": view("cast.json", page_cast)},
@@ -1394,7 +1441,8 @@ AD_STEPS = [
                system_prompt="ad-hooks.md", schema="ad-hooks.json",
                inputs={"title": story("title"), "narrative": file("narrative.md"),
                        "plan": part("pages.json", "pages", select=panel_moments)},
-               user=hooks_user, draft=draft_hooks, validate=check_hooks, write=number_hooks),
+               user=hooks_user, draft=draft_hooks, validate=check_hooks, write=number_hooks,
+               shape=shape_hooks),
     AdCopyStep(name="ad-tags", target="ads/tags.json",
                doc="ads: characters, themes, mood, audience",
                system_prompt="ad-tags.md", schema="ad-tags.json",

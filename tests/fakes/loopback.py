@@ -58,6 +58,23 @@ class RecordedRequest:
     images: list = field(default_factory=list)
 
 
+def without(body: Any, paths: tuple[str, ...] | list[str]) -> Any:
+    """A deep copy of a JSON ``body`` without the fields at the dotted ``paths`` (``"etag"``,
+    ``"output.1.content.0.text"``; a number indexes a list): an answer that is not what the
+    API documents, for the tests of what a backend does with one."""
+    if not paths:
+        return body
+    body = json.loads(json.dumps(body))
+    for path in paths:
+        *parents, last = path.split(".")
+        node = body
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.get(part, {})
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return body
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs' connection pools expect
     disable_nagle_algorithm = True  # else headers+body writes cost a 40 ms delayed ACK

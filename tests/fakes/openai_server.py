@@ -34,7 +34,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .loopback import RecordedRequest, Reply as _Reply, ScriptedServer
+from .loopback import RecordedRequest, Reply as _Reply, ScriptedServer, without
 
 RESPONSES_PATH = "/v1/responses"
 CHAT_PATH = "/v1/chat/completions"
@@ -463,6 +463,9 @@ class FakeOpenAI(ScriptedServer):
         self.chat_formats = chat_formats
         self.runs: list[ModelRun] = []
         self.stored: dict[str, ModelRun] = {}
+        # dotted fields left out of every answer built (``("output",)``): an answer not as the
+        # API documents it
+        self.omit: tuple[str, ...] = ()
 
     # billing
     @property
@@ -616,7 +619,7 @@ class FakeOpenAI(ScriptedServer):
             if text is None:
                 text = default_text(rec.path, req)
         build = _chat_object if rec.path == CHAT_PATH else _response_object
-        payload = build(req, reply, text)
+        payload = without(build(req, reply, text), self.omit)
         if not req.get("background"):
             # the model ran and produced its answer: billed, whether or not it reaches the client
             with self.lock:

@@ -52,7 +52,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
-from .loopback import LoopbackServer, RecordedRequest
+from .loopback import LoopbackServer, RecordedRequest, without
 
 DEFAULT_TOKEN = "r8_test_token"
 _UNSET: Any = object()
@@ -239,6 +239,9 @@ class FakeReplicate(LoopbackServer):
         self.predictions: dict[str, FakePrediction] = {}
         self.canceled: list[str] = []
         self.uploads: dict[str, bytes] = {}  # file id -> the uploaded bytes
+        # request kind ("create", "get", "upload") -> dotted fields left out of every answer of
+        # that kind (an answer not as Replicate documents it: ``{"upload": ("etag",)}``)
+        self.omit: dict[str, tuple[str, ...]] = {}
         self._seen: dict[str, int] = {}  # prediction input -> how many were created
         self._seeds: dict[str, str] = {}  # prediction id -> what its images derive from
         self._rng = random.Random(7)
@@ -443,7 +446,7 @@ class FakeReplicate(LoopbackServer):
         with self.lock:
             if wait_s:  # otherwise it has only just started, however short its run
                 pred.advance(time.monotonic())
-            data = pred.json(self.base_url)
+            data = without(pred.json(self.base_url), self.omit.get("create", ()))
         self.send_json(handler, reply.status if reply.status < 400 else 201, data, reply.headers)
 
     def _get(self, handler, rec: RecordedRequest, path: str, reply: Reply) -> None:
@@ -458,7 +461,7 @@ class FakeReplicate(LoopbackServer):
                 pred.advance(time.monotonic())
                 if not pred.terminal:
                     pred.status = "processing"
-            data = pred.json(self.base_url)
+            data = without(pred.json(self.base_url), self.omit.get("get", ()))
         self.send_json(handler, 200, data, reply.headers)
 
     def _cancel(self, handler, rec: RecordedRequest, path: str, reply: Reply) -> None:
@@ -492,12 +495,13 @@ class FakeReplicate(LoopbackServer):
             self.uploads[fid] = content
         expires = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat().replace(
             "+00:00", "Z")
-        self.send_json(handler, 201, {
+        self.send_json(handler, 201, without({
             "id": fid, "name": filename, "content_type": part_type, "size": len(content),
             "etag": hashlib.md5(content).hexdigest(),
             "checksums": {"sha256": hashlib.sha256(content).hexdigest()}, "metadata": {},
             "created_at": _now(), "expires_at": expires,
-            "urls": {"get": f"{self.api_url}/files/{fid}"}}, reply.headers)
+            "urls": {"get": f"{self.api_url}/files/{fid}"}}, self.omit.get("upload", ())),
+            reply.headers)
 
     def upload_url_bytes(self, url: str) -> bytes | None:
         """The bytes uploaded at a ``urls.get`` this server answered, or None."""

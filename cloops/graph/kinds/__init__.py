@@ -57,8 +57,8 @@ def load_kinds() -> dict[str, type[Step]]:
     global _loaded
     if not _loaded:
         _loaded = True
-        from importlib.metadata import entry_points
-        for ep in entry_points(group="cloops.step_kinds"):
+        from ...services.registry import plugin_entry_points  # one scan for every group
+        for ep in plugin_entry_points("cloops.step_kinds"):
             ep.load()
         for mod in filter(None, (m.strip() for m in os.environ.get("CLOOPS_PLUGINS", "").split(","))):
             try:

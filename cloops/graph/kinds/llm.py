@@ -7,10 +7,18 @@ The answer is validated — JSON found in it (:mod:`cloops.services.structured`)
 JSON schema, then the step's own ``validate`` — and an invalid one is asked again with the
 errors (``llm.schemaRetries`` times; the validate → re-ask loop of *instructor*); an invalid
 answer is never cached.
+
+**The schema sent says every constraint a schema can say.** A step's ``shape`` derives the
+schema sent from its schema file, its inputs and the config (:func:`constrain`: the page
+count as ``minItems``/``maxItems``, the cast's ids as an ``enum``), so a server that decodes
+under a grammar (llama.cpp, vLLM, Ollama) or OpenAI's strict mode cannot produce what the
+validation then rejects; ``validate`` keeps what a schema cannot say. The derived schema is
+what is sent, validated against and part of the request's digest (the response cache's key).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -38,6 +46,14 @@ class LLMStep(Step):
         draft: ``draft(inputs, ctx) -> output`` for the offline backend: must be schema-valid.
         validate: ``validate(data, inputs, ctx) -> list[str]`` extra checks beyond the schema
             (e.g. page count within config); errors are sent back to the model to fix.
+        shape: ``shape(schema, inputs, ctx) -> schema``, a module-level function: the schema
+            sent, derived from a copy of the parsed schema file (it may change it in place and
+            return it) and what the task knows — config bounds as ``minItems``/``maxItems``/
+            ``minimum``/``maximum``, ids as an ``enum`` (:func:`constrain`). The result must
+            still be a strict schema (every property required, ``additionalProperties: false``,
+            no ``allOf``/``not``/``if``). Config values it reads belong in ``uses`` (or the
+            prompt), as for ``validate``; an input may be None (a revision's digest is
+            computed without the revisable inputs).
         write: ``write(data, inputs, ctx) -> str | bytes | dict`` what the target holds; default:
             the text, or the JSON data pretty-printed.
         settings: key under ``llm.steps`` for model/reasoning/verbosity overrides (default: name).
@@ -62,6 +78,7 @@ class LLMStep(Step):
     write: Callable[[Any, dict, StepContext], Any] | None = None
     settings: str | None = None
     previous: bool | tuple[str, ...] = False
+    shape: Callable[[dict, dict, StepContext], dict] | None = None
 
     # ------------------------------------------------------------ graph
 
@@ -97,8 +114,36 @@ class LLMStep(Step):
         return tpl.memo[key]
 
     def schema_of(self, tpl) -> dict | None:
-        """The step's JSON schema, parsed, or None for a text answer."""
+        """The step's JSON schema file, parsed, or None for a text answer."""
         return json.loads(tpl.text(f"schemas/{self.schema}")) if self.schema else None
+
+    def schema_sent(self, tpl, inputs: dict, ctx: StepContext) -> dict | None:
+        """The schema sent for one task: the file's, through ``shape`` when the step has one.
+
+        Raises:
+            InputError: ``shape`` failed or made a schema that is not strict (names the
+                workflow file, the function and the first problem).
+        """
+        schema = self.schema_of(tpl)
+        if schema is None or self.shape is None:
+            return schema
+        fn = getattr(self.shape, "__name__", repr(self.shape))
+        wf = str(tpl.dir / "workflow.py")
+        try:
+            shaped = self.shape(copy.deepcopy(schema), inputs, ctx)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"step {self.name!r}: shape={fn} failed on schemas/{self.schema}: "
+                             f"{type(exc).__name__}: {exc}.", file=wf,
+                             fix="make the function name paths the schema has "
+                                 "(cloops.steps.constrain) and cope with None inputs.") from None
+        problems = _shape_problems(shaped, (tpl.name, self.name))
+        if problems:
+            raise InputError(f"step {self.name!r}: shape={fn} made a schema that is not a strict "
+                             f"structured-output schema: {problems[0]}.", file=wf,
+                             fix="return the schema with every property required, "
+                                 "'additionalProperties': false on every object and no "
+                                 "allOf/not/if.")
+        return shaped
 
     def check(self, tpl) -> None:
         wf = str(tpl.dir / "workflow.py")
@@ -180,7 +225,8 @@ class LLMStep(Step):
         user, draft, images = self.prepare(job)
         return LLMRequest(system=self.system_text(tpl), user=user,
                           model=settings["model"], reasoning=settings["reasoning"],
-                          verbosity=settings["verbosity"], schema=self.schema_of(tpl),
+                          verbosity=settings["verbosity"],
+                          schema=self.schema_sent(tpl, job.inputs, job.ctx),
                           schema_name=(self.schema or self.name).removesuffix(".json"),
                           timeout_s=llm_cfg.timeout_s, draft=draft, images=images)
 
@@ -219,7 +265,6 @@ class LLMStep(Step):
         """
         tpl, inputs, ctx = job.template, job.inputs, job.ctx
         backend = job.services.backend("llm")
-        schema = self.schema_of(tpl)
         llm_cfg = tpl.config.engine.llm
         tries = 1 + (0 if backend.offline else llm_cfg.schema_retries)
         feedback = ""
@@ -237,6 +282,7 @@ class LLMStep(Step):
             return not problems(result)
 
         base = self.request(job)  # the draft: cheap; only offline backends use it
+        schema = base.schema  # as sent: validated against what the model was told
         for _attempt in range(1, tries + 1):
             req = dataclasses.replace(base, user=base.user + feedback) if feedback else base
             first = first or req
@@ -261,6 +307,73 @@ class LLMStep(Step):
 
 _UP_TO_DATE = object()  # LLMStep.revision: the target is what these inputs made
 _VALIDATORS: dict[str, Any] = {}
+_META_CHECKED: set[tuple[str, str]] = set()  # (template, step) whose shaped schema was checked
+_MAX_VALIDATORS = 256  # shaped schemas differ per story (ids): keep a bounded number compiled
+
+
+def _shape_problems(schema: Any, step: tuple[str, str]) -> list[str]:
+    """The problems of a schema a ``shape`` made: not a dict, not strict
+    (:func:`cloops.data.schemas.strict_schema_problems`, every time: ~0.05 ms), or not valid
+    JSON Schema (the meta-schema check, ~15 ms: the first time per ``(template, step)``; the
+    values :func:`constrain` sets are checked as it sets them)."""
+    if not isinstance(schema, dict):
+        return [f"it returned a {type(schema).__name__}, not the schema"]
+    problems = strict_schema_problems(schema)
+    if not problems and step not in _META_CHECKED:
+        import jsonschema
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            return [f"not a valid JSON schema: {exc.message}"]
+        _META_CHECKED.add(step)
+    return problems
+
+
+def constrain(schema: dict, path: str, **keywords: Any) -> dict:
+    """Set JSON Schema ``keywords`` on the node at ``path`` of ``schema`` and return that node
+    (for a ``shape`` function, :class:`LLMStep`).
+
+    ``path`` names properties from the root, ``.``-separated; ``[]`` after a name steps into
+    the array's ``items``: ``"pages"`` is the pages array, ``"pages[].panels[].cast[]"`` a
+    panel's cast id. A keyword set to None is removed. Keywords strict structured outputs
+    enforce while generating (OpenAI's "Supported schemas"; llama.cpp's, vLLM's and Ollama's
+    grammars): ``minItems``/``maxItems``, ``minimum``/``maximum``, ``enum``, ``const``,
+    ``pattern``.
+
+    Raises:
+        KeyError: a name in ``path`` is not a property there, or ``[]`` follows a non-array.
+        ValueError: a count (``minItems``, ``maxItems``, ``minLength``, ``maxLength``) that is
+            not an integer >= 0, a bound that is not a number, an ``enum`` that is not a list.
+    """
+    for key, value in keywords.items():
+        if value is None:
+            continue
+        if key in ("minItems", "maxItems", "minLength", "maxLength") and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{key}={value!r} at {path!r}: a count is an integer >= 0")
+        if key in ("minimum", "maximum") and (not isinstance(value, (int, float))
+                                              or isinstance(value, bool)):
+            raise ValueError(f"{key}={value!r} at {path!r}: a bound is a number")
+        if key == "enum" and not isinstance(value, list):
+            raise ValueError(f"enum={value!r} at {path!r}: a list of the allowed values")
+    node = schema
+    for part in path.split("."):
+        name, arrays = part.rstrip("[]"), (len(part) - len(part.rstrip("[]"))) // 2
+        if name:
+            props = node.get("properties") or {}
+            if name not in props:
+                raise KeyError(f"{path!r}: no property {name!r} (there are {sorted(props)})")
+            node = props[name]
+        for _ in range(arrays):
+            if not isinstance(node.get("items"), dict):
+                raise KeyError(f"{path!r}: {name or 'the root'} is not an array")
+            node = node["items"]
+    for key, value in keywords.items():
+        if value is None:
+            node.pop(key, None)
+        else:
+            node[key] = value
+    return node
 
 
 def _validator(schema: dict):
@@ -269,6 +382,8 @@ def _validator(schema: dict):
     v = _VALIDATORS.get(key)
     if v is None:
         import jsonschema
+        if len(_VALIDATORS) >= _MAX_VALIDATORS:
+            _VALIDATORS.clear()  # shaped per story: 10,000 stories must not keep 10,000
         v = _VALIDATORS[key] = jsonschema.Draft202012Validator(schema)
     return v
 
