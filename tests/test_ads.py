@@ -146,13 +146,15 @@ def test_kids_ads_rebuild_exactly_what_each_edit_reaches(kids):
     body = by_id(manifest(sdir))["body"]
     assert body["source"]["artifacts"]["voice.mp3"] == sha256_file(sdir / "voice.mp3")
 
-    # a spoken line longer than its 1 s hook made the clip as long as it needs (and said so)
+    # a spoken line longer than its 1 s hook is said up to 1.25 times faster, and then the
+    # clip is made as long as it needs (and the run says so)
     for c in manifest(sdir)["components"]:
         if c["type"] == "hook":
             spoken = json.loads((sdir / "ads" / "voice" / f"{c['id']}.json").read_text())
             seg = spoken["segments"][0]
-            needed = math.ceil((0.25 + seg["endS"] - seg["startS"] + 0.35) * 30) / 30
+            needed = math.ceil((0.25 + (seg["endS"] - seg["startS"]) / 1.25 + 0.35) * 30) / 30
             assert c["durationS"] == pytest.approx(max(1.0, needed), abs=0.002)
+            assert c["source"]["artifacts"]["tempo"] == "1.2500"
     assert "runs" in first.out and "instead of 1 s" in first.out
 
     # ads.hookDurationS: every hook clip (and the manifest), no call, not the body
@@ -335,10 +337,14 @@ def test_separate_clips_are_clean_and_the_text_is_beside_them(offline):
     image = sdir / "images" / f"{hook['page']}.jpg"
     crop = page_panels(image, 3)[hook["panel"] - 1]
     spoken = json.loads((sdir / "ads" / "voice" / "hook-1.json").read_text())["segments"]
-    offset = 0.25 - spoken[0]["startS"]
+    record = by_id(manifest(sdir))["hook-1"]
+    tempo = float(record["source"]["artifacts"].get("tempo", 1))  # a long line said faster
+    offset = 0.25 - spoken[0]["startS"] / tempo
     track = Soundtrack(voice=str(sdir / "ads" / "voice" / "hook-1.mp3"), voice_offset_s=offset,
-                       speech=tuple((s["startS"] + offset, s["endS"] + offset) for s in spoken))
-    duration = by_id(manifest(sdir))["hook-1"]["durationS"]
+                       voice_tempo=tempo, speech=tuple(
+                           (s["startS"] / tempo + offset, s["endS"] / tempo + offset)
+                           for s in spoken))
+    duration = record["durationS"]
     clean = render_hook_clip(image, sdir.parent / "clean-hook.mp4", line="",
                              duration_s=duration, crop_box=tuple(crop), soundtrack=track)
     assert sha(sdir / "ads" / "hook-1.mp4") == sha(clean.path)  # not a text pixel in it

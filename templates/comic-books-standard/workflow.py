@@ -483,6 +483,14 @@ def shape_hooks(schema, inputs, ctx) -> dict:
     return schema
 
 
+def shape_ctas(schema, inputs, ctx) -> dict:
+    """The CTA lines' schema as sent (ad-ctas.json, constrained): exactly ``ads.ctas`` lines
+    (each line's 24 characters and its type are in the file: a ``pattern`` and an ``enum``)."""
+    want = ctx.config.get("ads.ctas")
+    constrain(schema, "ctas", minItems=want, maxItems=want)
+    return schema
+
+
 def shape_page_prompt(schema, inputs, ctx) -> dict:
     """A page prompt's schema as sent (page-prompt.json): one block per panel of the page."""
     want = len(inputs["page"]["panels"]) if inputs.get("page") else None
@@ -1453,7 +1461,8 @@ AD_STEPS = [
                doc="ads: the calls to action of the end cards, each with its platform CTA type",
                system_prompt="ad-ctas.md", schema="ad-ctas.json",
                inputs={"title": story("title"), "narrative": file("narrative.md")},
-               user=ctas_user, draft=draft_ctas, validate=check_ctas, write=number_ctas),
+               user=ctas_user, draft=draft_ctas, validate=check_ctas, write=number_ctas,
+               shape=shape_ctas),
     HookClipStep(name="hook-clip", target="ads/hook-{k}.mp4", foreach=HOOKS,
                  doc="ads: a hook clip, one line over the panel it opens on",
                  inputs={"hook": item(select=hook_shot)}),

@@ -76,6 +76,9 @@ _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else o
 # runs of its sound (mix, measure, limit, measure again), in which another render can compose
 _RENDER_SLOTS = threading.BoundedSemaphore(max(1, _CORES or 1) + 1)
 SPEECH_TAIL_S = 0.35  # a spoken line's clip lasts at least this long after its last word
+# A line longer than its clip is said up to this much faster (pitch kept) before the clip is
+# made longer: 1.25 is a brisk but natural delivery (ElevenLabs' own speed setting goes to 1.2)
+MAX_LINE_TEMPO = 1.25
 LOUDNESS_PATHS = ["ads.loudness.integratedLufs", "ads.loudness.truePeakDbtp"]
 
 
@@ -291,8 +294,10 @@ class AdClip(OptIn, Step):
     def line_soundtrack(self, job: StepRun, duration_s: float, speech_at_s: float
                         ) -> tuple[Any, float, dict]:
         """The soundtrack of a clip with a spoken line placed so its first word comes at
-        ``speech_at_s`` (or the music alone, or silence), the clip's duration (longer than
-        ``duration_s`` when the line needs it; noted), and what it was made from."""
+        ``speech_at_s`` (or the music alone, or silence), the clip's duration, and what it was
+        made from. A line too long for ``duration_s`` (its last word within
+        :data:`SPEECH_TAIL_S` of the end) is said up to :data:`MAX_LINE_TEMPO` times faster;
+        past that the clip is made longer, and the run says so."""
         media = _media()
         cfg = job.template.config.engine.ads
         music = self.music(job)
@@ -311,16 +316,23 @@ class AdClip(OptIn, Step):
                                                 "endS": timings.get("durationS", 0.0)}]
         first = float(segments[0].get("startS") or 0.0)
         last = float(segments[-1].get("endS") or first)
-        offset = speech_at_s - first
-        needed = offset + last + SPEECH_TAIL_S
-        if needed > duration_s:
-            longer = math.ceil(needed * 30) / 30
-            job.note(f"the spoken line takes {last - first:.2f} s: {job.rel} runs "
-                     f"{longer:.2f} s instead of {duration_s:g} s")
-            duration_s = longer
-        speech = tuple((float(s.get("startS", 0)) + offset, float(s.get("endS", 0)) + offset)
-                       for s in segments)
-        return (media.Soundtrack(voice=str(voice), voice_offset_s=offset, speech=speech,
+        spoken = max(0.0, last - first)
+        room = duration_s - speech_at_s - SPEECH_TAIL_S
+        tempo = 1.0
+        if spoken > room:  # said a little faster to fit the clip as configured
+            tempo = min(MAX_LINE_TEMPO, spoken / max(room, 1e-3))
+            if spoken / tempo > room:
+                longer = math.ceil((speech_at_s + spoken / tempo + SPEECH_TAIL_S) * 30) / 30
+                job.note(f"the spoken line takes {spoken:.2f} s ({spoken / tempo:.2f} s at "
+                         f"x{tempo:g}): {job.rel} runs {longer:.2f} s instead of "
+                         f"{duration_s:g} s")
+                duration_s = longer
+            made["tempo"] = f"{tempo:.4f}"
+        offset = speech_at_s - first / tempo
+        speech = tuple((float(s.get("startS", 0)) / tempo + offset,
+                        float(s.get("endS", 0)) / tempo + offset) for s in segments)
+        return (media.Soundtrack(voice=str(voice), voice_offset_s=offset, voice_tempo=tempo,
+                                 speech=speech,
                                  music=str(music) if music else None,
                                  duck_db=cfg.music_duck_db,
                                  target_lufs=cfg.loudness.integrated_lufs,

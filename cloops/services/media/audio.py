@@ -90,7 +90,9 @@ class Soundtrack:
     Attributes:
         voice: a voice file (MP3, WAV, ...) or None.
         voice_offset_s: where the voice file's 0 s lands in the component (negative: its first
-            ``-voice_offset_s`` seconds are cut).
+            ``-voice_offset_s`` seconds are cut), after ``voice_tempo``.
+        voice_tempo: how much faster than recorded the voice plays (1: as recorded; a spoken
+            line fitted into its clip), pitch kept.
         speech: the windows in which the voice speaks, in component time (from its timings):
             the music is ducked under them and a component's speech start is the first one.
         music: a music file looped under the voice (or alone), or None.
@@ -101,6 +103,7 @@ class Soundtrack:
 
     voice: str | None = None
     voice_offset_s: float = 0.0
+    voice_tempo: float = 1.0
     speech: tuple[tuple[float, float], ...] = ()
     music: str | None = None
     duck_db: float = 12.0
@@ -156,9 +159,9 @@ def _raw_input(path: Path | str) -> list[str]:
     return ["-f", "f32le", "-ar", str(AUDIO_RATE_HZ), "-ac", str(CHANNELS), "-i", str(path)]
 
 
-def decode(path: str | Path) -> np.ndarray:
+def decode(path: str | Path, *, tempo: float = 1.0) -> np.ndarray:
     """Decode an audio file (or a video's audio) to float32 PCM, shape ``(samples, 2)`` at
-    48 kHz.
+    48 kHz; ``tempo`` > 1 speeds it up without changing its pitch (FFmpeg ``atempo``, 0.5-2).
 
     Raises:
         InputError: the file does not exist.
@@ -167,7 +170,8 @@ def decode(path: str | Path) -> np.ndarray:
     if not Path(path).is_file():
         raise InputError("the audio file does not exist.", file=str(path),
                          fix="build it first (run doit), or correct the path.")
-    proc = _ffmpeg(["-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-vn",
+    speed = ["-af", f"atempo={tempo:.6f}"] if abs(tempo - 1.0) > 1e-9 else []
+    proc = _ffmpeg(["-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-vn", *speed,
                     "-f", "f32le", "-acodec", "pcm_f32le", "-ar", str(AUDIO_RATE_HZ),
                     "-ac", str(CHANNELS), "pipe:1"], what="decode its audio", file=str(path),
                    fix="replace it with a readable MP3, WAV or M4A (or delete it and run "
@@ -302,7 +306,8 @@ def mix(track: Soundtrack, duration_s: float) -> tuple[np.ndarray | None, list[s
     """
     total = round(duration_s * AUDIO_RATE_HZ)
     notes: list[str] = []
-    voice = _place(decode(track.voice), track.voice_offset_s, total) if track.voice else None
+    voice = _place(decode(track.voice, tempo=track.voice_tempo), track.voice_offset_s,
+                   total) if track.voice else None
     music = _loop(decode(track.music), total) if track.music else None
     if voice is None:
         return music, notes
