@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from ...services.media import BodyPage
 from ..steps import DepContext, Step, StepRun, expand, placeholder_of, short_value, step_kind
 from ..targets import remove_target
+from .image import template_digest
 from .llm import LLMStep
 from .optin import OptIn
 from .voice import VoiceStep
@@ -243,8 +244,7 @@ class AdClip(OptIn, Step):
         music = tpl.config.engine.ads.music
         if music:
             path = tpl.template_file(music)
-            values["ads music file"] = (sha256_file(path) or "missing")[:16] if path \
-                else "missing"
+            values["ads music file"] = template_digest(tpl, Path(path)) if path else "missing"
         return values
 
     def task_files(self, deps: DepContext) -> tuple[list[str], list[str]]:

@@ -252,14 +252,21 @@ def naming_lines(refs: list[Reference]) -> str:
 
 
 def frame_digest(tpl, path: Path) -> str:
-    """The style frame's digest (16 hex digits; ``"missing"``), computed once per template
-    load and file version (path, size, mtime): every image task of every story depends on it,
-    and hashing a picture per task would cost more than the whole dependency check."""
+    """The style frame's digest (16 hex digits; ``"missing"``): see :func:`template_digest` -
+    every image task of every story depends on it."""
+    return template_digest(tpl, path)
+
+
+def template_digest(tpl, path: Path) -> str:
+    """The digest of a template's file that many tasks depend on (the style frame, the ads'
+    music bed): 16 hex digits, or ``"missing"``, computed once per template load and file
+    version (path, size, mtime) - hashing the file per task would cost more than the whole
+    dependency check."""
     try:
         st = path.stat()
     except OSError:
         return "missing"
-    key = ("style frame", str(path), st.st_size, st.st_mtime_ns)
+    key = ("file digest", str(path), st.st_size, st.st_mtime_ns)
     if key not in tpl.memo:
         tpl.memo[key] = (sha256_file(path) or "missing")[:16]
     return tpl.memo[key]
