@@ -324,7 +324,7 @@ def test_a_malformed_document_names_the_document_and_field(fs):
     assert f"{url}/broken" in str(err.value) and "status" in str(err.value)
     assert fb.FirestoreBacklog(url, STANDARD).get("ok").input["title"] == "Fine"
     assert docs(fs, "stories")["ok"] == story_doc("Fine")
-    assert f"field 'status'" in str(err.value)
+    assert "field 'status'" in str(err.value)
     fs.db.write([("others", "Bad Id", story_doc("x"))])
     with pytest.raises(fb.InputError, match="not a slug"):
         fb.FirestoreBacklog(f"firestore://{fs.project}/others", STANDARD).items

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from PIL import Image
 
 from conftest import REPO, make_project
 

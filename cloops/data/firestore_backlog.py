@@ -194,7 +194,7 @@ def set_status(url: str, item_id: str, status: str, *, completed_at: str | None,
         seen = current  # not read by this process: nothing to compare with but now
     for _attempt in range(5):
         if not current.exists:
-            raise EditedMeanwhile(f"the story's document was deleted while the run built it: "
+            raise EditedMeanwhile("the story's document was deleted while the run built it: "
                                   "no status written.", file=f"{url}/{item_id}",
                                   fix="nothing to do; restore the document to build it again.")
         if _mine(current.data) != _mine(seen.data):

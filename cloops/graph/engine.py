@@ -450,9 +450,15 @@ def static_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: dic
 
 
 def dynamic_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: dict,
-                  source: str, actions: Actions, dry: bool) -> Iterator[dict]:
+                  source: str, actions: Actions, dry: bool,
+                  deferred: set[tuple[str, str]] | None = None) -> Iterator[dict]:
     """The tasks the creator of ``source`` makes: those of the steps made once it exists
-    (:attr:`Plan.creator`); none but the group when it does not exist yet."""
+    (:attr:`Plan.creator`); none but the group when it does not exist yet.
+
+    ``deferred``: the run's ``(story key, step name)`` of steps a creator could not make yet
+    because another fan-out source they need was not written; the creator of that source
+    makes them (doit runs a process's creators one at a time, in its main thread)."""
+    deferred = set() if deferred is None else deferred
     plan = plan_of(tpl)
     sources = Sources(tpl, proj.story_dir(tpl.name, story.id))
     # a step is made by the creator of the source its producer writes last (plan.creator);
@@ -460,7 +466,7 @@ def dynamic_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: di
     # the graph does not order: the CTA lines and the page plan), the creator of that other
     # source makes it once it runs
     steps = [s for s in wanted_steps(tpl, dry) if plan.creator.get(s.name) == source
-             or (source in plan.needs.get(s.name, ()) and (story.key, s.name) in _DEFERRED)]
+             or (source in plan.needs.get(s.name, ()) and (story.key, s.name) in deferred)]
     names: list[str] = []
     errors = {src: sources.error(src) for s in steps for src in plan.needs[s.name]}
     errors = {src: e for src, e in errors.items() if e}
@@ -477,9 +483,9 @@ def dynamic_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: di
         for step in steps:
             if not all(sources.items(src) is not None for src in plan.needs[step.name]):
                 # another file it fans out over is not written yet: its creator makes it
-                _DEFERRED.add((story.key, step.name))
+                deferred.add((story.key, step.name))
                 continue
-            _DEFERRED.discard((story.key, step.name))
+            deferred.discard((story.key, step.name))
             for n in (sources.keys(step.foreach.source) if step.foreach else [None]):
                 t = make_task(proj, tpl, step, story, story_input, n, sources, actions,
                               made_by=source)
@@ -489,18 +495,15 @@ def dynamic_tasks(proj: Project, tpl: Template, story: StoryRef, story_input: di
            "doc": f"tasks of {story.key} per item of {source}"}
 
 
-# (story key, step name) of the steps a creator could not make yet because another fan-out
-# source they need was not written: the creator of that source makes them (one doit process
-# runs the creators one at a time, in its main thread)
-_DEFERRED: set[tuple[str, str]] = set()
-
-
 def delayed_creator(proj: Project, tpl: Template, story: StoryRef, story_input: dict,
-                    source: str, actions: Actions, dry: bool):
+                    source: str, actions: Actions, dry: bool,
+                    deferred: set[tuple[str, str]] | None = None):
     """The creator of a story's tasks per item of ``source``: run by doit once the step that
-    writes ``source`` ran."""
+    writes ``source`` ran. ``deferred`` is shared by one run's creators (see
+    :func:`dynamic_tasks`)."""
     def creator():
-        yield from dynamic_tasks(proj, tpl, story, story_input, source, actions, dry)
+        yield from dynamic_tasks(proj, tpl, story, story_input, source, actions, dry,
+                                 deferred)
     creator.__doc__ = f"tasks of {story.key} per item of {source}"
     return create_after(executed=_producer_task(plan_of(tpl), story, source))(creator)
 
@@ -531,11 +534,12 @@ def story_tasks(proj: Project, stories: list[tuple[StoryRef, Any]], sealed: set[
             yield from static_tasks(proj, proj.template(ref.template), ref, it.input, actions, dry)
     ns["task_steps"] = task_steps
 
+    deferred: set[tuple[str, str]] = set()  # one run's: the steps a creator left to another
     for ref, it in checked:
         tpl = proj.template(ref.template)
         for source in plan_of(tpl).live_fanouts:
             ns[f"task_{creator_name(source, ref)}"] = delayed_creator(
-                proj, tpl, ref, it.input, source, actions, dry)
+                proj, tpl, ref, it.input, source, actions, dry, deferred)
 
     def task_build():
         """bring one story up to date whatever its status: doit build:<id>"""

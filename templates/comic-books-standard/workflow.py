@@ -67,7 +67,7 @@ from cloops.data import rules as rulebook
 
 from cloops.steps import (AdCopyStep, AdManifestStep, AssembleStep, BodyClipStep, BundleStep,
                           CheckStep, CtaClipStep, EvalsStep, ForEach, HookClipStep, ImageStep,
-                          JudgeStep, LLMStep, collection, constrain, cta_card, derive, each,
+                          JudgeStep, LLMStep, constrain, cta_card, derive, each,
                           evidence, file, hook_shot, item, part, prose, story, verdict, view)
 
 DRAFT_MARK = "[offline draft]"

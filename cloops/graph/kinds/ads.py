@@ -339,8 +339,8 @@ class AdClip(OptIn, Step):
                                  true_peak_dbtp=cfg.loudness.true_peak_dbtp),
                 duration_s, made)
 
-    def deliver(self, job: StepRun, tmp: Path, clip: Any, made: dict, facts: dict) -> None:
-        """Write a rendered clip's files from ``tmp`` (clip, poster, clean clip, overlay) and
+    def deliver(self, job: StepRun, clip: Any, made: dict, facts: dict) -> None:
+        """Write a rendered clip's files (clip, poster, clean clip, overlay) and
         record what it was made from and what it measured; remove the other modes' files."""
         mode = clip.overlay
         rel = job.rel
@@ -458,7 +458,7 @@ class HookClipStep(AdClip):
                                           duration_s=duration, crop_box=crop,
                                           overlay=self.mode(job.template), soundtrack=track,
                                           **self.outputs(tmp, "hook"))
-            self.deliver(job, tmp, clip, made, {})
+            self.deliver(job, clip, made, {})
 
 
 def page_panels(path: Path, count: int | None = None) -> list | None:
@@ -522,7 +522,7 @@ class CtaClipStep(AdClip):
             clip = media.render_cta_clip(cover, title=title, line=str(card.get("line") or ""),
                                          duration_s=duration, overlay=self.mode(job.template),
                                          soundtrack=track, **self.outputs(tmp, "cta"))
-            self.deliver(job, tmp, clip, made, {"ctaType": card.get("type"),
+            self.deliver(job, clip, made, {"ctaType": card.get("type"),
                                                 "ctaText": card.get("line")})
 
 
@@ -659,7 +659,7 @@ class BodyClipStep(AdClip):
                                   "durationS": round(clip.duration_s, 3)}
             facts = {"policy": clip.policy, "pagesShown": clip.pages_shown,
                      "wordsEstimated": estimated if words else None, "audioComponents": audio}
-            self.deliver(job, tmp, clip, made, facts)
+            self.deliver(job, clip, made, facts)
             if clip.overlay != "baked":
                 vtt, srt = caption_rels(job.rel)
                 job.write(vtt, clip.vtt_path.read_bytes(), made_by=MADE_BY, offline=False)

@@ -39,7 +39,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -457,7 +457,7 @@ def remux_audio(video_path: str | Path, rendered: Rendered, out_path: str | Path
 
 def finish_loudness(track: Soundtrack, rendered: Rendered, duration_s: float,
                     encoded: Path, scratch: Path, *,
-                    reencode: "callable") -> Loudness | None:
+                    reencode: Callable[[Rendered], None]) -> Loudness | None:
     """Measure ``encoded`` (a clip or an M4A just written) and, while its true peak is over
     the limit (the AAC encoder overshoots a little), lower the limiter's ceiling by the excess
     and encode the audio again through ``reencode(rendered)``. Returns what the file measures
