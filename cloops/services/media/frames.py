@@ -118,10 +118,30 @@ class Planes:
                       self.v.crop((0, top // 2, self.v.width, bottom // 2)))
 
 
+STRIP_ROWS = 128  # rows converted at a time (even: chroma rows pair up within a strip)
+
+
 def yuv_planes(img: Image.Image) -> Planes:
-    """Convert an RGB image to BT.709 limited-range yuv420p :class:`Planes`."""
-    y, u, v = _ycc(np.asarray(img.convert("RGB")))
-    return Planes(_l(y), _l(_halve(u)), _l(_halve(v)))
+    """Convert an RGB image to BT.709 limited-range yuv420p :class:`Planes`.
+
+    Converted :data:`STRIP_ROWS` rows at a time: the int32 working arrays of a whole
+    1080x1920 image took ~65 MB per conversion (three render slots at once: ~200 MB of the
+    build's peak memory); a strip's take ~4 MB. Every output pixel depends on its own strip
+    only (chroma averages 2x2 blocks that never straddle an even row boundary), so the bytes
+    are the same as converting the image at once."""
+    rgb = np.asarray(img.convert("RGB"))
+    h, w = rgb.shape[:2]
+    cw, ch = (w + 1) // 2, (h + 1) // 2
+    y = np.empty((h, w), np.uint8)
+    u = np.empty((ch, cw), np.uint8)
+    v = np.empty((ch, cw), np.uint8)
+    for top in range(0, h, STRIP_ROWS):
+        sy, su, sv = _ycc(rgb[top:top + STRIP_ROWS])
+        half = slice(top // 2, (top + STRIP_ROWS + 1) // 2)
+        y[top:top + STRIP_ROWS] = np.clip(sy, 0, 255)
+        u[half] = np.clip(_halve(su), 0, 255)
+        v[half] = np.clip(_halve(sv), 0, 255)
+    return Planes(*(Image.fromarray(a, mode="L") for a in (y, u, v)))
 
 
 def solid_planes(width: int, height: int, rgb: tuple[int, int, int] = (0, 0, 0)) -> Planes:
@@ -327,19 +347,24 @@ def frame_to_rgb(frame: bytes) -> Image.Image:
     """One yuv420p frame (:data:`FRAME_BYTES`: the Y' plane, then Cb and Cr at half size;
     BT.709 limited range) as a 1080x1920 RGB image - the inverse of the frames' conversion,
     chroma upsampled by repetition, rounded and clipped to 0-255 (ITU-R BT.709-6 items
-    3.2-3.5). For posters."""
+    3.2-3.5). For posters. Converted :data:`STRIP_ROWS` rows at a time (float32 arrays of a
+    whole frame took ~120 MB; a strip's ~8 MB), each pixel by the same arithmetic."""
     w, h = FRAME_W_PX, FRAME_H_PX
-    y = np.frombuffer(frame, np.uint8, w * h).reshape(h, w).astype(np.float32) - 16.0
-    u = np.frombuffer(frame, np.uint8, (w // 2) * (h // 2), w * h).reshape(h // 2, w // 2)
-    v = np.frombuffer(frame, np.uint8, (w // 2) * (h // 2), w * h + (w // 2) * (h // 2)
-                      ).reshape(h // 2, w // 2)
-    cb = np.repeat(np.repeat(u.astype(np.float32) - 128.0, 2, 0), 2, 1)
-    cr = np.repeat(np.repeat(v.astype(np.float32) - 128.0, 2, 0), 2, 1)
+    y_all = np.frombuffer(frame, np.uint8, w * h).reshape(h, w)
+    u_all = np.frombuffer(frame, np.uint8, (w // 2) * (h // 2), w * h).reshape(h // 2, w // 2)
+    v_all = np.frombuffer(frame, np.uint8, (w // 2) * (h // 2), w * h + (w // 2) * (h // 2)
+                          ).reshape(h // 2, w // 2)
     kr, kb = 0.2126, 0.0722
     kg = 1 - kr - kb
     ys, cs = 255 / 219, 255 / 224
-    r = ys * y + cs * (2 - 2 * kr) * cr
-    b = ys * y + cs * (2 - 2 * kb) * cb
-    g = ys * y - cs * ((2 - 2 * kb) * kb / kg) * cb - cs * ((2 - 2 * kr) * kr / kg) * cr
-    rgb = np.stack([r, g, b], axis=2)
-    return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
+    out = np.empty((h, w, 3), np.uint8)
+    for top in range(0, h, STRIP_ROWS):
+        half = slice(top // 2, (top + STRIP_ROWS) // 2)
+        y = y_all[top:top + STRIP_ROWS].astype(np.float32) - 16.0
+        cb = np.repeat(np.repeat(u_all[half].astype(np.float32) - 128.0, 2, 0), 2, 1)
+        cr = np.repeat(np.repeat(v_all[half].astype(np.float32) - 128.0, 2, 0), 2, 1)
+        r = ys * y + cs * (2 - 2 * kr) * cr
+        b = ys * y + cs * (2 - 2 * kb) * cb
+        g = ys * y - cs * ((2 - 2 * kb) * kb / kg) * cb - cs * ((2 - 2 * kr) * kr / kg) * cr
+        out[top:top + STRIP_ROWS] = np.clip(np.rint(np.stack([r, g, b], axis=2)), 0, 255)
+    return Image.fromarray(out, "RGB")
