@@ -420,3 +420,63 @@ def test_a_folder_tier_claims_waits_takes_over_and_checks_bodies(tmp_path):
     cr.put_llm(third, LLMResult(text="mine", data=None, usage=Usage(), model="m"))
     cr.start_job(third, "x")
     assert sorted(p.name for p in shared.rglob("*")) == before
+
+
+# ---------------------------------------------------------------- GCS: atomic claim take-over
+
+def test_a_gcs_tier_takes_an_expired_claim_over_atomically(gcs):
+    """Two workers find one dead worker's claim expired; the other one's take-over lands
+    between this one's read of the claim and its write: GCS refuses the write (HTTP 412 on
+    ifGenerationMatch=<the generation read>), so this worker waits instead of paying too."""
+    from cloops.services.shared_cache import SharedTier
+    url = f"gs://{gcs.bucket}/tier-{uuid.uuid4().hex[:8]}"
+    warned: list[str] = []
+
+    def tier(worker):
+        return SharedTier(url, storage_options=gcs.options, worker=worker, lease_s=0.5,
+                          warn=warned.append)
+    dead, a, b = tier("dead"), tier("a"), tier("b")
+    dead.check()
+    key = "ab" * 32
+    assert dead.try_claim(key) == "held"
+    dead.note_job(key, "pred-1")
+    dead._held.clear()  # dead: no renewal, no release
+    time.sleep(0.6)
+    claim = f"tier-{url.rsplit('-', 1)[1]}/claims/{key}.json"
+    taken = []
+
+    def a_takes_it_over_first(name, query):
+        # in the server, as b's take-over arrives: a's take-over is stored first
+        if name == claim and query.get("ifGenerationMatch", ["0"])[0] != "0" and not taken:
+            taken.append(name)
+            gcs.put_now(name, json.dumps({"holder": "a", "until": time.time() + 60,
+                                          "job": "pred-1", "jobAt": 1.0}).encode())
+    gcs.before_write = a_takes_it_over_first
+    try:
+        refused = gcs.refused
+        assert b.try_claim(key) == "live", "b took over a claim a had just taken over"
+    finally:
+        gcs.before_write = None
+    assert taken and gcs.refused > refused
+    assert a.try_claim(key) == "live"  # a's own (test-written) claim: live
+    assert b.job(key) is None and b.counts["taken_over"] == 0
+    # at the same instant from two threads: exactly one of them takes the claim over
+    import threading
+    other = "cd" * 32
+    assert dead.try_claim(other) == "held"
+    dead._held.clear()
+    time.sleep(0.6)
+    go = threading.Barrier(2)
+    got = {}
+
+    def race(t):
+        go.wait(10)
+        got[t.worker] = t.try_claim(other)
+    threads = [threading.Thread(target=race, args=(t,)) for t in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(got.values()) == ["held", "live"], got
+    assert sum("took over the expired claim" in w for w in warned) == 1
+
