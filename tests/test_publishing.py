@@ -5,6 +5,8 @@ tests/fakes/gcs_server.py; through gcsfs).
 
 Every file must arrive with the right bytes; a second publish uploads nothing; a changed file
 is the only upload; a wrong credential gives one clear error naming the variables and no secret.
+Publishers sharing a destination - at once, or with one's write landing between another's read
+and write - keep each other's index entries and record (on S3, a folder and GCS).
 """
 
 from __future__ import annotations
