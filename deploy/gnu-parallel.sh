@@ -1,6 +1,8 @@
 #!/bin/sh
 # cloops on a few machines over ssh with GNU parallel: one worker per host, each building its
-# shard of the backlog, all sharing the response cache on one bucket.
+# shard of the backlog and publishing what of it completed, all sharing the response cache on
+# one bucket. The hosts publish to the template's one publish.url at once: index.json is
+# merged with the destination's under a precondition, so they keep each other's stories.
 #
 # Every host needs the project checked out at the same path (templates/, backlogs/, dodo.py)
 # with cloops installed in .venv, and network access to the bucket and the paid APIs. The
@@ -12,16 +14,13 @@ HOSTS=hosts.txt
 N=$(grep -cv '^\s*$' "$HOSTS")
 export CLOOPS_CACHE_URL=s3://your-bucket/cloops-cache   # or gs://…, or a shared NFS folder
 
-# {} is 0 … N-1: the shard of that job (CLOOPS_SHARD=i/N); one job per host (-j1)
+# {} is 0 … N-1: the shard of that job (CLOOPS_SHARD=i/N); one job per host (-j1); the
+# build's exit status is the job's, the publish runs either way (what completed is published)
 seq 0 $((N - 1)) | parallel --sshloginfile "$HOSTS" -j1 --line-buffer --tag \
   --env OPENAI_API_KEY --env REPLICATE_API_TOKEN \
   --env AWS_ACCESS_KEY_ID --env AWS_SECRET_ACCESS_KEY --env CLOOPS_CACHE_URL \
-  'cd ~/cloops-project && CLOOPS_SHARD={}/'"$N"' CLOOPS_WORKER_ID=$(hostname)-{} .venv/bin/doit'
-
-# publish from here, once: every story is built from the shared cache (paying nothing: every
-# answer is there) and published with one complete index.json per template (hosts publishing
-# their own shards would each rewrite the index with theirs only)
-CLOOPS_WORKER_ID=publisher .venv/bin/doit && .venv/bin/doit publish
+  'cd ~/cloops-project && export CLOOPS_SHARD={}/'"$N"' CLOOPS_WORKER_ID=$(hostname)-{} &&
+   .venv/bin/doit; rc=$?; .venv/bin/doit publish && exit $rc'
 
 # what the whole fleet spent, per template, story, step and worker
 .venv/bin/doit report --shared

@@ -253,3 +253,30 @@ def s3():
             _moto_auth(endpoint, "inf")
             server.stop()
 
+
+
+# ---------------------------------------------------------------- GCS (gcp-storage-emulator)
+
+GCS_BUCKET = "cloops-demo.firebasestorage.app"
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    """GCS on 127.0.0.1 with a Firebase-style bucket: gcp-storage-emulator with the request
+    preconditions (``ifGenerationMatch``) it lacks added (tests/fakes/gcs_server.py).
+    ``options``: gcsfs's storage options for it."""
+    pytest.importorskip("gcp_storage_emulator")
+    with pytest.MonkeyPatch.context() as mp:
+        _no_cloud_lookups(mp)
+        # gcsfs 2026.x picks its class at import; the experimental one asks Google's
+        # storage-control API (not the emulator) for the bucket type
+        mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        import gcsfs
+        if gcsfs.GCSFileSystem is not gcsfs.core.GCSFileSystem:
+            pytest.skip("gcsfs was imported with its experimental class: it would call Google")
+        from tests.fakes.gcs_server import gcs_server
+
+        with gcs_server(GCS_BUCKET) as srv:
+            srv.options = {"endpoint_url": srv.endpoint, "token": "anon",
+                           "project": "cloops-demo"}
+            yield srv

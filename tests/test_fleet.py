@@ -420,3 +420,175 @@ def test_a_folder_tier_claims_waits_takes_over_and_checks_bodies(tmp_path):
     cr.put_llm(third, LLMResult(text="mine", data=None, usage=Usage(), model="m"))
     cr.start_job(third, "x")
     assert sorted(p.name for p in shared.rglob("*")) == before
+
+
+# ---------------------------------------------------------------- GCS: atomic claim take-over
+
+def test_a_gcs_tier_takes_an_expired_claim_over_atomically(gcs):
+    """Two workers find one dead worker's claim expired; the other one's take-over lands
+    between this one's read of the claim and its write: GCS refuses the write (HTTP 412 on
+    ifGenerationMatch=<the generation read>), so this worker waits instead of paying too."""
+    from cloops.services.shared_cache import SharedTier
+    url = f"gs://{gcs.bucket}/tier-{uuid.uuid4().hex[:8]}"
+    warned: list[str] = []
+
+    def tier(worker):
+        return SharedTier(url, storage_options=gcs.options, worker=worker, lease_s=0.5,
+                          warn=warned.append)
+    dead, a, b = tier("dead"), tier("a"), tier("b")
+    dead.check()
+    key = "ab" * 32
+    assert dead.try_claim(key) == "held"
+    dead.note_job(key, "pred-1")
+    dead._held.clear()  # dead: no renewal, no release
+    time.sleep(0.6)
+    claim = f"tier-{url.rsplit('-', 1)[1]}/claims/{key}.json"
+    taken = []
+
+    def a_takes_it_over_first(name, query):
+        # in the server, as b's take-over arrives: a's take-over is stored first
+        if name == claim and query.get("ifGenerationMatch", ["0"])[0] != "0" and not taken:
+            taken.append(name)
+            gcs.put_now(name, json.dumps({"holder": "a", "until": time.time() + 60,
+                                          "job": "pred-1", "jobAt": 1.0}).encode())
+    gcs.before_write = a_takes_it_over_first
+    try:
+        refused = gcs.refused
+        assert b.try_claim(key) == "live", "b took over a claim a had just taken over"
+    finally:
+        gcs.before_write = None
+    assert taken and gcs.refused > refused
+    assert a.try_claim(key) == "live"  # a's own (test-written) claim: live
+    assert b.job(key) is None and b.counts["taken_over"] == 0
+    # at the same instant from two threads: exactly one of them takes the claim over
+    import threading
+    other = "cd" * 32
+    assert dead.try_claim(other) == "held"
+    dead._held.clear()
+    time.sleep(0.6)
+    go = threading.Barrier(2)
+    got = {}
+
+    def race(t):
+        go.wait(10)
+        got[t.worker] = t.try_claim(other)
+    threads = [threading.Thread(target=race, args=(t,)) for t in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(got.values()) == ["held", "live"], got
+    assert sum("took over the expired claim" in w for w in warned) == 1
+
+
+# ---------------------------------------------------------------- many workers publish
+
+PUB = ["the-nativity", "jonah-and-the-whale", "noah-s-ark", "baby-moses"]  # shards of 3: 0 1 1 2
+
+
+@pytest.fixture(scope="module")
+def built_once(tmp_path_factory):
+    """comic-books-standard's PUB stories built once with the in-process fake backends."""
+    from test_rebuild_rules import FAKE
+    root = tmp_path_factory.mktemp("pub") / "built"
+    root.mkdir()
+    proj = make_project(root, PUB)
+    for d in (root / "templates").iterdir():
+        if d.name != STD:
+            shutil.rmtree(d)
+    for b in (root / "backlogs").iterdir():
+        if b.stem != STD:
+            b.unlink()
+    run = proj.doit(env=FAKE)
+    assert run.rc == 0, run.out + run.err
+    assert all(built(proj, s) for s in PUB)
+    return SimpleNamespace(project=proj, env=FAKE)
+
+
+def shard_workers(built_once, tmp: Path, count: int) -> list[Project]:
+    """``count`` workers, each a copy of the project in which only its shard's stories are
+    built and completed, as each worker of a fleet has them (the others pending)."""
+    from cloops.run.fleet import shard_of
+    workers = []
+    for i in range(count):
+        root = tmp / f"w{i}"
+        shutil.copytree(built_once.project.root, root)
+        w = Project(root)
+        backlog = w.backlog()
+        for it in backlog["items"]:
+            if shard_of(STD, it["id"], count) != i:
+                shutil.rmtree(w.story_dir(it["id"]))
+                it["status"] = "pending"
+                it.pop("completedAt", None)
+        w.write_backlog(backlog)
+        workers.append(w)
+    return workers
+
+
+@pytest.mark.parametrize("where", ["s3", "folder"])
+def test_each_worker_publishes_its_shard_and_the_index_keeps_every_workers_stories(
+        built_once, aws, tmp_path, where):
+    """Three workers with their own disks publish their shards to one destination at once
+    (`CLOOPS_SHARD=i/3 doit publish`): the index lists every worker's stories; a re-run
+    uploads nothing; a story a worker withdraws leaves the index and the others stay."""
+    env = {**built_once.env, "AWS_ACCESS_KEY_ID": aws.key_id,
+           "AWS_SECRET_ACCESS_KEY": aws.secret}
+    if where == "s3":
+        prefix = f"pub-{uuid.uuid4().hex[:8]}"
+        url, options = f"s3://{BUCKET}/{prefix}", {"endpoint_url": aws.endpoint}
+
+        def read(key):
+            return aws.client.get_object(Bucket=BUCKET, Key=f"{prefix}/{key}")["Body"].read()
+    else:
+        folder = tmp_path / "published"
+        url, options = str(folder), {}
+
+        def read(key):
+            return (folder / key).read_bytes()
+    workers = shard_workers(built_once, tmp_path, 3)
+    for w in workers:
+        w.edit_config(lambda c: c.update(publish={"url": url, "storageOptions": options}))
+
+    def publish_all(*only):
+        started = [(i, w.start("publish", env={**env, "CLOOPS_SHARD": f"{i}/3"}))
+                   for i, w in enumerate(workers) if not only or i in only]
+        runs = {i: s.finish(timeout=240) for i, s in started}
+        for i, run in runs.items():
+            assert run.rc == 0, run.out + run.err
+            assert f"shard {i}/3 (from CLOOPS_SHARD)" in run.out
+        no_secrets(runs.values(), aws)
+        return runs
+
+    def listed():
+        return [s["id"] for s in json.loads(read(f"{STD}/index.json"))["stories"]]
+    order = [it["id"] for it in built_once.project.backlog()["items"]]  # the backlog's
+    assert sorted(order) == sorted(PUB)
+    first = publish_all()
+    assert listed() == order, "a worker's stories are missing from the index"
+    assert "published 1 stories" in first[0].out and "published 2 stories" in first[1].out
+    for i, w in enumerate(workers):
+        for sid in PUB:
+            bundle = w.story_dir(sid) / "bundle"
+            if bundle.is_dir():
+                for f in bundle.iterdir():
+                    assert read(f"{STD}/{sid}/bundle/{f.name}") == f.read_bytes()
+    record = json.loads(read(".cloops-publish.json"))["objects"]
+    assert {k.split("/")[1] for k in record if k.count("/") >= 2} == set(PUB)
+
+    again = publish_all()
+    for run in again.values():
+        assert "0 objects uploaded" in run.out, run.out
+
+    # worker 1's jonah-and-the-whale has failed since: it takes it out, and only it
+    w1 = workers[1]
+    backlog = w1.backlog()
+    for it in backlog["items"]:
+        if it["id"] == "jonah-and-the-whale":
+            it.update(status="failed", error="step 'image' #2: the model refused")
+    w1.write_backlog(backlog)
+    withdrawn = publish_all(1)[1]
+    assert f"taken out of the index (no longer published): {STD}/jonah-and-the-whale" in \
+        withdrawn.out
+    assert listed() == [s for s in order if s != "jonah-and-the-whale"]
+    assert "0 objects uploaded" in publish_all()[0].out
+    assert listed() == [s for s in order if s != "jonah-and-the-whale"]

@@ -1,9 +1,12 @@
 """Publishing: against a real S3 server on 127.0.0.1 (moto's ThreadedMotoServer, through s3fs,
 with its IAM authentication switched on so a wrong key is refused), a local folder, and a GCS
-emulator on 127.0.0.1 (gcp-storage-emulator, through gcsfs).
+emulator on 127.0.0.1 (gcp-storage-emulator with GCS's request preconditions added:
+tests/fakes/gcs_server.py; through gcsfs).
 
 Every file must arrive with the right bytes; a second publish uploads nothing; a changed file
 is the only upload; a wrong credential gives one clear error naming the variables and no secret.
+Publishers sharing a destination - at once, or with one's write landing between another's read
+and write - keep each other's index entries and record (on S3, a folder and GCS).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import traceback
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +24,7 @@ from cloops.core.errors import InputError
 from cloops.services.storage import (MANIFEST_KEY, PublishAuthError, PublishError, publish,
                                redact_url)
 
-from conftest import BUCKET, WRONG_SECRET, _no_cloud_lookups  # the S3 server: conftest's s3
+from conftest import BUCKET, WRONG_SECRET, _no_cloud_lookups  # servers: conftest's s3, gcs
 
 
 @pytest.fixture
@@ -228,32 +230,6 @@ def test_redact_url():
 
 # --------------------------------------------------------------------------- GCS emulator
 
-@pytest.fixture(scope="module")
-def gcs():
-    """gcp-storage-emulator on 127.0.0.1 with a Firebase-style bucket."""
-    pytest.importorskip("gcp_storage_emulator")
-    with pytest.MonkeyPatch.context() as mp:
-        _no_cloud_lookups(mp)
-        # gcsfs 2026.x picks its class at import; the experimental one asks Google's
-        # storage-control API (not the emulator) for the bucket type
-        mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-        import gcsfs
-        if gcsfs.GCSFileSystem is not gcsfs.core.GCSFileSystem:
-            pytest.skip("gcsfs was imported with its experimental class: it would call Google")
-        from gcp_storage_emulator.server import create_server
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        bucket = "cloops-demo.firebasestorage.app"
-        server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
-        server.start()
-        try:
-            yield SimpleNamespace(endpoint=f"http://127.0.0.1:{port}", bucket=bucket)
-        finally:
-            server.stop()
-
-
 def test_gcs_firebase_bucket_publish_and_rerun(gcs, bundle):
     import gcsfs
 
@@ -270,3 +246,180 @@ def test_gcs_firebase_bucket_publish_and_rerun(gcs, bundle):
         bundle["noah-s-ark/ads/hook-1.mp4"].read_bytes()).hexdigest()
     second = publish(bundle, url, index=INDEX, storage_options=opts)
     assert second.uploaded == [] and not second.record_written
+
+
+# --------------------------------------------------------------------------- many publishers
+
+ORDER = ["the-nativity", "jonah", "noah-s-ark", "baby-moses"]
+
+
+def _story_files(root: Path, sid: str) -> dict[str, Path]:
+    out = {}
+    # (ending in text: gcp-storage-emulator's multipart parser drops a final "\r" of the bytes)
+    for name, data in ((f"{sid}/bundle/1.jpg", os.urandom(2000) + b"end"),
+                       (f"{sid}/bundle/story-data.json", json.dumps({"storyId": sid}).encode())):
+        path = root / sid / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        out[f"t/{name}"] = path
+    return out
+
+
+def _merger(put: list[str], drop: tuple[str, ...] = ()):
+    """What ``doit publish`` gives ``merge_index``: add ``put``, take ``drop`` out, keep the
+    rest (cloops.steer.publish.merge_entries)."""
+    from cloops.steer.publish import merge_entries
+    return lambda current: merge_entries(current, "t", {s: {"id": s, "title": s} for s in put},
+                                         set(drop), ORDER)[0]
+
+
+@pytest.fixture(params=["s3", "folder", "gcs"])
+def place(request, tmp_path):
+    """One destination many publishers share: ``url``, ``options``, ``read(key)`` -> bytes or
+    None."""
+    if request.param == "s3":
+        s3 = request.getfixturevalue("aws_env")
+        url = f"s3://{BUCKET}/many-{os.urandom(4).hex()}"
+
+        def read(key):
+            try:
+                return s3_bytes(s3, f"{url.split('/', 3)[3]}/{key}")
+            except s3.client.exceptions.NoSuchKey:
+                return None
+        return SimpleNamespace(url=url, options={"endpoint_url": s3.endpoint}, read=read)
+    if request.param == "gcs":
+        gcs = request.getfixturevalue("gcs")
+        import gcsfs
+        url = f"gs://{gcs.bucket}/many-{os.urandom(4).hex()}"
+        fs = gcsfs.GCSFileSystem(skip_instance_cache=True, **gcs.options)
+
+        def read(key):
+            try:
+                return fs.cat_file(f"{url[5:]}/{key}")
+            except FileNotFoundError:
+                return None
+        return SimpleNamespace(url=url, options=gcs.options, read=read)
+    root = tmp_path / "shared-folder"
+
+    def read(key):
+        return (root / key).read_bytes() if (root / key).is_file() else None
+    return SimpleNamespace(url=str(root), options={}, read=read)
+
+
+def _ids(place) -> list[str]:
+    return [s["id"] for s in json.loads(place.read("t/index.json"))["stories"]]
+
+
+def test_publishers_at_once_keep_each_others_index_entries(place, tmp_path):
+    """Three publishers (their own files and stories) started together on one destination:
+    the index lists every one's stories, the record every one's objects; a re-run uploads
+    nothing; a story one of them withdraws leaves the index, the others' stay."""
+    import threading
+    mine = {sid: _story_files(tmp_path / f"w{i}", sid)
+            for i, sid in enumerate(["the-nativity", "jonah", "baby-moses"])}
+    start = threading.Barrier(len(mine))
+    reports, errors = {}, []
+
+    def worker(sid):
+        try:
+            start.wait(10)
+            reports[sid] = publish(mine[sid], place.url, merge_index=_merger([sid]),
+                                   index_key="t/index.json", storage_options=place.options)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=worker, args=(sid,)) for sid in mine]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert _ids(place) == ["the-nativity", "jonah", "baby-moses"]  # backlog order
+    record = json.loads(place.read(MANIFEST_KEY))["objects"]
+    assert {k for files in mine.values() for k in files} <= set(record)
+    for sid, files in mine.items():
+        for key, path in files.items():
+            assert place.read(key) == path.read_bytes()
+        again = publish(files, place.url, merge_index=_merger([sid]), index_key="t/index.json",
+                        storage_options=place.options)
+        assert again.uploaded == [] and not again.record_written, (sid, again)
+    gone = publish({}, place.url, merge_index=_merger([], drop=("jonah",)),
+                   index_key="t/index.json", storage_options=place.options)
+    assert gone.uploaded == ["t/index.json"]
+    assert _ids(place) == ["the-nativity", "baby-moses"]
+
+
+def test_a_write_between_the_read_and_the_write_is_merged_not_lost(place, tmp_path,
+                                                                   monkeypatch):
+    """Another publisher writes the index after this one read it and before it writes: the
+    precondition refuses this write (S3 If-Match/If-None-Match 412, GCS ifGenerationMatch
+    412, a folder's changed digest under its lock), and it reads, merges and writes again."""
+    from cloops.services import conditional
+    real_write = conditional.Versioned.write
+    fired = []
+    other = ["noah-s-ark"]
+
+    def competing(self, path, data, version, **kw):
+        if path.endswith("t/index.json") and not fired:
+            fired.append(path)  # another publisher's whole publish lands in between
+            publish(_story_files(tmp_path / other[0], other[0]), place.url,
+                    merge_index=_merger(other), index_key="t/index.json",
+                    storage_options=place.options)
+        return real_write(self, path, data, version, **kw)
+    monkeypatch.setattr(conditional.Versioned, "write", competing)
+    first = publish(_story_files(tmp_path / "me", "jonah"), place.url,
+                    merge_index=_merger(["jonah"]), index_key="t/index.json",
+                    storage_options=place.options)
+    assert fired and first.conflicts == 1 and "t/index.json" in first.uploaded
+    assert _ids(place) == ["jonah", "noah-s-ark"]
+    # and again when the index exists (a replace, not a create)
+    fired.clear()
+    other[:] = ["the-nativity"]
+    second = publish(_story_files(tmp_path / "me2", "baby-moses"), place.url,
+                     merge_index=_merger(["baby-moses"]), index_key="t/index.json",
+                     storage_options=place.options)
+    assert fired and second.conflicts == 1
+    assert _ids(place) == ["the-nativity", "jonah", "noah-s-ark", "baby-moses"]
+    record = json.loads(place.read(MANIFEST_KEY))["objects"]
+    assert "t/noah-s-ark/bundle/1.jpg" in record and "t/jonah/bundle/1.jpg" in record
+
+
+def test_an_index_that_keeps_changing_is_a_clear_error_after_bounded_tries(tmp_path,
+                                                                         monkeypatch):
+    import cloops.services.storage as storage
+    from cloops.services import conditional
+
+    def refused(self, path, data, version, **kw):
+        raise conditional.Refused(path)
+    monkeypatch.setattr(storage, "MERGE_WAIT_S", 0.001)
+    monkeypatch.setattr(conditional.Versioned, "write", refused)
+    with pytest.raises(PublishError, match=r"t/index\.json was changed by another publisher "
+                                           r"8 times.*run the publish again"):
+        publish(_story_files(tmp_path, "jonah"), str(tmp_path / "dest"),
+                merge_index=_merger(["jonah"]), index_key="t/index.json")
+    with pytest.raises(InputError, match="not both"):
+        publish({}, str(tmp_path / "dest"), index=INDEX, merge_index=_merger([]))
+
+
+def test_the_gcs_fake_honours_generation_preconditions(gcs):
+    """What cloops relies on, against the fake: ifGenerationMatch=0 creates only, =<gen>
+    replaces only that generation (HTTP 412 otherwise), and a read's bytes are its version's."""
+    import gcsfs
+    from cloops.services.conditional import Refused, Versioned
+    fs = gcsfs.GCSFileSystem(skip_instance_cache=True, **gcs.options)
+    path = f"{gcs.bucket}/preconditions-{os.urandom(4).hex()}/claim.json"
+    fs.pipe_file(path, b"one", mode="create")
+    with pytest.raises(FileExistsError):  # gcsfs's own create-only upload: 412
+        fs.pipe_file(path, b"two", mode="create")
+    v = Versioned(fs, "gs")
+    data, gen = v.read(path)
+    assert data == b"one" and gen == str(fs.info(path)["generation"])
+    with pytest.raises(Refused):
+        v.write(path, b"x", None)
+    new = v.write(path, b"two", gen, content_type="application/json", metadata={"sha256": "s"})
+    assert new != gen and v.read(path) == (b"two", new)
+    assert fs.info(path)["metadata"] == {"sha256": "s"}
+    refused = gcs.refused
+    with pytest.raises(Refused):
+        v.write(path, b"three", gen)  # the generation read before: stale
+    assert gcs.refused == refused + 1 and fs.cat_file(path) == b"two"
+    assert v.read(path + "-absent") is None

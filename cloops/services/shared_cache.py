@@ -37,11 +37,19 @@ raises :class:`SharedCacheError` naming the URL and the variable that set it.
 ``mode="read"`` (config ``cache.sharedMode: read``) reads entries and never writes anything:
 no entry, no claim, no ledger.
 
-Stores: S3 through s3fs (``call_s3("put_object", IfNoneMatch="*" | IfMatch=etag)``; needs
-botocore > 1.35.20), a local folder through the OS. Other fsspec protocols (``gs://``
-through gcsfs) create entries with ``pipe_file(mode="create")`` (gcsfs sends
-``ifGenerationMatch=0``) but replace a claim by comparing its generation then writing, which
-is not atomic: two workers may then both take over one expired claim (and pay twice for it).
+Stores (:mod:`cloops.services.conditional` does the conditional reads and writes):
+
+* S3 through s3fs: ``call_s3("put_object", IfNoneMatch="*" | IfMatch=etag)`` (needs
+  botocore > 1.35.20); 412 and 409 are refusals.
+* GCS (``gs://``) through gcsfs: entries and claims are created with
+  ``ifGenerationMatch=0`` and a claim is taken over or renewed with
+  ``ifGenerationMatch=<the generation read>`` on a single multipart upload, so a take-over is
+  atomic as on S3: of two workers taking over one expired claim at the same instant, one gets
+  HTTP 412 and waits (cloud.google.com/storage/docs/request-preconditions).
+* a folder through the OS: create is a hard link that fails when the name exists; replace
+  compares the digest and renames under an exclusive ``flock`` of a lock file beside it.
+* any other fsspec protocol: ``pipe_file(mode="create")`` to create, and compare-then-write
+  to replace, which is not atomic (two workers may both take over one expired claim).
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ from typing import Any, Callable, Mapping
 
 from ..core.errors import CloopsError
 from ..core.fileio import canonical_json
+from .conditional import GCS, S3, Refused, Versioned
 from .storage import _error_code, _scrub, _secrets, redact_url
 
 ATTEMPTS = 3  # tries of one shared-tier operation before the tier is declared lost
@@ -169,73 +178,42 @@ class _LocalStore(_Store):
 
 
 class _FsspecStore(_Store):
-    """Any fsspec file system; S3 gets real preconditions through s3fs's boto client."""
+    """Any fsspec file system. S3 and GCS get real preconditions
+    (:class:`~cloops.services.conditional.Versioned`: S3 ``If-None-Match``/``If-Match``,
+    GCS ``ifGenerationMatch``); any other protocol compares then writes (not atomic)."""
 
     def __init__(self, fs: Any, root: str, protocol: str):
         self.fs = fs
         self.root = root.rstrip("/")
-        self.s3 = protocol in ("s3", "s3a")
+        self.s3 = protocol in S3
+        self.gcs = protocol in GCS
+        self.versioned = Versioned(fs, protocol)
         self.bucket, _, self.prefix = self.root.partition("/")
 
     def _p(self, rel: str) -> str:
         return f"{self.root}/{rel}"
 
-    def _key(self, rel: str) -> str:
-        return f"{self.prefix}/{rel}" if self.prefix else rel
-
-    def _s3_put(self, rel: str, data: bytes, **cond) -> str:
-        try:
-            out = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self._key(rel),
-                                  Body=data, **cond)
-        except Exception as exc:  # noqa: BLE001 - s3fs translates ClientErrors to OSErrors
-            if isinstance(exc, FileExistsError) or _error_code(exc) in (
-                    "PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                raise _Refused(rel) from None
-            raise
-        return str(out.get("ETag", ""))
-
     def read(self, rel):
-        if self.s3:
-            try:
-                out = self.fs.call_s3("get_object", Bucket=self.bucket, Key=self._key(rel))
-            except FileNotFoundError:
-                return None
-            except Exception as exc:  # noqa: BLE001
-                if _error_code(exc) in ("NoSuchKey", "404"):
-                    return None
-                raise
-            return _read_body(self.fs, out["Body"]), str(out.get("ETag", ""))
-        try:
-            info = self.fs.info(self._p(rel))
-            data = self.fs.cat_file(self._p(rel))
-        except FileNotFoundError:
-            return None
-        return data, str(info.get("generation") or info.get("etag") or info.get("mtime") or
-                         hashlib.sha256(data).hexdigest())
+        return self.versioned.read(self._p(rel))
 
     def create(self, rel, data):
-        if self.s3:
-            return self._s3_put(rel, data, IfNoneMatch="*")
+        if self.versioned.atomic:
+            try:
+                return self.versioned.write(self._p(rel), data, None)
+            except Refused:
+                raise _Refused(rel) from None
         try:
             self.fs.pipe_file(self._p(rel), data, mode="create")
         except FileExistsError:
             raise _Refused(rel) from None
-        except Exception as exc:  # noqa: BLE001
-            if _error_code(exc) in ("412", "PreconditionFailed"):
-                raise _Refused(rel) from None
-            raise
         got = self.read(rel)
         return got[1] if got else ""
 
     def replace(self, rel, data, version):
-        if self.s3:
-            return self._s3_put(rel, data, IfMatch=version)
-        now = self.read(rel)  # not atomic: see the module's docstring
-        if now is None or now[1] != version:
-            raise _Refused(rel)
-        self.fs.pipe_file(self._p(rel), data)
-        got = self.read(rel)
-        return got[1] if got else ""
+        try:
+            return self.versioned.write(self._p(rel), data, version)
+        except Refused:
+            raise _Refused(rel) from None
 
     def delete(self, rel):
         try:
@@ -257,20 +235,10 @@ class _FsspecStore(_Store):
     def probe(self):
         if self.s3:
             self.fs.call_s3("head_bucket", Bucket=self.bucket)
+        elif self.gcs:  # a prefix exists only once something is under it: ask for the bucket
+            self.fs.call("GET", "b/{}", self.bucket, json_out=True)
         elif not self.fs.exists(self.root):
             raise FileNotFoundError(errno.ENOENT, "not found", self.root)
-
-
-def _read_body(fs: Any, body: Any) -> bytes:
-    """The bytes of an aiobotocore streaming body, read on s3fs's event loop."""
-    from fsspec.asyn import sync
-
-    async def read():
-        try:
-            return await body.read()
-        finally:
-            body.close()
-    return sync(fs.loop, read)
 
 
 # --------------------------------------------------------------------------- entries

@@ -35,6 +35,16 @@ Each uploaded object also carries its SHA-256 in its metadata (S3 ``x-amz-meta-s
 everything it lists is in place), then the record. An interrupted publish leaves every final
 key whole; the next run re-checks and uploads what the record does not vouch for.
 
+**Many publishers, one destination.** The index (given as ``merge_index``) and the record are
+read with their version, merged, and written only if still at that version - S3
+``If-None-Match: *`` / ``If-Match: <etag>``, GCS ``ifGenerationMatch``, a folder under an
+exclusive ``flock`` of ``.<name>.lock`` (:mod:`cloops.services.conditional`). When another
+publisher wrote in between (S3 412/409, GCS 412, a folder's changed digest), the merge starts
+again from what it wrote, with backoff, up to :data:`MERGE_TRIES` times; then a
+:class:`PublishError` names the key and says to run again. So workers publishing their own
+stories to one URL at the same time keep each other's entries. Other fsspec protocols compare
+then write: not atomic.
+
 **Credentials** are never written to the report, a log line or an error: errors name the
 environment variable to fix, and the storage library's own message (which may quote a key)
 is dropped after its error code is read.
@@ -57,7 +67,9 @@ import itertools
 import json
 import mimetypes
 import os
+import random
 import re
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -65,6 +77,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from ..core.errors import CloopsError, InputError
 from ..core.fileio import atomic_copy_file, atomic_write_bytes, sha256_bytes, sha256_file
+from .conditional import Refused, Versioned
 
 MANIFEST_KEY = ".cloops-publish.json"
 INDEX_KEY = "index.json"
@@ -83,6 +96,8 @@ _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "E
                "InvalidToken", "TokenRefreshRequired", "AuthorizationHeaderMalformed",
                "InvalidClientTokenId", "UnrecognizedClientException", "AllAccessDisabled"}
 _SEQ = itertools.count()
+MERGE_TRIES = 8  # reads-merges-writes of the index or the record refused before giving up
+MERGE_WAIT_S = 0.05  # first wait after a refusal (doubles, up to 2 s, with jitter)
 
 
 class PublishError(CloopsError):
@@ -104,6 +119,8 @@ class PublishReport:
         unchanged: keys already there with the same SHA-256, not uploaded.
         bytes_uploaded: total size of the uploaded objects, in bytes.
         record_written: whether the ``.cloops-publish.json`` record was (re)written.
+        conflicts: how many times another publisher changed the index or the record between
+            this one's read and its write (each time it read, merged and wrote again).
     """
 
     url: str
@@ -111,6 +128,7 @@ class PublishReport:
     unchanged: list[str] = field(default_factory=list)
     bytes_uploaded: int = 0
     record_written: bool = False
+    conflicts: int = 0
 
 
 # --------------------------------------------------------------------------- keys and secrets
@@ -196,7 +214,7 @@ def _remote(protocol: str, url: str, secrets: list[str], doing: str) -> Iterator
     """Turn whatever the storage library raises into a PublishError without secrets."""
     try:
         yield
-    except CloopsError:
+    except (CloopsError, Refused):
         raise
     except Exception as exc:  # noqa: BLE001 - every library error becomes ours, scrubbed
         code = _error_code(exc)
@@ -250,6 +268,7 @@ class _Destination:
             self.fs, root = url_to_fs(url, **options)
         self.local = protocol in LOCAL
         self.root = str(Path(root).resolve()) if self.local else root.rstrip("/")
+        self.versioned = Versioned(None if self.local else self.fs, protocol)
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}" if self.root else key
@@ -282,17 +301,48 @@ class _Destination:
     def read_record(self) -> dict[str, dict]:
         """The publish record's objects, or {} when there is none or it is unreadable."""
         with self.remote("reading the publish record"):
+            got = self.versioned.read(self.path(MANIFEST_KEY))
+        return _record_objects(got[0] if got else None)
+
+    def merge(self, key: str, merge: Callable[[bytes | None], bytes | None],
+              report: PublishReport, sleep: Callable[[float], None] = time.sleep) -> bool:
+        """Read ``key`` with its version, ``merge`` its bytes (None: absent) into new bytes
+        (None or the same bytes: nothing to write), and write them only if ``key`` is still
+        at the version read (S3 ``If-Match``/``If-None-Match``, GCS ``ifGenerationMatch``, a
+        folder: under a lock; :mod:`cloops.services.conditional`). A refusal - another
+        publisher wrote in between - counts in ``report.conflicts`` and reads, merges and
+        writes again, with backoff, up to :data:`MERGE_TRIES` times. True when written.
+
+        Raises:
+            PublishError: still refused after :data:`MERGE_TRIES` tries (names the key and
+                says to run again), or the destination failed.
+        """
+        wait = MERGE_WAIT_S
+        for _ in range(MERGE_TRIES):
+            with self.remote(f"reading {key}"):
+                got = self.versioned.read(self.path(key))
+            current, version = got if got is not None else (None, None)
+            new = merge(current)
+            if new is None or new == current:
+                return False
             try:
-                raw = self.fs.cat_file(self.path(MANIFEST_KEY))
-            except FileNotFoundError:
-                return {}
-        try:
-            data = json.loads(raw)
-            objects = data["objects"] if data.get("version") == MANIFEST_VERSION else {}
-            return {k: v for k, v in objects.items()
-                    if isinstance(v, dict) and isinstance(v.get("sha256"), str)}
-        except (ValueError, KeyError, AttributeError, TypeError):
-            return {}  # damaged: every object is checked and re-uploaded as needed
+                with self.remote(f"uploading {key}"):
+                    self.versioned.write(self.path(key), new, version,
+                                         **self._meta(key, sha256_bytes(new)))
+                return True
+            except Refused:
+                report.conflicts += 1
+                sleep(wait * (0.5 + random.random()))
+                wait = min(wait * 2, 2.0)
+        raise PublishError(
+            f"{self.url}: {key} was changed by another publisher {MERGE_TRIES} times while "
+            "this one merged its own changes into it; it was not written. Fix: run the "
+            "publish again - the objects uploaded stay, and it merges with what is there then.")
+
+    def _meta(self, key: str, sha: str) -> dict:
+        if self.protocol in OBJECT_STORES:
+            return {"content_type": _content_type(key), "metadata": {"sha256": sha}}
+        return {}
 
     def _kwargs(self, key: str, sha: str) -> dict:
         if self.protocol in ("s3", "s3a"):
@@ -339,6 +389,25 @@ class _Destination:
 
 # --------------------------------------------------------------------------- publish
 
+def _record_objects(raw: bytes | None) -> dict[str, dict]:
+    """The objects of a publish record's bytes, or {} (absent, damaged, another version)."""
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(raw)
+        objects = data["objects"] if data.get("version") == MANIFEST_VERSION else {}
+        return {k: v for k, v in objects.items()
+                if isinstance(v, dict) and isinstance(v.get("sha256"), str)}
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return {}  # damaged: every object is checked and re-uploaded as needed
+
+
+def _record_bytes(objects: Mapping[str, dict]) -> bytes:
+    return json.dumps({"version": MANIFEST_VERSION, "generator": "cloops",
+                       "objects": dict(sorted(objects.items()))},
+                      indent=1, sort_keys=True).encode() + b"\n"
+
+
 def _index_bytes(index: Any) -> bytes:
     """The index as bytes: given as bytes, a JSON file's ``Path``, or a dict/list."""
     if isinstance(index, bytes):
@@ -354,29 +423,49 @@ def _index_bytes(index: Any) -> bytes:
 
 
 def publish(files: Mapping[str, str | os.PathLike], url: str, *, index: Any = None,
-            index_key: str = INDEX_KEY, storage_options: Mapping[str, Any] | None = None,
+            merge_index: Callable[[Any], Any] | None = None, index_key: str = INDEX_KEY,
+            storage_options: Mapping[str, Any] | None = None,
             log: Callable[[str], None] | None = None) -> PublishReport:
-    """Upload ``files`` (``{key: local path}``) under ``url``, then ``index``, skipping every
+    """Upload ``files`` (``{key: local path}``) under ``url``, then the index, skipping every
     object whose SHA-256 is already there.
 
     ``key`` is a relative object key (``"noah-s-ark/ads/hook-1.mp4"``); the object goes to
-    ``<url>/<key>``. ``index`` (a dict or list written as JSON, bytes, or a JSON file's
-    ``Path``) is written to ``index_key`` after every file is in place, and only when it
-    changed, like any object. ``storage_options`` go to fsspec (s3fs:
-    ``endpoint_url``, ``key``/``secret``, ``client_kwargs``; gcsfs: ``project``, ``token``,
-    ``endpoint_url``). ``log`` receives one line per uploaded key (keys and sizes only).
-    A publish of some keys keeps the record of the others (one story at a time is fine).
+    ``<url>/<key>``. ``storage_options`` go to fsspec (s3fs: ``endpoint_url``,
+    ``key``/``secret``, ``client_kwargs``; gcsfs: ``project``, ``token``, ``endpoint_url``).
+    ``log`` receives one line per uploaded key (keys and sizes only). A publish of some keys
+    keeps the record of the others (one story at a time is fine).
+
+    The index goes to ``index_key`` after every file is in place, and only when it changed.
+    Give one of:
+
+    * ``index``: the whole index (a dict or list written as JSON, bytes, or a JSON file's
+      ``Path``), written as is - the last publisher's index wins;
+    * ``merge_index``: ``f(current) -> new index`` (a dict or list, or bytes), given the
+      index the destination holds now (its parsed JSON; None when there is none or it is
+      not JSON); ``f`` returning None writes nothing. It is written only if the destination's index is still the one read
+      (:meth:`_Destination.merge`); when another publisher wrote in between, ``f`` is called
+      again on theirs. So publishers to one destination never lose each other's entries,
+      provided each keeps what its ``f`` does not own.
+
+    The record (``.cloops-publish.json``) is merged the same way: this publish's objects are
+    added to what the destination's record says, and only the entries of objects this publish
+    found missing are dropped, so concurrent publishers keep each other's.
 
     Returns a :class:`PublishReport`.
 
     Raises:
-        InputError: a bad key, a missing local file, or a URL scheme fsspec does not know.
+        InputError: a bad key, a missing local file, both ``index`` and ``merge_index``, or a
+            URL scheme fsspec does not know.
         PublishAuthError: credentials missing or rejected (names the variables to set).
-        PublishError: the destination failed (no bucket, unreachable); objects already
-            uploaded stay, the record is not updated, and a re-run finishes the job.
+        PublishError: the destination failed (no bucket, unreachable), or the index or the
+            record kept changing under concurrent publishers (:data:`MERGE_TRIES` tries);
+            objects already uploaded stay and a re-run finishes the job.
     """
     storage_options = dict(storage_options or {})
     say = log or (lambda line: None)
+    if index is not None and merge_index is not None:
+        raise InputError("give the index or a function merging it, not both.",
+                         field="merge_index")
     items: list[tuple[str, Path | None, bytes | None]] = []
     for key, local in files.items():
         _check_key(key)
@@ -385,17 +474,18 @@ def publish(files: Mapping[str, str | os.PathLike], url: str, *, index: Any = No
             raise InputError("the file to publish does not exist.", file=str(path),
                              field=key, fix="build it first (run doit).")
         items.append((key, path, None))
-    if index is not None:
+    if index is not None or merge_index is not None:
         _check_key(index_key)
         if index_key in files:
             raise InputError(f"'{index_key}' is both a file and the index.", field="files")
+    if index is not None:
         items.append((index_key, None, _index_bytes(index)))
 
     dest = _Destination(url, storage_options)
     record = dest.read_record()
     sizes = dest.listing()
     report = PublishReport(url=dest.url)
-    new_record = {k: v for k, v in record.items() if k in sizes}  # objects still there
+    mine: dict[str, dict] = {}  # what this publish vouches for
     for key, local, data in items:
         if local is not None:
             sha, size = sha256_file(local), local.stat().st_size
@@ -404,18 +494,50 @@ def publish(files: Mapping[str, str | os.PathLike], url: str, *, index: Any = No
         known = record.get(key)
         if known and known.get("sha256") == sha and sizes.get(key) == size:
             report.unchanged.append(key)
+            mine[key] = known
             continue
         dest.put(key, local=local, data=data, sha=sha)
-        new_record[key] = {"sha256": sha, "size": size}
+        mine[key] = {"sha256": sha, "size": size}
         report.uploaded.append(key)
         report.bytes_uploaded += size
         say(f"uploaded {key} ({size} bytes)")
-    for key in report.unchanged:
-        new_record.setdefault(key, record[key])
-    if new_record != record:
-        body = json.dumps({"version": MANIFEST_VERSION, "generator": "cloops",
-                           "objects": dict(sorted(new_record.items()))},
-                          indent=1, sort_keys=True).encode() + b"\n"
-        dest.put(MANIFEST_KEY, data=body, sha=sha256_bytes(body))
-        report.record_written = True
+
+    if merge_index is not None:
+        written: list[bytes] = []
+
+        def merged(current: bytes | None) -> bytes | None:
+            parsed = None
+            if current is not None:
+                try:
+                    parsed = json.loads(current)
+                except ValueError:
+                    say(f"{index_key} at the destination is not JSON: it is replaced")
+            result = merge_index(parsed)
+            if result is None:  # nothing to list and no index there: none is created
+                return None
+            new = _index_bytes(result)
+            written[:] = [new]
+            return new
+        if dest.merge(index_key, merged, report):
+            new = written[0]
+            mine[index_key] = {"sha256": sha256_bytes(new), "size": len(new)}
+            report.uploaded.append(index_key)
+            report.bytes_uploaded += len(new)
+            say(f"uploaded {index_key} ({len(new)} bytes)")
+        else:
+            report.unchanged.append(index_key)
+            if index_key in record:
+                mine[index_key] = record[index_key]
+
+    # entries of objects this publish found gone; another publisher's changes are kept
+    stale = {k: v for k, v in record.items() if k not in sizes and k not in mine}
+
+    def merged_record(current: bytes | None) -> bytes | None:
+        objects = _record_objects(current)
+        out = {k: v for k, v in objects.items() if stale.get(k) != v}
+        out.update(mine)
+        if out == objects and current is not None or not out and current is None:
+            return None
+        return _record_bytes(out)
+    report.record_written = dest.merge(MANIFEST_KEY, merged_record, report)
     return report

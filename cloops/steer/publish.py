@@ -20,9 +20,15 @@ Firestore document, written after its objects (:mod:`cloops.steer.publish_firest
 documents that changed; a story published before and now failed or needing review is marked
 ``withdrawn``).
 
-The index lists what the destination holds: a bare ``doit publish`` lists every story it
-published; ``doit publish STORY`` adds or refreshes those stories in the list it published
-there before (``build/.cloops/published.json`` remembers it per destination).
+The index lists what the destination holds, whoever published it: it is merged with the
+destination's own ``index.json`` under a precondition (:func:`publish_stories`), so workers of
+a fleet publishing their shards to one URL, even at the same instant, keep each other's
+stories. A publish adds or refreshes the stories it publishes and takes out only those it
+owns and leaves out: on a bare ``doit publish``, every story of its selection - the shard
+given by ``CLOOPS_SHARD`` (a sharded worker publishes only its shard's stories), else every
+story - that it does not publish now, and those it published there before that are gone
+from its backlog (``build/.cloops/published.json`` remembers them per destination); with
+stories named, those named that it leaves out. Nothing is ever deleted at the destination.
 
 Index shape (format 1), paths relative to the index::
 
@@ -49,6 +55,7 @@ from ..core.errors import InputError
 from ..core.fileio import atomic_write_json, sha256_file
 from ..data.project import STATE_DIR, Project
 from ..graph.targets import read_manifest
+from ..run.fleet import Shard, in_shard, shard_from_env
 from ..services.storage import PublishReport, publish, redact_url
 from .address import resolve, stories
 from .commands import _console, _project, _user_errors
@@ -178,35 +185,89 @@ def _ads(sdir: Path, story_id: str) -> tuple[dict | None, str | None]:
 @dataclass
 class Outcome:
     """What a publish did, per destination and template (``documents``: per template with
-    ``publish.firestore``, what its Firestore documents came to)."""
+    ``publish.firestore``, what its Firestore documents came to).
+
+    Attributes:
+        shard: the shard a bare publish kept to (``CLOOPS_SHARD`` …), or None.
+        outside: how many stories a bare publish left to other shards' workers.
+        removed: ``(template, story id)`` whose entries this publish took out of an index.
+    """
 
     published: list[StoryPlan] = field(default_factory=list)
     skipped: list[StoryPlan] = field(default_factory=list)
     reports: list[tuple[str, PublishReport]] = field(default_factory=list)
     documents: list[tuple[str, DocumentReport]] = field(default_factory=list)
+    shard: Shard | None = None
+    outside: int = 0
+    removed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def merge_entries(current: Any, template: str, put: dict[str, dict], drop: set[str],
+                  order: list[str]) -> tuple[dict | None, list[str]]:
+    """The index of ``template`` after this publish, merged with ``current`` (the index the
+    destination holds: its parsed JSON, or None), and the ids it took out.
+
+    ``put``: this publish's entries by story id (added or replacing theirs); ``drop``: ids
+    this publish owns and no longer publishes (taken out); every other entry of ``current``
+    is kept as it is - another worker published it. Stories come in ``order`` (backlog
+    order), then any others in their order in ``current``. None when there is nothing to
+    list and no index yet (no empty index is created)."""
+    entries: dict[str, dict] = {}
+    if (isinstance(current, dict) and current.get("format") == INDEX_FORMAT
+            and current.get("templateId") == template
+            and isinstance(current.get("stories"), list)):
+        for e in current["stories"]:
+            if isinstance(e, dict) and isinstance(e.get("id"), str):
+                entries[e["id"]] = e
+    removed = [sid for sid in entries if sid in drop and sid not in put]
+    for sid in removed:
+        del entries[sid]
+    entries.update(put)
+    if current is None and not entries:
+        return None, []
+    rank = {sid: i for i, sid in enumerate(order)}
+    ids = sorted(entries, key=lambda sid: (0, rank[sid]) if sid in rank else (1, 0))
+    return {"format": INDEX_FORMAT, "templateId": template,
+            "stories": [entries[sid] for sid in ids]}, removed
 
 
 def publish_stories(proj: Project, keys: list[tuple[str, str]] | None = None, *,
                     force: bool = False, url: str | None = None,
                     log=lambda line: None) -> Outcome:
-    """Publish ``keys`` (``[(template, story id)]``; None: every story of every backlog).
+    """Publish ``keys`` (``[(template, story id)]``; None: every story of every backlog, or,
+    with a shard set (``CLOOPS_SHARD=i/N`` …, :func:`cloops.run.fleet.shard_from_env`), every
+    story of that shard).
 
     ``url`` overrides each template's ``publish.url``. ``log`` receives one line per uploaded
     object (key and size).
+
+    Each template's ``index.json`` is merged with the one the destination holds
+    (:func:`merge_entries`, written only if nobody wrote it in between:
+    :func:`cloops.services.storage.publish`'s ``merge_index``): this publish's stories are
+    added or refreshed; the stories it *owns* and leaves out are taken out - on a bare
+    publish every story of its selection (its shard, or all) that it does not publish now,
+    and those it published there before that are gone from its backlog; when stories are
+    named, those named that it leaves out. Every other entry is kept: other workers
+    publishing other shards to one destination keep each other's stories.
 
     With ``publish.firestore`` in a template's config, its stories' documents are written
     after its objects (:func:`cloops.steer.publish_firestore.sync_documents`).
 
     Raises:
-        InputError: a bad ``publish.url``.
+        InputError: a bad ``publish.url`` or shard variable.
         PublishAuthError: credentials missing or refused (names the variables, no secret).
-        PublishError: the destination failed; what was uploaded stays, a re-run finishes.
+        PublishError: the destination failed, or its index kept changing under concurrent
+            publishers; what was uploaded stays, a re-run finishes.
         FirestoreError: the database failed or refused (names the setting and the variable);
             the objects uploaded stay, a re-run writes the documents.
     """
     everything = keys is None
-    keys = keys if keys is not None else stories(proj)
     out = Outcome()
+    backlog = stories(proj)
+    if everything:
+        out.shard = shard_from_env(proj.env)
+        keys = [k for k in backlog if in_shard(*k, out.shard)]
+        out.outside = len(backlog) - len(keys)
     by_template: dict[str, list[StoryPlan]] = {}
     for template, sid in keys:
         plan = plan_story(proj, template, sid, force=force)
@@ -220,25 +281,33 @@ def publish_stories(proj: Project, keys: list[tuple[str, str]] | None = None, *,
         if "://" not in dest and not os.path.isabs(dest):
             dest = str(proj.root / dest)
         listed = record.setdefault(redact_url(dest), {}).setdefault(template, {})
-        had = bool(listed)
-        if everything:
-            listed.clear()
-        for p in out.skipped:
-            if p.template == template:
-                listed.pop(p.story_id, None)
-        for p in plans:
-            listed[p.story_id] = p.entry
-        order = [sid for t, sid in stories(proj) if t == template and sid in listed]
-        index = {"format": INDEX_FORMAT, "templateId": template,
-                 "stories": [listed[sid] for sid in order]}
-        files = {k: v for p in plans for k, v in p.files.items()}
-        if files or listed or had:  # else nothing of this template was ever published there
-            report = publish(files, dest, index=index, index_key=f"{template}/index.json",
+        skipped = [p for p in out.skipped if p.template == template]
+        drop = {p.story_id for p in skipped}
+        if everything:  # and those published here before, now gone from the backlog
+            in_backlog = {sid for t, sid in backlog if t == template}
+            drop |= {sid for sid in listed
+                     if sid not in in_backlog and in_shard(template, sid, out.shard)}
+        put = {p.story_id: p.entry for p in plans}
+        order = [sid for t, sid in backlog if t == template]
+        gone = [p for p in skipped if p.withdraw]
+        # a draft alone never reaches the destination; anything published or withdrawn does
+        if plans or gone or any(sid in drop for sid in listed):
+            removed: list[str] = []
+
+            def merge(current, template=template, put=put, drop=drop, order=order,
+                      removed=removed):
+                index, removed[:] = merge_entries(current, template, put, drop, order)
+                return index
+            files = {k: v for p in plans for k, v in p.files.items()}
+            report = publish(files, dest, merge_index=merge, index_key=f"{template}/index.json",
                              storage_options=cfg.storage_options, log=log)
             out.reports.append((template, report))
             out.published += plans
+            out.removed += [(template, sid) for sid in removed]
+            for sid in drop:
+                listed.pop(sid, None)
+            listed.update(put)
             atomic_write_json(record_path, record, pretty=True)
-        gone = [p for p in out.skipped if p.template == template and p.withdraw]
         if cfg.firestore is not None and (plans or gone):
             # after the objects: a document never names an object that is not there yet
             setting = f"publish.firestore.project in templates/{template}/config.json"
@@ -265,6 +334,10 @@ def run_publish(proj: Project, keys: list[tuple[str, str]] | None, *, force: boo
     console = _console()
     lines: list[str] = []
     out = publish_stories(proj, keys, force=force, url=url, log=lines.append)
+    if out.shard is not None:
+        console.print(f"shard {out.shard} (from {out.shard.source}): publishing this shard's "
+                      f"stories only; {out.outside} stories of other shards are left to their "
+                      "workers, and their index entries are kept.", markup=False)
     for line in lines:
         console.print(f"  {line}", markup=False)
     for plan in out.skipped:
@@ -276,6 +349,14 @@ def run_publish(proj: Project, keys: list[tuple[str, str]] | None, *, force: boo
     console.print(f"published {len(out.published)} stories to {where}: {uploaded} objects "
                   f"uploaded ({size:,} bytes), {unchanged} unchanged; "
                   f"{len(out.skipped)} skipped.", markup=False)
+    if out.removed:
+        console.print("taken out of the index (no longer published): " + ", ".join(
+            f"{t}/{sid}" for t, sid in out.removed), markup=False)
+    conflicts = sum(r.conflicts for _t, r in out.reports)
+    if conflicts:
+        console.print(f"the index or the record was changed by another publisher {conflicts} "
+                      "times meanwhile: merged again each time, nothing of theirs was lost.",
+                      markup=False)
     for template, docs in out.documents:
         console.print(f"firestore {docs.database} ({template}): {len(docs.written)} documents "
                       f"written, {docs.unchanged} unchanged, {len(docs.withdrawn)} marked "
