@@ -49,7 +49,9 @@ def relax_gc() -> None:
 
 
 MALLOC_ARENAS = 2  # glibc malloc arenas for the whole process (its default: 8 per core)
-_M_ARENA_MAX = -8  # glibc malloc.h: mallopt's parameter number for M_ARENA_MAX
+MMAP_THRESHOLD_BYTES = 4 << 20  # blocks this large are mapped and unmapped on their own
+_M_ARENA_MAX = -8  # glibc malloc.h: mallopt's parameter numbers
+_M_MMAP_THRESHOLD = -3
 
 
 def _libc() -> Any:
@@ -68,21 +70,29 @@ def _libc() -> Any:
     return libc
 
 
-def limit_malloc_arenas() -> bool:
-    """Cap glibc's malloc arenas at :data:`MALLOC_ARENAS` (``mallopt(M_ARENA_MAX, 2)``, what
-    the ``MALLOC_ARENA_MAX`` variable does) before the worker threads start. Returns True when
-    it was set (glibc), False elsewhere (other C libraries, macOS, Windows: nothing to do).
+def tune_malloc() -> bool:
+    """Fit glibc's malloc to a build's memory pattern before the worker threads start: at most
+    :data:`MALLOC_ARENAS` arenas (``mallopt(M_ARENA_MAX)``, what ``MALLOC_ARENA_MAX`` does) and
+    a fixed mmap threshold of :data:`MMAP_THRESHOLD_BYTES` (``mallopt(M_MMAP_THRESHOLD)``).
+    Returns True when set (glibc), False elsewhere (other C libraries, macOS, Windows:
+    nothing to do).
 
     glibc gives threads their own arenas (up to 8 per core) and keeps what a thread freed in
-    its arena for that arena's next allocations. A build's 24 worker threads each compose
-    3 MB frames, decode images and speak lines at different times, so freed memory sits in
-    one arena while another grows: the README's offline build reached 1.5 GB resident with
-    ~0.3 GB live. Two arenas: 0.84 GB, the same CPU time (measured on this project's 2-core
-    machine, benchmarks/README.md). Source: glibc manual, "Memory Allocation Tunables"
-    (``glibc.malloc.arena_max``) and ``mallopt(3)``.
+    its arena for that arena's next allocations; and each large block freed raises the size
+    from which blocks are mapped on their own, so 5-16 MB images and audio buffers end up
+    inside the arenas, which they fragment. A build's worker threads compose frames, decode
+    images and speak lines at different times: the README's offline build reached 1.44 GB
+    resident with ~0.32 GB live (memray). Two arenas and a fixed 4 MB threshold: ~0.45 GB, for
+    ~5 % more system time (page faults of the blocks mapped anew; measured on this project's
+    2-core machine, benchmarks/README.md). Source: glibc manual, "Memory Allocation Tunables"
+    (``glibc.malloc.arena_max``, ``glibc.malloc.mmap_threshold``: setting it disables the
+    dynamic adjustment) and ``mallopt(3)``.
     """
     libc = _libc_once()
-    return libc is not None and bool(libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS))
+    if libc is None:
+        return False
+    return bool(libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)) and \
+        bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 TRIM_EVERY_S = 1.0  # at most one malloc_trim a second

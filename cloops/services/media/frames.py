@@ -180,7 +180,11 @@ class Shot:
 
     The image is resampled once (Lanczos) so that the window at its smallest maps about 1:1 to
     ``dest`` and converted to planes; each frame is then one bilinear resample of an exact
-    float window per plane (the chroma planes at half the coordinates).
+    float window per plane (the chroma planes at half the coordinates). The planes are made
+    when a frame first needs them and dropped after the shot's last frame
+    (:meth:`release`): a body's dozen shots do not all sit in memory for the whole clip. A
+    frame needed again later (the poster, a second rendition) makes them again - the same
+    bytes.
     """
 
     def __init__(self, img: Image.Image, start: Box, end: Box, dest: Box, frames: int, *,
@@ -198,12 +202,31 @@ class Shot:
         scale = self.dest.width / min(start.width, end.width)
         size = (max(2, round(union.width * scale)), max(2, round(union.height * scale)))
         self.size = size  # of the resampled image, whose planes are all a frame needs
-        self.planes = yuv_planes(img.resize(size, Image.Resampling.LANCZOS, box=tuple(union)))
+        self._img, self._union = img, tuple(union)
+        self._planes: Planes | None = None
+        self._lock = threading.Lock()
         sx, sy = size[0] / union.width, size[1] / union.height
         self.start = Box((start.left - union.left) * sx, (start.top - union.top) * sy,
                          (start.right - union.left) * sx, (start.bottom - union.top) * sy)
         self.end = Box((end.left - union.left) * sx, (end.top - union.top) * sy,
                        (end.right - union.left) * sx, (end.bottom - union.top) * sy)
+
+    @property
+    def planes(self) -> Planes:
+        """The resampled image as planes (made on first use)."""
+        planes = self._planes
+        if planes is None:
+            with self._lock:
+                planes = self._planes
+                if planes is None:
+                    planes = yuv_planes(self._img.resize(self.size, Image.Resampling.LANCZOS,
+                                                         box=self._union))
+                    self._planes = planes
+        return planes
+
+    def release(self) -> None:
+        """Drop the planes (they are made again if a frame needs them)."""
+        self._planes = None
 
     def window(self, i: int) -> Box:
         """The window of frame ``i`` (0-based within the shot), in the resampled image."""
@@ -291,7 +314,7 @@ class Compositor:
         still = ((frame.y.tobytes(), frame.u.tobytes(), frame.v.tobytes()), band)
         with self._lock:
             self._cache[key] = still
-            while len(self._cache) > 6:  # frames are made in order, a few at a time
+            while len(self._cache) > 3:  # frames are made in order, a few at a time
                 self._cache.popitem(last=False)
         return still
 
@@ -326,6 +349,8 @@ class Compositor:
         d = shot.dest
         top, bottom = int(d.top), int(d.bottom)
         piece = shot.piece(j)
+        if j == shot.frames - 1:
+            shot.release()  # its last frame: the next shot's planes take its place
         if d.left == 0 and d.width == FRAME_W_PX:
             band = piece
         else:
