@@ -1,4 +1,5 @@
-"""cloops benchmark: start-up and up-to-date cost, calls per edit, makespan, peak memory, ad renders.
+"""cloops benchmark: start-up and up-to-date cost, calls per edit, makespan, peak memory, ad renders,
+the README's offline build.
 
 Run from the repository root (after ``pip install -e '.[test]'``)::
 
@@ -13,7 +14,9 @@ limits"). Builds run in throwaway projects under a temp dir with a synthetic bac
 - the makespan uses the real ``openai`` and ``replicate`` SDKs against loopback fake servers
   (``tests/fakes``) answering after a fixed latency per call;
 - peak memory is the doit process's maximum resident set size;
-- the ad clips' render times come from ``benchmarks/render_bench.py`` (section E).
+- the ad clips' render times come from ``benchmarks/render_bench.py`` (section E);
+- section F runs the README's offline build (every shipped backlog, no keys) in a copy of the
+  project: its wall time, CPU seconds and peak memory (issue 24).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -279,10 +283,86 @@ def makespan(tmp: Path, n: int, pages: int, llm_s: float, image_s: float, image_
              "-", None)
 
 
+# ---------------------------------------------------------------- F. the README's offline build
+
+def _tree_rss_kb(root_pid: int) -> int:
+    """The resident memory of ``root_pid`` and all its descendants, in KB (from /proc)."""
+    parent: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as fh:
+                fields = dict(line.split(":", 1) for line in fh if ":" in line)
+        except OSError:
+            continue
+        pid = int(entry)
+        parent[pid] = int(fields.get("PPid", "0").strip() or 0)
+        rss[pid] = int((fields.get("VmRSS", "0 kB").split() or ["0"])[0])
+    total = 0
+    for pid in rss:
+        p, seen = pid, 0
+        while p and p != root_pid and seen < 64:
+            p, seen = parent.get(p, 0), seen + 1
+        if p == root_pid:
+            total += rss[pid]
+    return total
+
+
+def offline_build(tmp: Path) -> None:
+    """Issue 24: the README's set-up command's build - every shipped backlog on the offline
+    backends (no key), from an empty build folder - timed, with its CPU seconds, the doit
+    process's peak resident memory and the whole process tree's (doit and its FFmpeg runs,
+    sampled every 0.2 s)."""
+    import threading
+    print("F. The README's offline build (every shipped backlog, offline backends, empty build/)")
+    root = tmp / "readme"
+    root.mkdir()
+    for name in ("templates", "backlogs"):
+        shutil.copytree(REPO / name, root / name)
+    shutil.copy(REPO / "dodo.py", root / "dodo.py")
+    env = {k: v for k, v in os.environ.items() if k not in NOT_PASSED and
+           not k.startswith("CLOOPS_")}
+    env.update({"NO_PROXY": "127.0.0.1,localhost", "COLUMNS": "160"})
+    load_before = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tree_peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            tree_peak[0] = max(tree_peak[0], _tree_rss_kb(proc.pid))
+            time.sleep(0.2)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"the offline build failed in {root}:\n{out[-3000:]}\n{err[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    rss = next((int(x.split()[1]) for x in err.splitlines() if x.startswith("MAXRSS_KB")), 0)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    clips = len(list((root / "build").rglob("ads/*.mp4")))
+    print(f"  load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
+          f"{clips} clips rendered")
+    line("wall time", f"{wall:.0f} s", "about 60 s (issue 24), idle", wall <= 75)
+    line(f"CPU seconds (doit + FFmpeg); / {cores} cores", f"{cpu:.0f} / {cpu / cores:.0f} s",
+         "-", None)
+    line("peak RSS of the doit process", f"{rss / 1024:.0f} MB", "< 500 MB", rss / 1024 < 500)
+    line("peak RSS of the process tree (doit + FFmpeg)", f"{tree_peak[0] / 1024:.0f} MB", "-",
+         None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
-    ap.add_argument("--only", default="", help="comma list of sections: startup,calls,makespan,render")
+    ap.add_argument("--only", default="", help="comma list of sections: startup,calls,makespan,render,offline "
+                         "(offline: not in --quick unless named)")
     ap.add_argument("--runs", type=int, default=3, help="makespan builds to take the median of")
     ap.add_argument("--flows", default="poll,wait",
                     help="prediction flows to time in the makespan: poll (cloops'), wait "
@@ -307,6 +387,9 @@ def main() -> None:
             print("D. Peak memory")
             line(f"peak RSS of doit, {sizes[-1]} stories", f"{peak / 1024:.0f} MB",
                  "≤ 300 MB at 1,000", peak / 1024 <= 300 if sizes[-1] >= 1000 else None)
+    if "offline" in only or (not only and not args.quick):
+        with tempfile.TemporaryDirectory(prefix="cloops-bench-") as d:
+            offline_build(Path(d))
     if not only or "render" in only:
         print("E. Rendering ad clips (benchmarks/render_bench.py)")
         sys.path.insert(0, str(REPO / "benchmarks"))
