@@ -35,7 +35,6 @@ from ..graph.steps import (EachInput, FileInput, Key, Step, StepContext, StepRun
 from ..graph.targets import made_from, read_manifest, write_target
 from .context import current
 from .hub import CallMeta, TaskServices, hub_for
-from .tuning import release_free_memory
 
 # Notes for the reporter (same process in serial and thread mode): task name -> lines.
 NOTES: dict[str, list[str]] = {}
@@ -156,8 +155,6 @@ def run_task(root: str, template: str, story_id: str, step_name: str, n: Key | N
         backlog_mod.set_status(proj.root, b.path, story_id, "failed",
                                error=f"{tname}: {type(exc).__name__}: {exc}")
         raise
-    finally:
-        release_free_memory()
     return None
 
 

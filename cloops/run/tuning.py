@@ -64,9 +64,8 @@ def _libc() -> Any:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-        libc.malloc_trim.argtypes = (ctypes.c_size_t,)
     except (OSError, AttributeError):
-        return None  # another C library (musl has neither)
+        return None  # another C library (musl has no mallopt)
     return libc
 
 
@@ -82,51 +81,18 @@ def tune_malloc() -> bool:
     from which blocks are mapped on their own, so 5-16 MB images and audio buffers end up
     inside the arenas, which they fragment. A build's worker threads compose frames, decode
     images and speak lines at different times: the README's offline build reached 1.44 GB
-    resident with ~0.32 GB live (memray). Two arenas and a fixed 4 MB threshold: ~0.45 GB, for
-    ~5 % more system time (page faults of the blocks mapped anew; measured on this project's
-    2-core machine, benchmarks/README.md). Source: glibc manual, "Memory Allocation Tunables"
+    resident with ~0.32 GB live (memray). Two arenas: 0.64 GB; and a fixed 4 MB threshold:
+    0.44-0.49 GB, for ~4 % more CPU time (page faults of the blocks mapped anew; measured on
+    this project's 2-core machine, benchmarks/README.md; a ``malloc_trim`` once a second took
+    another 5 % for 15 MB, and was left out). Source: glibc manual, "Memory Allocation Tunables"
     (``glibc.malloc.arena_max``, ``glibc.malloc.mmap_threshold``: setting it disables the
     dynamic adjustment) and ``mallopt(3)``.
     """
-    libc = _libc_once()
+    libc = _libc()
     if libc is None:
         return False
     return bool(libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)) and \
         bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-
-
-TRIM_EVERY_S = 1.0  # at most one malloc_trim a second
-_trimmed_at = [0.0]
-
-
-def release_free_memory() -> None:
-    """Give the memory malloc holds free back to the system (glibc ``malloc_trim(0)``, which
-    also releases the free pages inside its arenas), at most once every
-    :data:`TRIM_EVERY_S` seconds; called as each task ends. Elsewhere: nothing.
-
-    A render frees ~100 MB of frames, planes and audio when it ends; glibc keeps it mapped
-    for later allocations, and allocations of other sizes in between leave it fragmented, so
-    the build's resident memory only grew (the README's offline build: 0.37 -> 0.74 GB over
-    the run). Trimmed, resident memory follows what is live. A trim costs about a
-    millisecond; once a second is nothing beside a build. Source: glibc ``malloc_trim(3)``.
-    """
-    import time
-    now = time.monotonic()
-    if now - _trimmed_at[0] < TRIM_EVERY_S:
-        return
-    _trimmed_at[0] = now
-    libc = _libc_once()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-_LIBC: list = []
-
-
-def _libc_once() -> Any:
-    if not _LIBC:
-        _LIBC.append(_libc())
-    return _LIBC[0]
 
 
 def preload_sdks() -> None:

@@ -73,9 +73,11 @@ def _media():
 ADS_SWITCH = "ads.enabled"
 MADE_BY = "rendered"
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-# one render per core, and one more: a render spends part of its time waiting on short FFmpeg
-# runs of its sound (mix, measure, limit, measure again), in which another render can compose
-_RENDER_SLOTS = threading.BoundedSemaphore(max(1, _CORES or 1) + 1)
+# one render per core: each is an encoder (libx264, ~0.2 GB for a 1080x1920 clip) and
+# frames composed beside it, which together keep a core busy. A third render on two cores
+# (to fill the waits on its sound's short FFmpeg runs) made the README's offline build no
+# faster and its peak memory ~60 MB higher (benchmarks/README.md, issue 24)
+_RENDER_SLOTS = threading.BoundedSemaphore(max(1, _CORES or 1))
 SPEECH_TAIL_S = 0.35  # a spoken line's clip lasts at least this long after its last word
 # A line longer than its clip is said up to this much faster (pitch kept) before the clip is
 # made longer: 1.25 is a brisk but natural delivery (ElevenLabs' own speed setting goes to 1.2)
