@@ -35,18 +35,23 @@ STORIES = SHARD0 + SHARD1
 
 # ---------------------------------------------------------------- helpers
 
-def worker_project(root: Path, stories: list[str], url: str, endpoint: str, *,
-                   lease_s: float = 10.0, **llm) -> Project:
-    """A fresh worker: the templates, a backlog of ``stories`` and the shared URL; an empty
-    build folder. comic-books-standard alone, fast retries, ads off."""
-    root.mkdir(parents=True)
-    proj = make_project(root, stories)
+def _standard_only(root: Path) -> None:
+    """Keep only comic-books-standard's template and backlog in the project at ``root``."""
     for d in (root / "templates").iterdir():
         if d.name != STD:
             shutil.rmtree(d)
     for b in (root / "backlogs").iterdir():
         if b.stem != STD:
             b.unlink()
+
+
+def worker_project(root: Path, stories: list[str], url: str, endpoint: str, *,
+                   lease_s: float = 10.0, **llm) -> Project:
+    """A fresh worker: the templates, a backlog of ``stories`` and the shared URL; an empty
+    build folder. comic-books-standard alone, fast retries, ads off."""
+    root.mkdir(parents=True)
+    proj = make_project(root, stories)
+    _standard_only(root)
 
     def edit(c):
         c.update(retry={"baseS": 0.01, "capS": 0.05})
@@ -493,12 +498,7 @@ def built_once(tmp_path_factory):
     root = tmp_path_factory.mktemp("pub") / "built"
     root.mkdir()
     proj = make_project(root, PUB)
-    for d in (root / "templates").iterdir():
-        if d.name != STD:
-            shutil.rmtree(d)
-    for b in (root / "backlogs").iterdir():
-        if b.stem != STD:
-            b.unlink()
+    _standard_only(root)
     run = proj.doit(env=FAKE)
     assert run.rc == 0, run.out + run.err
     assert all(built(proj, s) for s in PUB)

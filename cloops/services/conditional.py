@@ -67,8 +67,9 @@ class Refused(Exception):
     the store, not a failure. The message is the object's path."""
 
 
-def _code(exc: BaseException) -> str | None:
-    """The service's error code in ``exc`` or its causes (botocore ``Error.Code``)."""
+def error_code(exc: BaseException) -> str | None:
+    """The storage service's error code found in ``exc`` or its causes (botocore ClientError
+    ``Error.Code``, gcsfs HttpError ``code``), without its message."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -77,6 +78,9 @@ def _code(exc: BaseException) -> str | None:
             code = response.get("Error", {}).get("Code")
             if code:
                 return str(code)
+        code = getattr(exc, "code", None)
+        if isinstance(code, int):
+            return str(code)
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -131,7 +135,7 @@ class Versioned:
         except FileNotFoundError:
             return None
         except Exception as exc:  # noqa: BLE001 - s3fs translates some ClientErrors, not all
-            if _code(exc) in ("NoSuchKey", "404"):
+            if error_code(exc) in ("NoSuchKey", "404"):
                 return None
             raise
         return _read_body(self.fs, out["Body"]), str(out.get("ETag", ""))
@@ -197,7 +201,7 @@ class Versioned:
             out = self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **cond,
                                   **extra)
         except Exception as exc:  # noqa: BLE001 - s3fs turns some ClientErrors into OSErrors
-            if isinstance(exc, FileExistsError) or _code(exc) in _REFUSED_S3:
+            if isinstance(exc, FileExistsError) or error_code(exc) in _REFUSED_S3:
                 raise Refused(path) from None
             raise
         self.fs.invalidate_cache(path)

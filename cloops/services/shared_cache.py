@@ -68,8 +68,8 @@ from typing import Any, Callable, Mapping
 
 from ..core.errors import CloopsError
 from ..core.fileio import canonical_json
-from .conditional import GCS, S3, Refused, Versioned
-from .storage import _error_code, _scrub, _secrets, redact_url
+from .conditional import GCS, S3, Refused, Versioned, error_code
+from .storage import _scrub, _secrets, redact_url
 
 ATTEMPTS = 3  # tries of one shared-tier operation before the tier is declared lost
 RETRY_WAIT_S = 0.3  # first wait between tries (doubles)
@@ -354,7 +354,7 @@ class SharedTier:
         return _FsspecStore(fs, root, protocol)
 
     def _describe(self, exc: BaseException) -> str:
-        code = _error_code(exc)
+        code = error_code(exc)
         name = type(exc).__name__
         if code in _AUTH or isinstance(exc, PermissionError):
             return f"the credentials were refused ({code or name})"

@@ -77,7 +77,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from ..core.errors import CloopsError, InputError
 from ..core.fileio import atomic_copy_file, atomic_write_bytes, sha256_bytes, sha256_file
-from .conditional import Refused, Versioned
+from .conditional import Refused, Versioned, error_code
 
 MANIFEST_KEY = ".cloops-publish.json"
 INDEX_KEY = "index.json"
@@ -179,24 +179,6 @@ def _content_type(key: str) -> str:
 
 # --------------------------------------------------------------------------- errors
 
-def _error_code(exc: BaseException) -> str | None:
-    """The storage service's error code found in ``exc`` or its causes (botocore ClientError
-    ``Error.Code``, gcsfs HttpError ``code``), without its message."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        response = getattr(exc, "response", None)
-        if isinstance(response, dict):
-            code = response.get("Error", {}).get("Code")
-            if code:
-                return str(code)
-        code = getattr(exc, "code", None)
-        if isinstance(code, int):
-            return str(code)
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def _auth_fix(protocol: str, url: str) -> str:
     if protocol in ("s3", "s3a"):
         return ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for "
@@ -217,7 +199,7 @@ def _remote(protocol: str, url: str, secrets: list[str], doing: str) -> Iterator
     except (CloopsError, Refused):
         raise
     except Exception as exc:  # noqa: BLE001 - every library error becomes ours, scrubbed
-        code = _error_code(exc)
+        code = error_code(exc)
         name = type(exc).__name__
         if protocol in LOCAL and isinstance(exc, OSError):
             raise PublishError(f"{url}: {doing} failed ({exc.strerror or name}). Fix: check "
