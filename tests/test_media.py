@@ -252,6 +252,46 @@ def test_frames_are_bt709_limited_range_planes():
     assert sprite.planes.v.getpixel((1, 1)) == 240 and sprite.masks[1].getpixel((1, 1)) == 64
 
 
+def test_strip_conversions_give_the_bytes_of_whole_image_ones():
+    """RGB->YUV and the poster's YUV->RGB work in strips of rows (issue 24: memory); every
+    size - odd heights and widths, a strip's edge inside the image - gives the bytes a
+    whole-image conversion gives, and the poster's inverse brings the planes back within
+    the rounding of 8-bit limited range."""
+    from cloops.services.media import frames as fr
+    from cloops.services.media.layout import FRAME_H_PX, FRAME_W_PX
+    rng = np.random.default_rng(7)
+    for h, w in ((fr.STRIP_ROWS * 2 + 1, 577), (fr.STRIP_ROWS - 1, 130), (3, 5), (1, 1)):
+        rgb = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        y, u, v = fr._ycc(rgb)  # the whole image at once, as before the strips
+        want = [np.clip(a, 0, 255).astype(np.uint8) for a in (y, fr._halve(u), fr._halve(v))]
+        got = fr.yuv_planes(Image.fromarray(rgb))
+        for plane, ref in zip((got.y, got.u, got.v), want):
+            assert np.array_equal(np.asarray(plane), ref), (h, w)
+    flat = rng.integers(40, 200, size=(1, 1, 3), dtype=np.uint8)
+    img = Image.fromarray(np.broadcast_to(flat, (FRAME_H_PX, FRAME_W_PX, 3)).copy())
+    planes = fr.yuv_planes(img)
+    frame = planes.y.tobytes() + planes.u.tobytes() + planes.v.tobytes()
+    back = np.asarray(fr.frame_to_rgb(frame)).astype(int)
+    assert np.abs(back - flat.astype(int)).max() <= 2
+    assert (back == back[0, 0]).all()  # no seam at the strips' edges
+
+
+def test_a_shot_dropped_after_its_last_frame_makes_the_same_frames_again(media):
+    """A shot's planes go after its last frame and come back when a frame needs them
+    again (a poster, a second rendition): the same bytes."""
+    from cloops.services.media.frames import Compositor, Shot
+    from cloops.services.media.layout import FRAME_H_PX, FRAME_W_PX
+    img = Image.open(media / "grid.png").convert("RGB")
+    box = Box(0, 0, img.width, img.height)
+    shot = Shot(img, box, box.zoomed(1.1), Box(0, 0, FRAME_W_PX, FRAME_H_PX), 4, backdrop=None,
+                eased=False)
+    comp = Compositor([(shot, i) for i in range(4)], [()] * 4)
+    first = [b"".join(bytes(b) for b in comp.frame(i)) for i in range(4)]
+    assert shot._planes is None  # released after frame 3
+    again = b"".join(bytes(b) for b in comp.frame(1))
+    assert again == first[1] and first[1] != first[2]
+
+
 def test_clips_keep_the_source_colours(media, tmp_path):
     """What a player shows is the image's colour: the frames are tagged as what they are."""
     clip = render_hook_clip(media / "plain.png", tmp_path / "c.mp4", line="", duration_s=0.2)
