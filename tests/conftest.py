@@ -138,14 +138,19 @@ class Started:
 
 def make_project(tmp: Path, story_ids: list[str] | None = None, *, small_images: bool = True,
                  templates: tuple[str, ...] | None = ("comic-books-standard",),
-                 ads: bool = False) -> Project:
+                 ads: bool = False, only: bool = False) -> Project:
     """A temp project: every template, and the backlogs of ``templates`` (None: all) with
-    only ``story_ids`` (default: all stories).
+    only ``story_ids`` (default: all stories). ``only``: the other templates' folders are
+    left out too (their steps and calls would add to every count).
 
     ``ads``: keep the ad components as the templates ship them (the kids template renders
     them); by default they are switched off, so that tests of everything else do not spend
     a minute of CPU rendering clips (tests/test_ads.py switches them on)."""
     shutil.copytree(REPO / "templates", tmp / "templates")
+    if only and templates is not None:
+        for d in (tmp / "templates").iterdir():
+            if d.is_dir() and d.name not in templates:
+                shutil.rmtree(d)
     shutil.copy(REPO / "dodo.py", tmp / "dodo.py")
     (tmp / "backlogs").mkdir()
     for src in (REPO / "backlogs").glob("*.json"):

@@ -9,7 +9,6 @@ uploads are free, predictions are not).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -35,23 +34,12 @@ STORIES = SHARD0 + SHARD1
 
 # ---------------------------------------------------------------- helpers
 
-def _standard_only(root: Path) -> None:
-    """Keep only comic-books-standard's template and backlog in the project at ``root``."""
-    for d in (root / "templates").iterdir():
-        if d.name != STD:
-            shutil.rmtree(d)
-    for b in (root / "backlogs").iterdir():
-        if b.stem != STD:
-            b.unlink()
-
-
 def worker_project(root: Path, stories: list[str], url: str, endpoint: str, *,
                    lease_s: float = 10.0, **llm) -> Project:
     """A fresh worker: the templates, a backlog of ``stories`` and the shared URL; an empty
     build folder. comic-books-standard alone, fast retries, ads off."""
     root.mkdir(parents=True)
-    proj = make_project(root, stories)
-    _standard_only(root)
+    proj = make_project(root, stories, only=True)
 
     def edit(c):
         c.update(retry={"baseS": 0.01, "capS": 0.05})
@@ -64,15 +52,8 @@ def worker_project(root: Path, stories: list[str], url: str, endpoint: str, *,
 
 def billed(oa: FakeOpenAI, rp: FakeReplicate) -> list[tuple[str, str, bool]]:
     """Every job the fakes billed as ``(fingerprint, id, its id reached the client)``."""
-    out = [(r.fingerprint, r.id, r.answered) for r in oa.billed]
-    for p in rp.billed:
-        body = json.loads(json.dumps(p.request.body))
-        refs = body.get("input", {}).get("image_input")
-        if refs:
-            body["input"]["image_input"] = [
-                hashlib.sha256(rp.upload_url_bytes(u) or b"").hexdigest() for u in refs]
-        out.append((json.dumps(body, sort_keys=True), p.id, p.create_answered))
-    return out
+    return [(r.fingerprint, r.id, r.answered) for r in oa.billed] + \
+        [(rp.request_key(p), p.id, p.create_answered) for p in rp.billed]
 
 
 def paid_twice(jobs) -> list[str]:
@@ -497,8 +478,7 @@ def built_once(tmp_path_factory):
     from test_rebuild_rules import FAKE
     root = tmp_path_factory.mktemp("pub") / "built"
     root.mkdir()
-    proj = make_project(root, PUB)
-    _standard_only(root)
+    proj = make_project(root, PUB, only=True)
     run = proj.doit(env=FAKE)
     assert run.rc == 0, run.out + run.err
     assert all(built(proj, s) for s in PUB)

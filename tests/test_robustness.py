@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -45,13 +44,7 @@ def std_project(root: Path) -> Project:
     """The two stories in ``comic-books-standard`` alone (other templates would add their own
     calls to every count), with fast retries."""
     root.mkdir(parents=True, exist_ok=True)
-    proj = make_project(root, list(STORIES))
-    for d in (root / "templates").iterdir():
-        if d.name != STD:
-            shutil.rmtree(d)
-    for b in (root / "backlogs").iterdir():
-        if b.stem != STD:
-            b.unlink()
+    proj = make_project(root, list(STORIES), only=True)
     proj.edit_config(lambda c: c.update(retry={"baseS": 0.01, "capS": 0.05}))
     return proj
 

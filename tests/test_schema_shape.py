@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -141,10 +140,7 @@ def test_a_story_builds_end_to_end_through_a_real_llama_cpp_python_server(tmp_pa
                 time.sleep(0.5)
         root = tmp_path / "p"
         root.mkdir()
-        proj = make_project(root, ["noah-s-ark"])
-        for d in (root / "templates").iterdir():
-            if d.name != "comic-books-standard":
-                shutil.rmtree(d)
+        proj = make_project(root, ["noah-s-ark"], only=True)
         proj.edit_config(lambda c: c["llm"].update(backend="openai-chat",
                                                    baseUrl=f"http://127.0.0.1:{port}/v1",
                                                    model=gguf.stem, schemaRetries=1))

@@ -10,7 +10,6 @@ matter here.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -27,10 +26,7 @@ PROSE = "Here is the page plan you asked for: {title: Noah's Ark, pages: 3} (JSO
 def proj(tmp_path) -> Project:
     root = tmp_path / "p"
     root.mkdir()
-    proj = make_project(root, ["noah-s-ark", "david-and-goliath"])
-    for d in (root / "templates").iterdir():
-        if d.name != STD:
-            shutil.rmtree(d)
+    proj = make_project(root, ["noah-s-ark", "david-and-goliath"], only=True)
     proj.edit_config(lambda c: c.update(retry={"baseS": 0.01, "capS": 0.05}))
     return proj
 

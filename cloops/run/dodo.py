@@ -25,7 +25,7 @@ from .dispatch import install, service_saturation, task_priority
 from .fleet import check_shared, shard_from_env
 from .reporter import CloopsReporter
 from .selection import STORY_COMMANDS, dry_mode, parse_argv, selected_stories, unknown_story
-from .tuning import freeze_live_objects, relax_gc, tune_malloc
+from .tuning import freeze_live_objects, relax_gc
 
 DEFAULT_JOBS = 24  # doit worker threads; `doit -n 1` runs one task at a time
 
@@ -169,7 +169,6 @@ def namespace(dodo_file: str) -> dict[str, Any]:
         ns = dodo_namespace(Path(dodo_file).resolve().parent)
         freeze_live_objects()
         relax_gc()
-        tune_malloc()
         return ns
     except CloopsError as exc:
         if os.environ.get("CLOOPS_DEBUG"):

@@ -74,7 +74,8 @@ def tune_malloc() -> bool:
     :data:`MALLOC_ARENAS` arenas (``mallopt(M_ARENA_MAX)``, what ``MALLOC_ARENA_MAX`` does) and
     a fixed mmap threshold of :data:`MMAP_THRESHOLD_BYTES` (``mallopt(M_MMAP_THRESHOLD)``).
     Returns True when set (glibc), False elsewhere (other C libraries, macOS, Windows:
-    nothing to do).
+    nothing to do). Called by :func:`preload_sdks` when a run has tasks to execute, so a
+    start-up with nothing to do does not import ctypes (~10 ms).
 
     glibc gives threads their own arenas (up to 8 per core) and keeps what a thread freed in
     its arena for that arena's next allocations; and each large block freed raises the size
@@ -102,7 +103,8 @@ def preload_sdks() -> None:
     The services the first steps call (depth 0: the LLM for a narrative) are preloaded now, in
     the main thread; the others (image, voice) in a background thread, so importing the image
     SDK overlaps the first LLM calls' network time instead of delaying them. A task that needs
-    a service before its preload is done waits for it.
+    a service before its preload is done waits for it. When tasks will run, malloc is tuned
+    first (:func:`tune_malloc`), before doit starts their threads.
     """
     import threading
 
@@ -112,6 +114,7 @@ def preload_sdks() -> None:
     _book, sealed, items = run_context()
     if items and set(items) <= sealed:
         return  # every selected story is sealed: no task will call a service
+    tune_malloc()  # tasks will run: before their threads start (not in every start-up)
     now: dict[str, Any] = {}
     later: dict[str, Any] = {}
     for b in proj.backlogs:

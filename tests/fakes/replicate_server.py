@@ -507,6 +507,17 @@ class FakeReplicate(LoopbackServer):
         """The bytes uploaded at a ``urls.get`` this server answered, or None."""
         return self.uploads.get(url.rsplit("/", 1)[-1])
 
+    def request_key(self, prediction: FakePrediction) -> str:
+        """The prediction's request as canonical JSON with its reference images named by the
+        SHA-256 of the bytes uploaded at their URLs: the same request sent by two workers,
+        whose uploads of one file get different URLs, gives the same key."""
+        body = json.loads(json.dumps(prediction.request.body))
+        refs = body.get("input", {}).get("image_input")
+        if refs:
+            body["input"]["image_input"] = [
+                hashlib.sha256(self.upload_url_bytes(u) or b"").hexdigest() for u in refs]
+        return json.dumps(body, sort_keys=True)
+
     def _file(self, handler, rec: RecordedRequest, path: str, reply: Reply) -> None:
         name = _FILE.match(path)["name"]
         pid = name.split("-", 1)[0]
