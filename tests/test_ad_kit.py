@@ -207,7 +207,7 @@ def test_posters_are_1080x1920_frames_of_the_clip(kit):
     # the hook's poster shows its line (it differs from the clean frame in the text's box)
     poster = np.asarray(Image.open(d / "hook-1.jpg").convert("RGB"))
     clean = frames_of(d / "hook-1-clean.mp4", [30])[0]
-    box = diff_box(poster, clean)
+    box = diff_box(poster, clean, block=4)  # exact against decoded: compare 4x4 means
     assert box is not None and SAFE_AREA.contains(box)
 
 

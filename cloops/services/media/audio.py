@@ -359,6 +359,7 @@ def normalize(pcm: np.ndarray, target_lufs: float, true_peak_dbtp: float, *,
         return pcm, before, ceiling
     gain = target_lufs - before.integrated_lufs
     out, now = pcm, before
+    last: tuple[float, float] | None = None  # (gain, loudness) of the previous try
     for _ in range(4):  # the limiter takes a little loudness off the peaks: aim again
         out, now = _limited(pcm, gain, ceiling)
         if now.silent:
@@ -366,7 +367,15 @@ def normalize(pcm: np.ndarray, target_lufs: float, true_peak_dbtp: float, *,
         miss = target_lufs - now.integrated_lufs
         if abs(miss) <= LOUDNESS_TOLERANCE_LU:
             break
-        gain += miss
+        # the louder the gain, the more the limiter takes back: after the first try, step by
+        # the slope the last two tries measured (a secant step) rather than by 1 dB per LU,
+        # which crept up on the target over three or four FFmpeg runs
+        slope = 1.0
+        if last is not None and abs(gain - last[0]) > 1e-6:
+            slope = (now.integrated_lufs - last[1]) / (gain - last[0])
+            slope = min(1.0, max(0.25, slope))
+        last = (gain, now.integrated_lufs)
+        gain += miss / slope
     return out, now, ceiling
 
 

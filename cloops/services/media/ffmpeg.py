@@ -162,10 +162,9 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
     ``["-i", "voice.mp3"]``; ``audio_filter`` is a filter graph ending in ``[a]``;
     ``video_filter`` filters ``[0:v]`` (e.g. a fade). ``still``: every frame is frame 0 (an
     end card): it crosses the pipe once and FFmpeg repeats it (``tpad``), so only the
-    encoder works per frame. ``workers`` threads
-    make frames ahead of the encoder (Pillow releases the GIL while it resamples); frames are
-    written in order, so the output does not depend on their timing. ``sources`` name the
-    input files in error messages.
+    encoder works per frame. ``workers`` threads make frames ahead of the encoder (OpenCV and
+    Pillow release the GIL while they resample); frames are written in order, so the output
+    does not depend on their timing. ``sources`` name the input files in error messages.
 
     Raises:
         RenderError: FFmpeg missing or failed (the temp file is removed, the target untouched).
