@@ -23,6 +23,7 @@ The tasks' actions are the run layer's (:class:`Actions`): this module only decl
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -62,6 +63,14 @@ class Inputs:
     (``"config style.artStyle"``, ``"file system-prompts/step3-prompts.md"``) so the reporter
     and ``doit info`` can say why.
     """
+
+    # doit asks inspect.signature(checker) of every task's uptodate checker, on every run, to
+    # find its magic "task" and "values" arguments (doit/dependency.py get_status); an
+    # instance's signature is otherwise rebuilt from its __call__ each time, ~5 % of the
+    # engine's time on a 25,000-task build. This is what it finds: __call__'s, without self.
+    __signature__ = inspect.Signature([
+        inspect.Parameter("task", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("values", inspect.Parameter.POSITIONAL_OR_KEYWORD)])
 
     def __init__(self, values: dict[str, str] | Callable[[], dict[str, str]],
                  story_dir: str = "", rel: str = ""):
@@ -180,9 +189,12 @@ class Sources:
         fan-out with a ``library`` come resolved: an item marked ``"library": true`` is the
         library entry with the item's own fields over it (see :class:`ForEach`)."""
         data, error = self._load(path)
+        return self._data_of(path, data, error)
+
+    def _data_of(self, path: str, data: Any, error: str | None) -> Any:
         fan = plan_of(self.tpl).fanouts.get(path)
         if data is None or fan is None or fan.library is None or error is not None \
-                or self.error(path):
+                or self._error_of(path, data, error):
             return data
         return self._resolved(path, data, fan)
 
@@ -212,11 +224,25 @@ class Sources:
         """Why ``path`` cannot be used (bad JSON, or for a fan-out source no list of objects at
         its key, or ids that are not unique slugs), or None."""
         data, error = self._load(path)
+        return self._error_of(path, data, error)
+
+    def _error_of(self, path: str, data: Any, error: str | None) -> str | None:
+        """:meth:`error` for what :meth:`_load` gave (checked once per parse: the result is
+        kept with the parsed object it belongs to)."""
         if error is not None or data is None:
             return error
         fan = plan_of(self.tpl).fanouts.get(path)
         if fan is None:
             return None
+        key = ("error", path)
+        hit = self._cache.get(key)
+        if hit is not None and hit[1] is data:
+            return hit[2]
+        found = self._fan_error(path, data, fan)
+        self._cache[key] = (None, data, found)
+        return found
+
+    def _fan_error(self, path: str, data: Any, fan) -> str | None:
         full = str(self.dir / path)
         items = data.get(fan.key) if isinstance(data, dict) else None
         if not (isinstance(items, list) and all(isinstance(i, dict) for i in items)):
@@ -258,9 +284,10 @@ class Sources:
 
     def items(self, source: str) -> list[dict] | None:
         """The fan-out's items, or None when the file is missing or unusable."""
-        if self.error(source) is not None:
+        data, error = self._load(source)  # one stat for the check and the data
+        if self._error_of(source, data, error) is not None:
             return None
-        data = self.data(source)
+        data = self._data_of(source, data, error)
         return None if data is None else data[plan_of(self.tpl).fanouts[source].key]
 
     def keys(self, source: str | None) -> list[Key]:

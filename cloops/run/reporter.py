@@ -92,6 +92,10 @@ class CloopsReporter:
         # CLOOPS_PROGRESS=lines or output to a pipe or file keeps the lines
         self.view = None
         self._live = self.console.is_terminal and not wants_lines(sys.argv[1:])
+        # to a pipe or a file rich renders no colour: a task's line is then its plain text,
+        # written as such (rich's render and its terminal checks cost more than the line on
+        # a 25,000-task build - issue 24's engine time per task)
+        self._plain = self.console.color_system is None and not self.console.record
         self._services: dict[tuple[str, str], str | None] = {}
 
     # doit reporter protocol ------------------------------------------------
@@ -211,9 +215,14 @@ class CloopsReporter:
                                               f"  {line}"))
             return
         dt = time.monotonic() - self.started.get(task.name, time.monotonic())
-        self.console.print(self._text(("✓", "green"), f" {story}  ", (step, "bold"), "  ",
-                                      (f"({self.reasons.get(task.name, 'stale')}; {dt:.1f}s)",
-                                       "dim")))
+        reason = f"({self.reasons.get(task.name, 'stale')}; {dt:.1f}s)"
+        if self._plain:
+            out = self.console.file
+            out.write(f"✓ {story}  {step}  {reason}\n")
+            out.flush()
+        else:
+            self.console.print(self._text(("✓", "green"), f" {story}  ", (step, "bold"), "  ",
+                                          (reason, "dim")))
         for line in notes:
             self.console.print(f"    [yellow]![/yellow] {self._esc(line)}")
 
