@@ -144,6 +144,10 @@ def load_project(root: Path | str | None = None) -> Project:
     Raises:
         InputError: a backlog is invalid, or two backlogs name the same template.
     """
+    if root is not None:  # every task asks with the loaded project's own (resolved) root:
+        hit = _PROJECTS.get(str(root))  # no realpath (a stat per path component) each time
+        if hit is not None:
+            return hit
     root = Path(root or os.getcwd()).resolve()
     with _PLOCK:
         if str(root) in _PROJECTS:
