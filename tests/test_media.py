@@ -521,3 +521,34 @@ def test_captions_formats_and_chunking():
     assert all(len(p) <= 30 for p in pieces)
     assert " ".join(pieces).split() == ("One. Two words here. " + "word " * 12).split()
     assert pieces[0] == "One. Two words here."
+
+
+def test_a_text_blended_into_a_moving_band_gives_pillows_paste_bytes():
+    """The band under a moving picture is composed as arrays (issue 24): a text blended there,
+    clipped at the band's edges, gives exactly the bytes Pillow's paste gives on planes."""
+    from cloops.services.media.frames import Sprite, yuv_planes
+    rng = np.random.default_rng(3)
+    rgba = Image.fromarray(rng.integers(0, 256, (37, 51, 4), dtype=np.uint8), "RGBA")
+    sprite = Sprite.of(rgba, Box(7, 9, 58, 46))
+    planes = yuv_planes(Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)))
+    for top, bottom in ((0, 60), (20, 40), (30, 60)):  # whole, cutting through, lower edge
+        ref = planes.rows(top, bottom)
+        band = tuple(np.asarray(p).copy() for p in ref.y_u_v())
+        sprite.onto(ref, top)
+        sprite.blend(band, top)
+        for want, got in zip(ref.y_u_v(), band):
+            assert np.array_equal(np.asarray(want), got), (top, bottom)
+
+
+def test_warp_maps_pixel_centres_onto_pixel_centres():
+    """A window shifted by whole pixels at 1:1 is exactly a crop; a half-pixel shift is the
+    mean of neighbours (bilinear), and the result does not depend on the run."""
+    from cloops.services.media.frames import warp
+    rng = np.random.default_rng(5)
+    plane = rng.integers(0, 256, (90, 70), dtype=np.uint8)
+    assert np.array_equal(warp(plane, (3.0, 5.0, 53.0, 65.0), (50, 60)), plane[5:65, 3:53])
+    half = warp(plane, (3.5, 5.0, 53.5, 65.0), (50, 60)).astype(int)
+    mean = (plane[5:65, 3:53].astype(int) + plane[5:65, 4:54]) / 2
+    assert np.abs(half - mean).max() <= 1
+    assert np.array_equal(warp(plane, (3.3, 5.7, 60.1, 80.2), (40, 50)),
+                          warp(plane, (3.3, 5.7, 60.1, 80.2), (40, 50)))
