@@ -215,14 +215,13 @@ class CloopsReporter:
                                               f"  {line}"))
             return
         dt = time.monotonic() - self.started.get(task.name, time.monotonic())
-        reason = f"({self.reasons.get(task.name, 'stale')}; {dt:.1f}s)"
-        if self._plain:
-            out = self.console.file
-            out.write(f"✓ {story}  {step}  {reason}\n")
-            out.flush()
+        text = self._text(("✓", "green"), f" {story}  ", (step, "bold"), "  ",
+                          (f"({self.reasons.get(task.name, 'stale')}; {dt:.1f}s)", "dim"))
+        if self._plain:  # what rich would print here, without its render
+            self.console.file.write(text.plain + "\n")
+            self.console.file.flush()
         else:
-            self.console.print(self._text(("✓", "green"), f" {story}  ", (step, "bold"), "  ",
-                                          (reason, "dim")))
+            self.console.print(text)
         for line in notes:
             self.console.print(f"    [yellow]![/yellow] {self._esc(line)}")
 

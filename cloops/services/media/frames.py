@@ -26,7 +26,7 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
@@ -105,6 +105,7 @@ class Planes:
         return Planes(self.y.copy(), self.u.copy(), self.v.copy())
 
     def y_u_v(self) -> tuple[Image.Image, Image.Image, Image.Image]:
+        """The three planes in frame order."""
         return self.y, self.u, self.v
 
     def paste(self, other: "Planes", left: int, top: int,
@@ -216,7 +217,7 @@ class Shot:
         size = (max(2, round(union.width * scale)), max(2, round(union.height * scale)))
         self.size = size  # of the resampled image, whose planes are all a frame needs
         self._img, self._union = img, tuple(union)
-        self._planes: Planes | None = None
+        self._planes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._lock = threading.Lock()
         sx, sy = size[0] / union.width, size[1] / union.height
         self.start = Box((start.left - union.left) * sx, (start.top - union.top) * sy,
@@ -304,7 +305,12 @@ class Sprite:
     planes: Planes
     masks: tuple[Image.Image, Image.Image]
     box: Box
-    arrays: tuple[np.ndarray, ...] = ()  # y, u, v, full mask, half mask (uint8)
+
+    @cached_property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The planes and masks as uint8 arrays - y, u, v, full mask, half mask - for
+        :meth:`blend` (made once per sprite)."""
+        return tuple(np.asarray(i) for i in (*self.planes.y_u_v(), *self.masks))
 
     @classmethod
     def of(cls, rgba: Image.Image, box: Box) -> "Sprite":
@@ -320,9 +326,7 @@ class Sprite:
         y, u, v = _ycc(arr[..., :3])
         half_alpha = _halve(alpha)
         planes = Planes(_l(y), _l(_halve(u, alpha)), _l(_halve(v, alpha)))
-        masks = (_l(alpha), _l(half_alpha))
-        arrays = tuple(np.asarray(i) for i in (*planes.y_u_v(), *masks))
-        return cls(planes, masks, outer, arrays)
+        return cls(planes, (_l(alpha), _l(half_alpha)), outer)
 
     def onto(self, planes: Planes, top: int = 0) -> None:
         """Composite onto ``planes`` whose first row is frame row ``top``."""
