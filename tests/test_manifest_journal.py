@@ -68,3 +68,47 @@ def test_readers_see_every_record_while_writers_fold_the_journal(tmp_path):
         for t in readers:
             t.join()
     assert seen_missing == []
+
+
+def _fresh_manifest(story_dir):
+    """What a process with nothing remembered reads: the files alone."""
+    from cloops.graph import targets
+    with targets._klock:
+        targets._known.clear()
+    return read_manifest(story_dir)
+
+
+def test_what_another_process_wrote_is_read_although_this_one_remembers_the_manifest(tmp_path):
+    write_target(tmp_path, "narrative.md", b"one", made_by="m", offline=False)
+    meta = tmp_path / META_DIR
+    read_manifest(tmp_path)  # remembered here
+    # another process appends a record (doit restore, a second worker)
+    with open(meta / JOURNAL_FILE, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(["cast.json", {"sha256": "x", "madeBy": "other"}]) + "\n")
+    assert read_manifest(tmp_path)["cast.json"]["madeBy"] == "other"
+    # ... then folds the journal into manifest.json and removes it
+    whole = dict(read_manifest(tmp_path), **{"pages.json": {"sha256": "y", "madeBy": "folded"}})
+    (meta / MANIFEST_FILE).write_text(json.dumps(whole))
+    (meta / JOURNAL_FILE).unlink()
+    assert sorted(read_manifest(tmp_path)) == ["cast.json", "narrative.md", "pages.json"]
+    # a torn append of the other process, then this one's write: the torn line is skipped
+    with open(meta / JOURNAL_FILE, "a", encoding="utf-8") as fh:
+        fh.write('["images/1.jpg", {"sha2')
+    assert sorted(read_manifest(tmp_path)) == ["cast.json", "narrative.md", "pages.json"]
+    write_target(tmp_path, "images/2.jpg", b"jpeg", made_by="m", offline=False)
+    got = read_manifest(tmp_path)
+    assert sorted(got) == ["cast.json", "images/2.jpg", "narrative.md", "pages.json"]
+    assert got == _fresh_manifest(tmp_path)
+
+
+def test_the_remembered_manifest_is_what_the_files_say_after_every_write(tmp_path):
+    rels = [f"prompts/{i}.txt" for i in range(5)]
+    for k in range(2 * JOURNAL_LINES + 3):
+        write_target(tmp_path, rels[k % 5], str(k).encode(), made_by="m", offline=False)
+        if k % 7 == 0:
+            remove_target(tmp_path, rels[(k + 1) % 5])
+        remembered = read_manifest(tmp_path)
+        assert remembered == _fresh_manifest(tmp_path), k
+    remembered = read_manifest(tmp_path)
+    remembered.clear()  # a caller's change does not reach what is remembered
+    assert read_manifest(tmp_path) == _fresh_manifest(tmp_path) != {}

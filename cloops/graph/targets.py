@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -77,14 +78,98 @@ def _identity(path: str) -> tuple[int, int] | None:
     return st.st_ino, st.st_mtime_ns
 
 
+@dataclass
+class _Known:
+    """What this process last read or wrote of one story's manifest: ``whole`` is the
+    identity (inode, mtime) of ``manifest.json``, ``journal`` the journal's inode and how many
+    of its bytes are applied (always up to a line's end), ``lines`` the journal's line count."""
+
+    whole: tuple[int, int] | None
+    journal: tuple[int, int] | None
+    manifest: dict[str, dict]
+    lines: int
+
+
+# Per story folder, the manifest as last read or written here (the most recent
+# _KNOWN_STORIES): a write reads the manifest under the story's lock, and re-reading it whole -
+# the manifest and up to JOURNAL_LINES journal lines, each parsed - was a fifth of a task's
+# file work. The files stay the truth: an entry is used only while manifest.json has the
+# identity it had and the journal has the same inode, and only the journal bytes appended
+# since (by another process: `doit restore`, a second worker) are read.
+_KNOWN_STORIES = 512
+_known: OrderedDict[str, _Known] = OrderedDict()
+_klock = threading.Lock()
+
+
+def _journal_state(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size
+
+
+def _apply_lines(manifest: dict, data: bytes) -> tuple[int, int]:
+    """Apply the journal bytes ``data`` to ``manifest``; return (lines seen, bytes applied:
+    up to the last newline - a torn last line is counted but left for the next read)."""
+    lines = 0
+    for line in data.splitlines(keepends=True):
+        lines += 1
+        if not line.endswith(b"\n"):
+            break
+        try:
+            rel, rec = json.loads(line)
+        except (ValueError, TypeError):
+            continue
+        if rec is None:
+            manifest.pop(rel, None)
+        else:
+            manifest[rel] = rec
+    end = data.rfind(b"\n") + 1
+    return lines, end
+
+
+def _remember(meta: str, known: _Known) -> None:
+    with _klock:
+        _known[meta] = known
+        _known.move_to_end(meta)
+        while len(_known) > _KNOWN_STORIES:
+            _known.popitem(last=False)
+
+
 def _read_manifest(story_dir: Path) -> tuple[dict[str, dict], int]:
-    """The manifest and how many journal lines it took (a torn or unreadable line, which only
-    a kill during its append leaves, is skipped).
+    """The manifest (a new dict the caller may change) and how many journal lines it took (a
+    torn or unreadable line, which only a kill during its append leaves, is skipped).
 
     Lock-free for readers: when the manifest was written whole while it was read (its inode
     changed: the journal read may be the next one), it is read again."""
     meta = os.path.join(story_dir, META_DIR)
     whole, journal = os.path.join(meta, MANIFEST_FILE), os.path.join(meta, JOURNAL_FILE)
+    with _klock:
+        known = _known.get(meta)
+    if known is not None:
+        state = _journal_state(journal)
+        if _identity(whole) == known.whole:
+            if state == known.journal or (state is None and known.journal is None):
+                return dict(known.manifest), known.lines
+            if (state is not None and known.journal is not None and state[0] == known.journal[0]
+                    and state[1] > known.journal[1]):
+                # appended since: apply only the new bytes
+                try:
+                    with open(journal, "rb") as fh:
+                        fh.seek(known.journal[1])
+                        tail = fh.read()
+                except FileNotFoundError:
+                    tail = None
+                if tail is not None:
+                    manifest = dict(known.manifest)
+                    seen, used = _apply_lines(manifest, tail)
+                    lines = known.lines + seen
+                    if used == len(tail):  # whole lines only: remembered for the next read
+                        _remember(meta, _Known(known.whole, (state[0], known.journal[1] + used),
+                                               dict(manifest), lines))
+                    if _identity(whole) == known.whole:
+                        return manifest, lines
     for _ in range(8):
         before = _identity(whole)
         try:
@@ -92,22 +177,21 @@ def _read_manifest(story_dir: Path) -> tuple[dict[str, dict], int]:
                 manifest = json.load(fh)
         except (FileNotFoundError, json.JSONDecodeError):
             manifest = {}
-        lines = 0
+        lines, used, jstate = 0, 0, None
         try:
             with open(journal, "rb") as fh:
-                for line in fh:
-                    lines += 1
-                    try:
-                        rel, rec = json.loads(line)
-                    except (ValueError, TypeError):
-                        continue
-                    if rec is None:
-                        manifest.pop(rel, None)
-                    else:
-                        manifest[rel] = rec
+                data = fh.read()
+                jstate = (os.fstat(fh.fileno()).st_ino, 0)
+            lines, used = _apply_lines(manifest, data)
+            if used == len(data):
+                jstate = (jstate[0], used)
+            else:
+                jstate = None  # a torn last line: not remembered, read again next time
         except FileNotFoundError:
             pass
         if _identity(whole) == before:
+            if jstate is not None or not os.path.exists(journal):
+                _remember(meta, _Known(before, jstate, dict(manifest), lines))
             break
     return manifest, lines
 
@@ -117,27 +201,41 @@ def _record(story_dir: Path, rel: str, rec: dict | None, manifest: dict, lines: 
     the journal, or, once it holds :data:`JOURNAL_LINES`, write the manifest whole (``manifest``
     is the one read under this lock, :func:`_read_manifest`) and remove the journal."""
     meta = story_dir / META_DIR
+    key = str(meta)
+    if rec is None:
+        manifest.pop(rel, None)
+    else:
+        manifest[rel] = rec
     if lines < JOURNAL_LINES:
         line = json.dumps([rel, rec], ensure_ascii=False, separators=(",", ":")) + "\n"
         fd = os.open(meta / JOURNAL_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT
                      | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
+            st = os.fstat(fd)
+            size = st.st_size
+            with _klock:
+                known = _known.get(key)
+            whole_known = known is not None and known.journal == (st.st_ino, size)
+            if size and not whole_known and os.pread(fd, 1, size - 1) != b"\n":
                 line = "\n" + line  # after a torn line (a kill): start a line of its own
-            os.write(fd, line.encode("utf-8"))  # one write: the line lands whole or torn
+            data = line.encode("utf-8")
+            written = os.write(fd, data)  # one write: the line lands whole or torn
         finally:
             os.close(fd)
+        if known is not None and written == len(data) and known.journal in (None, (st.st_ino, size)) \
+                and (known.journal is not None or size == 0):
+            _remember(key, _Known(known.whole, (st.st_ino, size + written), dict(manifest),
+                                  lines + 1))
+        else:
+            with _klock:
+                _known.pop(key, None)
         return
-    if rec is None:
-        manifest.pop(rel, None)
-    else:
-        manifest[rel] = rec
     atomic_write_json(meta / MANIFEST_FILE, manifest)
     try:
         os.unlink(meta / JOURNAL_FILE)  # applied: a kill before this replays it harmlessly
     except FileNotFoundError:
         pass
+    _remember(key, _Known(_identity(str(meta / MANIFEST_FILE)), None, dict(manifest), 0))
 
 
 @dataclass(frozen=True)
