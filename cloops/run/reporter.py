@@ -275,6 +275,13 @@ class CloopsReporter:
                 self.err.print(f"[red]could not update the status of {key}: "
                                f"{self._esc(str(exc))}[/red]")
 
+    def _write_statuses(self) -> None:
+        """Write the story status changes still held (:mod:`cloops.run.statuses`) before the
+        summary, which reads them; say why any could not be written."""
+        from .statuses import WRITER, report_errors
+        WRITER.flush()
+        report_errors(lambda text: self.err.print(f"[red]{self._esc(text)}[/red]"))
+
     def _seal_story(self, key: str) -> None:
         """Make the seal of a story whose ``build:<key>`` group succeeded (every task of it ran
         or was up to date), now rather than at the end of the run."""
@@ -299,6 +306,7 @@ class CloopsReporter:
         if self.view is not None:
             self.view.stop()
         self._settle()
+        self._write_statuses()
         self._seal()
         was_sealed = len(run_context()[1])  # stories not checked task by task
         stories = {(_split(n)[1]) for n in self.ran}
