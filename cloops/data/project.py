@@ -92,6 +92,7 @@ class Project:
     _templates: dict[str, Template] = field(default_factory=dict)
     _resolved: dict[tuple[str, str], registry.Resolved] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _story_dirs: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)
 
     def template(self, name: str) -> Template:
         if name not in self._templates:
@@ -99,7 +100,12 @@ class Project:
         return self._templates[name]
 
     def story_dir(self, template: str, story_id: str) -> Path:
-        return self.root / BUILD_DIR / template / story_id
+        """``<root>/build/<template>/<story id>`` (made once per story: a task asks ~10 times)."""
+        key = (template, story_id)
+        found = self._story_dirs.get(key)
+        if found is None:
+            found = self._story_dirs[key] = self.root / BUILD_DIR / template / story_id
+        return found
 
     def item(self, template: str, story_id: str) -> Item:
         for b in self.backlogs:

@@ -156,13 +156,21 @@ class Sources:
     exist yet has no data and no items.
     """
 
-    def __init__(self, tpl: Template, story_dir: Path):
+    def __init__(self, tpl: Template, story_dir: Path, *, snapshot: bool = False):
+        """``snapshot``: a file read once is not looked at again (one task's view of its
+        inputs: consistent while it runs, and no ``stat`` per question - a task asks ~10)."""
         self.tpl = tpl
         self.dir = story_dir
+        self._dir = str(story_dir)
+        self._snapshot = snapshot
         self._cache: dict[str, tuple[Any, Any, str | None]] = {}
 
     def _load(self, path: str) -> tuple[Any, str | None]:
-        full = self.dir / path
+        if self._snapshot:
+            hit = self._cache.get(path)
+            if hit is not None:
+                return hit[1], hit[2]
+        full = os.path.join(self._dir, path)
         try:
             st = os.stat(full)
         except (FileNotFoundError, NotADirectoryError):
@@ -173,14 +181,15 @@ class Sources:
             return hit[1], hit[2]
         data, error = None, None
         try:
-            data = json.loads(full.read_text(encoding="utf-8"))
+            with open(full, encoding="utf-8") as fh:
+                data = json.loads(fh.read())
         except FileNotFoundError:
             return None, None
         except json.JSONDecodeError as exc:
             error = str(InputError(
                 f"is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
-                file=str(full), fix="correct your edit (it is kept as you wrote it), or delete "
-                                    "the file to have it regenerated."))
+                file=full, fix="correct your edit (it is kept as you wrote it), or delete "
+                                "the file to have it regenerated."))
         self._cache[path] = (stamp, data, error)
         return data, error
 
@@ -199,15 +208,16 @@ class Sources:
         return self._resolved(path, data, fan)
 
     def _resolved(self, path: str, data: dict, fan) -> dict:
+        # kept with the parsed object it was made from (not the file's stamp: a thread may
+        # have parsed a newer version meanwhile)
         key = ("resolved", path)
         hit = self._cache.get(key)
-        stamp = self._cache[path][0]
-        if hit is not None and hit[0] == stamp:
+        if hit is not None and hit[0] is data:
             return hit[1]
         library = self.tpl.collection(fan.library)
         items = [resolve_entry(i, library) for i in data[fan.key]]
         out = {**data, fan.key: items}
-        self._cache[key] = (stamp, out, None)
+        self._cache[key] = (data, out, None)
         return out
 
     def library_refs(self, source: str) -> list[str]:
@@ -393,6 +403,22 @@ def step_values(proj: Project, tpl: Template, step: Step, story: StoryRef, item_
     return values
 
 
+# The Inputs of tasks made in this process whose values were not taken yet, by task name.
+# doit takes a task's values when it saves the task's success, on its main thread - the one
+# that also starts every task - so a worker thread takes them instead as its action ends
+# (take_values): the same files, read a moment earlier, off doit's critical path.
+_UNTAKEN: dict[str, Inputs] = {}
+
+
+def take_values(task: str) -> None:
+    """Take the input values of task ``task`` (a task name, :func:`task_name`) now, in the
+    calling thread, for doit to save when it records the task's success; nothing when they
+    were taken already (an up-to-date check that compared them) or the task is not known."""
+    inputs = _UNTAKEN.pop(task, None)
+    if inputs is not None:
+        inputs.values  # noqa: B018 - taken on first use, kept
+
+
 def _producer_task(plan: Plan, story: StoryRef, path: str) -> str | None:
     prod = plan.producer_of(path)
     return None if prod is None else task_name(prod, story, None)
@@ -436,15 +462,18 @@ def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_i
             task_dep.append(creator_name(src, story))
     count = len(sources.keys(step.foreach.source)) if sources and step.foreach else None
     label = f"{story.key}" + (f" #{n}" if n is not None else "")
+    name = task_name(step, story, n)
+    inputs = Inputs(lambda: step_values(proj, tpl, step, story, story_input, n, sources),
+                    str(sdir), outs[0])
+    _UNTAKEN[name] = inputs
     return {
-        "basename": task_name(step, story, n),
+        "basename": name,
         "doc": f"{step.doc or step.name} ({label})",
         "actions": [(actions.run, [str(proj.root), tpl.name, story.id, step.name, n, count])],
         "file_dep": file_dep,
         "task_dep": task_dep,
         "targets": targets,
-        "uptodate": [Inputs(lambda: step_values(proj, tpl, step, story, story_input, n, sources),
-                            str(sdir), outs[0])],
+        "uptodate": [inputs],
         "clean": [(clean_task, [str(sdir), outs])],
         "verbosity": 1,
         "io": UNCAPTURED,

@@ -10,6 +10,7 @@ make their tasks with this layer's actions (:mod:`cloops.graph.engine`,
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..data.project import StoryRef, load_project
 from ..graph.engine import Actions, story_tasks
 from ..graph.plan import plan_of
 from ..graph.seals import SealBook
+from .checker import CachedMD5Checker
 from .context import RunState, begin
 from .dispatch import install, service_saturation, task_priority
 from .fleet import check_shared, shard_from_env
@@ -37,6 +39,12 @@ def run_task(root: str, template: str, story_id: str, step_name: str, n: int | N
     """The action of every step task: :func:`cloops.run.execute.run_task`."""
     from .execute import run_task as run
     return run(root, template, story_id, step_name, n, count)
+
+
+# doit asks inspect.signature of every action's function each time it runs one (to pass the
+# "task", "targets", ... arguments a function names: doit/action.py _prepare_kwargs); kept
+# here it is read, not rebuilt (~50 us a task)
+run_task.__signature__ = inspect.signature(run_task)  # type: ignore[attr-defined]
 
 
 def fail_story(root: str, template: str, story_id: str, message: str):
@@ -116,6 +124,7 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
         "reporter": CloopsReporter,
         "dep_file": str(proj.root / "build" / ".cloops" / "doit-state.db"),
         "backend": "sqlite3",
+        "check_file_uptodate": CachedMD5Checker,  # doit's MD5 rule, each file hashed once
         "verbosity": 1,
     }
     (proj.root / "build" / ".cloops").mkdir(parents=True, exist_ok=True)

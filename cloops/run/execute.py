@@ -23,11 +23,11 @@ from doit.exceptions import TaskFailed
 
 from ..core.errors import CloopsError, InputError, ServiceError
 from ..core.fileio import dump_json, remove_temp_files
-from ..data import backlog as backlog_mod
+from ..core.turns import TASK_TURNS
 from ..data.project import Project, load_project
 from ..data.template import Template
 from ..graph.completion import record_completed
-from ..graph.engine import Sources, step_context, value_inputs
+from ..graph.engine import Sources, step_context, take_values, value_inputs
 from ..graph.locks import is_locked, mark_stale
 from ..graph.plan import plan_of, value_paths
 from ..graph.steps import (EachInput, FileInput, Key, Step, StepContext, StepRun, expand,
@@ -35,6 +35,7 @@ from ..graph.steps import (EachInput, FileInput, Key, Step, StepContext, StepRun
 from ..graph.targets import made_from, read_manifest, write_target
 from .context import current
 from .hub import CallMeta, TaskServices, hub_for
+from .statuses import WRITER as statuses
 
 # Notes for the reporter (same process in serial and thread mode): task name -> lines.
 NOTES: dict[str, list[str]] = {}
@@ -65,7 +66,7 @@ def _mark_started(proj: Project, template: str, story_id: str) -> None:
     if _dry():
         return  # a dry run does not build the story: its status stays as it was
     b = proj.backlog_for(template)
-    backlog_mod.set_status(proj.root, b.path, story_id, "in_progress")
+    statuses.set(proj.root, b.path, story_id, "in_progress")
 
 
 def read_inputs(tpl: Template, step: Step, story_dir: Path, story_input: dict,
@@ -109,7 +110,7 @@ def mark_failed(root: Path | str, template: str, story_id: str, message: str) ->
     """
     proj = load_project(root)
     try:
-        backlog_mod.set_status(proj.root, proj.backlog_for(template).path, story_id, "failed",
+        statuses.set(proj.root, proj.backlog_for(template).path, story_id, "failed",
                                error=message)
     except CloopsError:
         pass
@@ -135,10 +136,12 @@ def run_task(root: str, template: str, story_id: str, step_name: str, n: Key | N
                     f"(doit unlock to rebuild it)")
         return None
     try:
-        _mark_started(proj, template, story_id)
-        _run(proj, tpl, step, item.input, story_id, n, tname)
-        if step.finishes_story:
-            finish_story(proj, tpl, story_id, tname)
+        with TASK_TURNS.held():  # at most a few task threads run Python at once
+            _mark_started(proj, template, story_id)
+            _run(proj, tpl, step, item.input, story_id, n, tname)
+            if step.finishes_story:
+                finish_story(proj, tpl, story_id, tname)
+            take_values(tname)  # what doit saves with the success, taken here
     except CloopsError as exc:
         msg = f"{template}/{story_id} step '{step.name}'" + (f" #{n}" if n else "")
         if isinstance(exc, ServiceError):
@@ -152,7 +155,7 @@ def run_task(root: str, template: str, story_id: str, step_name: str, n: Key | N
         return failure
     except Exception as exc:
         b = proj.backlog_for(template)
-        backlog_mod.set_status(proj.root, b.path, story_id, "failed",
+        statuses.set(proj.root, b.path, story_id, "failed",
                                error=f"{tname}: {type(exc).__name__}: {exc}")
         raise
     return None
@@ -161,7 +164,7 @@ def run_task(root: str, template: str, story_id: str, step_name: str, n: Key | N
 def _run(proj: Project, tpl: Template, step: Step, story_input: dict, story_id: str,
          n: Key | None, tname: str) -> None:
     sdir = proj.story_dir(tpl.name, story_id)
-    sources = Sources(tpl, sdir)
+    sources = Sources(tpl, sdir, snapshot=True)  # this task's view of its inputs
     sources.require(value_paths(step, step.foreach.source if step.foreach else None))
     ctx = step_context(tpl, step, story_id, story_input, n, sources, sdir)
     inputs = read_inputs(tpl, step, sdir, story_input, n, sources, ctx)
@@ -208,9 +211,9 @@ def finish_story(proj: Project, tpl: Template, story_id: str, tname: str) -> Non
     offline = sorted(rel for rel, rec in manifest.items() if rec.get("offline"))
     b = proj.backlog_for(tpl.name)
     if offline:
-        backlog_mod.set_status(proj.root, b.path, story_id, "pending")
+        statuses.set(proj.root, b.path, story_id, "pending")
         note(tname, f"built with offline backends ({len(offline)} draft artifacts): left "
                     f"pending; set the API keys and run doit again to build it for real")
     else:
         record_completed(proj, tpl.name, story_id, proj.item(tpl.name, story_id).input)
-        backlog_mod.set_status(proj.root, b.path, story_id, "completed")
+        statuses.set(proj.root, b.path, story_id, "completed")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..core.errors import ServiceError, TransientServiceError
+from ..core.turns import TASK_TURNS
 from ..data.project import STATE_DIR, Project
 from ..services import registry
 from ..services.base import (ImageRequest, ImageResult, LLMRequest, LLMResult, VoiceRequest,
@@ -204,11 +205,13 @@ class ServiceHub:
                     found = getattr(cache, get)(key)
                     return found if found is not None and (
                         accept is None or accept(found)) else None
-                again = cache.claim(key, usable)
+                with TASK_TURNS.released():  # a shared tier answers over the network
+                    again = cache.claim(key, usable)
                 if again is not None:
                     result, rec.cache_hit = again, True
                 break
-            waiting.wait()  # the same request is being paid for: take its answer
+            with TASK_TURNS.released():
+                waiting.wait()  # the same request is being paid for: take its answer
         try:
             if result is None:
                 section = {"llm": "llm", "image": "generation", "voice": "voice"}[service]
@@ -224,7 +227,9 @@ class ServiceHub:
                         if prepare is not None:
                             prepare(backend)
                         return limited()
-                    with job_journal(cache, key) as job:
+                    # the call, its limiter's wait and its backoff: this thread waits
+                    # (cloops.core.turns)
+                    with job_journal(cache, key) as job, TASK_TURNS.released():
                         result, rec.attempts = self._retrying(
                             meta.template, attempt, 0 if backend.offline else retries)
                 except ServiceError as exc:

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 from ...core.errors import InputError
 from ...core.fileio import sha256_file, sha256_json
+from ...core.turns import TASK_TURNS
 
 if TYPE_CHECKING:
     from ...services.media import BodyPage
@@ -133,7 +134,10 @@ MUSIC_COMPONENT = "ads/music.m4a"
 @contextmanager
 def rendering() -> Iterator[Path]:
     """A render slot and a scratch folder for its output (removed afterwards)."""
-    with _RENDER_SLOTS, tempfile.TemporaryDirectory(prefix="cloops-render-") as tmp:
+    # a render is its encoder's work and frames composed with the interpreter lock released
+    # (OpenCV): it gives its turn back (cloops.core.turns) and has its own limit, a core each
+    with TASK_TURNS.released(), _RENDER_SLOTS, \
+            tempfile.TemporaryDirectory(prefix="cloops-render-") as tmp:
         yield Path(tmp)
 
 

@@ -272,11 +272,18 @@ class LLMStep(Step):
         usage_total = [0, 0, 0]
         errors: list[str] = []
 
+        judged: list = [None, None]  # the last result and its problems: the hub asks first
+
         def problems(result) -> list[str]:  # text with no JSON in it is re-asked like a violation
+            if judged[0] is result:
+                return judged[1]
             if schema is not None and result.parse_error is not None:
-                return [parse_problem(result.parse_error)]
-            return validate_output(schema, result.data if schema else result.text, self,
-                                   inputs, ctx)
+                found = [parse_problem(result.parse_error)]
+            else:
+                found = validate_output(schema, result.data if schema else result.text, self,
+                                        inputs, ctx)
+            judged[:] = [result, found]
+            return found
 
         def valid(result) -> bool:  # an invalid answer is never cached: it is asked again
             return not problems(result)

@@ -45,6 +45,7 @@ import numpy as np
 
 from ...core.errors import InputError
 from ...core.fileio import staged
+from ...core.turns import TASK_TURNS
 from .ffmpeg import AUDIO_BITRATE, AUDIO_RATE_HZ, RenderError, check_ffmpeg
 
 CHANNELS = 2
@@ -142,8 +143,9 @@ def _ffmpeg(args: Sequence[str], *, data: bytes | None = None, what: str,
     """Run FFmpeg; raise :class:`RenderError` naming ``what`` (and ``file``) on failure."""
     exe = check_ffmpeg()
     try:
-        proc = subprocess.run([exe, "-hide_banner", "-nostdin", *args], input=data,
-                              capture_output=True, timeout=600)
+        with TASK_TURNS.released():  # FFmpeg works, this thread waits
+            proc = subprocess.run([exe, "-hide_banner", "-nostdin", *args], input=data,
+                                  capture_output=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as exc:
         raise RenderError(f"FFmpeg could not {what} ({exc.__class__.__name__}).", file=file,
                           fix=fix) from None

@@ -1,0 +1,160 @@
+"""What a run writes less often without changing what it means (issue 24, item 1): doit's file
+check hashes each file once while it is unchanged, and story status changes reach the backlog
+together, in order, within the writer's delay."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from doit.dependency import MD5Checker
+
+from cloops.data import backlog as backlog_mod
+from cloops.run import checker as checker_mod
+from cloops.run.checker import CachedMD5Checker
+from cloops.run.statuses import StatusWriter
+
+
+def test_a_file_dep_is_hashed_once_while_unchanged_and_again_after_any_write(tmp_path, monkeypatch):
+    hashed = []
+    real = checker_mod.get_file_md5
+    monkeypatch.setattr(checker_mod, "get_file_md5", lambda p: hashed.append(p) or real(p))
+    CachedMD5Checker._digests.clear()
+    dep = tmp_path / "pages.json"
+    dep.write_text('{"pages": 1}')
+    ours, doits = CachedMD5Checker(), MD5Checker()
+    for _ in range(5):  # five tasks with this file_dep, none stored yet
+        assert ours.get_state(str(dep), None) == doits.get_state(str(dep), None)
+    assert len(hashed) == 1
+    state = ours.get_state(str(dep), None)
+    # the same size, other bytes, written in place and its mtime set back: only the ctime says
+    mtime_ns = dep.stat().st_mtime_ns
+    dep.write_text('{"pages": 2}')
+    os.utime(dep, ns=(mtime_ns, mtime_ns))
+    assert ours.check_modified(str(dep), os.stat(dep), (0.5, state[1], state[2]))
+    assert ours.get_state(str(dep), None)[2] == doits.get_state(str(dep), None)[2] != state[2]
+    assert len(hashed) == 2
+    # touched, bytes unchanged: hashed again (new mtime), and not a change, as with doit's
+    before = ours.get_state(str(dep), None)
+    os.utime(dep, ns=(0, 2 * 10**9))
+    st = os.stat(dep)
+    assert not ours.check_modified(str(dep), st, (1.0, before[1], before[2]))
+    assert ours.get_state(str(dep), before) == (2.0, before[1], before[2])
+
+
+def _backlog(tmp_path, n=3):
+    (tmp_path / "build").mkdir()
+    path = tmp_path / "backlogs" / "t.json"
+    path.parent.mkdir()
+    items = [{"id": f"s{i}", "status": "pending", "input": {"title": f"S{i}", "summary": "s", "keyMoments": ["k"]},
+              "completedAt": None, "error": None} for i in range(n)]
+    path.write_text(json.dumps({"templateId": "t", "items": items}, indent=2))
+    return path
+
+
+def _statuses(path):
+    return {it["id"]: (it["status"], it["error"]) for it in json.loads(path.read_text())["items"]}
+
+
+def test_status_changes_are_written_together_in_order_within_the_delay(tmp_path, monkeypatch):
+    path = _backlog(tmp_path)
+    writes = []
+    real = backlog_mod.set_statuses
+    monkeypatch.setattr(backlog_mod, "set_statuses",
+                        lambda *a, **k: writes.append(len(a[2])) or real(*a, **k))
+    w = StatusWriter(delay_s=0.2)
+    w.set(tmp_path, path, "s0", "in_progress")
+    w.set(tmp_path, path, "s1", "in_progress")
+    w.set(tmp_path, path, "s0", "failed", error="boom")
+    w.set(tmp_path, path, "s1", "completed")
+    assert _statuses(path)["s0"] == ("pending", None)  # held for now
+    deadline = time.monotonic() + 5
+    while w.held() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)
+    assert writes == [4]  # one write for the four changes
+    got = _statuses(path)
+    assert got == {"s0": ("failed", "boom"), "s1": ("completed", None), "s2": ("pending", None)}
+    assert json.loads(path.read_text())["items"][1]["completedAt"].endswith("Z")
+    # the index the next start reads agrees with the file
+    loaded = backlog_mod.load_backlog(path, root=tmp_path, shown="backlogs/t.json")
+    assert {it.id: it.status for it in loaded.items} == {"s0": "failed", "s1": "completed",
+                                                        "s2": "pending"}
+
+
+def test_a_status_write_that_fails_keeps_its_changes_and_says_why(tmp_path):
+    path = _backlog(tmp_path)
+    good = path.read_text()
+    w = StatusWriter(delay_s=60)
+    w.set(tmp_path, path, "s2", "completed")
+    w.set(tmp_path, path, "gone", "completed")
+    path.write_text(good[:-5])  # a person is editing it: not JSON for now
+    assert w.flush() == 0
+    assert "t.json" in w.errors[str(path)] and w.held() == 2
+    assert path.read_text() == good[:-5]  # untouched
+    path.write_text(good)
+    assert w.flush() == 2
+    assert _statuses(path)["s2"] == ("completed", None)
+    assert "gone" in w.errors[str(path)]  # a story removed meanwhile is named
+
+
+def test_at_most_n_threads_run_with_a_turn_and_a_waiting_thread_gives_its_turn_back():
+    import threading
+    from cloops.core.turns import Turns
+    turns = Turns(2, wait_s=5)
+    inside, peak, lock = [0], [0], threading.Lock()
+    gate = threading.Event()
+
+    def task(waits: bool):
+        with turns.held():
+            with lock:
+                inside[0] += 1
+                peak[0] = max(peak[0], inside[0])
+            if waits:  # a service call: the turn goes to another thread meanwhile
+                with lock:
+                    inside[0] -= 1
+                with turns.released():
+                    gate.wait(5)
+                with lock:
+                    inside[0] += 1
+            time.sleep(0.02)
+            with lock:
+                inside[0] -= 1
+
+    waiting = [threading.Thread(target=task, args=(True,)) for _ in range(4)]
+    for t in waiting:
+        t.start()
+    time.sleep(0.2)  # all four wait on their call, none holds a turn
+    busy = [threading.Thread(target=task, args=(False,)) for _ in range(6)]
+    t0 = time.monotonic()
+    for t in busy:
+        t.start()
+    for t in busy:
+        t.join()
+    assert time.monotonic() - t0 < 4  # the waiting four did not keep the turns
+    gate.set()
+    for t in waiting:
+        t.join()
+    assert peak[0] == 2
+
+
+def test_a_thread_that_cannot_get_a_turn_runs_anyway_after_the_wait():
+    import threading
+    from cloops.core.turns import Turns
+    turns = Turns(1, wait_s=0.1)
+    release = threading.Event()
+
+    def hog():  # holds its turn while it waits on something else (a lock, say)
+        with turns.held():
+            release.wait(5)
+
+    t = threading.Thread(target=hog)
+    t.start()
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    with turns.held():
+        ran_after = time.monotonic() - t0
+    release.set()
+    t.join()
+    assert 0.05 < ran_after < 2  # waited its bound, then ran: a courtesy, never a deadlock
