@@ -158,3 +158,36 @@ def test_a_thread_that_cannot_get_a_turn_runs_anyway_after_the_wait():
     release.set()
     t.join()
     assert 0.05 < ran_after < 2  # waited its bound, then ran: a courtesy, never a deadlock
+
+
+def test_doit_state_is_asked_only_for_rows_it_has_once_many_tasks_were_asked(tmp_path):
+    from doit.dependency import JSONCodec, SqliteDB
+    from cloops.run.checker import ASK_ONE_BY_ONE, install_row_index
+    install_row_index()
+    db = SqliteDB(str(tmp_path / "state.db"), JSONCodec())
+    for i in range(0, 300, 3):  # every third task has a row
+        db.set(f"t{i}", "x", i)
+    db.dump()
+
+    class Counting:  # the connection, counting what is asked of it
+        def __init__(self, conn):
+            self.conn, self.asked = conn, 0
+
+        def execute(self, *a):
+            self.asked += 1
+            return self.conn.execute(*a)
+
+        def cursor(self):
+            return self.conn.cursor()
+
+    db = SqliteDB(str(tmp_path / "state.db"), JSONCodec())
+    db._conn = counting = Counting(db._conn)
+    got = {i: db.get(f"t{i}", "x") for i in range(300)}
+    assert got == {i: (i if i % 3 == 0 else None) for i in range(300)}
+    # one question per task up to the bound, then only the 100 rows that exist (at most)
+    assert counting.asked <= ASK_ONE_BY_ONE + 100
+    db.remove("t3")  # forgotten (doit forget): no row, and none remembered
+    assert db.get("t3", "x") is None
+    db._conn = counting.conn
+    db.dump()
+    assert SqliteDB(str(tmp_path / "state.db"), JSONCodec()).get("t3", "x") is None

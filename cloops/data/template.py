@@ -53,6 +53,7 @@ class Template:
     steps: list[Any]
     search_path: list[Path]
     _texts: dict[str, str] = field(default_factory=dict, repr=False)
+    _digests: dict[str, str] = field(default_factory=dict, repr=False)
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ files
@@ -77,7 +78,12 @@ class Template:
         return self._texts[rel]
 
     def digest(self, rel: str) -> str:
-        return hashlib.sha256(self.text(rel).encode("utf-8")).hexdigest()[:16]
+        """16 hex digits of the SHA-256 of :meth:`text` (cached with it)."""
+        found = self._digests.get(rel)
+        if found is None:
+            found = self._digests[rel] = hashlib.sha256(
+                self.text(rel).encode("utf-8")).hexdigest()[:16]
+        return found
 
     def shown(self, rel: str) -> str:
         """The path of ``rel`` as shown to the user (the file that is actually used), relative

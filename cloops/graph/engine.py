@@ -83,8 +83,13 @@ class Inputs:
     @property
     def values(self) -> dict[str, str]:
         """The values, taken on first use (a callable given is called then, once)."""
+        return self.take()
+
+    def take(self, seen: Any = None) -> dict[str, str]:
+        """:attr:`values`, taken now if not yet; ``seen`` (the task's own view of its story's
+        files, a :class:`Sources`) is given to the callable."""
         if callable(self._values):
-            self._values = self._values()
+            self._values = self._values(seen) if seen is not None else self._values()
         return self._values
 
     def configure_task(self, task) -> None:
@@ -372,14 +377,26 @@ def value_inputs(tpl: Template, step: Step, story_input: dict, n: Key | None,
     return out
 
 
+def _step_constants(tpl: Template, step: Step) -> dict[str, str]:
+    """The story-independent values of a step: its version, its template files' digests and
+    its config values - the same for every task of the process (the template's texts and
+    config are read once per process), so made once (kept in the template's memo)."""
+    key = ("step constants", step.name)
+    found = tpl.memo.get(key)
+    if found is None:
+        found = {"step version": str(step.version)}
+        for rel in step.template_files(tpl):
+            found[f"file {rel}"] = tpl.digest(rel)
+        for path in step.config_paths(tpl):
+            found[f"config {path}"] = short_value(tpl.config.get(path))
+        tpl.memo[key] = found
+    return found
+
+
 def step_values(proj: Project, tpl: Template, step: Step, story: StoryRef, item_input: dict,
                 n: Key | None, sources: Sources | None) -> dict[str, str]:
     """Every non-file input of one task, by name, as short strings (see :class:`Inputs`)."""
-    values: dict[str, str] = {"step version": str(step.version)}
-    for rel in step.template_files(tpl):
-        values[f"file {rel}"] = tpl.digest(rel)
-    for path in step.config_paths(tpl):
-        values[f"config {path}"] = short_value(tpl.config.get(path))
+    values = dict(_step_constants(tpl, step))
     ctx = step_context(tpl, step, story.id, item_input, n, sources, None)
     have = value_inputs(tpl, step, item_input, n, sources, ctx)
     for name, inp in step.inputs.items():
@@ -410,13 +427,14 @@ def step_values(proj: Project, tpl: Template, step: Step, story: StoryRef, item_
 _UNTAKEN: dict[str, Inputs] = {}
 
 
-def take_values(task: str) -> None:
+def take_values(task: str, sources: Sources | None = None) -> None:
     """Take the input values of task ``task`` (a task name, :func:`task_name`) now, in the
-    calling thread, for doit to save when it records the task's success; nothing when they
-    were taken already (an up-to-date check that compared them) or the task is not known."""
+    calling thread, for doit to save when it records the task's success - from ``sources``,
+    the files as the task read them, when given; nothing when they were taken already (an
+    up-to-date check that compared them) or the task is not known."""
     inputs = _UNTAKEN.pop(task, None)
     if inputs is not None:
-        inputs.values  # noqa: B018 - taken on first use, kept
+        inputs.take(sources)
 
 
 def _producer_task(plan: Plan, story: StoryRef, path: str) -> str | None:
@@ -463,8 +481,10 @@ def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_i
     count = len(sources.keys(step.foreach.source)) if sources and step.foreach else None
     label = f"{story.key}" + (f" #{n}" if n is not None else "")
     name = task_name(step, story, n)
-    inputs = Inputs(lambda: step_values(proj, tpl, step, story, story_input, n, sources),
-                    str(sdir), outs[0])
+    # seen: the task's own view of the story's files (take_values), for the creator's view
+    inputs = Inputs(lambda seen=None: step_values(
+        proj, tpl, step, story, story_input, n,
+        seen if seen is not None and sources is not None else sources), str(sdir), outs[0])
     _UNTAKEN[name] = inputs
     return {
         "basename": name,

@@ -35,6 +35,9 @@ class CachedMD5Checker(MD5Checker):
 
     _digests: dict[str, tuple[tuple[int, int, int, int], str]] = {}
     _lock = threading.Lock()
+    # the stat of each file_dep taken when doit saved a task's success, for the reporter's
+    # seal (it runs next, in the same thread: cloops.run.reporter) - one stat, not two
+    saved_stats: dict[str, os.stat_result] = {}
 
     @classmethod
     def digest(cls, path: str, st: os.stat_result) -> str:
@@ -68,6 +71,53 @@ class CachedMD5Checker(MD5Checker):
         """``(mtime, size, md5)`` of ``dep`` to store, or None when ``current_state`` has its
         mtime (doit's shortcut: nothing to store)."""
         st = os.stat(dep)
+        self.saved_stats[dep] = st
         if current_state and current_state[0] == st.st_mtime:
             return None
         return st.st_mtime, st.st_size, self.digest(dep, st)
+
+
+ASK_ONE_BY_ONE = 64  # rows asked for one at a time before every task id is read at once
+
+
+def install_row_index() -> None:
+    """Make doit's sqlite3 state answer "no row" for a task it has no row of without asking
+    the database each time.
+
+    doit reads a task's saved state with one ``SELECT`` per task the first time it checks it
+    (``doit.dependency.SqliteDB._get_task_data``, on doit's main thread: ~10 system calls
+    for sqlite's file locks, and in a fresh build every answer is "none"). After
+    :data:`ASK_ONE_BY_ONE` such questions in a process, the ids of every stored row are read
+    once and a task without a row is answered from them; a task with one is read as before.
+    Rows doit writes in this process go to its own cache first (it writes the file at the
+    end), so the set read is complete for what the database can answer. Idempotent.
+    """
+    from doit.dependency import SqliteDB
+
+    if getattr(SqliteDB, "_cloops_rows", False):
+        return
+    read_row = SqliteDB._get_task_data
+
+    def _get_task_data(self, task_id):
+        ids = getattr(self, "_cloops_ids", None)
+        if ids is None:
+            asked = getattr(self, "_cloops_asked", 0) + 1
+            self._cloops_asked = asked
+            if asked > ASK_ONE_BY_ONE:
+                cur = self._conn.cursor()
+                cur.row_factory = None  # plain tuples, not doit's dicts
+                ids = self._cloops_ids = {row[0] for row in cur.execute(
+                    "select task_id from doit")}
+        if ids is not None and task_id not in ids:
+            return {}
+        return read_row(self, task_id)
+
+    def remove(self, task_id, _remove=SqliteDB.remove):
+        _remove(self, task_id)
+        ids = getattr(self, "_cloops_ids", None)
+        if ids is not None:
+            ids.discard(task_id)
+
+    SqliteDB._get_task_data = _get_task_data
+    SqliteDB.remove = remove
+    SqliteDB._cloops_rows = True

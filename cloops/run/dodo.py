@@ -21,7 +21,7 @@ from ..data.project import StoryRef, load_project
 from ..graph.engine import Actions, story_tasks
 from ..graph.plan import plan_of
 from ..graph.seals import SealBook
-from .checker import CachedMD5Checker
+from .checker import CachedMD5Checker, install_row_index
 from .context import RunState, begin
 from .dispatch import install, service_saturation, task_priority
 from .fleet import check_shared, shard_from_env
@@ -110,6 +110,7 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
                            for b in proj.backlogs}),
             service_saturation(proj, _limiter(proj)))
 
+    install_row_index()  # doit's state is not asked for rows it does not have
     ns = story_tasks(proj, stories, sealed, ACTIONS, dry)
     ns["DOIT_CONFIG"] = {
         "default_tasks": ["pending"],

@@ -138,10 +138,10 @@ def run_task(root: str, template: str, story_id: str, step_name: str, n: Key | N
     try:
         with TASK_TURNS.held():  # at most a few task threads run Python at once
             _mark_started(proj, template, story_id)
-            _run(proj, tpl, step, item.input, story_id, n, tname)
+            seen = _run(proj, tpl, step, item.input, story_id, n, tname)
             if step.finishes_story:
                 finish_story(proj, tpl, story_id, tname)
-            take_values(tname)  # what doit saves with the success, taken here
+            take_values(tname, seen)  # what doit saves with the success, taken here
     except CloopsError as exc:
         msg = f"{template}/{story_id} step '{step.name}'" + (f" #{n}" if n else "")
         if isinstance(exc, ServiceError):
@@ -162,7 +162,8 @@ def run_task(root: str, template: str, story_id: str, step_name: str, n: Key | N
 
 
 def _run(proj: Project, tpl: Template, step: Step, story_input: dict, story_id: str,
-         n: Key | None, tname: str) -> None:
+         n: Key | None, tname: str) -> Sources:
+    """Run the step's kind on its inputs; return the task's view of its story's files."""
     sdir = proj.story_dir(tpl.name, story_id)
     sources = Sources(tpl, sdir, snapshot=True)  # this task's view of its inputs
     sources.require(value_paths(step, step.foreach.source if step.foreach else None))
@@ -180,6 +181,7 @@ def _run(proj: Project, tpl: Template, step: Step, story_input: dict, story_id: 
                          services=TaskServices(hub_for(proj), meta), rel=rel, write=write,
                          keys=sources.keys_of, note=lambda text: note(tname, text),
                          made_from=lambda target: made_from(sdir, target)))
+    return sources
 
 
 def _encode(out: Any) -> bytes:

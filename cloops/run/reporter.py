@@ -22,6 +22,7 @@ from ..graph.seals import file_stat
 from .context import current, current_project, run_context
 from .selection import is_command_task
 from .progress import LiveView, wants_lines
+from .checker import CachedMD5Checker
 from .summary import (fleet_lines, header_lines, review_lines, stale_completed_report,
                       summary_rows)
 from .tuning import freeze_live_objects, preload_sdks
@@ -185,21 +186,27 @@ class CloopsReporter:
             self._finishing[(template, step)] = found
         return found
 
-    def _note_files(self, task) -> None:
-        """Remember the stat of a finished (or up-to-date) task's files, for its story's seal."""
+    def _note_files(self, task, saved: bool = False) -> None:
+        """Remember the stat of a finished (or up-to-date) task's files, for its story's seal
+        (``saved``: doit has just saved the task's success, stating its file_dep files)."""
         proj = current_project()
         if proj is None:
             return
         files = self.files.setdefault(_split(task.name)[1], {})
         root, join = str(proj.root), os.path.join
-        for f in (*task.targets, *task.file_dep):
+        for f in task.targets:
             files[f] = file_stat(join(root, f))
+        stats = CachedMD5Checker.saved_stats if saved else {}
+        for f in task.file_dep:
+            st = stats.pop(f, None)
+            files[f] = [st.st_size, st.st_mtime_ns] if st is not None else \
+                file_stat(join(root, f))
 
     def add_success(self, task):
         if task.name.startswith("build:"):
             self._seal_story(task.name.partition(":")[2])
         if task.actions:
-            self._note_files(task)
+            self._note_files(task, saved=True)
         if not task.actions or _hidden(task.name):
             return
         self.ran.append(task.name)
