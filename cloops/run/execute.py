@@ -26,7 +26,6 @@ from ..core.fileio import dump_json, remove_temp_files
 from ..core.turns import TASK_TURNS
 from ..data.project import Project, load_project
 from ..data.template import Template
-from ..graph.completion import record_completed
 from ..graph.engine import Sources, step_context, take_values, value_inputs
 from ..graph.locks import is_locked, mark_stale
 from ..graph.plan import plan_of, value_paths
@@ -217,5 +216,4 @@ def finish_story(proj: Project, tpl: Template, story_id: str, tname: str) -> Non
         note(tname, f"built with offline backends ({len(offline)} draft artifacts): left "
                     f"pending; set the API keys and run doit again to build it for real")
     else:
-        record_completed(proj, tpl.name, story_id, proj.item(tpl.name, story_id).input)
-        statuses.set(proj.root, b.path, story_id, "completed")
+        statuses.complete(proj, tpl.name, story_id, proj.item(tpl.name, story_id).input, b.path)

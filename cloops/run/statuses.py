@@ -25,9 +25,11 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import CloopsError
 from ..data import backlog as backlog_mod
+from ..graph.completion import record_completed, record_completed_many
 
 DELAY_S = 0.5  # the longest a status change waits before its backlog is written
 
@@ -47,7 +49,30 @@ class StatusWriter:
         self._lock = threading.Lock()  # guards _held and _timer
         self._write_lock = threading.Lock()  # one write at a time
         self._held: dict[tuple[str, str], list[tuple[str, str, str | None, str | None]]] = {}
+        self._completions: list[tuple[Any, str, str, dict]] = []  # (project, template, id, input)
         self._timer: threading.Timer | None = None
+
+    def _now(self, path: Path | str) -> bool:
+        """True when a change to backlog ``path`` is written at once, not held."""
+        return (isinstance(path, str) and path.startswith("firestore://")) or \
+            Path(path).suffix == ".csv" or os.getpid() != self._pid
+
+    def complete(self, proj: Any, template: str, story_id: str, story_input: dict,
+                 path: Path | str) -> None:
+        """Record a story's completion (``completed.json``: the state it was completed in,
+        :func:`cloops.graph.completion.record_completed`) and set it ``completed`` in backlog
+        ``path``: both written within :attr:`delay_s`, the record first.
+
+        Raises:
+            As :meth:`set` and ``record_completed`` when written now.
+        """
+        if self._now(path):
+            record_completed(proj, template, story_id, story_input)
+            self.set(proj.root, path, story_id, "completed")
+            return
+        with self._lock:
+            self._completions.append((proj, template, story_id, story_input))
+        self.set(proj.root, path, story_id, "completed")
 
     def set(self, root: Path, path: Path | str, story_id: str, status: str, *,
             error: str | None = None) -> None:
@@ -60,8 +85,7 @@ class StatusWriter:
         """
         if status not in backlog_mod.STATUSES:
             raise ValueError(status)
-        if (isinstance(path, str) and path.startswith("firestore://")) or \
-                Path(path).suffix == ".csv" or os.getpid() != self._pid:
+        if self._now(path):
             backlog_mod.set_status(root, path, story_id, status, error=error)
             return
         at = backlog_mod.now_iso() if status == "completed" else None
@@ -82,10 +106,21 @@ class StatusWriter:
         with self._write_lock:
             with self._lock:
                 held, self._held = self._held, {}
+                completions, self._completions = self._completions, []
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
             written = 0
+            groups: dict[tuple[int, str], list] = {}
+            for proj, template, story_id, story_input in completions:
+                groups.setdefault((id(proj), template), []).append(
+                    (proj, story_id, story_input))
+            for (_proj, template), stories in groups.items():
+                proj = stories[0][0]
+                try:  # the records first: a story the backlog calls completed has one
+                    record_completed_many(proj, template, [(i, inp) for _p, i, inp in stories])
+                except (CloopsError, OSError) as exc:
+                    self.errors[f"{template} completed.json"] = str(exc)
             for (root, path), changes in held.items():
                 try:
                     _changed, missing = backlog_mod.set_statuses(Path(root), Path(path), changes)
