@@ -169,6 +169,20 @@ class Sources:
         self._dir = str(story_dir)
         self._snapshot = snapshot
         self._cache: dict[str, tuple[Any, Any, str | None]] = {}
+        self.memo: dict[str, Any] = {}  # what callers derive from the files (see stamps)
+
+    def stamps(self, paths) -> tuple:
+        """The (size, mtime) of each of ``paths`` now (None: absent): what a value derived
+        from them is derived from."""
+        out = []
+        for p in paths:
+            try:
+                st = os.stat(os.path.join(self._dir, p))
+            except (FileNotFoundError, NotADirectoryError):
+                out.append(None)
+            else:
+                out.append((st.st_size, st.st_mtime_ns))
+        return tuple(out)
 
     def _load(self, path: str) -> tuple[Any, str | None]:
         if self._snapshot:
@@ -442,6 +456,23 @@ def _producer_task(plan: Plan, story: StoryRef, path: str) -> str | None:
     return None if prod is None else task_name(prod, story, None)
 
 
+def _inactive_targets(plan: Plan, sources: Sources | None,
+                      keys: Callable[[str], list]) -> set[str]:
+    """The story's files the switched-off steps would make (for its fan-outs' items as they
+    are now): the same for every task a creator makes, so kept with ``sources`` while its
+    fan-out files are as they were read."""
+    stamps = sources.stamps(plan.fanouts) if sources is not None else None
+    hit = sources.memo.get("inactive targets") if sources is not None else None
+    if hit is not None and hit[0] == stamps:
+        return hit[1]
+    off = {expand(p, k) for s in plan.steps if s.name in plan.inactive
+           for p in s.target_patterns()
+           for k in (keys(placeholder_of(p)) if placeholder_of(p) else [None])}
+    if sources is not None:
+        sources.memo["inactive targets"] = (sources.stamps(plan.fanouts), off)
+    return off
+
+
 def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_input: dict,
               n: Key | None, sources: Sources | None, actions: Actions, *,
               made_by: str | None = None) -> dict:
@@ -463,9 +494,7 @@ def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_i
 
     deps, outs = step.task_files(DepContext(tpl, None, n, keys, values_now))
     if plan.inactive:  # what a switched-off step would make is not waited for
-        off = {expand(p, k) for s in plan.steps if s.name in plan.inactive
-               for p in s.target_patterns()
-               for k in (keys(placeholder_of(p)) if placeholder_of(p) else [None])}
+        off = _inactive_targets(plan, sources, keys)
         deps = [d for d in deps if d not in off]
     file_dep = [str(rel_root / d) for d in deps]
     targets = [str(rel_root / t) for t in outs]

@@ -93,9 +93,8 @@ class CloopsReporter:
         # CLOOPS_PROGRESS=lines or output to a pipe or file keeps the lines
         self.view = None
         self._live = self.console.is_terminal and not wants_lines(sys.argv[1:])
-        # to a pipe or a file rich renders no colour: a task's line is then its plain text,
-        # written as such (rich's render and its terminal checks cost more than the line on
-        # a 25,000-task build - issue 24's engine time per task)
+        # to a pipe or a file rich renders no colour: a task's lines are then written as
+        # their plain text (_lines)
         self._plain = self.console.color_system is None and not self.console.record
         self._services: dict[tuple[str, str], str | None] = {}
 
@@ -222,15 +221,23 @@ class CloopsReporter:
                                               f"  {line}"))
             return
         dt = time.monotonic() - self.started.get(task.name, time.monotonic())
-        text = self._text(("✓", "green"), f" {story}  ", (step, "bold"), "  ",
-                          (f"({self.reasons.get(task.name, 'stale')}; {dt:.1f}s)", "dim"))
-        if self._plain:  # what rich would print here, without its render
-            self.console.file.write(text.plain + "\n")
+        self._lines([(("✓", "green"), f" {story}  ", (step, "bold"), "  ",
+                      (f"({self.reasons.get(task.name, 'stale')}; {dt:.1f}s)", "dim"))]
+                    + [("    ", ("!", "yellow"), f" {line}") for line in notes])
+
+    def _lines(self, lines: list[tuple]) -> None:
+        """Print lines of styled spans (``text`` or ``(text, style)``; no markup: a note's
+        brackets stay as written). To a pipe or a file, rich renders no colour: the spans'
+        text is written as it is, without rich's render and terminal checks (they cost more
+        than the line on a 25,000-task build - issue 24's engine time per task)."""
+        if self._plain:
+            self.console.file.write("".join(
+                "".join(p if isinstance(p, str) else p[0] for p in parts) + "\n"
+                for parts in lines))
             self.console.file.flush()
-        else:
-            self.console.print(text)
-        for line in notes:
-            self.console.print(f"    [yellow]![/yellow] {self._esc(line)}")
+            return
+        for parts in lines:
+            self.console.print(self._text(*parts))
 
     def skip_uptodate(self, task):
         if task.actions:
