@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -71,6 +71,10 @@ class CallRecord:
     at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
 
 
+_RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
+_INSERT = (f"INSERT INTO calls (run_id,{','.join(_RECORD_FIELDS)}) "
+           f"VALUES ({','.join('?' * (len(_RECORD_FIELDS) + 1))})")
+
 # Columns added after the first release of the ledger: (name, SQL type and default).
 MIGRATIONS = (("saved_usd", "REAL DEFAULT 0"),)
 
@@ -114,16 +118,20 @@ class Ledger:
             self._started = True
 
     def record(self, rec: CallRecord) -> None:
-        row = asdict(rec)
-        cols = ",".join(["run_id"] + list(row))
-        marks = ",".join("?" * (len(row) + 1))
+        """Append one call's record (its own short transaction).
+
+        Raises:
+            sqlite3.Error: the ledger file cannot be written.
+        """
+        # the record's fields are scalars: read directly (dataclasses.asdict copies each value
+        # deeply, ~0.1 ms a call)
+        values = [self.run_id] + [int(v) if isinstance(v, bool) else v
+                                  for v in (getattr(rec, name) for name in _RECORD_FIELDS)]
         with self._lock:
             con = self._connect()  # one connection per run, used under the lock
             with con:
                 self._start(con)
-                con.execute(f"INSERT INTO calls ({cols}) VALUES ({marks})",
-                            [self.run_id] + [int(v) if isinstance(v, bool) else v
-                                             for v in row.values()])
+                con.execute(_INSERT, values)
             self.spent_usd += rec.cost_usd or 0.0
 
     def calls(self, run_id: str | None = None) -> list[dict]:
