@@ -119,8 +119,12 @@ class StatusWriter:
                 proj = stories[0][0]
                 try:  # the records first: a story the backlog calls completed has one
                     record_completed_many(proj, template, [(i, inp) for _p, i, inp in stories])
-                except (CloopsError, OSError) as exc:
+                except (CloopsError, OSError) as exc:  # held again, like a status
                     self.errors[f"{template} completed.json"] = str(exc)
+                    with self._lock:
+                        self._completions[:0] = [(p, template, i, inp) for p, i, inp in stories]
+                    continue
+                self.errors.pop(f"{template} completed.json", None)
             for (root, path), changes in held.items():
                 try:
                     _changed, missing = backlog_mod.set_statuses(Path(root), Path(path), changes)
