@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import threading
+from functools import lru_cache
 
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?(?:-[A-Za-z0-9]+)*")
 # a sentence ends at . ! ? (and closing quotes) followed by a space or the end
@@ -43,10 +44,12 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
 
 
+@lru_cache(maxsize=1 << 16)
 def stem(word: str) -> str:
     """A light English stem for matching (``waters``→``water``, ``carries``→``carry``,
     ``challenges``/``challenged``→``challeng``, ``Noah's``→``noah``); not a linguistic
-    stemmer: both sides of a comparison go through it."""
+    stemmer: both sides of a comparison go through it. Kept per word (a build's checks stem
+    the same few thousand words ~20 times a task)."""
     w = re.sub(r"['’]s?$", "", word.lower())
     for suffix, repl, keep in (("ies", "y", 3), ("sses", "ss", 2), ("xes", "x", 2),
                                ("ches", "ch", 2), ("shes", "sh", 2), ("ing", "", 3),
@@ -77,13 +80,18 @@ def coverage(needle: str, haystack: str) -> float:
 
 def lexicon(text: str) -> list[str]:
     """The terms of a lexicon file: one word or phrase a line, lower-cased; blank lines and
-    ``#`` comments are skipped."""
-    out: list[str] = []
+    ``#`` comments are skipped (a new list each call; the parse is kept per text)."""
+    return list(_lexicon(text))
+
+
+@lru_cache(maxsize=64)
+def _lexicon(text: str) -> tuple[str, ...]:
+    out: dict[str, None] = {}
     for line in text.splitlines():
         term = line.split("#", 1)[0].strip().lower()
-        if term and term not in out:
-            out.append(" ".join(term.split()))
-    return out
+        if term:
+            out.setdefault(" ".join(term.split()), None)
+    return tuple(out)
 
 
 _TERM_RES: dict[str, re.Pattern] = {}
