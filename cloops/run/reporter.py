@@ -292,9 +292,11 @@ class CloopsReporter:
     def _write_statuses(self) -> None:
         """Write the story status changes still held (:mod:`cloops.run.statuses`) before the
         summary, which reads them; say why any could not be written."""
-        from .statuses import WRITER, report_errors
-        WRITER.flush()
-        report_errors(lambda text: self.err.print(f"[red]{self._esc(text)}[/red]"))
+        statuses = sys.modules.get(f"{__package__}.statuses")
+        if statuses is None:
+            return  # no task ran in this process (a no-op start does not import it)
+        statuses.WRITER.flush()
+        statuses.report_errors(lambda text: self.err.print(f"[red]{self._esc(text)}[/red]"))
 
     def _seal_story(self, key: str) -> None:
         """Make the seal of a story whose ``build:<key>`` group succeeded (every task of it ran
