@@ -70,12 +70,17 @@ def read_manifest(story_dir: Path) -> dict[str, dict]:
     return _read_manifest(story_dir)[0]
 
 
-def _identity(path: str) -> tuple[int, int] | None:
+def _stat(path: str) -> os.stat_result | None:
     try:
-        st = os.stat(path)
+        return os.stat(path)
     except FileNotFoundError:
         return None
-    return st.st_ino, st.st_mtime_ns
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(inode, mtime) of ``manifest.json``: another one once it was written whole."""
+    st = _stat(path)
+    return None if st is None else (st.st_ino, st.st_mtime_ns)
 
 
 @dataclass
@@ -102,11 +107,9 @@ _klock = threading.Lock()
 
 
 def _journal_state(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_size
+    """(inode, size) of the journal: it only grows until it is removed."""
+    st = _stat(path)
+    return None if st is None else (st.st_ino, st.st_size)
 
 
 def _apply_lines(manifest: dict, data: bytes) -> tuple[int, int]:
