@@ -270,7 +270,7 @@ def makespan(tmp: Path, n: int, pages: int, llm_s: float, image_s: float, image_
     if "poll" in median:
         dt = median["poll"]
         line("makespan / ideal (median), predictions polled", f"{dt:.1f}s/{ideal:.1f}s = "
-             f"{dt / ideal:.2f}", "≤ 1.15", dt / ideal <= 1.15)
+             f"{dt / ideal:.2f}", "≤ 1.10", dt / ideal <= 1.10)
         print(f"  ({images} image calls; ideal = image time / {image_limit} + one story's "
               f"critical path; {statistics.mean(polls):.1f} polls per prediction)")
     if "wait" in median:

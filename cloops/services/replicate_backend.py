@@ -16,10 +16,12 @@ One :meth:`ReplicateBackend.generate_image` call is one prediction:
 2. while the prediction is not terminal (``succeeded|failed|canceled``), ``GET
    /v1/predictions/{id}`` every ``poll_interval_s`` until ``request.timeout_s`` has passed, then
    ``POST /v1/predictions/{id}/cancel`` and raise :class:`TransientServiceError`. The first
-   poll waits for most of the shortest run this backend has seen of the model lately
-   (:data:`FIRST_POLL_FRACTION` of the fastest of the last :data:`RECENT_RUNS`): polling a
-   prediction that cannot be done yet costs requests (Replicate limits them per minute) and
-   CPU, and gains nothing;
+   poll waits for the shortest run this backend has seen of the model lately (the fastest of
+   the last :data:`RECENT_RUNS`): polling a prediction that cannot be done yet costs requests
+   (Replicate limits them per minute) and CPU, and gains nothing. A run's length is Replicate's
+   own, ``completed_at - created_at`` of the prediction (both the server's clock), not when a
+   poll happened to see it done: a poll that came late, or a slow first run (a cold boot),
+   does not push the next predictions' first polls later;
 3. download the first output at once (Replicate deletes outputs after one hour): ``data:`` URLs
    are decoded, ``http(s)`` URLs fetched with httpx; convert it to JPEG.
 
@@ -77,8 +79,7 @@ POLL_INTERVAL_ENV = "REPLICATE_POLL_INTERVAL"  # the SDK's own variable, seconds
 DEFAULT_POLL_INTERVAL_S = 0.5  # the SDK's default
 PREFER_WAIT_ENV = "CLOOPS_REPLICATE_PREFER_WAIT_S"  # 0 (default): no Prefer: wait (module doc)
 MAX_PREFER_WAIT_S = 60  # Replicate holds a ``Prefer: wait`` request at most 60 s
-RECENT_RUNS = 20  # per model, the run times (create to seen terminal) the first poll is timed by
-FIRST_POLL_FRACTION = 0.8  # of the fastest recent run: polls start a little before the earliest
+RECENT_RUNS = 20  # per model, the run times (created_at to completed_at) the first poll is timed by
 TERMINAL = ("succeeded", "failed", "canceled")
 API_HOSTS = ("api.replicate.com",)  # Replicate's own API: any other base URL is another server
 _TRANSIENT_STATUS = {408, 425, 429}
@@ -117,6 +118,21 @@ def decode_data_url(url: str) -> bytes:
             raise PermanentServiceError(f"Replicate returned a corrupt base64 data: URL ({exc}).",
                                         service="image", backend="replicate") from exc
     return urllib.parse.unquote_to_bytes(payload)
+
+
+def run_seconds(prediction: Any) -> float | None:
+    """How long a terminal prediction took from its create to its end, by Replicate's clock:
+    ``completed_at - created_at`` (ISO 8601 timestamps, e.g. ``2025-09-08T16:19:34.765994Z``;
+    replicate.com/docs/reference/http, "Get a prediction"). None when either is missing or
+    unreadable, or the difference is negative."""
+    from datetime import datetime
+    try:
+        start = datetime.fromisoformat(str(prediction.created_at).replace("Z", "+00:00"))
+        end = datetime.fromisoformat(str(prediction.completed_at).replace("Z", "+00:00"))
+        seconds = (end - start).total_seconds()
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 else None
 
 
 def _root_url(base_url: str | None) -> str | None:
@@ -342,17 +358,23 @@ class ReplicateBackend:
         return prediction
 
     def _first_poll_at(self, model: str, created_at: float | None) -> float:
-        """When to poll a prediction first (monotonic): :data:`FIRST_POLL_FRACTION` of the
-        fastest recent run of ``model`` after its create; at once when none was seen yet or the
-        prediction was resumed (its start is not known)."""
+        """When to poll a prediction first (monotonic): when the fastest recent run of
+        ``model`` would have finished, counted from its create; at once when none was seen yet
+        or the prediction was resumed (its start is not known)."""
         with self._runs_lock:
             runs = self._runs.get(model)
             fastest = min(runs) if runs else None
         if created_at is None or fastest is None:
             return 0.0
-        return created_at + FIRST_POLL_FRACTION * fastest
+        return created_at + fastest
 
-    def _ran(self, model: str, seconds: float) -> None:
+    def _ran(self, model: str, prediction: Any, seen_s: float) -> None:
+        """Note how long a succeeded prediction of ``model`` ran: Replicate's
+        ``completed_at - created_at`` (:func:`run_seconds`), or ``seen_s`` (create to the poll
+        that saw it done) when those are missing or unreadable."""
+        seconds = run_seconds(prediction)
+        if seconds is None or seconds > seen_s:  # another clock than the create's round trip
+            seconds = seen_s
         with self._runs_lock:
             self._runs.setdefault(model, collections.deque(maxlen=RECENT_RUNS)).append(seconds)
 
@@ -385,7 +407,7 @@ class ReplicateBackend:
                 pause = exc.retry_after_s or self.poll_interval_s
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
         if created_at is not None and prediction.status == "succeeded":
-            self._ran(request.model, time.monotonic() - created_at)
+            self._ran(request.model, prediction, time.monotonic() - created_at)
 
     def _cancel(self, prediction: Any) -> None:
         try:

@@ -119,6 +119,7 @@ class FakePrediction:
     polls: int = 0
     done_at: float = 0.0  # time.monotonic() from which it may be terminal (it runs until then)
     request: RecordedRequest | None = None  # its create request
+    released_at: float = 0.0  # time.monotonic() when the last scripted poll saw it (0: none)
 
     @property
     def terminal(self) -> bool:
@@ -136,13 +137,16 @@ class FakePrediction:
         return json.dumps(body, sort_keys=True)
 
     def advance(self, now: float) -> None:
-        """Finish it once it has run its time and the scripted polls have seen it."""
+        """Finish it once it has run its time and the scripted polls have seen it. As on
+        Replicate, ``completed_at`` is when it finished (its run time was up, or the last
+        scripted poll held it), not when a poll happened to look."""
         if not self.terminal and now >= self.done_at and self.polls_left <= 0:
-            self.finish()
+            self.finish(max(self.done_at, self.released_at))
 
-    def finish(self) -> None:
+    def finish(self, at: float | None = None) -> None:
+        """Make it terminal; ``at``: when it finished (time.monotonic(); None: now)."""
         self.status = self.final_status
-        self.completed_at = _now()
+        self.completed_at = _now(None if at is None else time.monotonic() - at)
         if self.status != "succeeded":
             self.output = None
         if self.status == "failed" and not self.error:
@@ -160,7 +164,9 @@ class FakePrediction:
             "urls": {"get": f"{base}/v1/predictions/{self.id}",
                      "cancel": f"{base}/v1/predictions/{self.id}/cancel",
                      "web": f"https://replicate.com/p/{self.id}"},
-            "metrics": {"predict_time": 0.01} if self.status == "succeeded" else {},
+            "metrics": ({"predict_time": round(_seconds_between(self.created_at,
+                                                                self.completed_at), 6)}
+                        if self.status == "succeeded" else {}),
         }
 
 
@@ -183,8 +189,19 @@ def _client_gone(handler: BaseHTTPRequestHandler) -> bool:
         return True
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+def _now(ago_s: float | None = None) -> str:
+    """An API timestamp (ISO 8601, UTC, ``Z``): now, or ``ago_s`` seconds before now."""
+    at = datetime.now(timezone.utc)
+    if ago_s:
+        at -= timedelta(seconds=ago_s)
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def _seconds_between(start: str, end: str | None) -> float:
+    if not start or not end:
+        return 0.0
+    parse = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    return max(0.0, (parse(end) - parse(start)).total_seconds())
 
 
 class FakeReplicate(LoopbackServer):
@@ -428,7 +445,8 @@ class FakeReplicate(LoopbackServer):
         output = self._outputs(pid) if reply.output is _UNSET else reply.output
         pred = FakePrediction(id=pid, model=model, version=version, input=body["input"],
                               final_status=reply.prediction_status, polls_left=polls,
-                              error=reply.error, output=output, created_at=_now(),
+                              error=reply.error, output=output,
+                              created_at=_now(time.monotonic() - rec.at),
                               done_at=rec.at + self.latency_s, request=rec)
         # the prediction exists (and is billed) from now on, whatever happens to this request
         with self.lock:
@@ -458,6 +476,8 @@ class FakeReplicate(LoopbackServer):
             pred.polls += 1
             if not pred.terminal:
                 pred.polls_left -= 1
+                if pred.polls_left == 0:
+                    pred.released_at = time.monotonic()
                 pred.advance(time.monotonic())
                 if not pred.terminal:
                     pred.status = "processing"
