@@ -1,4 +1,5 @@
-"""find_terms answers as it did term by term, with one search first (issue 24, item 1)."""
+"""find_terms and rules.forbidden answer as they did term by term, with a look-up of the text's
+words first (issue 24, item 1)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,39 @@ def test_find_terms_matches_the_term_by_term_search():
         text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 12)))
         assert prose.find_terms(text, terms) == _one_by_one(text, terms), text
     assert prose.find_terms("anything", []) == []
+
+
+# the look-up rules out a term only for ASCII text and plain terms: the rest goes to the pattern
+_TRICKY_WORDS = ["A", "sign", "Signs", "ſign", "SIGN’s", "_sign", "sign_", "re-sign", "o'clock",
+                 "O'Clock", "Café", "cafe", "café's", "speech", "Bubble", "bubbles", "box-like",
+                 "boxes", "t-shirt", "shirt", "\n", "\t", "—", "x2", "2x"]
+_TRICKY_TERMS = ["sign", "speech bubble", "o'clock", "café", "cafe", "shirt", "t-shirt", "box",
+                 "_sign", "x2", " padded ", "2x"]
+
+
+def test_find_terms_matches_the_term_by_term_search_on_any_text():
+    rng = random.Random(2412)
+    for _ in range(2000):
+        text = " ".join(rng.choice(_TRICKY_WORDS) for _ in range(rng.randint(0, 10)))
+        terms = rng.sample(_TRICKY_TERMS, rng.randint(1, 5))
+        assert prose.find_terms(text, terms) == _one_by_one(text, terms), (text, terms)
+
+
+def test_forbidden_matches_the_word_by_word_search():
+    from cloops.data.rules import forbidden
+
+    def reference(text: str, forbid: list[str]) -> list[str]:
+        found: list[str] = []
+        for w in forbid:
+            body = r"\s+".join(map(re.escape, w.split()))
+            rx = re.compile(w[1:-1] if len(w) > 2 and w[0] == w[-1] == "/"
+                            else rf"(?<![\w-]){body}(?![\w-])", re.I)
+            m = rx.search(text)
+            if m and m.group(0) not in found:
+                found.append(m.group(0))
+        return found
+    rng = random.Random(1164)
+    for _ in range(2000):
+        text = " ".join(rng.choice(_TRICKY_WORDS) for _ in range(rng.randint(0, 10)))
+        forbid = rng.sample(_TRICKY_TERMS + ["/sig?n/", "/^a/"], rng.randint(1, 5))
+        assert forbidden(text, forbid) == reference(text, forbid), (text, forbid)

@@ -126,12 +126,47 @@ def _any_term_re(terms: list[str]) -> re.Pattern:
     return pat
 
 
+_TOKEN = re.compile(r"[\w-]+")
+_PLAIN_TERM = re.compile(r"[A-Za-z0-9_-]+(?:\s+[A-Za-z0-9_-]+)*")
+
+
+def tokens(text: str) -> frozenset[str] | None:
+    """The lower-cased runs of ``[\\w-]`` in an ASCII ``text`` (what a whole-word match
+    starts on), or None for a text that is not ASCII (then nothing is ruled out)."""
+    return frozenset(_TOKEN.findall(text.lower())) if text.isascii() else None
+
+
+@lru_cache(maxsize=1 << 14)
+def _first_word(term: str) -> str | None:
+    """A plain ASCII term's first word, lower-cased; None for any other term."""
+    return term.split()[0].lower() if term.isascii() and _PLAIN_TERM.fullmatch(term) else None
+
+
+def may_hold(toks: frozenset[str] | None, term: str, plural: bool = False) -> bool:
+    """False only when a whole-word, any-case match of ``term`` (a word or a phrase; with
+    ``plural``, a single word may end in ``s``/``es``) cannot be in the text ``toks`` came
+    from (:func:`tokens`): its first word is not one of the text's tokens. Exact for ASCII
+    text and terms, where ``re.IGNORECASE`` is ``str.lower``; True otherwise (ask the
+    pattern). A set look-up instead of a regex search per term and text."""
+    first = _first_word(term) if toks is not None else None
+    if first is None or first in toks:
+        return True
+    return plural and " " not in term.strip() and (first + "s" in toks or first + "es" in toks)
+
+
 def find_terms(text: str, terms: list[str]) -> list[str]:
     """The words of ``text`` that match a lexicon term (whole words or phrases, any case, a
     plural ``s``/``es`` allowed), as written in the text, in the order of ``terms``."""
     found: list[str] = []
-    if not terms or _any_term_re(terms).search(text) is None:
-        return found  # no term anywhere (the usual case): one search, not one per term
+    if not terms:
+        return found
+    toks = tokens(text)
+    if toks is not None:
+        terms = [t for t in terms if may_hold(toks, t, plural=True)]
+        if not terms:
+            return found  # no term's first word in the text (the usual case): no search
+    elif _any_term_re(terms).search(text) is None:
+        return found  # no term anywhere: one search, not one per term
     for term in terms:
         for m in _term_re(term).finditer(text):
             if m.group(1) not in found:

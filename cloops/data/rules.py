@@ -19,9 +19,11 @@ A story's rule with the id of a series rule replaces it for that story.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 from ..core.errors import InputError
+from ..core.prose import may_hold, tokens
 
 SCOPES = ("text", "visual", "both")
 _SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -122,16 +124,25 @@ def by_scope(rules: list[dict]) -> dict[str, list[dict]]:
             "visual": [r for r in rules if r["scope"] in ("visual", "both")]}
 
 
+@lru_cache(maxsize=4096)
+def _word_re(word: str) -> re.Pattern:
+    """A forbidden word or phrase as a whole-word, any-case pattern."""
+    return re.compile(r"(?<![\w-])" + r"\s+".join(map(re.escape, word.split())) + r"(?![\w-])",
+                      re.I)
+
+
 def forbidden(text: str, forbid: list[str]) -> list[str]:
     """The forbidden words, phrases or ``/patterns/`` found in ``text``, as they appear there
     (in order of ``forbid``, each once; case-insensitive; words and phrases whole)."""
     found: list[str] = []
+    toks = tokens(text)
     for w in forbid:
         if _is_pattern(w):
             rx = re.compile(w[1:-1], re.I)
+        elif not may_hold(toks, w):
+            continue  # its first word is nowhere in the text: no search
         else:
-            rx = re.compile(r"(?<![\w-])" + r"\s+".join(map(re.escape, w.split())) + r"(?![\w-])",
-                            re.I)
+            rx = _word_re(w)
         m = rx.search(text)
         if m and m.group(0) not in found:
             found.append(m.group(0))

@@ -153,6 +153,37 @@ def check_name(source: str, story: StoryRef) -> str:
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
+_TEXTS: dict[str, tuple[tuple, str]] = {}  # path -> (identity, text): see _read_text
+_TEXTS_MAX = 512
+_TEXTS_MAX_BYTES = 1 << 20
+
+
+def _read_text(full: str, st: os.stat_result) -> str:
+    """The UTF-8 text of the file ``full``, whose ``stat`` is ``st``: read once while its
+    identity (inode, size, mtime, ctime) stays the same. A story's plan is read by ~20 of its
+    tasks, each parsing its own copy (a task may change what it parsed), but the file is
+    opened once. Targets are replaced by rename, so a rewrite is a new inode.
+
+    Raises:
+        FileNotFoundError: the file went away after ``st`` was taken.
+        UnicodeDecodeError: the file is not UTF-8.
+    """
+    ident = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    hit = _TEXTS.get(full)
+    if hit is not None and hit[0] == ident:
+        return hit[1]
+    with open(full, encoding="utf-8") as fh:
+        text = fh.read()
+    if st.st_size <= _TEXTS_MAX_BYTES:
+        if len(_TEXTS) >= _TEXTS_MAX:
+            try:  # drop the oldest (dicts keep insertion order); threads may race: harmless
+                del _TEXTS[next(iter(_TEXTS))]
+            except (KeyError, StopIteration, RuntimeError):
+                pass
+        _TEXTS[full] = (ident, text)
+    return text
+
+
 class Sources:
     """The JSON artifacts one story's tasks read values from or fan out over.
 
@@ -200,8 +231,7 @@ class Sources:
             return hit[1], hit[2]
         data, error = None, None
         try:
-            with open(full, encoding="utf-8") as fh:
-                data = json.loads(fh.read())
+            data = json.loads(_read_text(full, st))
         except FileNotFoundError:
             return None, None
         except json.JSONDecodeError as exc:

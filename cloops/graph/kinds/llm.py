@@ -18,7 +18,6 @@ what is sent, validated against and part of the request's digest (the response c
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -114,7 +113,8 @@ class LLMStep(Step):
         return tpl.memo[key]
 
     def schema_of(self, tpl) -> dict | None:
-        """The step's JSON schema file, parsed, or None for a text answer."""
+        """The step's JSON schema file, parsed afresh on every call (the caller may change
+        it), or None for a text answer."""
         return json.loads(tpl.text(f"schemas/{self.schema}")) if self.schema else None
 
     def schema_sent(self, tpl, inputs: dict, ctx: StepContext) -> dict | None:
@@ -130,7 +130,7 @@ class LLMStep(Step):
         fn = getattr(self.shape, "__name__", repr(self.shape))
         wf = str(tpl.dir / "workflow.py")
         try:
-            shaped = self.shape(copy.deepcopy(schema), inputs, ctx)
+            shaped = self.shape(schema, inputs, ctx)  # a fresh parse: shape may change it
         except (KeyError, ValueError, TypeError) as exc:
             raise InputError(f"step {self.name!r}: shape={fn} failed on schemas/{self.schema}: "
                              f"{type(exc).__name__}: {exc}.", file=wf,
