@@ -13,7 +13,11 @@ task and records every result - waited behind them.
 A task thread takes a turn (:meth:`Turns.held`) to run, and gives it back while it waits for
 something that is not Python (:meth:`Turns.released`): a service call, a render's encoder, a
 limiter's slot, another task's answer. At most :data:`TURNS` task threads run Python at once;
-the others wait on a semaphore, not on the interpreter lock.
+the others wait on a semaphore, not on the interpreter lock. One turn: doit's main thread and
+one task thread then take the interpreter from each other, and nobody else does. Two turns
+(the default until the per-task work shrank) made a third thread contend: 45 context switches
+a task against 25, and a 300-story build against instant fakes 10 % slower (farm-bench,
+``benchmarks/README.md``); the makespan against fakes with latency was the same (1.07).
 
 A turn is a courtesy, never a lock: a thread that waited :data:`WAIT_S` for one runs without
 it, so a thread that holds a turn while it waits on a lock whose holder wants one slows the
@@ -27,7 +31,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-TURNS = 2  # task threads running Python at once (CLOOPS_TURNS; 0: no limit)
+TURNS = 1  # task threads running Python at once (CLOOPS_TURNS; 0: no limit)
 WAIT_S = 0.25  # the longest a thread waits for a turn before it runs anyway
 
 
