@@ -44,7 +44,9 @@ class Turns:
     def __init__(self, n: int = TURNS, wait_s: float = WAIT_S):
         self.n = n
         self.wait_s = wait_s
-        self._sem = threading.Semaphore(n) if n > 0 else None
+        # one turn: a plain lock, whose wait and release are C (a Semaphore is a Condition in
+        # Python: a waiter lock made per wait, and notify's bookkeeping under the GIL)
+        self._sem = threading.Lock() if n == 1 else threading.Semaphore(n) if n > 0 else None
         self._mine = threading.local()  # .depth: nesting of held(); .has: holds a turn now
 
     def _take(self) -> None:
