@@ -191,3 +191,28 @@ def test_doit_state_is_asked_only_for_rows_it_has_once_many_tasks_were_asked(tmp
     db._conn = counting.conn
     db.dump()
     assert SqliteDB(str(tmp_path / "state.db"), JSONCodec()).get("t3", "x") is None
+
+
+def test_an_up_to_date_check_leaves_no_values_waiting_to_be_taken():
+    """A task's Inputs wait in engine._UNTAKEN until its worker takes them; an up-to-date check
+    that compared them took them, so nothing is kept for it (a long-lived process - the
+    studio - would otherwise keep every checked task's view of its files)."""
+    from types import SimpleNamespace
+
+    from cloops.graph import engine
+    from cloops.graph.engine import INPUTS_KEY, Inputs
+
+    calls = []
+    inputs = Inputs(lambda seen=None: calls.append(seen) or {"config a": "1"})
+    task = SimpleNamespace(name="narrative:comic-books-standard/noah")
+    engine._UNTAKEN[task.name] = inputs
+    assert inputs(task, {INPUTS_KEY: {"config a": "1"}}) is True
+    assert task.name not in engine._UNTAKEN and len(calls) == 1
+    engine.take_values(task.name)  # the worker's turn, had it run: nothing left to take
+    assert len(calls) == 1
+    # never built: nothing compared, the values wait for the worker's view of the files
+    fresh = Inputs(lambda seen=None: calls.append(seen) or {"config a": "1"})
+    engine._UNTAKEN[task.name] = fresh
+    assert fresh(task, {}) is False
+    engine.take_values(task.name, "the task's view")
+    assert calls[-1] == "the task's view" and task.name not in engine._UNTAKEN

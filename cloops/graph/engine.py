@@ -103,6 +103,7 @@ class Inputs:
         else:
             keys = sorted(set(prev) | set(self.values))
             self.changed = [k for k in keys if prev.get(k) != self.values.get(k)]
+            _UNTAKEN.pop(task.name, None)  # taken: nothing for take_values to do
         if self.changed and self.story_dir and prev is not None:
             if is_locked(Path(self.story_dir), self.rel):
                 # locked: stays as it is; the change is remembered and reported
