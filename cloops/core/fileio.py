@@ -174,6 +174,16 @@ def sha256_json(data: Any) -> str:
     return sha256_bytes(canonical_json(data).encode("utf-8"))
 
 
+def file_stat(path: str | os.PathLike) -> list[int] | None:
+    """``[size in bytes, mtime in ns]`` of a file, or None when it does not exist: what a
+    value derived from the file (a seal, a memo) is derived from."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def sha256_file(path: str | os.PathLike) -> str | None:
     """Return the hex SHA-256 of a file's bytes, or None if it does not exist."""
     try:

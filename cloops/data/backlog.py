@@ -241,6 +241,15 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def batchable(path: Path | str) -> bool:
+    """True when status changes to backlog ``path`` can be applied together by
+    :func:`set_statuses` (a JSON file); False for a ``firestore://`` document (one
+    preconditioned update per item) and a CSV file (one row each), which :func:`set_status`
+    writes one by one."""
+    return not (isinstance(path, str) and path.startswith("firestore://")) and \
+        Path(path).suffix != ".csv"
+
+
 def set_status(root: Path, path: Path, item_id: str, status: str, *,
                error: str | None = None) -> bool:
     """Set one item's status (and ``completedAt``/``error``); return True if the file changed.

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator
 from doit import create_after
 
 from ..core.errors import InputError
+from ..core.fileio import file_stat
 from ..data.project import Project, StoryRef
 from ..data.template import Template
 from .locks import is_locked, mark_stale
@@ -204,17 +205,9 @@ class Sources:
         self.memo: dict[str, Any] = {}  # what callers derive from the files (see stamps)
 
     def stamps(self, paths) -> tuple:
-        """The (size, mtime) of each of ``paths`` now (None: absent): what a value derived
-        from them is derived from."""
-        out = []
-        for p in paths:
-            try:
-                st = os.stat(os.path.join(self._dir, p))
-            except (FileNotFoundError, NotADirectoryError):
-                out.append(None)
-            else:
-                out.append((st.st_size, st.st_mtime_ns))
-        return tuple(out)
+        """The ``[size, mtime]`` of each of ``paths`` now (None: absent,
+        :func:`cloops.core.fileio.file_stat`): what a value derived from them is derived from."""
+        return tuple(file_stat(os.path.join(self._dir, p)) for p in paths)
 
     def _load(self, path: str) -> tuple[Any, str | None]:
         if self._snapshot:

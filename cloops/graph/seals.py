@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .. import __version__
-from ..core.fileio import atomic_write_json, sha256_json
+from ..core.fileio import atomic_write_json, file_stat, sha256_json
 from ..data.backlog import Item
 from ..data.project import Project, StoryRef
 from .completion import library_uses, template_state
@@ -48,15 +48,6 @@ from .targets import META_DIR, story_lock
 
 SEALS_FILE = "seals.json"
 FORMAT = 1
-
-
-def file_stat(path: str | os.PathLike) -> list[int] | None:
-    """``[size in bytes, mtime in ns]`` of a file, or None when it does not exist."""
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return [st.st_size, st.st_mtime_ns]
 
 
 class SealBook:

@@ -17,8 +17,8 @@ import sys
 import time
 
 from ..core.console import make_console
+from ..core.fileio import file_stat
 from ..graph.engine import Inputs
-from ..graph.seals import file_stat
 from .context import current, current_project, run_context
 from .selection import is_command_task
 from .progress import LiveView, wants_lines

@@ -53,9 +53,10 @@ class StatusWriter:
         self._timer: threading.Timer | None = None
 
     def _now(self, path: Path | str) -> bool:
-        """True when a change to backlog ``path`` is written at once, not held."""
-        return (isinstance(path, str) and path.startswith("firestore://")) or \
-            Path(path).suffix == ".csv" or os.getpid() != self._pid
+        """True when a change to backlog ``path`` is written at once, not held: a backlog
+        :func:`~cloops.data.backlog.set_statuses` cannot write together, or a call from
+        another process (whose held changes would die with it)."""
+        return not backlog_mod.batchable(path) or os.getpid() != self._pid
 
     def complete(self, proj: Any, template: str, story_id: str, story_input: dict,
                  path: Path | str) -> None:
