@@ -65,3 +65,37 @@ def test_a_serial_build_finishes_each_story_before_starting_the_next(project):
         if step == "prompt":
             n = target.split("/")[1].split(".")[0]
             assert calls[i + 1] == ("image", f"images/{n}.jpg"), calls
+
+
+def test_doit_thread_runner_queues_are_simple_queues_and_need_nothing_more(tmp_path):
+    """install_simple_queues swaps doit's queue.Queue for queue.SimpleQueue, which has only
+    put, get, empty and qsize: doit's runner must call nothing else on its queues (a guard for
+    a doit upgrade), and a thread run through them still runs every task."""
+    import inspect
+    import queue
+    import re
+
+    import doit.runner as runner
+    from cloops.run.dispatch import install_simple_queues
+
+    install_simple_queues()
+    assert runner.MThreadRunner.Queue is queue.SimpleQueue
+    source = inspect.getsource(runner.MRunner)
+    called = set(re.findall(r"\b(?:job_q|result_q|self\.result_q)\.(\w+)\(", source))
+    assert called and called <= {"put", "get", "empty"}, called
+
+    from doit.dependency import Dependency, JsonDB
+    from doit.task import Task
+    ran = []
+    tasks = [Task(f"t{i}", [(lambda i=i: ran.append(i) or True, [])]) for i in range(20)]
+
+    class Quiet:
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+    from doit.control import TaskControl
+    control = TaskControl(tasks)
+    control.process(None)
+    dep = Dependency(JsonDB, str(tmp_path / "doit.json"))
+    run = runner.MThreadRunner(dep, Quiet(), num_process=4)
+    run.run_all(control.task_dispatcher())
+    assert sorted(ran) == list(range(20)) and run.final_result == runner.SUCCESS

@@ -155,3 +155,22 @@ def install(key: Callable[[str], Priority],
             self.ready = ReadyQueue(key, saturated)  # read by the generator when first stepped
 
     control.TaskDispatcher = PriorityDispatcher
+    install_simple_queues()
+
+
+def install_simple_queues() -> None:
+    """Make doit's thread runner hand tasks to its worker threads, and results back, through
+    ``queue.SimpleQueue`` instead of ``queue.Queue``.
+
+    doit 0.37's ``MThreadRunner`` only calls ``put``, ``get`` and ``empty`` on its two queues
+    (``runner.py``: ``MRunner.run_tasks``, ``execute_task_subprocess``), which ``SimpleQueue``
+    has, in C: ``queue.Queue`` is a ``Condition`` in Python, which makes a lock per wait and
+    whose ``notify`` did a tenth of the interpreter's work on doit's main thread in a build
+    against instant fakes (py-spy, issue 24). Idempotent; a doit upgrade should re-check that
+    the runner still needs nothing more of its queues.
+    """
+    import queue
+
+    from doit.runner import MThreadRunner
+
+    MThreadRunner.Queue = staticmethod(queue.SimpleQueue)
