@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, UnidentifiedImageError
-
 from ..core.errors import PermanentServiceError
 
 JPEG_QUALITY = 92
@@ -22,6 +20,8 @@ def to_jpeg(data: bytes, *, source: str = "image") -> tuple[bytes, int, int]:
     Raises:
         PermanentServiceError: the bytes are not an image Pillow can read.
     """
+    from PIL import Image, UnidentifiedImageError  # here: Pillow costs ~10 ms at start-up
+
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
