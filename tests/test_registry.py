@@ -38,3 +38,14 @@ def test_choosing_backends_imports_no_sdk_module():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_loading_the_step_kinds_imports_no_image_or_media_library():
+    """What every doit start imports (the step kinds, the engine, the run layer) leaves the
+    heavy libraries to the tasks that use them: Pillow alone was ~10 ms of each start."""
+    code = ("import sys; import cloops.graph.kinds, cloops.graph.engine, cloops.run.dodo;"
+            "bad = [m for m in ('PIL', 'numpy', 'cv2', 'openai', 'replicate', 'httpx', "
+            "'jsonschema', 'textstat', 'fsspec') if m in sys.modules];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
