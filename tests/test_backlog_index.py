@@ -136,3 +136,30 @@ def test_an_unchanged_file_is_neither_read_nor_hashed_and_a_same_size_edit_is_se
 def status_after_write(root: Path) -> str:
     assert set_status(root, root / SHOWN, "story-2", "completed")
     return load(root).get("story-2").status
+
+
+def test_several_status_changes_are_spliced_in_one_pass_as_one_by_one():
+    """splice_items finds every changed item in one scan of the text (the status writer
+    writes ~20 changes at once into a 1,000-story backlog); the result is what splicing
+    them one at a time gives, in every layout, and None where the text has no such item."""
+    import random
+
+    from cloops.data.backlog import splice_item, splice_items
+    rng = random.Random(24)
+    items = [item(i) for i in range(1, 41)]
+    for layout in ({"indent": 2}, {"indent": 4}, {"indent": "\t"}, {}, {"separators": (",", ":")}):
+        text = json.dumps({"templateId": "t", "note": [1, {"items": []}], "items": items},
+                          ensure_ascii=False, **layout)
+        for _ in range(20):
+            picked = rng.sample(range(len(items)), rng.randint(1, 8))
+            new = {i: {**items[i], "status": "completed", "completedAt": f"2026-12-05T{i:02d}:00:00Z",
+                       "error": None} for i in picked}
+            one_by_one = text
+            for i in sorted(new, reverse=True):
+                one_by_one = splice_item(one_by_one, i, new[i])
+            together = splice_items(text, new)
+            assert together == one_by_one
+            expected = [new.get(i, it) for i, it in enumerate(items)]
+            assert json.loads(together)["items"] == expected
+        assert splice_items(text, {len(items): items[0]}) is None
+        assert splice_items(text, {}) == text
