@@ -155,6 +155,7 @@ def check_name(source: str, story: StoryRef) -> str:
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
+_UNCHECKED = object()  # no fan-out check kept for a text yet (Sources._error_of)
 _TEXTS: dict[str, tuple[tuple, str]] = {}  # path -> (identity, text): see _read_text
 _TEXTS_MAX = 512
 _TEXTS_MAX_BYTES = 1 << 20
@@ -298,9 +299,8 @@ class Sources:
         ident = self._idents.get(path)
         known = self.tpl.memo.setdefault("fan errors", {})
         seen = (self._dir, path, ident)
-        if ident is not None and seen in known:
-            found = known[seen]
-        else:
+        found = known.get(seen, _UNCHECKED) if ident is not None else _UNCHECKED
+        if found is _UNCHECKED:  # (one look-up: another thread may clear the dict meanwhile)
             found = self._fan_error(path, data, fan)
             if ident is not None:
                 if len(known) >= 4096:
