@@ -174,6 +174,12 @@ def sha256_json(data: Any) -> str:
     return sha256_bytes(canonical_json(data).encode("utf-8"))
 
 
+def stat_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """``(inode, size, mtime ns, ctime ns)``: a file's bytes are taken to be the same while
+    this is (a rewrite by rename is a new inode; one in place moves the ctime)."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def file_stat(path: str | os.PathLike) -> list[int] | None:
     """``[size in bytes, mtime in ns]`` of a file, or None when it does not exist: what a
     value derived from the file (a seal, a memo) is derived from."""

@@ -26,7 +26,16 @@ STATE_DIR = ".cloops"
 
 
 def template_state(proj: Project, tpl) -> dict[str, str]:
-    """Every story-independent input of every step: ``{"<step>: <input name>": value}``."""
+    """Every story-independent input of every step: ``{"<step>: <input name>": value}``.
+    Made once per template object (its texts and config are read once per process) and
+    shared: do not change the dict returned."""
+    state = tpl.memo.get("template state")
+    if state is None:
+        state = tpl.memo["template state"] = _template_state(proj, tpl)
+    return state
+
+
+def _template_state(proj: Project, tpl) -> dict[str, str]:
     state: dict[str, str] = {}
     ref = StoryRef(tpl.name, "-", "")
     for step in tpl.steps:
@@ -89,9 +98,7 @@ def record_completed_many(proj: Project, template: str,
     if not stories:
         return
     tpl = proj.template(template)
-    state = tpl.memo.get("template state")
-    if state is None:  # the template's texts and config are read once per process
-        state = tpl.memo["template state"] = template_state(proj, tpl)
+    state = template_state(proj, tpl)
     tsig = sha256_json(state)[:16]
     tdir = _tdir(proj, template)
     states = tdir / "template-states" / f"{tsig}.json"

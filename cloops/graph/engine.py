@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from doit import create_after
 
 from ..core.errors import InputError
-from ..core.fileio import file_stat
+from ..core.fileio import file_stat, stat_identity
 from ..data.project import Project, StoryRef
 from ..data.template import Template
 from .locks import is_locked, mark_stale
@@ -171,7 +171,7 @@ def _read_text(full: str, st: os.stat_result) -> str:
         FileNotFoundError: the file went away after ``st`` was taken.
         UnicodeDecodeError: the file is not UTF-8.
     """
-    ident = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    ident = stat_identity(st)
     hit = _TEXTS.get(full)
     if hit is not None and hit[0] == ident:
         return hit[1]
@@ -202,8 +202,9 @@ class Sources:
         self.dir = story_dir
         self._dir = str(story_dir)
         self._snapshot = snapshot
-        self._cache: dict[str, tuple[Any, Any, str | None]] = {}
-        self._idents: dict[str, tuple] = {}  # path -> the identity of the text last parsed
+        # path -> (the file's stat_identity when parsed, data, error); ("error", path) -> the
+        # fan-out check of that data
+        self._cache: dict[Any, tuple[Any, Any, str | None]] = {}
         self.memo: dict[str, Any] = {}  # what callers derive from the files (see stamps)
 
     def stamps(self, paths) -> tuple:
@@ -221,12 +222,11 @@ class Sources:
             st = os.stat(full)
         except (FileNotFoundError, NotADirectoryError):
             return None, None
-        stamp = (st.st_size, st.st_mtime_ns)
+        ident = stat_identity(st)
         hit = self._cache.get(path)
-        if hit is not None and hit[0] == stamp:
+        if hit is not None and hit[0] == ident:
             return hit[1], hit[2]
         data, error = None, None
-        self._idents[path] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         try:
             data = json.loads(_read_text(full, st))
         except FileNotFoundError:
@@ -236,7 +236,7 @@ class Sources:
                 f"is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
                 file=full, fix="correct your edit (it is kept as you wrote it), or delete "
                                 "the file to have it regenerated."))
-        self._cache[path] = (stamp, data, error)
+        self._cache[path] = (ident, data, error)
         return data, error
 
     def data(self, path: str) -> Any:
@@ -296,7 +296,8 @@ class Sources:
             return hit[2]
         # the same text checked by another task's view: its answer (kept with the template,
         # whose library the check reads)
-        ident = self._idents.get(path)
+        parsed = self._cache.get(path)
+        ident = parsed[0] if parsed is not None and parsed[1] is data else None
         known = self.tpl.memo.setdefault("fan errors", {})
         seen = (self._dir, path, ident)
         found = known.get(seen, _UNCHECKED) if ident is not None else _UNCHECKED
@@ -506,8 +507,8 @@ def _inactive_targets(plan: Plan, sources: Sources | None,
     off = {expand(p, k) for s in plan.steps if s.name in plan.inactive
            for p in s.target_patterns()
            for k in (keys(placeholder_of(p)) if placeholder_of(p) else [None])}
-    if sources is not None:
-        sources.memo["inactive targets"] = (sources.stamps(plan.fanouts), off)
+    if sources is not None:  # under the stamps taken before the files were read
+        sources.memo["inactive targets"] = (stamps, off)
     return off
 
 

@@ -22,6 +22,8 @@ import threading
 
 from doit.dependency import MD5Checker, get_file_md5
 
+from ..core.fileio import stat_identity
+
 _MAX_ENTRIES = 200_000  # ~40 MB at the most; a build of 8,000 stories has about that many files
 
 
@@ -46,7 +48,7 @@ class CachedMD5Checker(MD5Checker):
         Raises:
             OSError: the file cannot be read.
         """
-        key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        key = stat_identity(st)
         known = cls._digests.get(path)
         if known is not None and known[0] == key:
             return known[1]
