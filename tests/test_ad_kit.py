@@ -293,3 +293,32 @@ def test_estimated_words_share_their_span_by_length():
     assert words[0][1] == 1.0 and words[-1][2] <= 2.5
     assert all(a < b for _w, a, b in words)
     assert math.isclose(sum(b - a for _w, a, b in words), 1.5 * 12 / 15, abs_tol=0.01)
+
+
+def test_normalizing_speech_takes_one_limiter_run_and_lands_on_the_target(kit, monkeypatch):
+    """A spoken line is driven over the target through the limiter once and brought down to
+    it by a linear gain: one FFmpeg limiter run, the target met, the peaks under the
+    ceiling. A signal whose peaks the limiter must hold down much harder (sparse clicks over a
+    quiet tone) takes more runs and still lands within the tolerance."""
+    from cloops.services.media import audio as snd
+    runs = []
+    limited = snd._limited
+    monkeypatch.setattr(snd, "_limited", lambda *a: runs.append(a) or limited(*a))
+    speech = decode(kit["dir"] / "line.mp3")
+    out, loud, ceiling = snd.normalize(speech, -14.0, -1.0)
+    assert len(runs) == 1
+    after = measure_pcm(out)
+    assert after.integrated_lufs == pytest.approx(-14.0, abs=0.1)
+    assert loud.integrated_lufs == pytest.approx(after.integrated_lufs, abs=0.1)
+    assert after.true_peak_dbtp <= ceiling + 0.1
+    assert out.shape == speech.shape
+
+    runs.clear()
+    t = np.arange(48000 * 4) / 48000
+    clicks = np.stack([0.02 * np.sin(2 * np.pi * 330 * t)] * 2, axis=1).astype(np.float32)
+    clicks[::4800] = 0.9
+    out, loud, ceiling = snd.normalize(clicks, -14.0, -1.0)
+    assert 2 <= len(runs) <= 4
+    after = measure_pcm(out)
+    assert -14.0 - snd.LOUDNESS_TOLERANCE_LU - 0.05 <= after.integrated_lufs <= -13.9
+    assert after.true_peak_dbtp <= ceiling + 0.1

@@ -16,8 +16,10 @@ Every component with sound is made the same way (:func:`render_soundtrack`):
    social delivery commonly targets) with its true peak at most ``true_peak_dbtp`` (default
    -1 dBTP): a linear gain from FFmpeg's ``ebur128`` measurement, then a limiter on the 4x
    oversampled signal (``alimiter`` with its delay compensated, so no sample moves in time)
-   with :data:`ENCODE_MARGIN_DB` of headroom for the AAC encoder's overshoot; measured again and
-   corrected until the integrated loudness is within :data:`LOUDNESS_TOLERANCE_LU`.
+   with :data:`ENCODE_MARGIN_DB` of headroom for the AAC encoder's overshoot. The mix is driven
+   :data:`LIMITER_ALLOWANCE_LU` over the target (what the limiter takes back from the peaks)
+   and brought down to it by a linear gain, which keeps the peaks under the ceiling; driven
+   again only when the limiter took more (within :data:`LOUDNESS_TOLERANCE_LU` is enough).
 3. **fade** - :data:`EDGE_FADE_S` in and out at the component's edges, so a cut from one
    component to the next joins two silences and does not click (the AAC priming samples at a
    join then decode to near-silence too).
@@ -54,6 +56,7 @@ DUCK_RAMP_S = 0.15           # how fast the music goes down before speech / back
 DUCK_GAP_S = 1.5             # a pause shorter than this keeps the music ducked
 ENCODE_MARGIN_DB = 1.0       # limiter ceiling below the true-peak limit: room for AAC's overshoot
 LOUDNESS_TOLERANCE_LU = 0.3  # the normalizer's aim: within this of the target before encoding
+LIMITER_ALLOWANCE_LU = 1.5   # what the limiter is expected to take back: the drive above target
 SILENCE_LUFS = -70.0         # BS.1770's absolute gate: quieter than this is silence
 
 
@@ -63,7 +66,7 @@ class Loudness:
 
     Attributes:
         integrated_lufs: integrated loudness, LUFS (None: silence, below -70 LUFS).
-        true_peak_dbtp: maximum true peak, dBTP (None: silence).
+        true_peak_dbtp: maximum true peak, dBTP (None: silence, or measured without it).
         lra_lu: loudness range, LU (0 for a short or steady signal).
     """
 
@@ -204,15 +207,22 @@ def _parse_summary(log: str) -> Loudness:
     return Loudness(i, tp, lra)
 
 
-def _measure(args: list[str], data: bytes | None, what: str) -> Loudness:
+def _meter(peak: bool) -> str:
+    """The ``ebur128`` filter: with ``peak`` it also measures the true peak (on a 4x
+    oversampled copy of the signal, a third of the meter's cost); without, only loudness."""
+    return f"ebur128={'peak=true:' if peak else ''}framelog=quiet"
+
+
+def _measure(args: list[str], data: bytes | None, what: str, *, peak: bool = True) -> Loudness:
     proc = _ffmpeg(["-nostats", "-loglevel", "info", *args,
-                    "-af", "ebur128=peak=true:framelog=quiet", "-f", "null", "-"],
+                    "-af", _meter(peak), "-f", "null", "-"],
                    data=data, what=what)
     return _parse_summary(proc.stderr.decode("utf-8", "replace"))
 
 
-def measure_pcm(pcm: np.ndarray) -> Loudness:
-    """Measure float PCM (``(samples, 2)`` at 48 kHz) with FFmpeg's ``ebur128``.
+def measure_pcm(pcm: np.ndarray, *, peak: bool = True) -> Loudness:
+    """Measure float PCM (``(samples, 2)`` at 48 kHz) with FFmpeg's ``ebur128``; without
+    ``peak`` the true peak is not measured (``true_peak_dbtp`` None) and the run is cheaper.
 
     Raises:
         RenderError: FFmpeg failed.
@@ -220,7 +230,7 @@ def measure_pcm(pcm: np.ndarray) -> Loudness:
     if pcm.size == 0:
         return Loudness(None, None, 0.0)
     return _measure(_raw_input("pipe:0"), np.ascontiguousarray(pcm, "<f4").tobytes(),
-                    "measure the loudness of a mix")
+                    "measure the loudness of a mix", peak=peak)
 
 
 def measure_file(path: str | Path) -> Loudness:
@@ -315,7 +325,7 @@ def mix(track: Soundtrack, duration_s: float) -> tuple[np.ndarray | None, list[s
         return music, notes
     if music is None:
         return voice, notes
-    lv, lm = measure_pcm(voice), measure_pcm(music)
+    lv, lm = measure_pcm(voice, peak=False), measure_pcm(music, peak=False)
     if lm.silent:
         notes.append(f"the music file {Path(track.music).name} is silent")
         return voice, notes
@@ -330,12 +340,13 @@ def mix(track: Soundtrack, duration_s: float) -> tuple[np.ndarray | None, list[s
 def _limited(pcm: np.ndarray, gain_db: float, ceiling_dbtp: float) -> tuple[np.ndarray, Loudness]:
     """``pcm`` with ``gain_db`` applied and its peaks held under ``ceiling_dbtp``, limited on the
     4x oversampled signal (an approximation of a true-peak limiter) with the limiter's delay
-    compensated - same length, same timing - and what it then measures (``ebur128`` at the end
-    of the same FFmpeg graph: one process for both)."""
+    compensated - same length, same timing - and its loudness (``ebur128`` at the end of the
+    same FFmpeg graph: one process for both; no true peak: the one that counts is measured
+    after encoding)."""
     limit = min(1.0, max(0.0625, _gain(ceiling_dbtp)))
     chain = (f"volume={gain_db:.4f}dB:precision=double,aresample={AUDIO_RATE_HZ * 4},"
              f"alimiter=limit={limit:.6f}:attack=1:release=60:level=0:latency=1,"
-             f"aresample={AUDIO_RATE_HZ},ebur128=peak=true:framelog=quiet")
+             f"aresample={AUDIO_RATE_HZ},{_meter(False)}")
     proc = _ffmpeg(["-nostats", "-loglevel", "info", *_raw_input("pipe:0"), "-af", chain,
                     "-f", "f32le", "-ac", str(CHANNELS), "pipe:1"],
                    data=np.ascontiguousarray(pcm, "<f4").tobytes(), what="normalize a mix")
@@ -346,38 +357,55 @@ def _limited(pcm: np.ndarray, gain_db: float, ceiling_dbtp: float) -> tuple[np.n
     return np.concatenate([out, np.zeros((len(pcm) - len(out), CHANNELS), np.float32)]), loud
 
 
+def _lowered(pcm: np.ndarray, loud: Loudness, db: float) -> tuple[np.ndarray, Loudness]:
+    """``pcm`` made ``db`` (>= 0) quieter by a linear gain, and its loudness then: integrated
+    loudness moves by exactly the gain (BS.1770's relative gate moves with the signal), and
+    every peak goes down with it, so a limited signal stays under its ceiling."""
+    if db <= 0:
+        return pcm, loud
+    pcm *= np.float32(_gain(-db))
+    return pcm, Loudness(loud.integrated_lufs - db, loud.true_peak_dbtp, loud.lra_lu)
+
+
 def normalize(pcm: np.ndarray, target_lufs: float, true_peak_dbtp: float, *,
               ceiling_dbtp: float | None = None) -> tuple[np.ndarray, Loudness, float]:
     """Bring ``pcm`` to ``target_lufs`` with its true peak under ``ceiling_dbtp`` (default
-    ``true_peak_dbtp - ENCODE_MARGIN_DB``). Returns ``(pcm, loudness, ceiling)``; a silent
-    input comes back unchanged.
+    ``true_peak_dbtp - ENCODE_MARGIN_DB``). Returns ``(pcm, loudness, ceiling)`` (the loudness
+    without a true peak: that is measured after encoding); a silent input comes back
+    unchanged.
+
+    The limiter takes some loudness back from the peaks it holds down, so the mix is driven
+    :data:`LIMITER_ALLOWANCE_LU` above the target through it and then brought down to the
+    target exactly by a linear gain (:func:`_lowered`): one limiter run for most mixes. When
+    the limiter took more than that, the next drive is a secant step from the last two runs.
 
     Raises:
         RenderError: FFmpeg failed.
     """
     ceiling = true_peak_dbtp - ENCODE_MARGIN_DB if ceiling_dbtp is None else ceiling_dbtp
-    before = measure_pcm(pcm)
+    before = measure_pcm(pcm, peak=False)
     if before.silent:
         return pcm, before, ceiling
-    gain = target_lufs - before.integrated_lufs
+    aim = target_lufs + LIMITER_ALLOWANCE_LU
+    gain = aim - before.integrated_lufs
     out, now = pcm, before
-    last: tuple[float, float] | None = None  # (gain, loudness) of the previous try
-    for _ in range(4):  # the limiter takes a little loudness off the peaks: aim again
+    last: tuple[float, float] | None = None  # (gain, loudness) of the previous run
+    for _ in range(4):
         out, now = _limited(pcm, gain, ceiling)
         if now.silent:
             break
-        miss = target_lufs - now.integrated_lufs
-        if abs(miss) <= LOUDNESS_TOLERANCE_LU:
-            break
-        # the louder the gain, the more the limiter takes back: after the first try, step by
-        # the slope the last two tries measured (a secant step) rather than by 1 dB per LU,
-        # which crept up on the target over three or four FFmpeg runs
+        if now.integrated_lufs >= target_lufs:  # loud enough: come down to the target
+            return (*_lowered(out, now, now.integrated_lufs - target_lufs), ceiling)
+        if target_lufs - now.integrated_lufs <= LOUDNESS_TOLERANCE_LU:
+            break  # a hair under: close enough (a linear gain up would lift the peaks)
+        # the louder the drive, the more the limiter takes back: step by the slope the last
+        # two runs measured (a secant step), 1 dB per LU after the first
         slope = 1.0
         if last is not None and abs(gain - last[0]) > 1e-6:
             slope = (now.integrated_lufs - last[1]) / (gain - last[0])
             slope = min(1.0, max(0.25, slope))
         last = (gain, now.integrated_lufs)
-        gain += miss / slope
+        gain += (aim - now.integrated_lufs) / slope
     return out, now, ceiling
 
 
