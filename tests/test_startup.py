@@ -81,3 +81,28 @@ def test_doit_build_of_an_unknown_story_is_one_clear_error(tmp_path):
     run = project.doit("build:noah-s-arc")
     assert run.rc == 2 and "Traceback" not in run.err
     assert "did you mean build:noah-s-ark?" in run.err and "comic-books-standard.json" in run.err
+
+
+def test_the_first_service_called_is_preloaded_first_past_steps_that_call_none(tmp_path):
+    """Both shipped templates open with a ``rules`` step, which calls no service: the LLM of
+    the narrative after it is still what a build calls first (its SDK is imported in the main
+    thread before tasks start), and the background preload takes the others shallowest first."""
+    from conftest import make_project
+
+    from cloops.graph.plan import plan_of
+    from cloops.run.tuning import first_services, service_depths
+
+    from cloops.data.project import load_project
+
+    make_project(tmp_path, templates=None, ads=True)
+    proj = load_project(tmp_path)
+    for name in ("comic-books-standard", "comic-books-kids"):
+        tpl = proj.template(name)
+        depth = plan_of(tpl).depth
+        # what depth 0 alone would find: no service at all
+        assert {s.service for s in tpl.steps if depth[s.name] == 0} == {None}, name
+        assert first_services(tpl) == {"llm"}, name
+        depths = service_depths(tpl)
+        assert depths["llm"] < depths["image"], depths
+    kids = service_depths(proj.template("comic-books-kids"))
+    assert sorted(kids, key=kids.get)[0] == "llm" and set(kids) == {"llm", "image", "voice"}

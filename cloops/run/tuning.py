@@ -96,15 +96,38 @@ def tune_malloc() -> bool:
         bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
+def service_depths(tpl: Any) -> dict[str, int]:
+    """``{service: depth}``: each service a template's steps call, with the depth in the step
+    graph (:attr:`cloops.graph.plan.Plan.depth`) of the shallowest step calling it."""
+    depth = plan_of(tpl).depth
+    out: dict[str, int] = {}
+    for step in tpl.steps:
+        if step.service:
+            out[step.service] = min(out.get(step.service, depth[step.name]), depth[step.name])
+    return out
+
+
+def first_services(tpl: Any) -> set[str]:
+    """The services a build of ``tpl`` calls first: those of the shallowest steps that call
+    one. Steps that call nothing (a ``rules`` step, checks) are passed over: depth 0 alone
+    would find no service in a template whose first step is one of them."""
+    depths = service_depths(tpl)
+    if not depths:
+        return set()
+    lowest = min(depths.values())
+    return {service for service, d in depths.items() if d == lowest}
+
+
 def preload_sdks() -> None:
     """Import the SDKs of the real backends in use and run their ``warm_up``
     (:func:`cloops.services.registry.preload`) before tasks run in worker threads.
 
-    The services the first steps call (depth 0: the LLM for a narrative) are preloaded now, in
-    the main thread; the others (image, voice) in a background thread, so importing the image
-    SDK overlaps the first LLM calls' network time instead of delaying them. A task that needs
-    a service before its preload is done waits for it. When tasks will run, malloc is tuned
-    first (:func:`tune_malloc`), before doit starts their threads.
+    The services the first calling steps call (:func:`first_services`: the LLM of a narrative)
+    are preloaded now, in the main thread; the others (image, voice) in a background thread,
+    shallowest first, so importing the image SDK overlaps the first LLM calls' network time
+    instead of delaying them. A task that needs a service before its preload is done waits for
+    it. When tasks will run, malloc is tuned first (:func:`tune_malloc`), before doit starts
+    their threads.
     """
     import threading
 
@@ -116,18 +139,23 @@ def preload_sdks() -> None:
         return  # every selected story is sealed: no task will call a service
     tune_malloc()  # tasks will run: before their threads start (not in every start-up)
     now: dict[str, Any] = {}
-    later: dict[str, Any] = {}
+    later: dict[str, tuple[int, Any]] = {}  # backend name -> (depth of its first step, spec)
     for b in proj.backlogs:
         tpl = proj.template(b.template)
-        depth = plan_of(tpl).depth
-        first = {s.service for s in tpl.steps if s.service and depth[s.name] == 0}
-        for service in sorted({s.service for s in tpl.steps if s.service}):
+        order = service_depths(tpl)
+        first = first_services(tpl)
+        for service, depth in order.items():
             spec = proj.resolved(b.template, service).spec
-            (now if service in first else later)[spec.name] = spec
+            if service in first:
+                now[spec.name] = spec
+            else:
+                later[spec.name] = min(later.get(spec.name, (depth, spec)), (depth, spec),
+                                       key=lambda d_s: d_s[0])
     for spec in now.values():
         registry.preload(spec)
     freeze_live_objects()  # the SDK's modules and models, imported just now
-    rest = [spec for name, spec in later.items() if name not in now]
+    rest = [spec for name, (_d, spec) in sorted(later.items(), key=lambda kv: kv[1][0])
+            if name not in now]
     if rest:
         def preload_rest() -> None:
             for spec in rest:
