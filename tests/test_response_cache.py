@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 from cloops.services.base import ImageResult, LLMResult, Usage
 from cloops.services.cache import TEMP_GRACE_S, ResponseCache
@@ -29,7 +30,7 @@ def test_prune_removes_unused_entries_and_keeps_used_ones(tmp_path):
 
     assert removed == 2 and freed > 0
     assert cache.get_llm("aa" + "0" * 62) is None and cache.get_image("bb" + "0" * 62) is None
-    assert not cache._path("bb" + "0" * 62, ".jpg").exists()
+    assert not Path(cache._path("bb" + "0" * 62, ".jpg")).exists()
     assert cache.get_llm("cc" + "0" * 62).text == "new"
     assert cache.stats()["entries"] == 1
 
@@ -37,7 +38,7 @@ def test_prune_removes_unused_entries_and_keeps_used_ones(tmp_path):
 def test_prune_sweeps_temp_files_of_killed_writes_but_not_fresh_ones(tmp_path):
     cache = ResponseCache(tmp_path / "cache")
     cache.put_llm("dd" + "0" * 62, LLMResult(text="kept", data=None, usage=Usage(), model="m"))
-    folder = cache._path("dd" + "0" * 62, ".json").parent
+    folder = Path(cache._path("dd" + "0" * 62, ".json")).parent
     stale = folder / f".{'dd' + '0' * 62}.json.4242-1-7.tmp"   # left by a killed run
     stale.write_bytes(b"half a")
     age(stale, TEMP_GRACE_S + 60)

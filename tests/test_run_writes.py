@@ -216,3 +216,42 @@ def test_an_up_to_date_check_leaves_no_values_waiting_to_be_taken():
     assert fresh(task, {}) is False
     engine.take_values(task.name, "the task's view")
     assert calls[-1] == "the task's view" and task.name not in engine._UNTAKEN
+
+
+def test_task_file_names_are_what_pathlib_would_make():
+    """Task file names are joined as strings on the hot path; any name, plain or odd, gives
+    the name ``pathlib`` gives (doit matches a file_dep to a target by that name)."""
+    from pathlib import Path
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from cloops.graph.engine import _joined
+
+    part = st.sampled_from(["a", "b.json", ".", "..", "", ".cloops", "x y", "é"])
+    name = st.lists(part, min_size=1, max_size=4).map("/".join) | st.sampled_from(
+        ["/abs/x", "./x", "x/", "x/.", ".", "a//b", "a/./b"])
+    base = st.sampled_from(["build/std/s1", ".", "", "build", "/root/p"])
+
+    @given(base, name)
+    def same(b, rel):
+        assert _joined(b, rel) == str(Path(b) / rel)
+    same()
+
+
+def test_atomic_writes_on_strings_create_folders_and_leave_no_temp_file(tmp_path):
+    from cloops.core.fileio import atomic_write_bytes, read_bytes
+    target = str(tmp_path / "new" / "deeper" / "f.bin")
+    atomic_write_bytes(target, b"one")
+    atomic_write_bytes(tmp_path / "new" / "deeper" / "f.bin", b"two")
+    assert read_bytes(target) == b"two"
+    assert sorted(p.name for p in (tmp_path / "new" / "deeper").iterdir()) == ["f.bin"]
+    (tmp_path / "dir").mkdir()
+    try:
+        atomic_write_bytes(tmp_path / "dir", b"x")  # a folder in the way: the rename fails
+    except OSError:
+        pass
+    else:
+        raise AssertionError("writing over a folder must fail")
+    assert [p.name for p in (tmp_path / "dir").iterdir()] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "new"]

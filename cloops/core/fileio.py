@@ -30,7 +30,13 @@ def temp_path(path: Path) -> Path:
     """A temp file name beside ``path``: ``.<name>.<pid>-<thread>-<n>.tmp``, unique per process,
     thread and write (:func:`remove_temp_files` reads the pid back to tell a killed writer's
     leftover from a write in flight)."""
-    return path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}-{next(_SEQ)}.tmp"
+    return Path(_temp_name(os.fspath(path)))
+
+
+def _temp_name(path: str) -> str:
+    """:func:`temp_path` on a string (no ``pathlib`` objects: a build writes ~2 files a task)."""
+    head, name = os.path.split(path)
+    return os.path.join(head, f".{name}.{os.getpid()}-{threading.get_ident()}-{next(_SEQ)}.tmp")
 
 
 @contextmanager
@@ -62,15 +68,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic and the kernel keeps the written data. ``CLOOPS_FSYNC=1`` also fsyncs each file,
     which protects against power loss at a cost of milliseconds per target.
     """
-    path = Path(path)
+    path = os.fspath(path)
     # the temp name is unique per process, thread and write (tempfile.mkstemp's random names
     # cost more than the write of a small target); created like any file, so the umask decides
-    # its permissions
-    with staged(path) as tmp:
+    # its permissions. Strings, not pathlib: this runs for every target and cache entry.
+    tmp = _temp_name(path)
+    try:
         try:
             fd = os.open(tmp, _CREATE, 0o666)
         except FileNotFoundError:  # the first write into this folder
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             fd = os.open(tmp, _CREATE, 0o666)
         try:
             # os.write, not a file object: no buffer, isatty or seek calls for a one-shot write
@@ -81,6 +88,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
                 os.fsync(fd)
         finally:
             os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:  # as staged(): the temp file goes, the target is untouched
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def atomic_copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -137,6 +151,26 @@ def remove_temp_files(folder: str | os.PathLike) -> int:
         except FileNotFoundError:
             pass
     return removed
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The UTF-8 text of ``path`` (``Path.read_text`` without building a ``Path``).
+
+    Raises:
+        OSError: as ``open`` (``FileNotFoundError`` when it does not exist).
+    """
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of ``path`` (``Path.read_bytes`` without building a ``Path``).
+
+    Raises:
+        OSError: as ``open``.
+    """
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -512,6 +512,17 @@ def _inactive_targets(plan: Plan, sources: Sources | None,
     return off
 
 
+def _joined(base: str, rel: str) -> str:
+    """``str(Path(base) / rel)`` - the name doit knows a file by - without building paths for
+    the plain relative names steps declare (every task names several); anything else (an
+    absolute name, ``./``, ``//``, a trailing slash) goes through ``pathlib`` as before."""
+    if rel and rel[0] != "/" and base not in ("", ".") and "//" not in rel and \
+            "/./" not in rel and not rel.startswith("./") and not rel.endswith(("/", "/.")) \
+            and rel != ".":
+        return f"{base}/{rel}"
+    return str(Path(base) / rel)
+
+
 def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_input: dict,
               n: Key | None, sources: Sources | None, actions: Actions, *,
               made_by: str | None = None) -> dict:
@@ -535,8 +546,9 @@ def make_task(proj: Project, tpl: Template, step: Step, story: StoryRef, story_i
     if plan.inactive:  # what a switched-off step would make is not waited for
         off = _inactive_targets(plan, sources, keys)
         deps = [d for d in deps if d not in off]
-    file_dep = [str(rel_root / d) for d in deps]
-    targets = [str(rel_root / t) for t in outs]
+    base = str(rel_root)
+    file_dep = [_joined(base, d) for d in deps]
+    targets = [_joined(base, t) for t in outs]
     task_dep: list[str] = []
     for src in value_paths(step, step.foreach.source if step.foreach else None):
         prod = _producer_task(plan, story, src)

@@ -17,10 +17,11 @@ brings it up to date (from the response cache when its inputs are back to a buil
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..core.fileio import atomic_write_json
+from ..core.fileio import atomic_write_json, read_text
 from .targets import META_DIR, story_lock
 
 LOCKS_FILE = "locks.json"
@@ -29,7 +30,7 @@ LOCKS_FILE = "locks.json"
 def read_locks(story_dir: Path) -> dict:
     """``{"story": bool, "targets": {rel: {"at": iso, "stale": str | None}}}``."""
     try:
-        data = json.loads((Path(story_dir) / META_DIR / LOCKS_FILE).read_text(encoding="utf-8"))
+        data = json.loads(read_text(os.path.join(story_dir, META_DIR, LOCKS_FILE)))
     except (FileNotFoundError, json.JSONDecodeError):
         return {"story": False, "targets": {}}
     data.setdefault("story", False)

@@ -22,7 +22,7 @@ from typing import Any
 from doit.exceptions import TaskFailed
 
 from ..core.errors import CloopsError, InputError, ServiceError
-from ..core.fileio import dump_json, remove_temp_files
+from ..core.fileio import dump_json, read_text, remove_temp_files
 from ..core.turns import TASK_TURNS
 from ..data.project import Project, load_project
 from ..data.template import Template
@@ -84,18 +84,18 @@ def read_inputs(tpl: Template, step: Step, story_dir: Path, story_input: dict,
             inputs[name] = None  # made by a step switched off in config
         elif isinstance(inp, FileInput):
             rel = expand(inp.path, n)
-            path = story_dir / rel
+            path = os.path.join(story_dir, rel)  # a string: every task reads its inputs
             if rel.endswith(".json"):
                 try:
-                    inputs[name] = json.loads(path.read_text(encoding="utf-8"))
+                    inputs[name] = json.loads(read_text(path))
                 except json.JSONDecodeError as exc:
                     raise InputError(f"is not valid JSON: {exc.msg} at line {exc.lineno}, "
                                      f"column {exc.colno}.", file=str(path),
                                      fix="correct your edit, or delete the file to regenerate it.") from None
             elif rel.endswith((".md", ".txt")):
-                inputs[name] = path.read_text(encoding="utf-8")
+                inputs[name] = read_text(path)
             else:
-                inputs[name] = str(path)
+                inputs[name] = path
         elif isinstance(inp, EachInput):
             inputs[name] = [expand(inp.pattern, k)
                             for k in sources.keys_of(placeholder_of(inp.pattern))]

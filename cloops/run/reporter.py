@@ -61,6 +61,19 @@ def stale_reason(task) -> str:
     return "; ".join(reasons[:4]) or "stale"
 
 
+_NOTES: dict | None = None
+
+
+def _notes() -> dict:
+    """``cloops.run.execute.NOTES`` (the notes tasks left for their line), imported when the
+    first task ended - not at start-up - and then kept: an import statement per task costs."""
+    global _NOTES
+    if _NOTES is None:
+        from .execute import NOTES
+        _NOTES = NOTES
+    return _NOTES
+
+
 class CloopsReporter:
     """doit reporter printing with rich (plain text when not a terminal)."""
 
@@ -210,8 +223,7 @@ class CloopsReporter:
             return
         self.ran.append(task.name)
         step, story = _split(task.name)
-        from .execute import NOTES  # imported by the first task that ran
-        notes = NOTES.pop(task.name, [])
+        notes = _notes().pop(task.name, [])
         if self.view is not None:  # the live view: notes only, with their story and step
             self.view.ended(task.name, ok=True)
             if self._finishes(task.name):

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..core.fileio import atomic_write_bytes, atomic_write_text, canonical_json, sha256_bytes
+from ..core.fileio import read_bytes as _read_bytes
+from ..core.fileio import read_text as _read_text
 from .base import ImageResult, LLMResult, Usage, VoiceResult
 
 if TYPE_CHECKING:
@@ -66,8 +68,9 @@ class ResponseCache:
         # written after it; None: this machine's folder alone
         self.shared = shared
 
-    def _path(self, key: str, suffix: str) -> Path:
-        return self.dir / key[:2] / f"{key}{suffix}"
+    def _path(self, key: str, suffix: str) -> str:
+        """The entry file of ``key`` (a string: every task reads or writes one)."""
+        return os.path.join(self.dir, key[:2], key + suffix)
 
     # -- the shared tier -------------------------------------------------------------------
 
@@ -97,7 +100,7 @@ class ResponseCache:
         if self.shared is None or not self.shared.writable:
             return None
         try:
-            files = {s: self._path(key, s).read_bytes() for s in suffixes}
+            files = {s: _read_bytes(self._path(key, s)) for s in suffixes}
         except FileNotFoundError:
             return None
         theirs = self.shared.store(key, files)
@@ -146,7 +149,7 @@ class ResponseCache:
 
     def _get_llm(self, key: str) -> LLMResult | None:
         try:
-            raw = json.loads(self._path(key, ".json").read_text(encoding="utf-8"))
+            raw = json.loads(_read_text(self._path(key, ".json")))
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         self.touch(key)
@@ -170,8 +173,8 @@ class ResponseCache:
 
     def _get_image(self, key: str) -> ImageResult | None:
         try:
-            meta = json.loads(self._path(key, ".json").read_text(encoding="utf-8"))
-            jpeg = self._path(key, ".jpg").read_bytes()
+            meta = json.loads(_read_text(self._path(key, ".json")))
+            jpeg = _read_bytes(self._path(key, ".jpg"))
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         self.touch(key)
@@ -193,8 +196,8 @@ class ResponseCache:
 
     def _get_voice(self, key: str) -> VoiceResult | None:
         try:
-            meta = json.loads(self._path(key, ".json").read_text(encoding="utf-8"))
-            mp3 = self._path(key, ".mp3").read_bytes()
+            meta = json.loads(_read_text(self._path(key, ".json")))
+            mp3 = _read_bytes(self._path(key, ".mp3"))
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         self.touch(key)
