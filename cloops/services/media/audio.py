@@ -364,7 +364,8 @@ def _lowered(pcm: np.ndarray, loud: Loudness, db: float) -> tuple[np.ndarray, Lo
     if db <= 0:
         return pcm, loud
     pcm *= np.float32(_gain(-db))
-    return pcm, Loudness(loud.integrated_lufs - db, loud.true_peak_dbtp, loud.lra_lu)
+    peak = None if loud.true_peak_dbtp is None else loud.true_peak_dbtp - db
+    return pcm, Loudness(loud.integrated_lufs - db, peak, loud.lra_lu)
 
 
 def normalize(pcm: np.ndarray, target_lufs: float, true_peak_dbtp: float, *,
