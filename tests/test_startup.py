@@ -83,16 +83,19 @@ def test_doit_build_of_an_unknown_story_is_one_clear_error(tmp_path):
     assert "did you mean build:noah-s-ark?" in run.err and "comic-books-standard.json" in run.err
 
 
-def test_the_first_service_called_is_preloaded_first_past_steps_that_call_none(tmp_path):
+def test_the_first_service_called_is_preloaded_first_past_steps_that_call_none(tmp_path,
+                                                                            monkeypatch):
     """Both shipped templates open with a ``rules`` step, which calls no service: the LLM of
-    the narrative after it is still what a build calls first (its SDK is imported in the main
-    thread before tasks start), and the background preload takes the others shallowest first."""
+    the narrative after it is still what a build calls first. preload_sdks imports its SDK in
+    the main thread before tasks start, and the others in the background, shallowest first."""
+    import threading
+
     from conftest import make_project
 
-    from cloops.graph.plan import plan_of
-    from cloops.run.tuning import first_services, service_depths
-
     from cloops.data.project import load_project
+    from cloops.graph.plan import plan_of
+    from cloops.run import tuning
+    from cloops.services import registry
 
     make_project(tmp_path, templates=None, ads=True)
     proj = load_project(tmp_path)
@@ -101,8 +104,25 @@ def test_the_first_service_called_is_preloaded_first_past_steps_that_call_none(t
         depth = plan_of(tpl).depth
         # what depth 0 alone would find: no service at all
         assert {s.service for s in tpl.steps if depth[s.name] == 0} == {None}, name
-        assert first_services(tpl) == {"llm"}, name
-        depths = service_depths(tpl)
-        assert depths["llm"] < depths["image"], depths
-    kids = service_depths(proj.template("comic-books-kids"))
-    assert sorted(kids, key=kids.get)[0] == "llm" and set(kids) == {"llm", "image", "voice"}
+        assert tuning.first_services(tpl) == {"llm"}, name
+    kids = tuning.service_depths(proj.template("comic-books-kids"))
+    assert sorted(kids, key=kids.get) == ["llm", "voice", "image"]
+
+    preloaded: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def preload(spec):
+        preloaded.append((spec.name, threading.current_thread().name))
+        if len(preloaded) == 3:
+            done.set()
+    monkeypatch.setattr(registry, "preload", preload)
+    monkeypatch.setattr(tuning, "current_project", lambda: proj)
+    monkeypatch.setattr(tuning, "run_context", lambda: (None, set(), {}))
+    monkeypatch.setattr(tuning, "tune_malloc", lambda: True)
+    monkeypatch.setattr(tuning, "freeze_live_objects", lambda: None)
+    tuning.preload_sdks()  # no keys: the offline backends, one per service
+    assert preloaded[0] == (proj.resolved("comic-books-kids", "llm").spec.name,
+                            threading.current_thread().name)
+    assert done.wait(10)
+    rest = [proj.resolved("comic-books-kids", s).spec.name for s in ("voice", "image")]
+    assert preloaded[1:] == [(n, "cloops-preload") for n in rest]

@@ -26,30 +26,33 @@ _SEQ = itertools.count()
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
-def temp_path(path: Path) -> Path:
+def _temp_name(path: str) -> str:
     """A temp file name beside ``path``: ``.<name>.<pid>-<thread>-<n>.tmp``, unique per process,
     thread and write (:func:`remove_temp_files` reads the pid back to tell a killed writer's
-    leftover from a write in flight)."""
-    return Path(_temp_name(os.fspath(path)))
-
-
-def _temp_name(path: str) -> str:
-    """:func:`temp_path` on a string (no ``pathlib`` objects: a build writes ~2 files a task)."""
+    leftover from a write in flight). Strings, not ``pathlib``: a build writes ~2 files a
+    task."""
     head, name = os.path.split(path)
     return os.path.join(head, f".{name}.{os.getpid()}-{threading.get_ident()}-{next(_SEQ)}.tmp")
 
 
 @contextmanager
 def staged(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp name beside ``path`` (:func:`temp_path`) for the caller to write; when the
+    """Yield a temp name beside ``path`` (:func:`_temp_name`) for the caller to write; when the
     block ends normally the temp file is renamed onto ``path``, when it raises (or the rename
     fails) the temp file is removed. ``path``'s folder must exist.
 
     Raises:
         OSError: the rename failed (the temp file is gone, ``path`` untouched).
     """
-    path = Path(path)
-    tmp = temp_path(path)
+    with _staged(os.fspath(path)) as tmp:
+        yield Path(tmp)
+
+
+@contextmanager
+def _staged(path: str) -> Iterator[str]:
+    """:func:`staged` on strings (no ``pathlib`` objects: every target and cache entry is
+    written through it)."""
+    tmp = _temp_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -71,9 +74,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = os.fspath(path)
     # the temp name is unique per process, thread and write (tempfile.mkstemp's random names
     # cost more than the write of a small target); created like any file, so the umask decides
-    # its permissions. Strings, not pathlib: this runs for every target and cache entry.
-    tmp = _temp_name(path)
-    try:
+    # its permissions
+    with _staged(path) as tmp:
         try:
             fd = os.open(tmp, _CREATE, 0o666)
         except FileNotFoundError:  # the first write into this folder
@@ -88,13 +90,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:  # as staged(): the temp file goes, the target is untouched
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def atomic_copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from doit import create_after
 
 from ..core.errors import InputError
-from ..core.fileio import file_stat, stat_identity
+from ..core.fileio import file_stat, read_text, stat_identity
 from ..data.project import Project, StoryRef
 from ..data.template import Template
 from .locks import is_locked, mark_stale
@@ -175,8 +175,7 @@ def _read_text(full: str, st: os.stat_result) -> str:
     hit = _TEXTS.get(full)
     if hit is not None and hit[0] == ident:
         return hit[1]
-    with open(full, encoding="utf-8") as fh:
-        text = fh.read()
+    text = read_text(full)
     if st.st_size <= _TEXTS_MAX_BYTES:
         if len(_TEXTS) >= _TEXTS_MAX:
             try:  # drop the oldest (dicts keep insertion order); threads may race: harmless
