@@ -280,10 +280,13 @@ def test_standard_ads_are_opt_in_and_follow_the_pages(tmp_path):
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory):
     """The kids story built offline (storyboards, piper): 2 s hooks and a 4-6 s body, baked;
-    then again with the overlays separate (the baked clips kept under ``baked/``)."""
+    then again with the overlays separate (the baked clips kept under ``baked/``). Drawn in
+    the full format (``ads.drafts: full``): what a clip of real pictures is
+    (tests/test_draft_clips.py covers the 540x960 proxies offline drafts get by default)."""
     root = tmp_path_factory.mktemp("offline")
     project = make_project(root, ["noah-s-ark"], templates=(KIDS,), ads=True)
-    project.edit_config(lambda c: c["ads"].update(hookDurationS=2, minS=4, maxS=6), KIDS)
+    project.edit_config(lambda c: c["ads"].update(hookDurationS=2, minS=4, maxS=6,
+                                                  drafts="full"), KIDS)
     first = project.doit("build:noah-s-ark")
     assert first.rc == 0, first.out + first.err
     sdir = project.story_dir("noah-s-ark", KIDS)

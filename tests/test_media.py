@@ -35,15 +35,18 @@ def sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def frames_of(path: Path, indices: list[int]) -> list[np.ndarray]:
-    """Decode frames ``indices`` of a clip as 1920x1080x3 uint8 arrays."""
+def frames_of(path: Path, indices: list[int], size: tuple[int, int] = (1080, 1920)
+              ) -> list[np.ndarray]:
+    """Decode frames ``indices`` of a clip of ``size`` (width, height) as (height, width, 3)
+    uint8 arrays."""
     expr = "+".join(f"eq(n\\,{i})" for i in indices)
     out = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-vf", f"select={expr}",
                           "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                          capture_output=True, check=True).stdout
-    size = 1080 * 1920 * 3
-    assert len(out) == size * len(indices)
-    return [np.frombuffer(out[k * size:(k + 1) * size], np.uint8).reshape(1920, 1080, 3)
+    w, h = size
+    one = w * h * 3
+    assert len(out) == one * len(indices)
+    return [np.frombuffer(out[k * one:(k + 1) * one], np.uint8).reshape(h, w, 3)
             for k in range(len(indices))]
 
 
@@ -70,9 +73,10 @@ def diff_box(a: np.ndarray, b: np.ndarray, block: int = 1) -> Box | None:
     return Box(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
 
 
-def assert_vertical_clip(path: Path, duration_s: float) -> dict:
+def assert_vertical_clip(path: Path, duration_s: float, size: tuple[int, int] = (1080, 1920)
+                         ) -> dict:
     info = probe(path)
-    assert (info["width"], info["height"]) == (1080, 1920)
+    assert (info["width"], info["height"]) == size
     assert info["video_codec"] == "h264" and info["video_profile"] == "High"
     assert info["audio_codec"] == "aac"
     assert info["audio_sample_rate_hz"] == 48000 and info["audio_channels"] == 2

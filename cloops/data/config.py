@@ -254,6 +254,9 @@ OverlayMode = Literal["baked", "separate", "both"]
 AD_CLIP_TYPES = ("hook", "body", "cta")
 
 
+DraftClips = Literal["proxy", "full"]
+
+
 class LoudnessConfig(StrictModel):
     """``ads.loudness``: the one loudness of every ad component with sound.
 
@@ -284,7 +287,11 @@ class AdsConfig(StrictModel):
     subtitle guidelines' comfortable reading rate). ``music``: a file of the template folder
     looped under the clips, ``musicDuckDb`` below the voice while it speaks (12: BRIEF.md
     "Loudness", music under speech ~12 dB lower). ``loudness``: what every component with
-    sound is normalized to.
+    sound is normalized to. ``drafts``: how a clip is drawn when its pictures are offline
+    drafts (the storyboard backend's, not replaced by hand): ``proxy`` (the default) at
+    540x960 - the same layout, text, timing and sound with a quarter of the pixels, about a
+    quarter of the encoding work, for a preview - or ``full``, the promised 1080x1920. A
+    clip of real pictures is always 1080x1920; a draft is never published.
     """
 
     enabled: bool = False
@@ -299,6 +306,7 @@ class AdsConfig(StrictModel):
     music: str | None = None
     music_duck_db: float = Field(default=12.0, ge=0, le=40, alias="musicDuckDb")
     loudness: LoudnessConfig = Field(default_factory=LoudnessConfig)
+    drafts: DraftClips = "proxy"
 
     @model_validator(mode="before")
     @classmethod

@@ -468,7 +468,9 @@ def step_values(proj: Project, tpl: Template, step: Step, story: StoryRef, item_
         spec = proj.resolved(tpl.name, step.service).spec
         values[f"{step.service} backend"] = spec.name
     keys = sources.keys_of if sources is not None else (lambda ph: [])
-    values.update(step.dependency_values(DepContext(tpl, spec, n, keys, lambda: (have, ctx))))
+    values.update(step.dependency_values(DepContext(
+        tpl, spec, n, keys, lambda: (have, ctx),
+        lambda service: proj.resolved(tpl.name, service).spec)))
     return values
 
 

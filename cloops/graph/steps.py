@@ -371,6 +371,10 @@ class DepContext:
             stands for in this story (empty before its source exists).
         values: ``values() -> (inputs, ctx)``: the step's value inputs (story fields, item,
             parts, views; no files) and a context without a story folder, computed on demand.
+        backend_of: ``backend_of(service) -> BackendSpec``: the backend chosen for another
+            service of the template (a step whose output depends on whether what it reads was
+            made offline, such as a clip drawn from draft pictures); None where the engine
+            does not resolve backends (when it works out a task's files).
     """
 
     template: Any
@@ -378,6 +382,7 @@ class DepContext:
     n: Key | None
     keys: Callable[[str], list]
     values: Callable[[], tuple[dict, StepContext]]
+    backend_of: Callable[[str], Any] | None = None
 
 
 # ---------------------------------------------------------------- steps

@@ -10,6 +10,8 @@ Record fields (format 2; schema: the template's ``schemas/ad-manifest.json``):
 - ``id``, ``type`` (``hook``, ``body``, ``cta``, ``voice``, ``audio``, ``overlay``), ``file``,
   ``sha256``, ``durationS``, ``width``, ``height``, ``fps``, ``codecs``, ``files`` (every file
   of the component: the clip, its clean rendition, overlay, captions, poster, word timings);
+- ``proxy`` (clips only): true for a draft clip drawn from offline draft pictures at 540x960
+  (``ads.drafts``); false for the promised 1080x1920;
 - ``overlay``: ``{"mode", "cleanFile", "overlayFile", "captions", "textBoxes": [{"text",
   "box": [l, t, r, b], "startS", "endS"}]}`` (null for audio); and, as in format 1,
   ``overlayBaked``, ``overlayFile``, ``captions``;
@@ -240,6 +242,7 @@ def _clip_record(job: StepRun, rel: str, ctype: str, mode: str, origin: dict, ta
         "audio": audio, "loudness": loudness, "poster": poster,
         "words": words_rel(rel) if words and (sdir / words_rel(rel)).is_file() else None,
         "measured": _measured(record["durationS"], facts),
+        "proxy": bool(facts.get("proxy")) and not edited,
         "hookText": None, "hookAngle": None, "opensOn": None, "ctaText": None, "ctaType": None,
         "tags": tags,
         "source": {**origin, "artifacts": artifacts, "handEdited": edited}})

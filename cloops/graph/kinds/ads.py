@@ -56,7 +56,7 @@ from ...core.turns import TASK_TURNS
 if TYPE_CHECKING:
     from ...services.media import BodyPage
 from ..steps import DepContext, Step, StepRun, expand, placeholder_of, short_value, step_kind
-from ..targets import remove_target
+from ..targets import read_manifest, remove_target
 from .image import template_digest
 from .llm import LLMStep
 from .optin import OptIn
@@ -84,6 +84,23 @@ SPEECH_TAIL_S = 0.35  # a spoken line's clip lasts at least this long after its 
 # made longer: 1.25 is a brisk but natural delivery (ElevenLabs' own speed setting goes to 1.2)
 MAX_LINE_TEMPO = 1.25
 LOUDNESS_PATHS = ["ads.loudness.integratedLufs", "ads.loudness.truePeakDbtp"]
+DRAFTS_VALUE = "ads.drafts (offline pictures)"
+
+
+def drafted(story_dir: Path, pictures: list[Path]) -> bool:
+    """True when one of ``pictures`` (files of the story folder) is an offline draft: the
+    story's manifest records it as made by an offline backend, and its bytes are still what
+    that backend wrote (a picture replaced by hand is not a draft)."""
+    manifest = read_manifest(story_dir)
+    for path in pictures:
+        try:
+            rel = str(Path(path).relative_to(story_dir))
+        except ValueError:
+            continue
+        rec = manifest.get(rel)
+        if rec and rec.get("offline") and rec.get("sha256") == sha256_file(Path(path)):
+            return True
+    return False
 
 
 def hook_shot(entry: dict) -> dict:
@@ -247,6 +264,10 @@ class AdClip(OptIn, Step):
         if not self.is_enabled(tpl):
             return values
         values[f"ads.overlay ({self.clip_type})"] = short_value(self.mode(tpl))
+        if deps.backend_of is not None and deps.backend_of("image").offline:
+            # pictures made offline are drawn as ads.drafts says; real ones always in full,
+            # so the setting is no dependency of a clip of real pictures
+            values[DRAFTS_VALUE] = tpl.config.engine.ads.drafts
         music = tpl.config.engine.ads.music
         if music:
             path = tpl.template_file(music)
@@ -271,6 +292,15 @@ class AdClip(OptIn, Step):
 
     def check(self, tpl) -> None:
         _declared(self, tpl, [self.voice, self.timings])
+
+    def raster(self, job: StepRun, pictures: list[Path]) -> Any:
+        """What the clip is drawn at: ``media.PROXY`` (540x960) when ``ads.drafts`` is
+        ``proxy`` and a picture it shows is an offline draft (:func:`drafted`), else
+        ``media.FULL`` (1080x1920)."""
+        media = _media()
+        if job.template.config.engine.ads.drafts == "proxy" and drafted(job.story_dir, pictures):
+            return media.PROXY
+        return media.FULL
 
     def music(self, job: StepRun) -> Path | None:
         """The music file, or None.
@@ -356,7 +386,8 @@ class AdClip(OptIn, Step):
                  "speechStartS": None if clip.speech_start_s is None
                  else round(clip.speech_start_s, 3),
                  "textStartS": min((b["startS"] for b in boxes), default=None),
-                 "textBoxes": boxes, "durationS": round(clip.duration_s, 3), **facts}
+                 "textBoxes": boxes, "durationS": round(clip.duration_s, 3),
+                 "proxy": clip.raster.scale != 1, **facts}
         source = json.dumps({"artifacts": made, "facts": facts}, sort_keys=True)
         job.write(rel, clip.path.read_bytes(), made_by=MADE_BY, offline=False, source=source)
         job.write(poster_rel(rel), clip.poster_path.read_bytes(), made_by=MADE_BY, offline=False)
@@ -463,6 +494,7 @@ class HookClipStep(AdClip):
             clip = media.render_hook_clip(path, line=str(shot.get("line") or ""),
                                           duration_s=duration, crop_box=crop,
                                           overlay=self.mode(job.template), soundtrack=track,
+                                          raster=self.raster(job, [path]),
                                           **self.outputs(tmp, "hook"))
             self.deliver(job, clip, made, {})
 
@@ -527,7 +559,8 @@ class CtaClipStep(AdClip):
         with rendering() as tmp:
             clip = media.render_cta_clip(cover, title=title, line=str(card.get("line") or ""),
                                          duration_s=duration, overlay=self.mode(job.template),
-                                         soundtrack=track, **self.outputs(tmp, "cta"))
+                                         soundtrack=track, raster=self.raster(job, [cover]),
+                                         **self.outputs(tmp, "cta"))
             self.deliver(job, clip, made, {"ctaType": card.get("type"),
                                                 "ctaText": card.get("line")})
 
@@ -653,7 +686,8 @@ class BodyClipStep(AdClip):
                 clean_path=out["clean_path"], poster_path=out["poster_path"],
                 voice_out=tmp / "voice.m4a" if voice else None,
                 music_out=tmp / "music.m4a" if music else None,
-                min_s=cfg.min_s, max_s=cfg.max_s, reading_wpm=cfg.reading_wpm)
+                min_s=cfg.min_s, max_s=cfg.max_s, reading_wpm=cfg.reading_wpm,
+                raster=self.raster(job, [Path(p.image_path) for p in pages]))
             shown = [{"word": w["word"], "startS": round(float(w["startS"]), 3),
                       "endS": round(min(float(w["endS"]), clip.duration_s), 3)}
                      for w in words if float(w["startS"]) < clip.duration_s]

@@ -22,11 +22,12 @@ from .audio import Loudness, Soundtrack, measure_file
 from .clips import (BodyClip, BodyPage, CtaClip, HookClip, TextBox, render_body_clip,
                     render_cta_clip, render_hook_clip, write_poster)
 from .ffmpeg import RenderError
-from .layout import BUTTON_ZONE_TOP_PX, FPS, FRAME_H_PX, FRAME_W_PX, SAFE_AREA, Box
+from .layout import (BUTTON_ZONE_TOP_PX, FPS, FRAME_H_PX, FRAME_W_PX, FULL, PROXY, SAFE_AREA, Box,
+                     Raster)
 from .mp4 import probe
 from .panels import find_panels
 
 __all__ = ["BUTTON_ZONE_TOP_PX", "BodyClip", "BodyPage", "Box", "CtaClip", "FPS", "FRAME_H_PX",
-           "FRAME_W_PX", "HookClip", "Loudness", "RenderError", "SAFE_AREA", "Soundtrack",
-           "TextBox", "find_panels", "measure_file", "probe", "render_body_clip",
-           "render_cta_clip", "render_hook_clip", "write_poster"]
+           "FRAME_W_PX", "FULL", "HookClip", "Loudness", "PROXY", "Raster", "RenderError",
+           "SAFE_AREA", "Soundtrack", "TextBox", "find_panels", "measure_file", "probe",
+           "render_body_clip", "render_cta_clip", "render_hook_clip", "write_poster"]

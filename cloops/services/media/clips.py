@@ -22,7 +22,12 @@ Every clip is 1080x1920, H.264 (High, yuv420p, BT.709) + AAC (48 kHz stereo) in 
   beside it;
 * **sound** - :mod:`cloops.services.media.audio`: the voice and the music bed mixed, every
   component at one loudness (``ads.loudness``), faded at its edges, measured after encoding;
-* **poster** - the frame a feed shows before playback, as a 1080x1920 JPEG.
+* **poster** - the frame a feed shows before playback, as a 1080x1920 JPEG;
+* **raster** - every renderer takes ``raster``: :data:`~cloops.services.media.layout.FULL`
+  (the promised 1080x1920) or :data:`~cloops.services.media.layout.PROXY` (540x960: the same
+  layout, text and sound with a quarter of the pixels - a draft clip of offline draft
+  pictures). Text boxes and the overlay PNG stay in the 1080x1920 frame's pixels; the clip
+  and its poster are drawn at the raster's size.
 
 Same inputs, same bytes: see :mod:`cloops.services.media.ffmpeg`. Outputs are written atomically.
 """
@@ -44,8 +49,8 @@ from . import text as txt
 from .captions import Cue, chunk, time_cues, to_srt, to_vtt
 from .ffmpeg import encode_frames
 from .frames import FRAME_ASPECT, Compositor, Shot, Sprite, backdrop, frame_to_rgb
-from .layout import (BUTTON_ZONE_TOP_PX, FPS, FRAME, FRAME_H_PX, FRAME_W_PX, SAFE_AREA, Box,
-                     cover_window, fit_inside)
+from .layout import (BUTTON_ZONE_TOP_PX, FPS, FRAME, FRAME_H_PX, FRAME_W_PX, FULL, SAFE_AREA,
+                     Box, Raster, cover_window, fit_inside)
 from .panels import find_panels
 
 Overlay = Literal["baked", "separate", "both"]
@@ -125,6 +130,7 @@ class Delivered:
         speech_start_s: when speech starts (None: no speech).
         text_boxes: every text shown, with its box and times.
         notes: lines for the run's output (music silent, a line too long, ...).
+        raster: the size the clip and its poster were drawn at (``FULL`` or ``PROXY``).
     """
 
     path: Path
@@ -137,6 +143,7 @@ class Delivered:
     speech_start_s: float | None
     text_boxes: tuple[TextBox, ...]
     notes: tuple[str, ...]
+    raster: Raster
 
 
 @dataclass(frozen=True)
@@ -274,16 +281,16 @@ def _check_file(path: str | os.PathLike | None, name: str) -> str | None:
 
 
 def _region_shot(img: Image.Image, region: Box, stage: Box, frames: int,
-                 zoom: float) -> tuple[Shot, str]:
+                 zoom: float, raster: Raster) -> tuple[Shot, str]:
     """A push-in on ``region``: filling the frame when it is portrait, else fitted into
     ``stage`` on a blurred backdrop. Returns ``(shot, layout)``."""
     if region.aspect <= COVER_MAX_ASPECT:
         start = cover_window(region, FRAME_ASPECT)
         return Shot(img, start, start.zoomed(zoom), FRAME, frames, backdrop=None,
-                    eased=False), "cover"
+                    eased=False, raster=raster), "cover"
     dest = fit_inside(region.width, region.height, stage)
-    return Shot(img, region, region.zoomed(zoom), dest, frames, backdrop=backdrop(img, region),
-                eased=False), "fit"
+    return Shot(img, region, region.zoomed(zoom), dest, frames,
+                backdrop=backdrop(img, region, raster), eased=False, raster=raster), "fit"
 
 
 # --------------------------------------------------------------------------- delivery
@@ -327,11 +334,12 @@ def _deliver(out: Path, *, frames: int, duration_s: float, baked: Compositor,
         main = clean if overlay == "separate" else baked
         encode_frames(out, frames, main.frame, inputs=inputs, video_filter=video_filter,
                       audio_filter=audio, duration_s=duration_s, sources=sources,
-                      still=main.still)
+                      still=main.still, raster=main.raster)
         if clean_out is not None:
             encode_frames(clean_out, frames, clean.frame, inputs=inputs,
                           video_filter=video_filter, audio_filter=audio,
-                          duration_s=duration_s, sources=sources, still=clean.still)
+                          duration_s=duration_s, sources=sources, still=clean.still,
+                          raster=clean.raster)
 
         def reencode(again: "snd.Rendered") -> None:
             if fade_out_s > 0:
@@ -351,7 +359,8 @@ def _deliver(out: Path, *, frames: int, duration_s: float, baked: Compositor,
     speech = track.speech_start_s if rendered.kind == "voice" else None
     return dict(path=out, overlay=overlay, clean_path=clean_out, overlay_path=png_path,
                 poster_path=poster, audio=rendered.kind, loudness=loudness,
-                speech_start_s=speech, text_boxes=tuple(text_boxes), notes=tuple(notes))
+                speech_start_s=speech, text_boxes=tuple(text_boxes), notes=tuple(notes),
+                raster=main.raster)
 
 
 def _fade_out(raw: Path, fade_s: float) -> None:
@@ -366,13 +375,17 @@ def _fade_out(raw: Path, fade_s: float) -> None:
 
 def write_poster(compositor: Compositor, index: int, out_path: str | os.PathLike,
                  overlay: "Image.Image | None" = None) -> Path:
-    """The poster of a clip: its frame ``index`` as a 1080x1920 JPEG (quality 90), with
-    ``overlay`` (an RGBA frame) laid over it when given - what a feed shows before playback
-    (TikTok's display image, Meta's thumbnail). The frame is the one the encoder was given
-    (:func:`~cloops.services.media.frames.frame_to_rgb`), not decoded back from the H.264
-    stream: the same picture without an FFmpeg run per poster. Written atomically."""
+    """The poster of a clip: its frame ``index`` as a JPEG (quality 90) of the compositor's
+    raster (1080x1920; 540x960 for a proxy), with ``overlay`` (an RGBA 1080x1920 frame,
+    area-averaged to the raster's size) laid over it when given - what a feed shows before
+    playback (TikTok's display image, Meta's thumbnail). The frame is the one the encoder
+    was given (:func:`~cloops.services.media.frames.frame_to_rgb`), not decoded back from the
+    H.264 stream: the same picture without an FFmpeg run per poster. Written atomically."""
     import io
-    img = frame_to_rgb(b"".join(bytes(b) for b in compositor.frame(index)))
+    raster = compositor.raster
+    img = frame_to_rgb(b"".join(bytes(b) for b in compositor.frame(index)), raster)
+    if overlay is not None and overlay.size != img.size:
+        overlay = overlay.resize(img.size, Image.Resampling.BOX)
     if overlay is not None:
         img = Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB")
     buf = io.BytesIO()
@@ -382,11 +395,12 @@ def write_poster(compositor: Compositor, index: int, out_path: str | os.PathLike
 
 
 def _text_sprite(text: str, area: Box, style: "txt.TextStyle", *, max_px: int, min_px: int,
-                 lines: int, anchor: str, font: str | None) -> tuple[Sprite, Image.Image, Box]:
+                 lines: int, anchor: str, font: str | None,
+                 raster: Raster) -> tuple[Sprite, Image.Image, Box]:
     block = txt.fit(text, area, style, max_size_px=max_px, min_size_px=min_px,
                     max_lines=lines, font_path=font)
     rgba, box = txt.draw_block(block, area, style, anchor=anchor)
-    return Sprite.of(rgba, box), rgba, box
+    return Sprite.of(rgba, box, raster), rgba, box
 
 
 # --------------------------------------------------------------------------- hook
@@ -399,7 +413,8 @@ def render_hook_clip(image_path: str | os.PathLike, out_path: str | os.PathLike,
                      soundtrack: "snd.Soundtrack | None" = None,
                      poster_path: str | os.PathLike | None = None,
                      zoom: float = HOOK_ZOOM,
-                     font_path: str | os.PathLike | None = None) -> HookClip:
+                     font_path: str | os.PathLike | None = None,
+                     raster: Raster = FULL) -> HookClip:
     """Render a hook clip: one region of an image with a slow push-in and ``line`` on it.
 
     ``crop_box`` is ``(left, top, right, bottom)`` in the image's pixels (a panel from
@@ -411,7 +426,8 @@ def render_hook_clip(image_path: str | os.PathLike, out_path: str | os.PathLike,
     default ``<out stem>-clean.mp4``). ``soundtrack``: the spoken line (place it with
     ``voice_offset_s`` so speech starts at :data:`HOOK_SPEECH_AT_S`) and/or the music bed;
     None: silent (an AAC track of silence). ``poster_path``: the poster, the frame at 1 s.
-    ``round(duration_s * 30)`` frames long.
+    ``round(duration_s * 30)`` frames long. ``raster``: ``FULL`` (1080x1920) or ``PROXY``
+    (540x960, the same layout; see the module's docstring).
 
     Raises:
         InputError: the image is missing/unreadable, ``crop_box`` is outside it, or a
@@ -438,7 +454,7 @@ def render_hook_clip(image_path: str | os.PathLike, out_path: str | os.PathLike,
                              field="crop_box", fix="give a box inside the image, or none.")
     frames = max(1, round(duration_s * FPS))
     duration = frames / FPS
-    shot, layout_kind = _region_shot(img, region, HOOK_STAGE, frames, zoom)
+    shot, layout_kind = _region_shot(img, region, HOOK_STAGE, frames, zoom, raster)
 
     font = txt.font_key(font_path)
     text = txt.clean_text(line, font)
@@ -446,10 +462,11 @@ def render_hook_clip(image_path: str | os.PathLike, out_path: str | os.PathLike,
     if text:
         sprite, rgba, text_box = _text_sprite(
             text, HOOK_TEXT_AREA, txt.HOOK_STYLE, max_px=HOOK_MAX_FONT_PX,
-            min_px=HOOK_MIN_FONT_PX, lines=HOOK_MAX_LINES, anchor="top", font=font)
+            min_px=HOOK_MIN_FONT_PX, lines=HOOK_MAX_LINES, anchor="top", font=font,
+            raster=raster)
     shots = [(shot, i) for i in range(frames)]
-    baked = Compositor(shots, [(sprite,) if sprite is not None else ()] * frames)
-    clean = Compositor(shots, [()] * frames)
+    baked = Compositor(shots, [(sprite,) if sprite is not None else ()] * frames, raster)
+    clean = Compositor(shots, [()] * frames, raster)
     png = txt.full_frame(rgba, text_box, (FRAME_W_PX, FRAME_H_PX)) if rgba is not None \
         else Image.new("RGBA", (FRAME_W_PX, FRAME_H_PX), (0, 0, 0, 0))
     boxes = [TextBox(text, text_box, 0.0, duration)] if text_box is not None else []
@@ -481,7 +498,8 @@ def render_cta_clip(image_path: str | os.PathLike, out_path: str | os.PathLike, 
                     clean_path: str | os.PathLike | None = None,
                     soundtrack: "snd.Soundtrack | None" = None,
                     poster_path: str | os.PathLike | None = None,
-                    font_path: str | os.PathLike | None = None) -> CtaClip:
+                    font_path: str | os.PathLike | None = None,
+                    raster: Raster = FULL) -> CtaClip:
     """Render a CTA end card: the story's cover, held still above the button zone, its
     ``title`` at the top of the safe area and the call to action ``line`` (a bright box, like
     a button) at its bottom - every text pixel inside x 120-888, y 288-1248 and nothing drawn
@@ -489,7 +507,8 @@ def render_cta_clip(image_path: str | os.PathLike, out_path: str | os.PathLike, 
     seconds", CTA text around 20 characters, the bottom ~35 % kept free).
 
     ``overlay``, ``soundtrack`` (the spoken line: speech at :data:`CTA_SPEECH_AT_S`),
-    ``poster_path`` (the card's last frame, fully shown): as :func:`render_hook_clip`.
+    ``poster_path`` (the card's last frame, fully shown), ``raster``: as
+    :func:`render_hook_clip`.
 
     Raises:
         InputError: the image is missing/unreadable, the line is empty, or a parameter is out
@@ -509,19 +528,20 @@ def render_cta_clip(image_path: str | os.PathLike, out_path: str | os.PathLike, 
     full = Box(0, 0, img.width, img.height)
     start = cover_window(full, CTA_STAGE.aspect)
     shot = Shot(img, start, start.zoomed(CTA_ZOOM), CTA_STAGE, frames,
-                backdrop=backdrop(img, full), eased=False)
+                backdrop=backdrop(img, full, raster), eased=False, raster=raster)
     heading = txt.clean_text(title, font)
     sprites, layers, boxes = [], [], []
     if heading:
         sprite, rgba, box = _text_sprite(heading, CTA_TITLE_AREA, txt.HOOK_STYLE,
                                          max_px=CTA_TITLE_MAX_PX, min_px=CTA_TITLE_MIN_PX,
-                                         lines=CTA_TITLE_LINES, anchor="top", font=font)
+                                         lines=CTA_TITLE_LINES, anchor="top", font=font,
+                                         raster=raster)
         sprites.append(sprite)
         layers.append((rgba, box))
         boxes.append(TextBox(heading, box, 0.0, duration))
     sprite, rgba, box = _text_sprite(cta, CTA_LINE_AREA, CTA_LINE_STYLE, max_px=CTA_LINE_MAX_PX,
                                      min_px=CTA_LINE_MIN_PX, lines=CTA_LINE_LINES,
-                                     anchor="bottom", font=font)
+                                     anchor="bottom", font=font, raster=raster)
     sprites.append(sprite)
     layers.append((rgba, box))
     boxes.append(TextBox(cta, box, 0.0, duration))
@@ -529,8 +549,8 @@ def render_cta_clip(image_path: str | os.PathLike, out_path: str | os.PathLike, 
     for rgba, box in layers:
         png.alpha_composite(rgba, (int(box.left), int(box.top)))
     shots = [(shot, i) for i in range(frames)]
-    baked = Compositor(shots, [tuple(sprites)] * frames)
-    clean = Compositor(shots, [()] * frames)
+    baked = Compositor(shots, [tuple(sprites)] * frames, raster)
+    clean = Compositor(shots, [()] * frames, raster)
     done = _deliver(Path(out_path), frames=frames, duration_s=duration, baked=baked,
                     clean=clean, overlay=overlay, clean_path=clean_path, overlay_png=png,
                     overlay_path=overlay_path, soundtrack=soundtrack, poster_path=poster_path,
@@ -636,11 +656,11 @@ def _split_frames(first: int, last: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _page_shots(img: Image.Image, panels: list[Box] | None, first: int,
-                last: int) -> list[tuple[int, int, Shot]]:
+                last: int, raster: Raster) -> list[tuple[int, int, Shot]]:
     """The shots of one page between frames ``first`` and ``last``: one push-in per panel,
     or a top-to-bottom pan when there are no panels."""
     page = Box(0, 0, img.width, img.height)
-    blurred = backdrop(img, page)
+    blurred = backdrop(img, page, raster)
     stage_aspect = BODY_STAGE.aspect
     shots = []
     if panels:
@@ -652,18 +672,18 @@ def _page_shots(img: Image.Image, panels: list[Box] | None, first: int,
                          box.bottom + margin).clamp(img.width, img.height)
             dest = fit_inside(region.width, region.height, BODY_STAGE)
             shots.append((a, b, Shot(img, region, region.zoomed(PANEL_ZOOM), dest, b - a,
-                                     backdrop=blurred, eased=False)))
+                                     backdrop=blurred, eased=False, raster=raster)))
         return shots
     if page.aspect < stage_aspect:  # portrait page: a full-width window slides down it
         win_h = img.width / stage_aspect
         start = Box(0, 0, img.width, win_h)
         end = Box(0, img.height - win_h, img.width, img.height)
         shots.append((first, last, Shot(img, start, end, BODY_STAGE, last - first,
-                                        backdrop=blurred, eased=True)))
+                                        backdrop=blurred, eased=True, raster=raster)))
     else:
         dest = fit_inside(page.width, page.height, BODY_STAGE)
         shots.append((first, last, Shot(img, page, page.zoomed(PANEL_ZOOM), dest, last - first,
-                                        backdrop=blurred, eased=False)))
+                                        backdrop=blurred, eased=False, raster=raster)))
     return shots
 
 
@@ -693,7 +713,7 @@ def _caption_cues(narrations: list[str], spoken: list[tuple[float, float]], dura
     return cues
 
 
-def _caption_sprite(cue: Cue, font: str | None) -> Sprite:
+def _caption_sprite(cue: Cue, font: str | None, raster: Raster = FULL) -> Sprite:
     style = txt.CAPTION_STYLE
     size = CAPTION_FONT_PX
     block = txt.block(cue.lines, size, style, font)
@@ -703,7 +723,7 @@ def _caption_sprite(cue: Cue, font: str | None) -> Sprite:
                         min_size_px=CAPTION_MIN_FONT_PX, max_lines=CAPTION_MAX_LINES,
                         font_path=font)
     rgba, box = txt.draw_block(block, CAPTION_AREA, style, anchor="bottom")
-    return Sprite.of(rgba, box)
+    return Sprite.of(rgba, box, raster)
 
 
 def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
@@ -719,7 +739,8 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
                      music_out: str | os.PathLike | None = None,
                      min_s: float = 15.0, max_s: float = 60.0,
                      reading_wpm: float = DEFAULT_READING_WPM,
-                     font_path: str | os.PathLike | None = None) -> BodyClip:
+                     font_path: str | os.PathLike | None = None,
+                     raster: Raster = FULL) -> BodyClip:
     """Render a body clip: the pages panel by panel, the narration as captions, the voice
     and an optional music bed.
 
@@ -752,7 +773,8 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
     **Overlay**: ``"baked"`` burns the captions in; ``"separate"`` writes a clean clip plus
     ``<out stem>.vtt`` and ``<out stem>.srt`` beside it; ``"both"`` the baked clip, the clean one
     (``clean_path``, default ``<out stem>-clean.mp4``) and the captions. ``poster_path``: the
-    frame in the middle of the first caption (or at 1 s) as a JPEG.
+    frame in the middle of the first caption (or at 1 s) as a JPEG. ``raster``: as
+    :func:`render_hook_clip`.
 
     Raises:
         InputError: no pages, a missing/unreadable image, voice or music file, inconsistent
@@ -789,7 +811,7 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
         a = round(shown[k][0] * FPS)
         b = frames if k == n_pages - 1 else round(shown[k][1] * FPS)
         if b > a:
-            shots.extend(_page_shots(images[k], panels[k], a, b))
+            shots.extend(_page_shots(images[k], panels[k], a, b, raster))
     shot_of = [None] * frames
     for a, b, shot in shots:
         for i in range(a, min(b, frames)):
@@ -804,13 +826,13 @@ def render_body_clip(pages: Sequence[BodyPage | Mapping[str, Any]],
     cue_of: list[Sprite | None] = [None] * frames
     if overlay == "baked":
         for cue in cues:
-            sprite = _caption_sprite(cue, font)
+            sprite = _caption_sprite(cue, font, raster)
             for i in range(math.ceil(cue.start_s * FPS - 1e-9),
                            min(frames, math.ceil(cue.end_s * FPS - 1e-9))):
                 cue_of[i] = sprite
 
-    baked = Compositor(shot_of, [(c,) if c is not None else () for c in cue_of])
-    clean = Compositor(shot_of, [()] * frames)
+    baked = Compositor(shot_of, [(c,) if c is not None else () for c in cue_of], raster)
+    clean = Compositor(shot_of, [()] * frames, raster)
     spans = list(speech) if speech is not None else list(spoken[:n_pages])
     track = snd.Soundtrack(voice=voice, speech=tuple(spans), music=music,
                            duck_db=music_duck_db, target_lufs=target_lufs,

@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 
 from ...core.errors import CloopsError, user_message
 from ...core.fileio import staged
-from .layout import FPS, FRAME_H_PX, FRAME_W_PX
+from .layout import FPS, FULL, Raster
 
 # libx264 settings. "superfast" keeps a 20 s body under half its running time on 2 cores
 # (benchmarks/render_bench.py) with CABAC and B-frames still on; CRF 20 is visually clean for
@@ -155,14 +155,16 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 def encode_frames(out_path: str | os.PathLike, frame_count: int,
                   make_frame: Callable[[int], Sequence[bytes | memoryview]], *, inputs: Sequence[str] = (),
                   video_filter: str = "", audio_filter: str, duration_s: float,
-                  sources: Sequence[str] = (), workers: int = 2, still: bool = False) -> None:
+                  sources: Sequence[str] = (), workers: int = 2, still: bool = False,
+                  raster: Raster = FULL) -> None:
     """Encode ``frame_count`` yuv420p frames and an audio graph into ``out_path`` (MP4),
     atomically.
 
-    ``make_frame(i)`` returns frame ``i`` as buffers whose concatenation is one 1080x1920
-    yuv420p frame (:data:`~cloops.services.media.frames.FRAME_BYTES` = 3,110,400 bytes: the
-    Y' plane, then Cb and Cr at 540x960, rows top to bottom, BT.709 limited range, chroma
-    centre-sited): a frame whose still rows are shared need not be copied.
+    ``make_frame(i)`` returns frame ``i`` as buffers whose concatenation is one yuv420p frame
+    of ``raster`` (1080x1920 by default:
+    :data:`~cloops.services.media.frames.FRAME_BYTES` = 3,110,400 bytes: the Y' plane, then
+    Cb and Cr at 540x960, rows top to bottom, BT.709 limited range, chroma centre-sited): a
+    frame whose still rows are shared need not be copied.
 
     ``inputs`` are FFmpeg input arguments after the frame pipe (input 0), e.g.
     ``["-i", "voice.mp3"]``; ``audio_filter`` is a filter graph ending in ``[a]``;
@@ -188,7 +190,7 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
             cmd = [
                 exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
                 "-filter_threads", "1", "-filter_complex_threads", "1",
-                "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{FRAME_W_PX}x{FRAME_H_PX}",
+                "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", raster.label,
                 "-framerate", str(FPS), "-i", "pipe:0",
                 *inputs,
                 "-filter_complex", f"[0:v]{vchain}[v];{audio_filter}",

@@ -31,10 +31,16 @@ from functools import cached_property, lru_cache
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from .layout import FRAME_H_PX, FRAME_W_PX, Box, cover_window
+from .layout import FRAME_H_PX, FRAME_W_PX, FULL, Box, Raster, cover_window
 
 FRAME_ASPECT = FRAME_W_PX / FRAME_H_PX
 FRAME_BYTES = FRAME_W_PX * FRAME_H_PX * 3 // 2  # one yuv420p frame
+
+
+def frame_bytes(raster: Raster = FULL) -> int:
+    """The bytes of one yuv420p frame on ``raster`` (:data:`FRAME_BYTES` for the full
+    frame)."""
+    return raster.width * raster.height * 3 // 2
 
 # R'G'B' (0-255) -> limited-range Y'CbCr, ITU-R BT.709-6 items 3.2-3.5 (Kr 0.2126, Kb 0.0722;
 # Y' 16-235, Cb/Cr 16-240), in 16.16 fixed point so that every machine gives the same bytes.
@@ -170,14 +176,15 @@ def even(box: Box) -> Box:
     return Box(*(2 * int(round(v / 2)) for v in box))
 
 
-def backdrop(img: Image.Image, region: Box) -> Planes:
-    """A blurred, darkened copy of ``region`` filling the frame, as planes (computed once per
-    page or shot and shared by its frames)."""
+def backdrop(img: Image.Image, region: Box, raster: Raster = FULL) -> Planes:
+    """A blurred, darkened copy of ``region`` filling the frame drawn on ``raster``, as planes
+    (computed once per page or shot and shared by its frames). The blur is made at 1/8 of
+    the full frame whatever the raster, so a proxy's backdrop is the full one's, smaller."""
     window = cover_window(region, FRAME_ASPECT)
     small = img.resize((FRAME_W_PX // 8, FRAME_H_PX // 8), Image.Resampling.BOX,
                        box=tuple(window))
     small = small.filter(ImageFilter.GaussianBlur(6))
-    big = small.resize((FRAME_W_PX, FRAME_H_PX), Image.Resampling.BILINEAR)
+    big = small.resize((raster.width, raster.height), Image.Resampling.BILINEAR)
     return yuv_planes(ImageEnhance.Brightness(big).enhance(0.42))
 
 
@@ -188,8 +195,10 @@ def ease(t: float) -> float:
 
 class Shot:
     """A camera move over one image: the window goes from ``start`` to ``end`` (boxes in the
-    image's pixels) over ``frames`` frames, drawn into ``dest`` of the frame (rounded to even
-    pixels).
+    image's pixels) over ``frames`` frames, drawn into ``dest`` of the frame (a box in layout
+    pixels, the 1080x1920 frame's; on ``raster`` it is scaled, then rounded to even pixels:
+    :attr:`dest` is in the raster's pixels - on a proxy a stage edge at an odd proxy pixel,
+    such as the body's at full row 190, moves by one).
 
     The image is resampled once (Lanczos) so that the window at its smallest maps about 1:1 to
     ``dest`` and converted to planes; each frame is then one bilinear resample of an exact
@@ -202,10 +211,11 @@ class Shot:
     """
 
     def __init__(self, img: Image.Image, start: Box, end: Box, dest: Box, frames: int, *,
-                 backdrop: Planes | None, eased: bool):
+                 backdrop: Planes | None, eased: bool, raster: Raster = FULL):
         self.frames = max(1, frames)
         self.still = tuple(start) == tuple(end)  # the window does not move
-        self.dest = even(dest)
+        self.raster = raster
+        self.dest = even(dest.scaled(raster.scale) if raster.scale != 1 else dest)
         self.backdrop = backdrop
         self.eased = eased
         union = Box(min(start.left, end.left), min(start.top, end.top),
@@ -313,10 +323,18 @@ class Sprite:
         return tuple(np.asarray(i) for i in (*self.planes.y_u_v(), *self.masks))
 
     @classmethod
-    def of(cls, rgba: Image.Image, box: Box) -> "Sprite":
-        """A sprite of an RGBA image placed at ``box`` (integer pixels, any parity): it is
-        widened with transparency to even edges. Chroma is averaged weighted by alpha, so a
-        glyph's edge keeps its colour."""
+    def of(cls, rgba: Image.Image, box: Box, raster: Raster = FULL) -> "Sprite":
+        """A sprite of an RGBA image placed at ``box`` (layout pixels, integers, any parity),
+        drawn on ``raster``: it is widened with transparency to even edges. Chroma is averaged
+        weighted by alpha, so a glyph's edge keeps its colour. On a smaller raster the image
+        is area-averaged to its scale (Pillow's ``BOX``, alpha premultiplied) and placed at
+        the nearest raster pixel."""
+        if raster.scale != 1:
+            s = raster.scale
+            size = (max(1, round(rgba.width * s)), max(1, round(rgba.height * s)))
+            left, top = round(box.left * s), round(box.top * s)
+            rgba = rgba.resize(size, Image.Resampling.BOX)
+            box = Box(left, top, left + size[0], top + size[1])
         outer = Box(2 * math.floor(box.left / 2), 2 * math.floor(box.top / 2),
                     2 * math.ceil(box.right / 2), 2 * math.ceil(box.bottom / 2))
         canvas = Image.new("RGBA", (int(outer.width), int(outer.height)), (0, 0, 0, 0))
@@ -365,12 +383,20 @@ class Compositor:
     once (a few are kept); a frame is then, for each of its three planes, three buffers: the
     still rows above the shot's ``dest``, the band of ``dest``'s rows with this frame's
     picture (and any text over it), and the still rows below. FFmpeg reads them as one
-    1080x1920 yuv420p frame (:data:`FRAME_BYTES` bytes).
+    yuv420p frame of the compositor's ``raster`` (:func:`frame_bytes`: 3,110,400 bytes for
+    the full 1080x1920 frame). The shots and sprites must have been made for that raster.
+
+    Raises:
+        ValueError: a shot was made for another raster.
     """
 
-    def __init__(self, shots: list[tuple["Shot", int]], sprites: list[tuple["Sprite", ...]]):
+    def __init__(self, shots: list[tuple["Shot", int]], sprites: list[tuple["Sprite", ...]],
+                 raster: Raster = FULL):
         self.shots = shots  # per frame: (shot, frame within the shot)
         self.sprites = sprites  # per frame: the texts shown
+        self.raster = raster  # what the shots and sprites were made for
+        if any(shot.raster != raster for shot, _j in shots if shot is not None):
+            raise ValueError(f"a shot was made for another raster than {raster.label}")
         self._cache: OrderedDict = OrderedDict()
         self._frames: dict = {}  # frames of still shots, composed once
         self._lock = threading.Lock()
@@ -384,7 +410,7 @@ class Compositor:
                 self._cache.move_to_end(key)
                 return hit
         frame = (shot.backdrop.copy() if shot.backdrop is not None
-                 else solid_planes(FRAME_W_PX, FRAME_H_PX))
+                 else solid_planes(self.raster.width, self.raster.height))
         for sprite in sprites:
             sprite.onto(frame)
         d = shot.dest
@@ -405,7 +431,8 @@ class Compositor:
                                                         for t in self.sprites)
 
     def frame(self, i: int) -> tuple[memoryview, ...]:
-        """Frame ``i`` as buffers whose concatenation is the 1080x1920 yuv420p frame. A shot
+        """Frame ``i`` as buffers whose concatenation is the yuv420p frame (1080x1920, or the
+        size of the compositor's raster). A shot
         that does not move (start and end windows the same) with the same texts is composed
         once and its frame reused."""
         shot, j = self.shots[i]
@@ -429,7 +456,7 @@ class Compositor:
         piece = shot.piece(j)
         if j == shot.frames - 1:
             shot.release()  # its last frame: the next shot's planes take its place
-        if d.left == 0 and d.width == FRAME_W_PX:
+        if d.left == 0 and d.width == self.raster.width:
             band = piece
         else:
             band = tuple(a.copy() for a in still_band)
@@ -442,7 +469,7 @@ class Compositor:
                 sprite.blend(band, top)
         out = []
         for plane, rows, shift in zip(still, band, (0, 1, 1)):
-            width = FRAME_W_PX >> shift
+            width = self.raster.width >> shift
             view = memoryview(plane)
             out += [view[:(top >> shift) * width],
                     memoryview(np.ascontiguousarray(rows)).cast("B"),
@@ -450,13 +477,14 @@ class Compositor:
         return tuple(out)
 
 
-def frame_to_rgb(frame: bytes) -> Image.Image:
-    """One yuv420p frame (:data:`FRAME_BYTES`: the Y' plane, then Cb and Cr at half size;
-    BT.709 limited range) as a 1080x1920 RGB image - the inverse of the frames' conversion,
+def frame_to_rgb(frame: bytes, raster: Raster = FULL) -> Image.Image:
+    """One yuv420p frame (:func:`frame_bytes` of ``raster``: the Y' plane, then Cb and Cr at
+    half size; BT.709 limited range) as an RGB image of the raster's size (1080x1920 for the
+    full frame) - the inverse of the frames' conversion,
     chroma upsampled by repetition, rounded and clipped to 0-255 (ITU-R BT.709-6 items
     3.2-3.5). For posters. Converted :data:`STRIP_ROWS` rows at a time (float32 arrays of a
     whole frame took ~120 MB; a strip's ~8 MB), each pixel by the same arithmetic."""
-    w, h = FRAME_W_PX, FRAME_H_PX
+    w, h = raster.width, raster.height
     y_all = np.frombuffer(frame, np.uint8, w * h).reshape(h, w)
     u_all = np.frombuffer(frame, np.uint8, (w // 2) * (h // 2), w * h).reshape(h // 2, w // 2)
     v_all = np.frombuffer(frame, np.uint8, (w // 2) * (h // 2), w * h + (w // 2) * (h // 2)

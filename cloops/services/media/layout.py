@@ -81,6 +81,32 @@ class Box(NamedTuple):
 
 
 FRAME = Box(0, 0, FRAME_W_PX, FRAME_H_PX)
+
+
+class Raster(NamedTuple):
+    """The pixel grid a clip's frames are drawn on: ``width`` x ``height`` pixels (both
+    even), ``scale`` raster pixels per layout pixel.
+
+    Layout - stages, text areas, text boxes, the overlay PNG - is always in the 1080x1920
+    frame's pixels; a raster only says at what size the picture is drawn and encoded.
+    :data:`FULL` is the promised format; :data:`PROXY` draws the same layout at half the
+    width and height (a quarter of the pixels), for draft clips made from offline draft
+    pictures, where a quarter of the encoding work is what a preview needs (the term is
+    video editing's: a proxy is a low-resolution stand-in for the real media).
+    """
+
+    width: int
+    height: int
+    scale: float
+
+    @property
+    def label(self) -> str:
+        """``"1080x1920"``: what the clips are, in words."""
+        return f"{self.width}x{self.height}"
+
+
+FULL = Raster(FRAME_W_PX, FRAME_H_PX, 1.0)
+PROXY = Raster(FRAME_W_PX // 2, FRAME_H_PX // 2, 0.5)
 # Where text may go: every caption, hook line and CTA (with its backing box) lies inside.
 SAFE_AREA = Box(120, 288, 888, 1248)
 # Where the platforms draw their own button: nothing of ours is drawn below this line.
