@@ -348,8 +348,10 @@ def offline_build(tmp: Path) -> None:
     rss = next((int(x.split()[1]) for x in err.splitlines() if x.startswith("MAXRSS_KB")), 0)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     clips = len(list((root / "build").rglob("ads/*.mp4")))
+    proxies = sum(1 for m in (root / "build").rglob("ads/manifest.json")
+                  for c in json.loads(m.read_text())["components"] if c.get("proxy"))
     print(f"  load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
-          f"{clips} clips rendered")
+          f"{clips} clips rendered, {proxies} of them 540x960 draft proxies (ads.drafts)")
     line("wall time", f"{wall:.0f} s", "about 60 s (issue 24), idle", wall <= 75)
     line(f"CPU seconds (doit + FFmpeg); / {cores} cores", f"{cpu:.0f} / {cpu / cores:.0f} s",
          "-", None)
