@@ -172,16 +172,43 @@ def decode(path: str | Path, *, tempo: float = 1.0) -> np.ndarray:
         InputError: the file does not exist.
         RenderError: FFmpeg cannot decode it (names the file).
     """
+    return _decode(path, tempo, measure=False)[0]
+
+
+def decode_measured(path: str | Path, *, tempo: float = 1.0) -> tuple[np.ndarray, Loudness]:
+    """:func:`decode` and the decoded signal's loudness (``ebur128`` at the end of the same
+    FFmpeg run's filter chain, on the 48 kHz stereo samples returned; no true peak): one
+    process instead of two.
+
+    Raises:
+        InputError, RenderError: as :func:`decode`.
+    """
+    pcm, loud = _decode(path, tempo, measure=True)
+    return pcm, loud if loud is not None else Loudness(None, None, 0.0)
+
+
+def _decode(path: str | Path, tempo: float, *, measure: bool
+            ) -> tuple[np.ndarray, Loudness | None]:
     if not Path(path).is_file():
         raise InputError("the audio file does not exist.", file=str(path),
                          fix="build it first (run doit), or correct the path.")
-    speed = ["-af", f"atempo={tempo:.6f}"] if abs(tempo - 1.0) > 1e-9 else []
-    proc = _ffmpeg(["-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-vn", *speed,
+    chain = [f"atempo={tempo:.6f}"] if abs(tempo - 1.0) > 1e-9 else []
+    if measure:  # the meter sees what is returned: resampled to 48 kHz stereo first
+        chain = [*chain, f"aresample={AUDIO_RATE_HZ}", "aformat=channel_layouts=stereo",
+                 _meter(False)]
+    log = ["-nostats", "-loglevel", "info"] if measure else ["-loglevel", "error"]
+    proc = _ffmpeg([*log, "-i", str(path), "-map", "0:a:0", "-vn",
+                    *(["-af", ",".join(chain)] if chain else []),
                     "-f", "f32le", "-acodec", "pcm_f32le", "-ar", str(AUDIO_RATE_HZ),
                     "-ac", str(CHANNELS), "pipe:1"], what="decode its audio", file=str(path),
                    fix="replace it with a readable MP3, WAV or M4A (or delete it and run "
                        "doit to make it again).")
-    return np.frombuffer(proc.stdout, dtype="<f4").reshape(-1, CHANNELS).copy()
+    pcm = np.frombuffer(proc.stdout, dtype="<f4").reshape(-1, CHANNELS).copy()
+    if not measure:
+        return pcm, None
+    if pcm.size == 0:
+        return pcm, Loudness(None, None, 0.0)
+    return pcm, _parse_summary(proc.stderr.decode("utf-8", "replace"))
 
 
 _NUM = r"(-?(?:\d+(?:\.\d+)?|inf)|nan)"
@@ -309,32 +336,50 @@ def _gain(db: float) -> float:
     return float(10 ** (db / 20))
 
 
-def mix(track: Soundtrack, duration_s: float) -> tuple[np.ndarray | None, list[str]]:
-    """The soundtrack's samples for ``duration_s`` seconds (``(samples, 2)`` float32; None for
-    silence), before normalization, and notes for the run's output.
+@dataclass
+class Mixed:
+    """A soundtrack's samples before normalization: ``pcm`` (``(samples, 2)`` float32, or None
+    for silence), notes for the run's output, and ``about`` - the loudness of the voice or the
+    bed alone as its file decoded, when the mix is that alone (None when it must be measured):
+    the normalizer's first drive is picked from it, and every later step from measurements
+    of the limited signal itself."""
+
+    pcm: np.ndarray | None
+    notes: list[str]
+    about: Loudness | None = None
+
+
+def mix(track: Soundtrack, duration_s: float) -> Mixed:
+    """The soundtrack's samples for ``duration_s`` seconds, before normalization
+    (:class:`Mixed`). Each file is decoded and measured in one FFmpeg run
+    (:func:`decode_measured`): the bed is set as loud as the voice from those figures.
 
     Raises:
         InputError: a file is missing. RenderError: FFmpeg cannot decode one.
     """
     total = round(duration_s * AUDIO_RATE_HZ)
     notes: list[str] = []
-    voice = _place(decode(track.voice, tempo=track.voice_tempo), track.voice_offset_s,
-                   total) if track.voice else None
-    music = _loop(decode(track.music), total) if track.music else None
+    voice = music = None
+    lv = lm = None
+    if track.voice:
+        said, lv = decode_measured(track.voice, tempo=track.voice_tempo)
+        voice = _place(said, track.voice_offset_s, total)
+    if track.music:
+        bed, lm = decode_measured(track.music)
+        music = _loop(bed, total)
     if voice is None:
-        return music, notes
+        return Mixed(music, notes, lm)
     if music is None:
-        return voice, notes
-    lv, lm = measure_pcm(voice, peak=False), measure_pcm(music, peak=False)
+        return Mixed(voice, notes, lv)
     if lm.silent:
         notes.append(f"the music file {Path(track.music).name} is silent")
-        return voice, notes
+        return Mixed(voice, notes, lv)
     if lv.silent:  # nothing is said: the bed alone
-        return music, notes
+        return Mixed(music, notes, lm)
     # the bed as loud as the voice, ducked under its speech by duck_db
     music *= _gain(lv.integrated_lufs - lm.integrated_lufs)
     music *= duck_gain(total, speech_windows(track.speech), track.duck_db)[:, None]
-    return voice + music, notes
+    return Mixed(voice + music, notes)
 
 
 def _limited(pcm: np.ndarray, gain_db: float, ceiling_dbtp: float) -> tuple[np.ndarray, Loudness]:
@@ -369,7 +414,8 @@ def _lowered(pcm: np.ndarray, loud: Loudness, db: float) -> tuple[np.ndarray, Lo
 
 
 def normalize(pcm: np.ndarray, target_lufs: float, true_peak_dbtp: float, *,
-              ceiling_dbtp: float | None = None) -> tuple[np.ndarray, Loudness, float]:
+              ceiling_dbtp: float | None = None,
+              about: Loudness | None = None) -> tuple[np.ndarray, Loudness, float]:
     """Bring ``pcm`` to ``target_lufs`` with its true peak under ``ceiling_dbtp`` (default
     ``true_peak_dbtp - ENCODE_MARGIN_DB``). Returns ``(pcm, loudness, ceiling)`` (the loudness
     without a true peak: that is measured after encoding); a silent input comes back
@@ -379,12 +425,15 @@ def normalize(pcm: np.ndarray, target_lufs: float, true_peak_dbtp: float, *,
     :data:`LIMITER_ALLOWANCE_LU` above the target through it and then brought down to the
     target exactly by a linear gain (:func:`_lowered`): one limiter run for most mixes. When
     the limiter took more than that, the next drive is a secant step from the last two runs.
+    ``about``: the signal's loudness as already known (:class:`Mixed`), which spares the
+    first measurement; the first drive is picked from it, every later step from the limited
+    signal's own measurement, so an approximate figure costs at most one more run.
 
     Raises:
         RenderError: FFmpeg failed.
     """
     ceiling = true_peak_dbtp - ENCODE_MARGIN_DB if ceiling_dbtp is None else ceiling_dbtp
-    before = measure_pcm(pcm, peak=False)
+    before = about if about is not None else measure_pcm(pcm, peak=False)
     if before.silent:
         return pcm, before, ceiling
     aim = target_lufs + LIMITER_ALLOWANCE_LU
@@ -419,11 +468,12 @@ def render_soundtrack(track: Soundtrack, duration_s: float, folder: Path, *,
     Raises:
         InputError: a file is missing. RenderError: FFmpeg failed.
     """
-    pcm, notes = mix(track, duration_s)
+    mixed = mix(track, duration_s)
+    pcm, notes = mixed.pcm, mixed.notes
     if pcm is None:
         return Rendered(None, "silent", None, notes=notes)
     pcm, loud, ceiling = normalize(pcm, track.target_lufs, track.true_peak_dbtp,
-                                   ceiling_dbtp=ceiling_dbtp)
+                                   ceiling_dbtp=ceiling_dbtp, about=mixed.about)
     if loud.silent:
         return Rendered(None, "silent", None, notes=notes + ["the soundtrack is silent"])
     fade_edges(pcm)
