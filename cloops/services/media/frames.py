@@ -36,12 +36,6 @@ from .layout import FRAME_H_PX, FRAME_W_PX, FULL, Box, Raster, cover_window
 FRAME_ASPECT = FRAME_W_PX / FRAME_H_PX
 FRAME_BYTES = FRAME_W_PX * FRAME_H_PX * 3 // 2  # one yuv420p frame
 
-
-def frame_bytes(raster: Raster = FULL) -> int:
-    """The bytes of one yuv420p frame on ``raster`` (:data:`FRAME_BYTES` for the full
-    frame)."""
-    return raster.width * raster.height * 3 // 2
-
 # R'G'B' (0-255) -> limited-range Y'CbCr, ITU-R BT.709-6 items 3.2-3.5 (Kr 0.2126, Kb 0.0722;
 # Y' 16-235, Cb/Cr 16-240), in 16.16 fixed point so that every machine gives the same bytes.
 # The Cb/Cr rows sum to exactly 0 (grey stays at 128) and the Y' row to 219/255.
@@ -383,8 +377,8 @@ class Compositor:
     once (a few are kept); a frame is then, for each of its three planes, three buffers: the
     still rows above the shot's ``dest``, the band of ``dest``'s rows with this frame's
     picture (and any text over it), and the still rows below. FFmpeg reads them as one
-    yuv420p frame of the compositor's ``raster`` (:func:`frame_bytes`: 3,110,400 bytes for
-    the full 1080x1920 frame). The shots and sprites must have been made for that raster.
+    yuv420p frame of the compositor's ``raster`` (width x height x 1.5 bytes: 3,110,400 for
+    the full 1080x1920 frame, :data:`FRAME_BYTES`). The shots and sprites must have been made for that raster.
 
     Raises:
         ValueError: a shot was made for another raster.
@@ -478,11 +472,10 @@ class Compositor:
 
 
 def frame_to_rgb(frame: bytes, raster: Raster = FULL) -> Image.Image:
-    """One yuv420p frame (:func:`frame_bytes` of ``raster``: the Y' plane, then Cb and Cr at
-    half size; BT.709 limited range) as an RGB image of the raster's size (1080x1920 for the
-    full frame) - the inverse of the frames' conversion,
-    chroma upsampled by repetition, rounded and clipped to 0-255 (ITU-R BT.709-6 items
-    3.2-3.5). For posters. Converted :data:`STRIP_ROWS` rows at a time (float32 arrays of a
+    """One yuv420p frame of ``raster`` (width x height x 1.5 bytes: the Y' plane, then Cb and
+    Cr at half size; BT.709 limited range) as an RGB image of the raster's size (1080x1920 for
+    the full frame) - the inverse of the frames' conversion, chroma upsampled by repetition,
+    rounded and clipped to 0-255 (ITU-R BT.709-6 items 3.2-3.5). For posters. Converted :data:`STRIP_ROWS` rows at a time (float32 arrays of a
     whole frame took ~120 MB; a strip's ~8 MB), each pixel by the same arithmetic."""
     w, h = raster.width, raster.height
     y_all = np.frombuffer(frame, np.uint8, w * h).reshape(h, w)
