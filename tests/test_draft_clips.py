@@ -141,6 +141,8 @@ def drafts(tmp_path_factory):
                                                   maxS=4), KIDS)
     first = project.doit("build:noah-s-ark")
     assert first.rc == 0, first.out + first.err
+    # the run says so before it renders anything
+    assert "Ad clips of draft pictures are 540x960 proxies" in first.out, first.out
     return project, project.story_dir("noah-s-ark", KIDS)
 
 
@@ -201,6 +203,7 @@ def test_clips_of_real_pictures_are_full_and_ads_drafts_is_no_dependency(tmp_pat
                                                   maxS=4), KIDS)
     first = project.doit("build:noah-s-ark", env=FAKE)
     assert first.rc == 0, first.out + first.err
+    assert "540x960 proxies" not in first.out
     sdir = project.story_dir("noah-s-ark", KIDS)
     for cid, c in clips(sdir).items():
         assert c["proxy"] is False and (c["width"], c["height"]) == (1080, 1920), cid

@@ -13,7 +13,8 @@ from .context import current_project
 
 
 def header_lines() -> list[str]:
-    """The run header: which backend serves each service, loudly when offline."""
+    """The run header: which backend serves each service, loudly when offline (and then,
+    where ads are on, that draft clips are 540x960 proxies: ``ads.drafts``)."""
     proj = current_project()
     if proj is None:
         return []
@@ -39,6 +40,11 @@ def header_lines() -> list[str]:
                     if spec.key_env]
             lines.append("  [yellow]OFFLINE backends in use: outputs are drafts and stories stay "
                          f"pending. Set {' / '.join(keys)} (or .env) to build for real.[/yellow]")
+            ads = tpl.config.engine.ads
+            if "image" in offline and ads.enabled and ads.drafts == "proxy":
+                lines.append("  [yellow]Ad clips of draft pictures are 540x960 proxies: the "
+                             "layout, timing and sound of the 1080x1920 clip "
+                             "(ads.drafts: \"full\" draws them in full).[/yellow]")
     from .fleet import header_lines as fleet_header
     return lines + fleet_header(proj)
 
