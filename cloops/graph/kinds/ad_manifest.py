@@ -242,7 +242,7 @@ def _clip_record(job: StepRun, rel: str, ctype: str, mode: str, origin: dict, ta
         "audio": audio, "loudness": loudness, "poster": poster,
         "words": words_rel(rel) if words and (sdir / words_rel(rel)).is_file() else None,
         "measured": _measured(record["durationS"], facts),
-        "proxy": bool(facts.get("proxy")) and not edited,
+        "proxy": bool(facts.get("proxy")),  # no facts for a clip replaced by hand
         "hookText": None, "hookAngle": None, "opensOn": None, "ctaText": None, "ctaType": None,
         "tags": tags,
         "source": {**origin, "artifacts": artifacts, "handEdited": edited}})

@@ -87,20 +87,14 @@ LOUDNESS_PATHS = ["ads.loudness.integratedLufs", "ads.loudness.truePeakDbtp"]
 DRAFTS_VALUE = "ads.drafts (offline pictures)"
 
 
-def drafted(story_dir: Path, pictures: list[Path]) -> bool:
-    """True when one of ``pictures`` (files of the story folder) is an offline draft: the
-    story's manifest records it as made by an offline backend, and its bytes are still what
-    that backend wrote (a picture replaced by hand is not a draft)."""
+def drafted(story_dir: Path, pictures: dict[str, str | None]) -> bool:
+    """True when one of ``pictures`` (``{path in the story folder: its SHA-256 as the render
+    read it}``) is an offline draft: the story's manifest records it as made by an offline
+    backend, and its bytes are still what that backend wrote (a picture replaced by hand is
+    not a draft)."""
     manifest = read_manifest(story_dir)
-    for path in pictures:
-        try:
-            rel = str(Path(path).relative_to(story_dir))
-        except ValueError:
-            continue
-        rec = manifest.get(rel)
-        if rec and rec.get("offline") and rec.get("sha256") == sha256_file(Path(path)):
-            return True
-    return False
+    return any((rec := manifest.get(rel)) is not None and rec.get("offline")
+               and rec.get("sha256") == sha for rel, sha in pictures.items())
 
 
 def hook_shot(entry: dict) -> dict:
@@ -293,10 +287,10 @@ class AdClip(OptIn, Step):
     def check(self, tpl) -> None:
         _declared(self, tpl, [self.voice, self.timings])
 
-    def raster(self, job: StepRun, pictures: list[Path]) -> Any:
+    def raster(self, job: StepRun, pictures: dict[str, str | None]) -> Any:
         """What the clip is drawn at: ``media.PROXY`` (540x960) when ``ads.drafts`` is
-        ``proxy`` and a picture it shows is an offline draft (:func:`drafted`), else
-        ``media.FULL`` (1080x1920)."""
+        ``proxy`` and a picture it shows (``{rel: sha256}``, the digests its render records
+        in ``made``) is an offline draft (:func:`drafted`), else ``media.FULL`` (1080x1920)."""
         media = _media()
         if job.template.config.engine.ads.drafts == "proxy" and drafted(job.story_dir, pictures):
             return media.PROXY
@@ -494,7 +488,7 @@ class HookClipStep(AdClip):
             clip = media.render_hook_clip(path, line=str(shot.get("line") or ""),
                                           duration_s=duration, crop_box=crop,
                                           overlay=self.mode(job.template), soundtrack=track,
-                                          raster=self.raster(job, [path]),
+                                          raster=self.raster(job, {image: made[image]}),
                                           **self.outputs(tmp, "hook"))
             self.deliver(job, clip, made, {})
 
@@ -553,13 +547,14 @@ class CtaClipStep(AdClip):
         title = str(job.inputs[self.title] or "")
         track, duration, made = self.line_soundtrack(job, cfg.cta_duration_s,
                                                      media.clips.CTA_SPEECH_AT_S)
+        cover_rel = str(cover.relative_to(job.story_dir))
         made.update({f"{self.foreach.source}#{job.ctx.n}": sha256_json(card)[:16],
-                     str(cover.relative_to(job.story_dir)): sha256_file(cover),
-                     "title": sha256_json(title)[:16]})
+                     cover_rel: sha256_file(cover), "title": sha256_json(title)[:16]})
         with rendering() as tmp:
             clip = media.render_cta_clip(cover, title=title, line=str(card.get("line") or ""),
                                          duration_s=duration, overlay=self.mode(job.template),
-                                         soundtrack=track, raster=self.raster(job, [cover]),
+                                         soundtrack=track,
+                                         raster=self.raster(job, {cover_rel: made[cover_rel]}),
                                          **self.outputs(tmp, "cta"))
             self.deliver(job, clip, made, {"ctaType": card.get("type"),
                                                 "ctaText": card.get("line")})
@@ -665,6 +660,7 @@ class BodyClipStep(AdClip):
         voice = job.inputs[self.audio] if self.audio else None
         made = {str(p.image_path.relative_to(job.story_dir)): sha256_file(p.image_path)
                 for p in pages}
+        pictures = dict(made)
         words, estimated = ([], False)
         if self.timings is not None:  # the captions are the words the voice speaks
             rel = self.inputs[self.timings].path
@@ -687,7 +683,7 @@ class BodyClipStep(AdClip):
                 voice_out=tmp / "voice.m4a" if voice else None,
                 music_out=tmp / "music.m4a" if music else None,
                 min_s=cfg.min_s, max_s=cfg.max_s, reading_wpm=cfg.reading_wpm,
-                raster=self.raster(job, [Path(p.image_path) for p in pages]))
+                raster=self.raster(job, pictures))
             shown = [{"word": w["word"], "startS": round(float(w["startS"]), 3),
                       "endS": round(min(float(w["endS"]), clip.duration_s), 3)}
                      for w in words if float(w["startS"]) < clip.duration_s]

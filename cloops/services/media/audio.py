@@ -183,12 +183,12 @@ def decode_measured(path: str | Path, *, tempo: float = 1.0) -> tuple[np.ndarray
     Raises:
         InputError, RenderError: as :func:`decode`.
     """
-    pcm, loud = _decode(path, tempo, measure=True)
-    return pcm, loud if loud is not None else Loudness(None, None, 0.0)
+    pcm, log = _decode(path, tempo, measure=True)
+    return pcm, _parse_summary(log) if pcm.size else Loudness(None, None, 0.0)
 
 
-def _decode(path: str | Path, tempo: float, *, measure: bool
-            ) -> tuple[np.ndarray, Loudness | None]:
+def _decode(path: str | Path, tempo: float, *, measure: bool) -> tuple[np.ndarray, str]:
+    """The decoded samples and FFmpeg's log (``ebur128``'s summary with ``measure``)."""
     if not Path(path).is_file():
         raise InputError("the audio file does not exist.", file=str(path),
                          fix="build it first (run doit), or correct the path.")
@@ -204,11 +204,7 @@ def _decode(path: str | Path, tempo: float, *, measure: bool
                    fix="replace it with a readable MP3, WAV or M4A (or delete it and run "
                        "doit to make it again).")
     pcm = np.frombuffer(proc.stdout, dtype="<f4").reshape(-1, CHANNELS).copy()
-    if not measure:
-        return pcm, None
-    if pcm.size == 0:
-        return pcm, Loudness(None, None, 0.0)
-    return pcm, _parse_summary(proc.stderr.decode("utf-8", "replace"))
+    return pcm, proc.stderr.decode("utf-8", "replace")
 
 
 _NUM = r"(-?(?:\d+(?:\.\d+)?|inf)|nan)"

@@ -209,7 +209,7 @@ class Shot:
         self.frames = max(1, frames)
         self.still = tuple(start) == tuple(end)  # the window does not move
         self.raster = raster
-        self.dest = even(dest.scaled(raster.scale) if raster.scale != 1 else dest)
+        self.dest = even(dest.scaled(raster.scale))
         self.backdrop = backdrop
         self.eased = eased
         union = Box(min(start.left, end.left), min(start.top, end.top),
