@@ -99,3 +99,111 @@ def test_doit_thread_runner_queues_are_simple_queues_and_need_nothing_more(tmp_p
     run = runner.MThreadRunner(dep, Quiet(), num_process=4)
     run.run_all(control.task_dispatcher())
     assert sorted(ran) == list(range(20)) and run.final_result == runner.SUCCESS
+
+
+def _thread_run(tmp_path, tasks, light, *, continue_=True):
+    """Run doit ``tasks`` on its thread runner with :func:`install_inline` ``light``; return
+    the runner."""
+    import doit.runner as runner
+    from cloops.run.dispatch import install_inline, install_simple_queues
+    from doit.control import TaskControl
+    from doit.dependency import Dependency, JsonDB
+
+    failed: list[str] = []
+
+    class Quiet:
+        def add_failure(self, task, fail):
+            failed.append(task.name)
+
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+    install_simple_queues()
+    install_inline(light)
+    control = TaskControl(tasks)
+    control.process(None)
+    dep = Dependency(JsonDB, str(tmp_path / "doit.json"))
+    run = runner.MThreadRunner(dep, Quiet(), continue_=continue_, num_process=4)
+    run.run_all(control.task_dispatcher())
+    run.failed = failed
+    return run
+
+
+def test_light_tasks_run_on_the_dispatching_thread_and_the_rest_on_workers(tmp_path):
+    """install_inline: a task of a light kind (a check) and a group without actions run where
+    doit dispatches them; every other task still goes to a worker thread. Dependencies are
+    kept, a light task that fails is a failure of its own (the run goes on), and a light task
+    that is up to date is not run again."""
+    import threading
+
+    from doit.task import Task
+
+    ran: dict[str, str] = {}
+    order: list[str] = []
+
+    def act(name, ok=True):
+        def action():
+            ran[name] = threading.current_thread().name
+            order.append(name)
+            return ok
+        return [(action, [])]
+
+    def tasks():
+        return [
+            Task("call:a", act("call:a")),
+            Task("check:a", act("check:a"), task_dep=["call:a"], file_dep=[],
+                 targets=[], uptodate=[None]),
+            Task("call:b", act("call:b"), task_dep=["check:a"]),
+            Task("check:b", act("check:b", ok=False), task_dep=["call:b"]),
+            Task("call:c", act("call:c"), task_dep=["check:b"]),  # not run: its dependency failed
+            Task("check:c", act("check:c"), uptodate=[True]),    # up to date: not run
+            Task("build:a", None, task_dep=["check:a", "call:b"]),
+        ]
+
+    light = lambda name: name.startswith("check:")  # noqa: E731
+    run = _thread_run(tmp_path, tasks(), light)
+    main = threading.main_thread().name
+    assert ran["check:a"] == main and ran["check:b"] == main
+    assert ran["call:a"] != main and ran["call:b"] != main
+    assert order.index("call:a") < order.index("check:a") < order.index("call:b") \
+        < order.index("check:b")
+    assert "call:c" not in ran and "check:c" not in ran
+    assert run.failed == ["check:b", "call:c"]  # call:c: its dependency failed
+
+
+def test_the_inline_runner_follows_doits_own_get_next_job(tmp_path):
+    """install_inline replaces MThreadRunner.get_next_job with a copy that runs light tasks
+    itself: the protocol it copies (the dispatcher's generator, "hold on", select_task, the
+    job types) must still be doit's, a guard for a doit upgrade. With nothing light, a run
+    gives the same results as doit's own runner."""
+    import inspect
+
+    import doit.runner as runner
+    from doit.task import Task
+
+    source = inspect.getsource(runner.MRunner.get_next_job)
+    for part in ("self._stop_running", "self.task_dispatcher.generator.send(node)",
+                 '"hold on"', "self.free_proc += 1", "JobHold()", "StopIteration",
+                 "self.select_task(node, self.tasks)", "JobTaskPickle(task)"):
+        assert part in source, part
+    ran = []
+    tasks = [Task(f"t{i}", [(lambda i=i: ran.append(i) or True, [])],
+                  task_dep=[f"t{i - 1}"] if i % 3 else []) for i in range(12)]
+    run = _thread_run(tmp_path, tasks, lambda name: False)
+    assert sorted(ran) == list(range(12)) and run.final_result == runner.SUCCESS
+
+
+def test_light_steps_are_the_ones_that_call_nothing_and_wait_for_nothing(project):
+    """light_tasks: the standard template's checks, evals and assembled files run inline;
+    every step that calls a service, copies the bundle or renders does not."""
+    from cloops.data.project import load_project
+    from cloops.run.dispatch import light_tasks
+
+    proj = load_project(project.root)
+    light = light_tasks(proj)
+    steps = {s.name: s for s in proj.template(T).steps}
+    inline = {name for name in steps if light(f"{name}:{T}/noah-s-ark/1")}
+    assert {"rules", "story-data", "sheet-prompt", "check-plan", "check-prompt",
+            "evals"} <= inline
+    assert not inline & {"narrative", "pages", "prompt", "image", "thumbnail", "bundle"}
+    assert all(steps[name].service is None for name in inline)
+    assert not light("pending") and not light(f"check-plan:other-template/x")

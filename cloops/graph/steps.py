@@ -409,12 +409,18 @@ class Step:
             story's backlog status.
         copies: its targets are copies of other targets (a bundle): no history, takes or
             hand edits of their own.
+        light: its tasks call no service and do a few milliseconds of work on small files
+            (checks, assembled JSON): the run executes them on the thread that dispatches
+            tasks rather than handing each to a worker thread and back
+            (:func:`cloops.run.dispatch.install_inline`). A kind that waits on anything (a
+            service, a subprocess, a large copy) leaves it False.
     """
 
     kind: ClassVar[str] = ""
     service: ClassVar[str | None] = None
     finishes_story: ClassVar[bool] = False
     copies: ClassVar[bool] = False
+    light: ClassVar[bool] = False
 
     name: str
     target: str

@@ -123,6 +123,19 @@ def service_saturation(proj, limiter: Callable[[str, str], Any]) -> Callable[[st
     return saturated
 
 
+def light_tasks(proj) -> Callable[[str], bool]:
+    """``light(task name)`` for a project: true when the task's step is of a kind marked
+    :attr:`cloops.graph.steps.Step.light` (no service, milliseconds of work)."""
+    light = {b.template: frozenset(s.name for s in proj.template(b.template).steps if s.light)
+             for b in proj.backlogs}
+    none: frozenset = frozenset()
+
+    def is_light(name: str) -> bool:
+        step, _, rest = name.partition(":")
+        return step in light.get(rest.split("/", 1)[0], none)
+    return is_light
+
+
 _KEY: list[Callable[[str], Priority]] = []
 
 
@@ -156,6 +169,51 @@ def install(key: Callable[[str], Priority],
 
     control.TaskDispatcher = PriorityDispatcher
     install_simple_queues()
+
+
+def install_inline(light: Callable[[str], bool]) -> None:
+    """Make doit's thread runner execute some tasks on its dispatching thread (the main one)
+    instead of a worker thread: tasks without actions (groups such as ``build:<id>``) and
+    those for which ``light(task name)`` is true (:func:`light_tasks`).
+
+    doit 0.37's ``MThreadRunner`` hands every task to a worker through a queue and its result
+    back through another (``runner.py``: ``MRunner.get_next_job``, ``run_tasks``,
+    ``execute_task_subprocess``): two thread wake-ups and two hand-offs of the interpreter
+    lock per task, and a copy of the task's attributes each way (``pickle_safe_dict`` /
+    ``update_from_pickle``, made for processes). A check that reads a JSON file and writes a
+    verdict takes less time than its trip. Here ``get_next_job`` runs such a task where it
+    picks it (``execute_task`` then ``process_task_result``, what doit's serial ``Runner``
+    does), tells the dispatcher it is done and picks again, until it finds a task for a
+    worker. Which tasks are ready, the order among them, up-to-date checks, the reporter's
+    lines and the saved state are the same: only the thread differs. Calls of every other
+    task still run on the workers, so a light task delays the next dispatch by its own few
+    milliseconds at most. Calling again replaces ``light``; a doit upgrade should re-check
+    ``get_next_job``'s protocol against this copy.
+    """
+    from doit.runner import JobHold, JobTaskPickle, MThreadRunner
+
+    def get_next_job(self, completed):
+        if self._stop_running:
+            return None  # gentle stop
+        node = completed
+        while True:
+            try:
+                node = self.task_dispatcher.generator.send(node)
+                if node == "hold on":
+                    self.free_proc += 1
+                    return JobHold()
+            except StopIteration:
+                return None  # no more tasks: one worker ends
+            if not self.select_task(node, self.tasks):
+                continue  # up to date (or ignored): done, picked again with the next send
+            task = node.task
+            if task.actions and not light(task.name):
+                return JobTaskPickle(task)
+            self.process_task_result(node, self.execute_task(task))
+            if self._stop_running:
+                return None
+
+    MThreadRunner.get_next_job = get_next_job
 
 
 def install_simple_queues() -> None:

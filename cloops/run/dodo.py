@@ -23,7 +23,7 @@ from ..graph.plan import plan_of
 from ..graph.seals import SealBook
 from .checker import CachedMD5Checker, install_row_index
 from .context import RunState, begin
-from .dispatch import install, service_saturation, task_priority
+from .dispatch import install, install_inline, light_tasks, service_saturation, task_priority
 from .fleet import check_shared, shard_from_env
 from .reporter import CloopsReporter
 from .selection import STORY_COMMANDS, dry_mode, parse_argv, selected_stories, unknown_story
@@ -110,6 +110,7 @@ def dodo_namespace(root: Path | str | None = None) -> dict[str, Any]:
                            for b in proj.backlogs}),
             service_saturation(proj, _limiter(proj)))
 
+    install_inline(light_tasks(proj))  # checks and assembled files: no trip to a worker
     install_row_index()  # doit's state is not asked for rows it does not have
     ns = story_tasks(proj, stories, sealed, ACTIONS, dry)
     ns["DOIT_CONFIG"] = {

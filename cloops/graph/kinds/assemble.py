@@ -15,6 +15,8 @@ from ..steps import Fn, Step, StepRun, step_kind
 class AssembleStep(Step):
     """No service call: ``run(inputs, ctx) -> str | bytes | dict`` makes the target."""
 
+    light = True
+
     run: Fn | None = None
 
     def execute(self, job: StepRun) -> None:

@@ -59,6 +59,8 @@ class CheckStep(Step):
         subject: the artifact judged, shown with the results (``prompts/{n}.txt``).
     """
 
+    light = True
+
     run: Fn | None = None
     files: dict[str, str] = field(default_factory=dict)
     subject: str = ""

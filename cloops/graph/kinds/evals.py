@@ -45,6 +45,8 @@ class EvalsStep(Step):
             story "needs review" (a failed check always does).
     """
 
+    light = True
+
     threshold: str = "evals.threshold"
 
     @classmethod
