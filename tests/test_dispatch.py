@@ -206,4 +206,4 @@ def test_light_steps_are_the_ones_that_call_nothing_and_wait_for_nothing(project
             "evals"} <= inline
     assert not inline & {"narrative", "pages", "prompt", "image", "thumbnail", "bundle"}
     assert all(steps[name].service is None for name in inline)
-    assert not light("pending") and not light(f"check-plan:other-template/x")
+    assert not light("pending") and not light("check-plan:other-template/x")
