@@ -31,10 +31,11 @@ def test_find_terms_matches_the_term_by_term_search():
 
 
 # the look-up rules out a term only for ASCII text and plain terms: the rest goes to the pattern
-_TRICKY_WORDS = ["A", "sign", "Signs", "ſign", "SIGN’s", "_sign", "sign_", "re-sign", "o'clock",
+_TRICKY_WORDS = ["A", "sign", "Signs", "ſign", "SIGN’s", "\u212aey", "sıgn", "Sİgn", "İ", "—sign",
+                 "sign—", "Straße", "Ǆ", "_sign", "sign_", "re-sign", "o'clock",
                  "O'Clock", "Café", "cafe", "café's", "speech", "Bubble", "bubbles", "box-like",
                  "boxes", "t-shirt", "shirt", "\n", "\t", "—", "x2", "2x"]
-_TRICKY_TERMS = ["sign", "speech bubble", "o'clock", "café", "cafe", "shirt", "t-shirt", "box",
+_TRICKY_TERMS = ["key", "sign", "speech bubble", "o'clock", "café", "cafe", "shirt", "t-shirt", "box",
                  "_sign", "x2", " padded ", "2x"]
 
 
@@ -64,3 +65,24 @@ def test_forbidden_matches_the_word_by_word_search():
         text = " ".join(rng.choice(_TRICKY_WORDS) for _ in range(rng.randint(0, 10)))
         forbid = rng.sample(_TRICKY_TERMS + ["/sig?n/", "/^a/"], rng.randint(1, 5))
         assert forbidden(text, forbid) == reference(text, forbid), (text, forbid)
+
+
+def test_only_the_listed_characters_fold_to_ascii():
+    """tokens() tokenizes non-ASCII text unless it holds one of _FOLDS_TO_ASCII: no other
+    code point matches an ASCII word character in any case, none but U+0130 grows when
+    lower-cased, and lower-casing never moves a boundary of a run of [\\w-]."""
+    ascii_word = re.compile(r"[a-z0-9_-]", re.I)
+    word = re.compile(r"[\w-]")
+    folds, grows, moves = set(), set(), set()
+    for c in map(chr, range(128, 0x110000)):
+        if ascii_word.fullmatch(c):
+            folds.add(c)
+        low = c.lower()
+        if len(low) != 1:
+            grows.add(c)
+        if bool(word.fullmatch(c)) != all(word.fullmatch(x) for x in low):
+            moves.add(c)
+    assert folds == set(prose._FOLDS_TO_ASCII)
+    assert grows <= folds and moves <= folds
+    assert prose.tokens("Panel 1 — a Sign") == frozenset({"panel", "1", "a", "sign"})
+    assert prose.tokens("the \u212aey") is None

@@ -130,10 +130,24 @@ _TOKEN = re.compile(r"[\w-]+")
 _PLAIN_TERM = re.compile(r"[A-Za-z0-9_-]+(?:\s+[A-Za-z0-9_-]+)*")
 
 
+# The only characters besides ASCII that re.IGNORECASE matches to an ASCII letter or digit
+# (U+0130 and U+0131 to i, U+017F to s, U+212A to k: Python's re/_casefix.py and Unicode's
+# simple case folding), and U+0130 is the only one whose str.lower() is longer than itself;
+# checked over every code point (tests/test_prose_terms.py).
+_FOLDS_TO_ASCII = frozenset("\u0130\u0131\u017f\u212a")
+
+
+@lru_cache(maxsize=64)
 def tokens(text: str) -> frozenset[str] | None:
-    """The lower-cased runs of ``[\\w-]`` in an ASCII ``text`` (what a whole-word match
-    starts on), or None for a text that is not ASCII (then nothing is ruled out)."""
-    return frozenset(_TOKEN.findall(text.lower())) if text.isascii() else None
+    """The lower-cased runs of ``[\\w-]`` in ``text`` (what a whole-word match starts on), or
+    None for a text holding one of the few non-ASCII characters that match an ASCII letter in
+    any case (then nothing is ruled out). Other non-ASCII text (an em dash in a prompt) is
+    tokenized as it is: no character of it matches an ASCII letter, and lower-casing keeps
+    every run of ``[\\w-]`` where it was. Kept for the last 64 texts: a check asks it of the
+    same prompt once per rule and lexicon."""
+    if not text.isascii() and not _FOLDS_TO_ASCII.isdisjoint(text):
+        return None
+    return frozenset(_TOKEN.findall(text.lower()))
 
 
 @lru_cache(maxsize=1 << 14)

@@ -131,6 +131,12 @@ def _word_re(word: str) -> re.Pattern:
                       re.I)
 
 
+@lru_cache(maxsize=1024)
+def _pattern_re(rule: str) -> re.Pattern:
+    """A forbidden ``/pattern/`` compiled, any case."""
+    return re.compile(rule[1:-1], re.I)
+
+
 def forbidden(text: str, forbid: list[str]) -> list[str]:
     """The forbidden words, phrases or ``/patterns/`` found in ``text``, as they appear there
     (in order of ``forbid``, each once; case-insensitive; words and phrases whole)."""
@@ -138,7 +144,7 @@ def forbidden(text: str, forbid: list[str]) -> list[str]:
     toks = tokens(text)
     for w in forbid:
         if _is_pattern(w):
-            rx = re.compile(w[1:-1], re.I)
+            rx = _pattern_re(w)
         elif not may_hold(toks, w):
             continue  # its first word is nowhere in the text: no search
         else:
