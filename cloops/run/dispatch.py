@@ -186,9 +186,11 @@ def install_inline(light: Callable[[str], bool]) -> None:
     does), tells the dispatcher it is done and picks again, until it finds a task for a
     worker. Which tasks are ready, the order among them, up-to-date checks, the reporter's
     lines and the saved state are the same: only the thread differs. Calls of every other
-    task still run on the workers, so a light task delays the next dispatch by its own few
-    milliseconds at most. Calling again replaces ``light``; a doit upgrade should re-check
-    ``get_next_job``'s protocol against this copy.
+    task still run on the workers. A light task delays the next dispatch by its own few
+    milliseconds, and by its wait for a turn (:mod:`cloops.core.turns`) while a worker runs
+    Python, which the next task's worker would have waited for too. Calling again replaces
+    ``light``; a doit upgrade should re-check ``get_next_job``'s protocol against this copy
+    (``tests/test_dispatch.py`` does).
     """
     from doit.runner import JobHold, JobTaskPickle, MThreadRunner
 
