@@ -150,8 +150,7 @@ def test_light_tasks_run_on_the_dispatching_thread_and_the_rest_on_workers(tmp_p
     def tasks():
         return [
             Task("call:a", act("call:a")),
-            Task("check:a", act("check:a"), task_dep=["call:a"], file_dep=[],
-                 targets=[], uptodate=[None]),
+            Task("check:a", act("check:a"), task_dep=["call:a"]),
             Task("call:b", act("call:b"), task_dep=["check:a"]),
             Task("check:b", act("check:b", ok=False), task_dep=["call:b"]),
             Task("call:c", act("call:c"), task_dep=["check:b"]),  # not run: its dependency failed

@@ -100,6 +100,13 @@ class ReadyQueue:
         return bool(self._heap)
 
 
+def step_and_template(name: str) -> tuple[str, str]:
+    """``(step, template)`` of a step task's name (``prompt:<template>/<story>/<n>``); for
+    other tasks, whatever stands in those places (``pending`` -> ``("pending", "")``)."""
+    step, _, rest = name.partition(":")
+    return step, rest.split("/", 1)[0]
+
+
 def service_saturation(proj, limiter: Callable[[str, str], Any]) -> Callable[[str], bool]:
     """``saturated(task name)`` for a project: true when the task's step calls a service whose
     limiter already has a full queue of callers waiting (False for steps that call nothing).
@@ -111,8 +118,7 @@ def service_saturation(proj, limiter: Callable[[str, str], Any]) -> Callable[[st
     limiters: dict = {}
 
     def saturated(name: str) -> bool:
-        step, _, rest = name.partition(":")
-        template = rest.split("/", 1)[0]
+        step, template = step_and_template(name)
         service = services.get(template, {}).get(step)
         if service is None:
             return False
@@ -131,8 +137,8 @@ def light_tasks(proj) -> Callable[[str], bool]:
     none: frozenset = frozenset()
 
     def is_light(name: str) -> bool:
-        step, _, rest = name.partition(":")
-        return step in light.get(rest.split("/", 1)[0], none)
+        step, template = step_and_template(name)
+        return step in light.get(template, none)
     return is_light
 
 

@@ -660,7 +660,7 @@ class BodyClipStep(AdClip):
         voice = job.inputs[self.audio] if self.audio else None
         made = {str(p.image_path.relative_to(job.story_dir)): sha256_file(p.image_path)
                 for p in pages}
-        pictures = dict(made)
+        raster = self.raster(job, made)  # the pictures alone: before the sound's files join
         words, estimated = ([], False)
         if self.timings is not None:  # the captions are the words the voice speaks
             rel = self.inputs[self.timings].path
@@ -683,7 +683,7 @@ class BodyClipStep(AdClip):
                 voice_out=tmp / "voice.m4a" if voice else None,
                 music_out=tmp / "music.m4a" if music else None,
                 min_s=cfg.min_s, max_s=cfg.max_s, reading_wpm=cfg.reading_wpm,
-                raster=self.raster(job, pictures))
+                raster=raster)
             shown = [{"word": w["word"], "startS": round(float(w["startS"]), 3),
                       "endS": round(min(float(w["endS"]), clip.duration_s), 3)}
                      for w in words if float(w["startS"]) < clip.duration_s]

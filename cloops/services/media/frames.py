@@ -378,7 +378,8 @@ class Compositor:
     still rows above the shot's ``dest``, the band of ``dest``'s rows with this frame's
     picture (and any text over it), and the still rows below. FFmpeg reads them as one
     yuv420p frame of the compositor's ``raster`` (width x height x 1.5 bytes: 3,110,400 for
-    the full 1080x1920 frame, :data:`FRAME_BYTES`). The shots and sprites must have been made for that raster.
+    the full 1080x1920 frame, :data:`FRAME_BYTES`). The shots and sprites must have been made
+    for that raster.
 
     Raises:
         ValueError: a shot was made for another raster.
@@ -475,8 +476,9 @@ def frame_to_rgb(frame: bytes, raster: Raster = FULL) -> Image.Image:
     """One yuv420p frame of ``raster`` (width x height x 1.5 bytes: the Y' plane, then Cb and
     Cr at half size; BT.709 limited range) as an RGB image of the raster's size (1080x1920 for
     the full frame) - the inverse of the frames' conversion, chroma upsampled by repetition,
-    rounded and clipped to 0-255 (ITU-R BT.709-6 items 3.2-3.5). For posters. Converted :data:`STRIP_ROWS` rows at a time (float32 arrays of a
-    whole frame took ~120 MB; a strip's ~8 MB), each pixel by the same arithmetic."""
+    rounded and clipped to 0-255 (ITU-R BT.709-6 items 3.2-3.5). For posters. Converted
+    :data:`STRIP_ROWS` rows at a time (float32 arrays of a whole frame took ~120 MB; a strip's
+    ~8 MB), each pixel by the same arithmetic."""
     w, h = raster.width, raster.height
     y_all = np.frombuffer(frame, np.uint8, w * h).reshape(h, w)
     u_all = np.frombuffer(frame, np.uint8, (w // 2) * (h // 2), w * h).reshape(h // 2, w // 2)
