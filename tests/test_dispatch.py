@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from types import SimpleNamespace
+
+import pytest
 
 from cloops.run.dispatch import ReadyQueue, task_priority
 from conftest import REPO
@@ -101,6 +105,18 @@ def test_doit_thread_runner_queues_are_simple_queues_and_need_nothing_more(tmp_p
     assert sorted(ran) == list(range(20)) and run.final_result == runner.SUCCESS
 
 
+@pytest.fixture(autouse=True)
+def unpinned_process(monkeypatch):
+    """doit's thread runner pins its threads (cloops.core.cpus) once per process: as if it
+    had not (and the test process's processors given back) unless a test pins itself."""
+    from cloops.core import cpus
+    monkeypatch.setattr(cpus, "_PIN", [None])
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    yield
+    if before is not None:
+        os.sched_setaffinity(0, before)
+
+
 def _thread_run(tmp_path, tasks, light, *, continue_=True):
     """Run doit ``tasks`` on its thread runner with :func:`install_inline` ``light``; return
     the runner."""
@@ -167,6 +183,46 @@ def test_light_tasks_run_on_the_dispatching_thread_and_the_rest_on_workers(tmp_p
         < order.index("check:b")
     assert "call:c" not in ran and "check:c" not in ran
     assert run.failed == ["check:b", "call:c"]  # call:c: its dependency failed
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two processors this process may use")
+def test_the_thread_runner_puts_its_threads_on_the_dispatching_threads_processor(
+        tmp_path, monkeypatch):
+    """The first get_next_job pins doit's main thread before any worker starts
+    (cloops.core.cpus), so every worker and every light task runs on one processor; work
+    started in ``unpinned()`` (FFmpeg, a frame pool) gets them all."""
+    import subprocess
+    import sys
+
+    from cloops.core import cpus
+    from doit.task import Task
+    monkeypatch.setattr(cpus, "_PIN", [])
+    monkeypatch.delenv("CLOOPS_PIN", raising=False)
+    allowed = os.sched_getaffinity(0)
+    where: dict[str, tuple[str, set[int]]] = {}
+
+    def record(name):
+        def act():
+            where[name] = (threading.current_thread().name, os.sched_getaffinity(0))
+            if name == "call:render":
+                with cpus.unpinned():
+                    out = subprocess.run([sys.executable, "-c",
+                                          "import os; print(len(os.sched_getaffinity(0)))"],
+                                         capture_output=True, text=True, check=True).stdout
+                where["ffmpeg"] = ("child", set(range(int(out))))
+            return True
+        return act
+    names = ["call:a", "check:a", "call:b", "call:render"]
+    _thread_run(tmp_path, [Task(n, [(record(n), [])]) for n in names],
+                lambda name: name.startswith("check:"))
+    pin = cpus.current()
+    assert pin is not None and pin.allowed == allowed
+    main = threading.main_thread().name
+    assert where["check:a"] == (main, {pin.cpu})
+    for name in ("call:a", "call:b", "call:render"):
+        assert where[name][0] != main and where[name][1] == {pin.cpu}, where
+    assert len(where["ffmpeg"][1]) == len(allowed)
 
 
 def test_the_inline_runner_follows_doits_own_get_next_job(tmp_path):

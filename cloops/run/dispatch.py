@@ -194,13 +194,20 @@ def install_inline(light: Callable[[str], bool]) -> None:
     lines and the saved state are the same: only the thread differs. Calls of every other
     task still run on the workers. A light task delays the next dispatch by its own few
     milliseconds, and by its wait for a turn (:mod:`cloops.core.turns`) while a worker runs
-    Python, which the next task's worker would have waited for too. Calling again replaces
+    Python, which the next task's worker would have waited for too. The first call pins the
+    dispatching thread to its processor before any worker starts, and each call lets the pin
+    look whether to move (:mod:`cloops.core.cpus`). Calling again replaces
     ``light``; a doit upgrade should re-check ``get_next_job``'s protocol against this copy
     (``tests/test_dispatch.py`` does).
     """
     from doit.runner import JobHold, JobTaskPickle, MThreadRunner
 
+    from ..core import cpus
+
     def get_next_job(self, completed):
+        pinned = cpus.pin()  # first called before any worker starts: they inherit it
+        if pinned is not None:
+            pinned.check()
         if self._stop_running:
             return None  # gentle stop
         node = completed

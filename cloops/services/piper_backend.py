@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..core import cpus
 from ..core.errors import InputError, PermanentServiceError
 from .base import VoiceRequest, VoiceResult, estimate_words
 from .registry import BackendSpec, register
@@ -233,7 +234,8 @@ class PiperBackend:
         import numpy as np
         from piper import SynthesisConfig
 
-        with _VOICE_LOCK:
+        # onnxruntime's work is not Python: any processor (cloops.core.cpus)
+        with _VOICE_LOCK, cpus.unpinned():
             voice = _voice(self.files)
             rate = int(voice.config.sample_rate)
             speed = (request.settings or {}).get("speed") or 1.0

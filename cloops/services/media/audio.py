@@ -45,6 +45,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ...core import cpus
 from ...core.errors import InputError
 from ...core.fileio import staged
 from ...core.turns import TASK_TURNS
@@ -146,7 +147,8 @@ def _ffmpeg(args: Sequence[str], *, data: bytes | None = None, what: str,
     """Run FFmpeg; raise :class:`RenderError` naming ``what`` (and ``file``) on failure."""
     exe = check_ffmpeg()
     try:
-        with TASK_TURNS.released():  # FFmpeg works, this thread waits
+        # FFmpeg works, on any processor (cloops.core.cpus); this thread waits
+        with TASK_TURNS.released(), cpus.unpinned():
             proc = subprocess.run([exe, "-hide_banner", "-nostdin", *args], input=data,
                                   capture_output=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as exc:

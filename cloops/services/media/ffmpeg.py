@@ -38,6 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ...core import cpus
 from ...core.errors import CloopsError, user_message
 from ...core.fileio import staged
 from .layout import FPS, FULL, Raster
@@ -199,7 +200,8 @@ def encode_frames(out_path: str | os.PathLike, frame_count: int,
                 "-t", f"{duration_s:.6f}",
                 str(tmp),
             ]
-            _run(cmd, errlog, out, piped, make_frame, workers, sources)
+            with cpus.unpinned():  # FFmpeg and the frame pool: any processor (cloops.core.cpus)
+                _run(cmd, errlog, out, piped, make_frame, workers, sources)
             encoded = True
     except OSError as exc:
         if not encoded:
