@@ -630,3 +630,23 @@ def test_a_chat_answer_without_choices_names_the_chat_endpoint_and_llm_base_url(
     assert "POST /chat/completions" in message and "the field 'choices' (missing)" in message
     assert f"the server at llm.baseUrl ({srv.base_url}) does not speak the OpenAI Chat " \
            "Completions API" in message
+
+
+def test_the_backend_imports_openai_without_aiohttp():
+    """openai imports its aiohttp transport (for the async client's DefaultAioHttpClient) at
+    import: the backend, which calls the sync client only, turns that one import off when
+    nothing imported either yet (0.1-0.2 s of a build's first LLM call), and the sync client
+    it makes is openai's own."""
+    import subprocess
+    import sys
+    code = ("import sys, cloops.services.openai_backend as b, openai\n"
+            "assert 'aiohttp' not in sys.modules, 'aiohttp imported'\n"
+            "client = openai.OpenAI(api_key='sk-test', base_url='http://127.0.0.1:9/v1')\n"
+            "assert type(client._client).__module__ == 'openai._base_client'\n"
+            "try:\n"
+            "    openai.DefaultAioHttpClient()\n"
+            "except RuntimeError as exc:\n"
+            "    assert 'aiohttp' in str(exc)\n"
+            "else:\n"
+            "    raise AssertionError('the aiohttp client was made')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -62,6 +62,7 @@ The API key is never put into a message, log line or repr.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -84,6 +85,17 @@ CHAT_PLACEHOLDER_KEY = "not-needed"  # local Chat Completions servers ignore the
 CHAT_KEY_ENV = "LLM_API_KEY"  # the key of the Chat Completions server at llm.baseUrl
 STATE_DIR_ENV = "CLOOPS_STATE_DIR"  # set by the hub: the project's build/.cloops
 OPENAI_HOSTS = ("api.openai.com",)  # where OPENAI_API_KEY may be sent by openai-chat
+
+# openai 3.x imports its aiohttp transport when it is imported (``openai/_base_client.py``:
+# ``from ._vendor.httpx_aiohttp import ...``, for ``DefaultAioHttpClient``, an option of the
+# async client), and with it aiohttp: 0.16 s of the 0.6 s ``import openai`` takes on the
+# benchmark machine (``-X importtime``), before a build's first LLM call. cloops calls the sync
+# client only. When neither is imported yet, that one import fails as openai expects when
+# aiohttp is not installed (a ``None`` in ``sys.modules`` stops an import): openai then defines
+# ``DefaultAioHttpClient`` as a class that says so if it is used.
+AIOHTTP_TRANSPORT = "openai._vendor.httpx_aiohttp"
+if "openai" not in sys.modules and "aiohttp" not in sys.modules:
+    sys.modules.setdefault(AIOHTTP_TRANSPORT, None)
 
 PENDING = ("queued", "in_progress")  # a background response not finished yet
 MISSING_KEY_MESSAGE = (f"{KEY_ENV} is not set: add it to the environment or to .env, "
