@@ -13,8 +13,8 @@ on one, as fast as doit's serial runner (14.0 s) with none.
 
 :func:`pin` puts the calling thread, and every thread it starts afterwards (they inherit it), on
 the one processor it is running on. Work that is not Python and runs on many processors -
-FFmpeg, a render's frame pool, onnxruntime's threads - is started inside :func:`unpinned`, so it
-inherits every processor the process may use. :meth:`Pin.check`, called now and then by the
+FFmpeg, a render's frame pool, piper's onnxruntime - runs inside :func:`unpinned`, and what it
+starts inherits every processor the process may use. :meth:`Pin.check`, called now and then by the
 thread that pinned, moves the pinned threads to another processor when something outside the
 process keeps theirs busy (another build on the same machine, say).
 
@@ -154,7 +154,10 @@ def pin() -> Pin | None:
     cpu = _cpu_now()
     if len(allowed) < 2 or cpu is None or cpu not in allowed:
         return None
-    os.sched_setaffinity(0, {cpu})
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError:
+        return None  # the processor went away meanwhile: the kernel places the threads
     _PIN[0] = Pin(cpu, set(allowed))
     return _PIN[0]
 
@@ -168,21 +171,24 @@ def current() -> Pin | None:
 def unpinned() -> Iterator[None]:
     """Run the block on every processor the process may use: child processes and threads
     started in it inherit them. Does nothing when the process is not pinned or the calling
-    thread is not on a single processor."""
+    thread is not on a single processor (a processor that went away meanwhile: the block runs
+    where the kernel lets it)."""
     held = current()
-    if held is None:
-        yield
-        return
-    try:
-        mine = os.sched_getaffinity(0)
-    except OSError:
-        mine = set()
+    mine: set[int] = set()
+    if held is not None:
+        try:
+            mine = os.sched_getaffinity(0)
+            if len(mine) == 1:
+                os.sched_setaffinity(0, held.allowed)
+        except OSError:
+            mine = set()
     if len(mine) != 1:
         yield
         return
-    os.sched_setaffinity(0, held.allowed)
     try:
         yield
     finally:
-        os.sched_setaffinity(0, {held.cpu})
-
+        try:
+            os.sched_setaffinity(0, {held.cpu})
+        except OSError:
+            pass
