@@ -88,9 +88,9 @@ OPENAI_HOSTS = ("api.openai.com",)  # where OPENAI_API_KEY may be sent by openai
 
 # openai 3.x imports its aiohttp transport when it is imported (``openai/_base_client.py``:
 # ``from ._vendor.httpx_aiohttp import ...``, for ``DefaultAioHttpClient``, an option of the
-# async client), and with it aiohttp: 0.16 s of the 0.6 s ``import openai`` takes on the
-# benchmark machine (``-X importtime``), before a build's first LLM call. cloops calls the sync
-# client only. When neither is imported yet, that one import fails as openai expects when
+# async client), and with it aiohttp, before a build's first LLM call: ``import openai`` took
+# 0.59 s with it and 0.47 s without on the benchmark machine (best of 8, alternating;
+# ``benchmarks/README.md``). cloops calls the sync client only. When neither is imported yet, that one import fails as openai expects when
 # aiohttp is not installed (a ``None`` in ``sys.modules`` stops an import): openai then defines
 # ``DefaultAioHttpClient`` as a class that says so if it is used.
 AIOHTTP_TRANSPORT = "openai._vendor.httpx_aiohttp"
