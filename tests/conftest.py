@@ -191,6 +191,17 @@ def both_templates(tmp_path) -> Project:
     return make_project(tmp_path, ["noah-s-ark", "david-and-goliath"], templates=None)
 
 
+@pytest.fixture
+def own_processors():
+    """The processors this process may use (a set of ints, or None where the OS cannot say),
+    given back to the test thread afterwards: a test that pins threads (cloops.core.cpus)
+    leaves no pin behind for the next one."""
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    yield before
+    if before is not None:
+        os.sched_setaffinity(0, before)
+
+
 # ---------------------------------------------------------------- a real S3 server (moto)
 
 BUCKET = "cloops-ads"
