@@ -191,6 +191,14 @@ def both_templates(tmp_path) -> Project:
     return make_project(tmp_path, ["noah-s-ark", "david-and-goliath"], templates=None)
 
 
+def child_processors() -> set[int]:
+    """The processors a child process started now may use (what FFmpeg would get)."""
+    code = "import os; print(*os.sched_getaffinity(0))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    return {int(cpu) for cpu in out.split()}
+
+
 @pytest.fixture
 def own_processors():
     """The processors this process may use (a set of ints, or None where the OS cannot say),

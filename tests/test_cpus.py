@@ -4,13 +4,12 @@ back to what is not Python, moved off a processor others keep busy."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 
 import pytest
 
 from cloops.core import cpus
+from conftest import child_processors
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2
@@ -34,13 +33,6 @@ def _affinity_of_new_thread() -> set[int]:
     return seen[0]
 
 
-def _child_affinity() -> set[int]:
-    code = "import os; print(' '.join(map(str, sorted(os.sched_getaffinity(0)))))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    return {int(cpu) for cpu in out.split()}
-
-
 def test_pin_puts_this_thread_and_its_new_threads_on_one_processor(fresh):
     pin = cpus.pin()
     assert pin is not None and cpus.current() is pin
@@ -52,10 +44,10 @@ def test_pin_puts_this_thread_and_its_new_threads_on_one_processor(fresh):
 
 def test_unpinned_gives_children_and_pools_every_processor(fresh):
     pin = cpus.pin()
-    assert _child_affinity() == {pin.cpu}  # what FFmpeg would get without unpinned()
+    assert child_processors() == {pin.cpu}  # what FFmpeg would get without unpinned()
     with cpus.unpinned():
         assert os.sched_getaffinity(0) == fresh
-        assert _child_affinity() == fresh
+        assert child_processors() == fresh
         assert _affinity_of_new_thread() == fresh  # a render's frame pool
     assert os.sched_getaffinity(0) == {pin.cpu}
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from cloops.run.dispatch import ReadyQueue, task_priority
-from conftest import REPO
+from conftest import REPO, child_processors
 
 FAKE = {"CLOOPS_PLUGINS": "tests.fakes.backends", "CLOOPS_LLM_BACKEND": "fake-llm",
         "CLOOPS_IMAGE_BACKEND": "fake-image", "CLOOPS_VOICE_BACKEND": "fake-voice",
@@ -187,9 +187,6 @@ def test_the_thread_runner_puts_its_threads_on_the_dispatching_threads_processor
     """The first get_next_job pins doit's main thread before any worker starts
     (cloops.core.cpus), so every worker and every light task runs on one processor; work
     started in ``unpinned()`` (FFmpeg, a frame pool) gets them all."""
-    import subprocess
-    import sys
-
     from cloops.core import cpus
     from doit.task import Task
     monkeypatch.setattr(cpus, "_PIN", [])
@@ -202,10 +199,7 @@ def test_the_thread_runner_puts_its_threads_on_the_dispatching_threads_processor
             where[name] = (threading.current_thread().name, os.sched_getaffinity(0))
             if name == "call:render":
                 with cpus.unpinned():
-                    out = subprocess.run([sys.executable, "-c",
-                                          "import os; print(*os.sched_getaffinity(0))"],
-                                         capture_output=True, text=True, check=True).stdout
-                where["ffmpeg"] = ("child", {int(cpu) for cpu in out.split()})
+                    where["ffmpeg"] = ("child", child_processors())
             return True
         return act
     names = ["call:a", "check:a", "call:b", "call:render"]

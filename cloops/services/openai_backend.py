@@ -90,9 +90,10 @@ OPENAI_HOSTS = ("api.openai.com",)  # where OPENAI_API_KEY may be sent by openai
 # ``from ._vendor.httpx_aiohttp import ...``, for ``DefaultAioHttpClient``, an option of the
 # async client), and with it aiohttp, before a build's first LLM call: ``import openai`` took
 # 0.59 s with it and 0.47 s without on the benchmark machine (best of 8, alternating;
-# ``benchmarks/README.md``). cloops calls the sync client only. When neither is imported yet, that one import fails as openai expects when
-# aiohttp is not installed (a ``None`` in ``sys.modules`` stops an import): openai then defines
-# ``DefaultAioHttpClient`` as a class that says so if it is used.
+# ``benchmarks/README.md``). cloops calls the sync client only. When neither is imported yet,
+# that one import fails as openai expects when aiohttp is not installed (a ``None`` in
+# ``sys.modules`` stops an import): openai then defines ``DefaultAioHttpClient`` as a class
+# that says so if it is used.
 AIOHTTP_TRANSPORT = "openai._vendor.httpx_aiohttp"
 if "openai" not in sys.modules and "aiohttp" not in sys.modules:
     sys.modules.setdefault(AIOHTTP_TRANSPORT, None)
